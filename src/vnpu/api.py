@@ -1,0 +1,75 @@
+"""Public entry points: `vnpu.compile` (torch.export, ahead of time) and the
+`torch.compile(backend="vnpu")` backend. They wire frontend -> compiler -> runtime."""
+from __future__ import annotations
+
+from typing import Any
+
+from vnpu.chip import DEFAULT_CHIP, load_chip
+from vnpu.chip.schema import Chip
+from vnpu.compiler import compile_graph
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph
+from vnpu.runtime.compiled import CompiledModel, ModelInfo
+
+
+def compile_ir(graph: Graph, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32", name: str | None = None,
+               fallback_ops: dict[str, int] | None = None) -> CompiledModel:
+    chip_ = load_chip(chip)
+    dt = DType(dtype)
+    output_dtypes = [v.dtype for v in graph.outputs]
+    program, optimized = compile_graph(graph, chip_, dt)
+    info = ModelInfo(name or graph.name, dt, [v.shape for v in graph.inputs], output_dtypes, dict(fallback_ops or {}),
+                     str(optimized))
+    return CompiledModel(program, chip_, info)
+
+
+def compile(model: Any, example_inputs: tuple | list, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32",
+            strict: bool = False, example_kwargs: dict | None = None, name: str | None = None) -> CompiledModel:
+    """Compiles a torch.nn.Module for the chip through torch.export and Core ATen.
+
+    Ops without a vnpu lowering run on the host with one warning listing them;
+    strict=True raises UnsupportedOpError listing every such op instead.
+    """
+    from vnpu.frontends.torch import export_module
+
+    res = export_module(model, tuple(example_inputs), example_kwargs, strict=strict)
+    return compile_ir(res.graph, chip, dtype, name or type(model).__name__, res.fallback_ops)
+
+
+def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
+    """torch.compile backend (entry point `torch_dynamo_backends: vnpu`).
+
+    Options (torch.compile(..., options={...})): chip, dtype, strict.
+    """
+    import torch
+
+    from vnpu.frontends.torch import trace_fx
+
+    opts = kwargs.get("options") or {}
+    chip = opts.get("chip", DEFAULT_CHIP)
+    dtype = opts.get("dtype", "fp32")
+    strict = opts.get("strict", False)
+    const_idx = set()
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, (node, ex) in enumerate(zip(placeholders, example_inputs)):
+        src = str(node.meta.get("grapharg", "") or "") + node.name
+        if isinstance(ex, torch.nn.Parameter) or "_parameters_" in src or "_buffers_" in src:
+            const_idx.add(i)
+    res = trace_fx(gm, list(example_inputs), const_idx, strict=strict)
+    compiled = compile_ir(res.graph, chip, dtype, "torch.compile graph", res.fallback_ops)
+    versions = {i: (id(example_inputs[i]), example_inputs[i]._version) for i in const_idx}
+    runtime_idx = [i for i in range(len(example_inputs)) if i not in const_idx]
+    state = {"model": compiled}
+
+    def run(*args: Any) -> Any:
+        for i, (oid, ver) in versions.items():
+            if id(args[i]) != oid or args[i]._version != ver:  # weights changed: compile again
+                return vnpu_backend(gm, list(args), **kwargs)(*args)
+        outs = state["model"].run_numpy([args[i].detach().cpu().numpy() if args[i].dtype != torch.bfloat16
+                                         else args[i] for i in runtime_idx])
+        from vnpu.dtypes import numpy_to_torch
+
+        return tuple(numpy_to_torch(o) for o in outs)
+
+    run.vnpu_model = compiled  # type: ignore[attr-defined]
+    return run

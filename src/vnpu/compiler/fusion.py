@@ -1,0 +1,225 @@
+"""Fusion: elementwise epilogues into matmul/conv, elementwise chains into one kernel.
+
+Fused groups become single IR nodes carrying an `Expr`, so the kernel that runs them
+reads each external operand once and writes only the group's final result to HBM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vnpu.ir.graph import Graph, Node, TensorType, Value
+from vnpu.ir.ops import OPS, broadcast_shapes
+from vnpu.kernels.base import Expr, Step
+
+
+def _is_ew(n: Node) -> bool:
+    return OPS[n.op].kind == "elementwise"
+
+
+def _users(g: Graph) -> dict[int, list[Node]]:
+    return g.users()
+
+
+def _replace_uses(g: Graph, old: Value, new: Value) -> None:
+    for n in g.nodes:
+        n.inputs = [new if v is old else v for v in n.inputs]
+    g.outputs = [new if v is old else v for v in g.outputs]
+
+
+def _scalar_like(v: Value) -> bool:
+    return v.type.numel == 1
+
+
+def sink_reshapes(g: Graph) -> int:
+    """elementwise(reshape(x), ...) -> reshape(elementwise(x, ...)) where the other operands
+    allow it, so that a matmul's bias/activation/residual can fuse into its epilogue."""
+    changed = 0
+    progress = True
+    while progress:
+        progress = False
+        users = _users(g)
+        out_ids = {id(v) for v in g.outputs}
+        for n in list(g.nodes):
+            if not _is_ew(n) or n.op == "where":
+                continue
+            for ai, r in enumerate(n.inputs):
+                R = r.producer
+                if R is None or R.op != "reshape" or len(users.get(id(r), [])) != 1 or id(r) in out_ids:
+                    continue
+                x = R.inputs[0]
+                if x.is_const or n.output.shape != r.shape or x.shape == r.shape:
+                    continue
+                new_inputs: list[Value] | None = []
+                for bi, o in enumerate(n.inputs):
+                    if bi == ai:
+                        new_inputs.append(x)
+                    elif _scalar_like(o) or (o.shape[-1:] == r.shape[-1:] == x.shape[-1:] and all(d == 1 for d in o.shape[:-1])):
+                        new_inputs.append(o)
+                    elif o.shape == r.shape:
+                        pos = g.nodes.index(n)
+                        rn = g.add_node("reshape", [o], {"shape": list(x.shape)}, name=f"{o.name}_r")
+                        g.nodes.pop()
+                        g.nodes.insert(pos, rn)
+                        new_inputs.append(rn.output)
+                    else:
+                        new_inputs = None
+                        break
+                if new_inputs is None:
+                    continue
+                old_out = n.output
+                pos = g.nodes.index(n)
+                g.nodes.remove(n)
+                ew = g.add_node(n.op, new_inputs, n.attrs, name=n.name)
+                g.nodes.pop()
+                g.nodes.insert(pos, ew)
+                back = g.add_node("reshape", [ew.output], {"shape": list(old_out.shape)}, name=f"{n.name}_view")
+                g.nodes.pop()
+                g.nodes.insert(pos + 1, back)
+                _replace_uses(g, old_out, back.output)
+                if len(_users(g).get(id(R.output), [])) == 0:
+                    g.nodes.remove(R)
+                changed += 1
+                progress = True
+                break
+            if progress:
+                break
+    return changed
+
+
+@dataclass
+class _Chain:
+    """A fused group being built: operands and steps referring to them by object."""
+
+    operands: list[Value]
+    steps: list[tuple[str, list[tuple[str, object]], dict, TensorType]]  # op, args ("in", Value)|("step", i), attrs, type
+
+    def add(self, node: Node, link: Value | None, link_step: int | None) -> None:
+        args: list[tuple[str, object]] = []
+        for v in node.inputs:
+            if link is not None and v is link:
+                args.append(("step", link_step) if link_step is not None else ("in", v))
+            else:
+                if not any(v is o for o in self.operands):
+                    self.operands.append(v)
+                args.append(("in", v))
+        self.steps.append((node.op, args, dict(node.attrs), node.output.type))
+
+    def expr(self, n_fixed: int, fixed: list[Value]) -> Expr:
+        slots = fixed + [o for o in self.operands if not any(o is f for f in fixed)]
+        n_in = len(slots)
+
+        def idx(a: tuple[str, object]) -> int:
+            kind, ref = a
+            if kind == "step":
+                return n_in + int(ref)  # type: ignore[arg-type]
+            for i, s in enumerate(slots):
+                if s is ref:
+                    return i
+            raise KeyError(ref)
+
+        steps = tuple(Step(op, tuple(idx(a) for a in args), tuple(sorted((k, v) for k, v in attrs.items()))) for op, args, attrs, _ in self.steps)
+        return Expr(n_in, steps, self.steps[-1][3].dtype, tuple(t.dtype for *_, t in self.steps))
+
+
+def fuse_epilogues(g: Graph) -> int:
+    """Absorbs single-use elementwise successors (bias, scale/shift, activation, residual)
+    into matmul and conv2d nodes."""
+    fused = 0
+    for p in list(g.nodes):
+        if p.op not in ("matmul", "conv2d") or "epilogue" in p.attrs:
+            continue
+        main_in = list(p.inputs)
+        acc = p.output
+        chain = _Chain([], [])
+        cur = acc
+        members: list[Node] = []
+        while True:
+            users = _users(g).get(id(cur), [])
+            if len(users) != 1 or any(cur is o for o in g.outputs):
+                break
+            u = users[0]
+            if not _is_ew(u) or u.output.shape != acc.shape or sum(v is cur for v in u.inputs) != 1:
+                break
+            if any(broadcast_shapes(v.shape, acc.shape) != acc.shape for v in u.inputs):
+                break
+            # operands must already be defined before p (they are loaded in p's epilogue)
+            pos = g.nodes.index(p)
+            defined_later = {id(o) for n in g.nodes[pos:] for o in n.outputs}
+            if any(id(v) in defined_later and v is not cur for v in u.inputs):
+                break
+            chain.add(u, cur, len(chain.steps) - 1 if chain.steps else None)
+            members.append(u)
+            cur = u.output
+        if not members:
+            continue
+        # slot 0 is the accumulator
+        acc_slot = acc
+        chain.steps = [(op, [("in", acc_slot) if (k == "in" and r is acc) else (k, r) for k, r in args], at, t)
+                       for op, args, at, t in chain.steps]
+        expr = chain.expr(1, [acc_slot])
+        extra = [o for o in chain.operands if o is not acc_slot]
+        final = members[-1].output
+        for m in members:
+            g.nodes.remove(m)
+        p.inputs = main_in + extra
+        p.attrs["epilogue"] = expr
+        p.attrs["out_type"] = final.type
+        p.outputs = [final]
+        final.producer = p
+        fused += len(members)
+    return fused
+
+
+def fuse_elementwise(g: Graph) -> int:
+    """Groups chains of elementwise nodes into fused_elementwise nodes (singletons too)."""
+    users = _users(g)
+    out_ids = {id(v) for v in g.outputs}
+    group_of: dict[int, int] = {}  # node id -> group index
+    groups: list[list[Node]] = []
+    for n in g.nodes:
+        if not _is_ew(n):
+            continue
+        target = None
+        for v in n.inputs:
+            pnode = v.producer
+            if (pnode is not None and id(pnode) in group_of and len(users.get(id(v), [])) == 1
+                    and id(v) not in out_ids and v.shape == n.output.shape and sum(w is v for w in n.inputs) == 1):
+                target = group_of[id(pnode)]
+                break
+        if target is None:
+            groups.append([n])
+            group_of[id(n)] = len(groups) - 1
+        else:
+            groups[target].append(n)
+            group_of[id(n)] = target
+    count = 0
+    for members in groups:
+        chain = _Chain([], [])
+        internal = {id(m.output): i for i, m in enumerate(members)}
+        for m in members:
+            args: list[tuple[str, object]] = []
+            for v in m.inputs:
+                if id(v) in internal and internal[id(v)] < members.index(m):
+                    args.append(("step", internal[id(v)]))
+                else:
+                    if not any(v is o for o in chain.operands):
+                        chain.operands.append(v)
+                    args.append(("in", v))
+            chain.steps.append((m.op, args, dict(m.attrs), m.output.type))
+        expr = chain.expr(0, [])
+        final = members[-1].output
+        node = Node("fused_elementwise", list(chain.operands), [final],
+                    {"expr": expr, "out_type": final.type}, name=members[-1].name if len(members) == 1 else f"fused_{members[-1].name}")
+        final.producer = node
+        pos = g.nodes.index(members[-1])
+        g.nodes[pos] = node
+        for m in members[:-1]:
+            g.nodes.remove(m)
+        count += 1
+    return count
+
+
+def fuse(g: Graph) -> None:
+    sink_reshapes(g)
+    fuse_epilogues(g)
+    fuse_elementwise(g)

@@ -1,0 +1,70 @@
+"""The compiler driver: IR graph -> passes -> memory plan -> kernels -> Program."""
+from __future__ import annotations
+
+import hashlib
+import copy as _copy
+
+from vnpu.chip.schema import Chip
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph
+from vnpu.ir.ops import OPS
+from vnpu.ir.verify import verify
+from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.kernels import KERNELS, KernelContext
+from vnpu.compiler.fusion import fuse
+from vnpu.compiler.memory import materialize_views, plan_memory
+from vnpu.compiler.passes import legalize, set_precision
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def chip_fingerprint(chip: Chip) -> str:
+    return hashlib.sha256(chip.model_dump_json().encode()).hexdigest()[:16]
+
+
+def optimize(graph: Graph, dtype: DType) -> Graph:
+    """Runs the graph passes on a copy: precision, legalization, fusion, layout."""
+    g = _copy.deepcopy(graph)
+    set_precision(g, dtype)
+    legalize(g)
+    fuse(g)
+    materialize_views(g)
+    verify(g)
+    return g
+
+
+def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> tuple[Program, Graph]:
+    dtype = DType(dtype)
+    if not chip.supports(dtype):
+        raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
+    verify(graph)
+    g = optimize(graph, dtype)
+    plan = plan_memory(g, chip.hbm.bytes, chip.name)
+    launches: list[KernelLaunch | HostLaunch] = []
+    for n in g.nodes:
+        kind = OPS[n.op].kind
+        if kind == "view":
+            continue
+        ins = [plan.refs[id(v)] for v in n.inputs]
+        outs = [plan.refs[id(v)] for v in n.outputs]
+        if n.op == "host_call":
+            launches.append(HostLaunch(n.name, n.attrs["target"], ins, outs, n.attrs.get("payload"), ops=[n.attrs["target"]]))
+            continue
+        fn = KERNELS.get(n.op)
+        if fn is None:
+            raise CompileError(f"no kernel implements IR op {n.op!r} (node {n.name})")
+        scalars = [float(v.data.reshape(-1)[0]) if (v.is_const and v.type.numel == 1 and v.dtype.is_float) else None
+                   for v in n.inputs]
+        ctx = KernelContext(chip, dtype, n, ins, outs, scalars)
+        launches.append(fn(ctx))
+    consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
+    prog = Program(
+        chip_name=chip.name, chip_fingerprint=chip_fingerprint(chip), dtype=dtype, launches=launches,
+        hbm_bytes=plan.total_bytes, inputs=[plan.refs[id(v)] for v in g.inputs],
+        outputs=[plan.refs[id(v)] for v in g.outputs], constants=consts,
+        input_names=[v.name for v in g.inputs], output_names=[v.name for v in g.outputs],
+        weight_bytes=plan.weight_bytes, activation_bytes=plan.arena_bytes,
+    )
+    return prog, g

@@ -1,0 +1,152 @@
+"""Layout and memory planning: where every value lives in HBM.
+
+View ops (reshape, permute, expand, slice) cost nothing: their result is a strided view
+of their input's buffer. Kernel outputs get buffers in an activation arena, packed by
+liveness (best fit over lifetime intervals); weights and inputs get their own regions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph, Node, Value
+from vnpu.ir.ops import OPS
+from vnpu.isa.instructions import HbmRef
+from vnpu.kernels import views
+
+ALIGN = 256
+
+
+class OutOfMemoryError(MemoryError):
+    pass
+
+
+@dataclass
+class MemoryPlan:
+    refs: dict[int, HbmRef]  # id(Value) -> placement
+    weight_bytes: int
+    input_bytes: int
+    arena_bytes: int
+    total_bytes: int
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _view_of(n: Node, src: HbmRef) -> HbmRef | None:
+    a = n.attrs
+    if n.op == "reshape":
+        return views.reshape(src, tuple(a["shape"]))
+    if n.op == "permute":
+        return views.permute(src, a["perm"])
+    if n.op == "expand":
+        return views.broadcast_to(src, tuple(a["shape"]))
+    if n.op == "slice":
+        return views.slice_dim(src, a["axis"], a["start"], a["end"], a.get("step", 1))
+    raise KeyError(n.op)
+
+
+def materialize_views(g: Graph) -> None:
+    """Inserts a `copy` before each reshape whose input strides cannot express it.
+
+    Strides are tracked symbolically (offset 0), so this runs before addresses exist.
+    """
+    sym: dict[int, HbmRef] = {}
+
+    def ref(v: Value) -> HbmRef:
+        r = sym.get(id(v))
+        if r is None:
+            r = sym[id(v)] = HbmRef(0, v.dtype, v.shape, views.contiguous_strides(v.shape))
+        return r
+
+    for n in list(g.nodes):
+        if OPS[n.op].kind != "view":
+            continue
+        src = ref(n.inputs[0])
+        out = _view_of(n, src)
+        if out is None:
+            pos = g.nodes.index(n)
+            c = g.add_node("copy", [n.inputs[0]], {}, name=f"{n.name}_contig")
+            g.nodes.pop()
+            g.nodes.insert(pos, c)
+            n.inputs[0] = c.output
+            out = _view_of(n, ref(c.output))
+            assert out is not None
+        sym[id(n.output)] = out
+
+
+def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
+    refs: dict[int, HbmRef] = {}
+    top = 0
+
+    def place(v: Value, off: int) -> None:
+        refs[id(v)] = HbmRef(off, v.dtype, v.shape, views.contiguous_strides(v.shape))
+
+    consts = g.constants()
+    for c in consts:
+        place(c, top)
+        top = _align(top + c.type.nbytes)
+    weight_bytes = top
+    for v in g.inputs:
+        place(v, top)
+        top = _align(top + v.type.nbytes)
+    input_bytes = top - weight_bytes
+    arena0 = top
+
+    # lifetimes over node positions; views extend their root buffer's lifetime
+    root: dict[int, Value] = {}
+    for v in g.inputs + consts:
+        root[id(v)] = v
+    birth: dict[int, int] = {}
+    death: dict[int, int] = {}
+    owned: list[Value] = []
+    for i, n in enumerate(g.nodes):
+        for v in n.inputs:
+            r = root.get(id(v), v)
+            death[id(r)] = i
+        if OPS[n.op].kind == "view":
+            root[id(n.output)] = root.get(id(n.inputs[0]), n.inputs[0])
+        else:
+            for o in n.outputs:
+                root[id(o)] = o
+                birth[id(o)] = i
+                death.setdefault(id(o), i)
+                owned.append(o)
+    end = len(g.nodes)
+    for v in g.outputs:
+        r = root.get(id(v), v)
+        death[id(r)] = end
+    # best-fit packing: biggest first, lowest offset that overlaps no live-at-the-same-time buffer
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, birth, death)
+    arena = 0
+    for v in sorted(owned, key=lambda v: -v.type.nbytes):
+        size = _align(max(v.type.nbytes, 1))
+        b, d = birth[id(v)], death[id(v)]
+        busy = sorted((o, s) for o, s, pb, pd in placed if not (pd < b or d < pb))
+        off = 0
+        for o, s in busy:
+            if off + size <= o:
+                break
+            off = max(off, o + s)
+        placed.append((off, size, b, d))
+        arena = max(arena, off + size)
+        place(v, arena0 + off)
+    total = arena0 + arena
+    # views get their placements from their sources
+    for n in g.nodes:
+        if OPS[n.op].kind == "view":
+            src = refs[id(n.inputs[0])]
+            out = _view_of(n, src)
+            assert out is not None, f"{n.name}: view not materialized"
+            refs[id(n.output)] = out
+    if total > capacity:
+        gib = 2**30
+        raise OutOfMemoryError(
+            f"model does not fit {chip_name}'s HBM: needs {total / gib:.2f} GiB (weights {weight_bytes / gib:.2f} GiB, "
+            f"inputs {input_bytes / gib:.2f} GiB, activations {arena / gib:.2f} GiB), chip has {capacity / gib:.2f} GiB; "
+            f"exceeds it by {(total - capacity) / gib:.2f} GiB. Use a chip with more HBM, a smaller batch or dtype='bf16'.")
+    return MemoryPlan(refs, weight_bytes, input_bytes, arena, total)
+
+
+__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "OutOfMemoryError", "DType"]

@@ -1,0 +1,75 @@
+"""Graph-to-graph passes run before fusion: precision and legalization for the kernels."""
+from __future__ import annotations
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph, Node, TensorType, Value
+
+
+def set_precision(g: Graph, dtype: DType) -> None:
+    """Stores every floating-point tensor in `dtype` (weights rounded once, at compile time).
+
+    Kernels still accumulate and evaluate norms, softmax and transcendentals in fp32.
+    """
+    if dtype == DType.fp32:
+        return
+    seen: set[int] = set()
+
+    def fix(v: Value) -> None:
+        if id(v) in seen:
+            return
+        seen.add(id(v))
+        if v.dtype.is_float and v.dtype != dtype:
+            v.type = TensorType(v.shape, dtype)
+            if v.data is not None:
+                v.data = v.data.astype(dtype.np)
+
+    for v in g.inputs:
+        fix(v)
+    for n in g.nodes:
+        for v in n.inputs + n.outputs:
+            fix(v)
+        if n.op == "cast" and DType(n.attrs["dtype"]).is_float:
+            n.attrs["dtype"] = dtype
+        if n.op == "host_call":
+            n.attrs["out_types"] = [TensorType(t.shape, dtype) if t.dtype.is_float else t for t in n.attrs["out_types"]]
+    for v in g.outputs:
+        fix(v)
+
+
+def _insert_before(g: Graph, anchor: Node, op: str, inputs: list[Value], attrs: dict) -> Value:
+    node = g.add_node(op, inputs, attrs, name=f"{anchor.name}_{op}")
+    g.nodes.pop()
+    g.nodes.insert(g.nodes.index(anchor), node)
+    return node.output
+
+
+def legalize(g: Graph) -> None:
+    """Rewrites nodes into the forms the kernels take.
+
+    - conv2d / pool2d padding becomes an explicit `pad` node (zeros, or -inf for max pooling),
+    - constant conv weights are laid out once as [groups, C/g*kh*kw, O/g] GEMM operands.
+    """
+    for n in list(g.nodes):
+        if n.op in ("conv2d", "pool2d"):
+            (pt, pb), (pl, pr) = n.attrs["padding"]
+            if pt or pb or pl or pr:
+                fill = float("-inf") if n.op == "pool2d" and n.attrs["kind"] == "max" else 0.0
+                if n.op == "pool2d" and n.attrs["kind"] == "avg" and not n.attrs.get("count_include_pad", True):
+                    raise NotImplementedError("avg pooling with count_include_pad=False")
+                x = n.inputs[0]
+                pads = [(0, 0), (0, 0), (pt, pb), (pl, pr)]
+                if x.is_const:
+                    padded = g.add_const(x.name + "_pad", np.pad(x.data, pads, constant_values=fill), x.dtype)
+                else:
+                    padded = _insert_before(g, n, "pad", [x], {"pads": pads, "value": fill})
+                n.inputs[0] = padded
+                n.attrs["padding"] = ((0, 0), (0, 0))
+        if n.op == "conv2d" and n.inputs[1].is_const and not n.attrs.get("weight_gkn"):
+            w = n.inputs[1]
+            o, cg, kh, kw = w.shape
+            grp = n.attrs.get("groups", 1)
+            data = w.data.reshape(grp, o // grp, cg * kh * kw).transpose(0, 2, 1)
+            n.inputs[1] = g.add_const(w.name + "_gkn", np.ascontiguousarray(data), w.dtype)
+            n.attrs["weight_gkn"] = (o, cg, kh, kw)

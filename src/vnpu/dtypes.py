@@ -1,0 +1,109 @@
+"""Element types shared by every stage: names, sizes, NumPy storage types.
+
+Low-precision floats come from ml_dtypes so that storing a value in bf16/fp16/fp8
+rounds it exactly as the hardware would (round-to-nearest-even).
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+import ml_dtypes
+import numpy as np
+
+
+class DType(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8_e4m3 = "fp8_e4m3"
+    fp8_e5m2 = "fp8_e5m2"
+    int64 = "int64"
+    int32 = "int32"
+    int8 = "int8"
+    int4 = "int4"
+    bool = "bool"
+
+    @property
+    def np(self) -> np.dtype:
+        return _NUMPY[self]
+
+    @property
+    def itemsize(self) -> int:
+        return _NUMPY[self].itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.fp32, DType.bf16, DType.fp16, DType.fp8_e4m3, DType.fp8_e5m2)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_NUMPY: dict[DType, np.dtype] = {
+    DType.fp32: np.dtype(np.float32),
+    DType.bf16: np.dtype(ml_dtypes.bfloat16),
+    DType.fp16: np.dtype(np.float16),
+    DType.fp8_e4m3: np.dtype(ml_dtypes.float8_e4m3fn),
+    DType.fp8_e5m2: np.dtype(ml_dtypes.float8_e5m2),
+    DType.int64: np.dtype(np.int64),
+    DType.int32: np.dtype(np.int32),
+    DType.int8: np.dtype(np.int8),
+    # int4 is stored one value per byte in simulated memory; timing counts half a byte.
+    DType.int4: np.dtype(ml_dtypes.int4),
+    DType.bool: np.dtype(np.bool_),
+}
+
+
+def from_numpy(dt: np.dtype) -> DType:
+    dt = np.dtype(dt)
+    for k, v in _NUMPY.items():
+        if v == dt:
+            return k
+    if dt == np.dtype(np.float64):
+        return DType.fp32
+    raise TypeError(f"no vnpu dtype for numpy dtype {dt}")
+
+
+# -- framework interop (torch imported lazily: the core does not depend on it) ----------
+def torch_to_dtype(tdt: "object") -> DType:
+    import torch
+
+    table = {
+        torch.float32: DType.fp32, torch.float64: DType.fp32, torch.bfloat16: DType.bf16, torch.float16: DType.fp16,
+        torch.int64: DType.int64, torch.int32: DType.int32, torch.int8: DType.int8, torch.bool: DType.bool,
+        torch.uint8: DType.int32, torch.int16: DType.int32,
+    }
+    if tdt not in table:
+        raise TypeError(f"torch dtype {tdt} has no vnpu equivalent")
+    return table[tdt]
+
+
+def dtype_to_torch(dt: DType) -> "object":
+    import torch
+
+    return {
+        DType.fp32: torch.float32, DType.bf16: torch.bfloat16, DType.fp16: torch.float16, DType.int64: torch.int64,
+        DType.int32: torch.int32, DType.int8: torch.int8, DType.bool: torch.bool,
+    }[dt]
+
+
+def numpy_to_torch(a: np.ndarray) -> "object":
+    """NumPy (including ml_dtypes bf16) -> torch tensor, exact."""
+    import torch
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def torch_to_numpy(t: "object") -> np.ndarray:
+    """torch tensor -> NumPy, bf16 kept exact as ml_dtypes.bfloat16."""
+    import torch
+
+    t = t.detach().cpu().contiguous()  # type: ignore[attr-defined]
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if t.dtype == torch.float64:
+        return t.numpy().astype(np.float32)
+    return t.numpy()

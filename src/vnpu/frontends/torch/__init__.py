@@ -1,0 +1,40 @@
+"""PyTorch frontend: torch.export / FX graphs in Core ATen -> vnpu IR."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vnpu.frontends.torch.importer import (ATEN, FallbackWarning, ImportResult, UnsupportedOpError,
+                                           constant_placeholders, import_fx)
+
+
+def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs: dict | None = None,
+                  strict: bool = False) -> ImportResult:
+    """torch.export -> Core ATen decomposition -> IR."""
+    model = model.eval()
+    with torch.no_grad():
+        ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)
+        ep = ep.run_decompositions()
+    keep = [spec.kind.name == "USER_OUTPUT" for spec in ep.graph_signature.output_specs]
+    return import_fx(ep.graph_module, constant_placeholders(ep), name=type(model).__name__, strict=strict,
+                     user_outputs=keep)
+
+
+def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices: set[int],
+             strict: bool = False, name: str = "dynamo_graph") -> ImportResult:
+    """A Dynamo FX graph -> Core ATen (make_fx with the core decompositions) -> IR.
+
+    Inputs at `const_indices` (parameters, buffers) become weights; the rest runtime inputs.
+    """
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        aten_gm = make_fx(gm, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(*example_inputs)
+    phs = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
+    consts = {phs[i].name: example_inputs[i] for i in const_indices}
+    return import_fx(aten_gm, consts, name=name, strict=strict)
+
+
+__all__ = ["export_module", "trace_fx", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]

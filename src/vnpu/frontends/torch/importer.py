@@ -1,0 +1,259 @@
+"""Core-ATen FX graphs (from torch.export or aot_autograd) -> vnpu IR.
+
+Each ATen op is lowered by its entry in `aten_ops.ATEN`. Ops whose tensor inputs are all
+constants are evaluated once with PyTorch at import time. Ops with no entry run on the
+host as `host_call` nodes (fallback), or are collected into one error under strict=True.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
+from vnpu.ir.graph import Graph, TensorType, Value
+
+MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
+
+
+class UnsupportedOpError(NotImplementedError):
+    """Raised under strict=True; lists every op the chip cannot run."""
+
+    def __init__(self, ops: dict[str, int]):
+        self.ops = ops
+        lines = "\n".join(f"  {op}  (x{n})" for op, n in sorted(ops.items()))
+        super().__init__(f"{len(ops)} op(s) have no vnpu lowering and strict=True forbids host fallback:\n{lines}\n"
+                         "Pass strict=False to run them on the host CPU, or add an entry in vnpu/frontends/torch/aten_ops.py.")
+
+
+class FallbackWarning(UserWarning):
+    pass
+
+
+def op_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target._schema.name.split('::')[-1]}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+@dataclass
+class ImportContext:
+    g: Graph
+    node: fx.Node | None = None
+
+    # -- helpers for handlers --------------------------------------------------------
+    def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
+        name = self.node.name if self.node is not None else op
+        return self.g.add_node(op, inputs, attrs or {}, name=name).output
+
+    def const(self, data: np.ndarray | float | int, dtype: DType) -> Value:
+        return self.g.add_const("c", np.asarray(data, dtype=dtype.np) if dtype.is_float or dtype == DType.bool else np.asarray(data).astype(dtype.np), dtype)
+
+    def meta_type(self, i: int | None = None) -> TensorType:
+        val = self.node.meta["val"]  # type: ignore[union-attr]
+        if i is not None:
+            val = val[i]
+        return TensorType(tuple(int(d) for d in val.shape), torch_to_dtype(val.dtype))
+
+    def out_dtype(self) -> DType:
+        val = self.node.meta["val"]  # type: ignore[union-attr]
+        if isinstance(val, (tuple, list)):
+            val = val[0]
+        return torch_to_dtype(val.dtype)
+
+    def cast(self, v: Value, dtype: DType) -> Value:
+        if v.dtype == dtype:
+            return v
+        if v.is_const:
+            return self.g.add_const(v.name, v.data.astype(dtype.np), dtype)  # type: ignore[union-attr]
+        return self.emit("cast", [v], {"dtype": dtype})
+
+    def tensor(self, x: Any, dtype: DType) -> Value:
+        """A Value for a tensor argument or a Python scalar, in `dtype`."""
+        if isinstance(x, Value):
+            return self.cast(x, dtype)
+        return self.const(x, dtype)
+
+
+Handler = Callable[..., Any]
+ATEN: dict[str, Handler] = {}
+
+
+def aten(*names: str):
+    """Registers the lowering of ATen overloads, e.g. @aten("addmm.default")."""
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            ATEN[n] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class ImportResult:
+    graph: Graph
+    fallback_ops: dict[str, int] = field(default_factory=dict)
+    folded: int = 0
+
+
+def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return fn(obj)
+
+
+def _values_in(obj: Any) -> list[Value]:
+    out: list[Value] = []
+    _map(obj, lambda o: out.append(o) if isinstance(o, Value) else None)
+    return out
+
+
+def _shape_of(v: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in v.shape)
+
+
+def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str = "model",
+              strict: bool = False, user_outputs: list[bool] | None = None) -> ImportResult:
+    """`constants` maps placeholder names to weights (parameters, buffers, lifted constants);
+    every other placeholder becomes a runtime input."""
+    from vnpu.frontends.torch import aten_ops  # noqa: F401  (registers the handlers)
+
+    g = Graph(name)
+    cx = ImportContext(g)
+    env: dict[fx.Node, Any] = {}
+    res = ImportResult(g)
+    unsupported: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        cx.node = node
+        if node.op == "placeholder":
+            if node.name in constants:
+                t = constants[node.name]
+                env[node] = g.add_const(node.name, torch_to_numpy(t), torch_to_dtype(t.dtype))
+            else:
+                val = node.meta.get("val")
+                if not isinstance(val, torch.Tensor):
+                    env[node] = val  # a symbolic int or a Python constant
+                    continue
+                env[node] = g.add_input(node.name, TensorType(_shape_of(val), torch_to_dtype(val.dtype)))
+            continue
+        if node.op == "get_attr":
+            t = getattr(gm, node.target)  # type: ignore[arg-type]
+            env[node] = g.add_const(node.name, torch_to_numpy(t), torch_to_dtype(t.dtype)) if isinstance(t, torch.Tensor) else t
+            continue
+        if node.op == "output":
+            outs = node.args[0]
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            if user_outputs is not None:  # drop buffer mutations that torch.export appends
+                outs = [o for o, keep in zip(outs, user_outputs) if keep]
+            g.outputs = [env[o] if isinstance(o, fx.Node) else cx.const(o, DType.fp32) for o in outs]
+            continue
+        if node.op != "call_function":
+            raise NotImplementedError(f"FX node kind {node.op} ({node.name})")
+        args = _map(node.args, lambda a: env[a] if isinstance(a, fx.Node) else a)
+        kwargs = _map(node.kwargs, lambda a: env[a] if isinstance(a, fx.Node) else a)
+        if node.target is operator.getitem:
+            env[node] = args[0][args[1]]
+            continue
+        vals = _values_in((args, kwargs))
+        name_ = op_name(node.target)
+        if vals and all(v.is_const for v in vals) and _foldable(node, vals):
+            env[node] = _fold(cx, node, args, kwargs)
+            res.folded += 1
+            continue
+        if not vals and isinstance(node.target, torch._ops.OpOverload) and isinstance(node.meta.get("val"), torch.Tensor):
+            env[node] = _fold(cx, node, args, kwargs)  # factory ops: full, arange, zeros...
+            res.folded += 1
+            continue
+        handler = ATEN.get(name_)
+        out = None
+        if handler is not None:
+            out = handler(cx, *args, **kwargs)
+        if out is None or out is NotImplemented:
+            if strict:
+                unsupported[name_] = unsupported.get(name_, 0) + 1
+                env[node] = None
+                continue
+            out = _host_call(cx, node, args, kwargs)
+            res.fallback_ops[name_] = res.fallback_ops.get(name_, 0) + 1
+        _check_meta(node, out)
+        env[node] = out
+    if unsupported:
+        raise UnsupportedOpError(unsupported)
+    if res.fallback_ops:
+        listing = ", ".join(f"{k} (x{v})" for k, v in sorted(res.fallback_ops.items()))
+        warnings.warn(f"vnpu: {len(res.fallback_ops)} op(s) run on the host CPU instead of the chip: {listing}",
+                      FallbackWarning, stacklevel=3)
+    return res
+
+
+def _foldable(node: fx.Node, vals: list[Value]) -> bool:
+    val = node.meta.get("val")
+    vals_t = val if isinstance(val, (tuple, list)) else [val]
+    out_bytes = sum(v.numel() * v.element_size() for v in vals_t if isinstance(v, torch.Tensor))
+    in_bytes = sum(v.type.nbytes for v in vals)
+    return out_bytes <= max(MAX_FOLD_GROWTH * in_bytes, 1 << 20)
+
+
+def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    def to_t(o: Any) -> Any:
+        return numpy_to_torch(o.data) if isinstance(o, Value) else o
+
+    with torch.no_grad():
+        out = node.target(*_map(args, to_t), **_map(kwargs, to_t))  # type: ignore[operator]
+
+    def to_v(o: Any) -> Any:
+        return cx.g.add_const(node.name, torch_to_numpy(o), torch_to_dtype(o.dtype)) if isinstance(o, torch.Tensor) else o
+
+    return _map(out, to_v) if isinstance(out, (tuple, list)) else to_v(out)
+
+
+def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    inputs: list[Value] = []
+
+    def templ(o: Any) -> Any:
+        if isinstance(o, Value):
+            inputs.append(o)
+            return ("__vnpu_arg__", len(inputs) - 1)
+        if isinstance(o, torch.dtype):
+            return ("__torch_dtype__", str(o).split(".")[-1])
+        if isinstance(o, (torch.device, torch.memory_format, torch.layout)):
+            return None if not isinstance(o, torch.memory_format) else ("__torch_memfmt__", str(o).split(".")[-1])
+        return o
+
+    payload = {"args": _map(args, templ), "kwargs": {k: v for k, v in _map(kwargs, templ).items() if v is not None}}
+    val = node.meta["val"]
+    multi = isinstance(val, (tuple, list))
+    vals = list(val) if multi else [val]
+    out_types = [TensorType(_shape_of(v), torch_to_dtype(v.dtype)) for v in vals]
+    target = f"torch:{node.target._schema.name}.{node.target._overloadname}"  # type: ignore[union-attr]
+    n = cx.g.add_node("host_call", inputs, {"target": target, "out_types": out_types, "payload": payload}, name=node.name)
+    return tuple(n.outputs) if multi else n.outputs[0]
+
+
+def _check_meta(node: fx.Node, out: Any) -> None:
+    val = node.meta.get("val")
+    if isinstance(out, Value) and isinstance(val, torch.Tensor):
+        if out.shape != _shape_of(val):
+            raise AssertionError(f"vnpu importer bug: {node.name} ({op_name(node.target)}) gave shape {out.shape}, "
+                                 f"PyTorch says {_shape_of(val)}")
+
+
+def constant_placeholders(ep: "torch.export.ExportedProgram") -> dict[str, torch.Tensor]:
+    """Placeholder name -> weight tensor for an ExportedProgram's lifted parameters/buffers/constants."""
+    sig = ep.graph_signature
+    consts: dict[str, torch.Tensor] = {}
+    sd = ep.state_dict
+    for spec in sig.input_specs:
+        kind = spec.kind.name
+        if kind in ("PARAMETER", "BUFFER"):
+            t = sd[spec.target] if spec.target in sd else ep.constants[spec.target]
+            consts[spec.arg.name] = t
+        elif kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
+            consts[spec.arg.name] = ep.constants[spec.target]
+    return consts

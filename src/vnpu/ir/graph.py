@@ -1,0 +1,142 @@
+"""A typed tensor-graph IR: values with static shapes and dtypes, nodes in topological order."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vnpu.dtypes import DType
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: DType
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+class Value:
+    """An SSA tensor value. Constants carry their data (`data`); others are computed."""
+
+    __slots__ = ("name", "type", "producer", "data")
+
+    def __init__(self, name: str, type: TensorType, producer: "Node | None" = None, data: np.ndarray | None = None):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.data = data
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: list[Value]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def output(self) -> Value:
+        assert len(self.outputs) == 1, f"{self.op} has {len(self.outputs)} outputs"
+        return self.outputs[0]
+
+
+class Graph:
+    """Nodes in topological order; `inputs` are runtime arguments, constants hang off Values."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self._ids = itertools.count()
+        self._names: set[str] = set()
+
+    def _fresh(self, hint: str) -> str:
+        hint = "".join(c if c.isalnum() or c == "_" else "_" for c in hint) or "v"
+        name = hint
+        while name in self._names:
+            name = f"{hint}_{next(self._ids)}"
+        self._names.add(name)
+        return name
+
+    def add_input(self, name: str, type: TensorType) -> Value:
+        v = Value(self._fresh(name), type)
+        self.inputs.append(v)
+        return v
+
+    def add_const(self, name: str, data: np.ndarray, dtype: DType | None = None) -> Value:
+        from vnpu.dtypes import from_numpy
+
+        data = np.asarray(data)
+        dt = dtype or from_numpy(data.dtype)
+        data = np.ascontiguousarray(data.astype(dt.np, copy=False))
+        return Value(self._fresh(name), TensorType(tuple(data.shape), dt), data=data)
+
+    def add_node(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, name: str = "") -> Node:
+        """Appends a node whose output types come from the op's shape inference."""
+        from vnpu.ir.ops import infer_types
+
+        attrs = dict(attrs or {})
+        out_types = infer_types(op, [v.type for v in inputs], attrs)
+        node = Node(op, list(inputs), [], attrs, name or op)
+        node.outputs = [Value(self._fresh(name or op), t, producer=node) for t in out_types]
+        self.nodes.append(node)
+        return node
+
+    def constants(self) -> list[Value]:
+        seen: dict[int, Value] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                if v.is_const:
+                    seen.setdefault(id(v), v)
+        for v in self.outputs:
+            if v.is_const:
+                seen.setdefault(id(v), v)
+        return list(seen.values())
+
+    def users(self) -> dict[int, list[Node]]:
+        out: dict[int, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                out.setdefault(id(v), []).append(n)
+        return out
+
+    def __str__(self) -> str:
+        from vnpu.ir.printer import format_graph
+
+        return format_graph(self)

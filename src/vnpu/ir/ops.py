@@ -1,0 +1,257 @@
+"""The IR's operator set: one entry per op with its shape/dtype inference.
+
+Frontends lower framework ops onto these; kernels implement them. Elementwise ops
+broadcast NumPy-style and require equal input dtypes (frontends insert `cast`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vnpu.dtypes import DType
+from vnpu.ir.graph import TensorType
+
+
+class IRTypeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    infer: Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
+    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused
+
+
+OPS: dict[str, OpDef] = {}
+
+UNARY = {
+    "neg", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt",
+    "erf", "abs", "reciprocal", "clamp", "cast", "not", "sin", "cos", "floor", "ceil", "round",
+    "pow_scalar", "hardswish", "hardsigmoid", "identity", "sign",
+}
+BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "fmod", "floordiv"}
+COMPARE = {"eq", "ne", "lt", "le", "gt", "ge", "and", "or"}
+TRANSCENDENTAL = {"gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "erf", "reciprocal", "sin", "cos", "pow", "pow_scalar", "div"}
+
+
+def register(name: str, kind: str):
+    def deco(fn: Callable[[list[TensorType], dict[str, Any]], list[TensorType]]):
+        OPS[name] = OpDef(name, fn, kind)
+        return fn
+    return deco
+
+
+def infer_types(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    if op not in OPS:
+        raise IRTypeError(f"unknown IR op {op!r}")
+    return OPS[op].infer(ins, attrs)
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0} - {1}
+        if len(dims) > 1:
+            raise IRTypeError(f"shapes {shapes} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _same_dtype(op: str, ins: list[TensorType]) -> DType:
+    dts = {t.dtype for t in ins}
+    if len(dts) != 1:
+        raise IRTypeError(f"{op}: inputs have mixed dtypes {sorted(map(str, dts))}; insert a cast")
+    return dts.pop()
+
+
+def _unary(name: str):
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        (x,) = ins
+        dt = DType(attrs["dtype"]) if name == "cast" else (DType.bool if name == "not" else x.dtype)
+        return [TensorType(x.shape, dt)]
+    return infer
+
+
+def _binary(name: str):
+    def infer(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        dt = _same_dtype(name, ins)
+        return [TensorType(broadcast_shapes(*(t.shape for t in ins)), DType.bool if name in COMPARE else dt)]
+    return infer
+
+
+for _n in UNARY:
+    register(_n, "elementwise")(_unary(_n))
+for _n in BINARY:
+    register(_n, "elementwise")(_binary(_n))
+
+
+@register("where", "elementwise")
+def _where(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    c, a, b = ins
+    if c.dtype != DType.bool:
+        raise IRTypeError("where: condition must be bool")
+    return [TensorType(broadcast_shapes(c.shape, a.shape, b.shape), _same_dtype("where", [a, b]))]
+
+
+@register("fused_elementwise", "fused")
+def _fused(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return [attrs["out_type"]]
+
+
+@register("matmul", "matmul")
+def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    a, b = ins[0], ins[1]
+    if a.rank < 2 or b.rank < 2:
+        raise IRTypeError(f"matmul needs rank >= 2 operands, got {a} and {b}")
+    if a.shape[-1] != b.shape[-2]:
+        raise IRTypeError(f"matmul: inner dims differ: {a} @ {b}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    dt = _same_dtype("matmul", [a, b])
+    if "out_type" in attrs:  # with a fused epilogue
+        return [attrs["out_type"]]
+    return [TensorType(batch + (a.shape[-2], b.shape[-1]), dt)]
+
+
+def conv_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+@register("conv2d", "conv")
+def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, w = ins[0], ins[1]
+    # after legalization a constant weight is stored as [groups, C/g*kh*kw, O/g]; attrs keep OIHW
+    wshape = tuple(attrs.get("weight_gkn") or w.shape)
+    if x.rank != 4 or len(wshape) != 4:
+        raise IRTypeError(f"conv2d expects NCHW input and OIHW weight, got {x} and {w}")
+    g = attrs.get("groups", 1)
+    if x.shape[1] != wshape[1] * g:
+        raise IRTypeError(f"conv2d: input channels {x.shape[1]} != weight {wshape[1]} x groups {g}")
+    sh, sw = attrs["stride"]
+    (pt, pb), (pl, pr) = attrs["padding"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh = conv_out_size(x.shape[2], wshape[2], sh, pt, pb, dh)
+    ow = conv_out_size(x.shape[3], wshape[3], sw, pl, pr, dw)
+    if "out_type" in attrs:
+        return [attrs["out_type"]]
+    return [TensorType((x.shape[0], wshape[0], oh, ow), _same_dtype("conv2d", [x, w]))]
+
+
+@register("pool2d", "pool")
+def _pool2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    (pt, pb), (pl, pr) = attrs["padding"]
+    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, 1)
+    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, 1)
+    return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
+
+
+@register("pad", "copy")
+def _pad(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    pads = attrs["pads"]
+    if len(pads) != x.rank:
+        raise IRTypeError("pad: one (before, after) pair per dimension")
+    return [TensorType(tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads)), x.dtype)]
+
+
+@register("reduce", "reduce")
+def _reduce(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    axes = set(attrs["axes"])
+    if attrs.get("keepdim", False):
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return [TensorType(shape, x.dtype)]
+
+
+@register("softmax", "norm")
+def _softmax(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return [ins[0]]
+
+
+@register("layer_norm", "norm")
+def _layer_norm(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x = ins[0]
+    n = attrs["axis_count"]
+    for p in ins[1:]:
+        if p.shape != x.shape[x.rank - n:]:
+            raise IRTypeError(f"layer_norm: parameter {p} does not match normalized shape {x.shape[x.rank - n:]}")
+    return [x]
+
+
+@register("gather", "gather")
+def _gather(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    table, idx = ins
+    if idx.dtype not in (DType.int64, DType.int32):
+        raise IRTypeError("gather: indices must be int32/int64")
+    ax = attrs.get("axis", 0)
+    return [TensorType(table.shape[:ax] + idx.shape + table.shape[ax + 1:], table.dtype)]
+
+
+@register("reshape", "view")
+def _reshape(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    shape = tuple(attrs["shape"])
+    n = 1
+    for d in shape:
+        n *= d
+    if n != x.numel:
+        raise IRTypeError(f"reshape {x} -> {shape}: element counts differ")
+    return [TensorType(shape, x.dtype)]
+
+
+@register("permute", "view")
+def _permute(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    perm = attrs["perm"]
+    if sorted(perm) != list(range(x.rank)):
+        raise IRTypeError(f"permute: {perm} is not a permutation of {x.rank} dims")
+    return [TensorType(tuple(x.shape[p] for p in perm), x.dtype)]
+
+
+@register("expand", "view")
+def _expand(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    shape = tuple(attrs["shape"])
+    if broadcast_shapes(x.shape, shape) != shape:
+        raise IRTypeError(f"expand: {x} cannot expand to {shape}")
+    return [TensorType(shape, x.dtype)]
+
+
+@register("slice", "view")
+def _slice(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    ax, start, end, step = attrs["axis"], attrs["start"], attrs["end"], attrs.get("step", 1)
+    if not (0 <= start <= end <= x.shape[ax]) or step < 1:
+        raise IRTypeError(f"slice: [{start}:{end}:{step}] out of range for dim {ax} of {x}")
+    shape = list(x.shape)
+    shape[ax] = len(range(start, end, step))
+    return [TensorType(tuple(shape), x.dtype)]
+
+
+@register("concat", "copy")
+def _concat(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    ax = attrs["axis"]
+    dt = _same_dtype("concat", ins)
+    base = ins[0].shape
+    for t in ins[1:]:
+        if t.rank != len(base) or any(a != b for i, (a, b) in enumerate(zip(t.shape, base)) if i != ax):
+            raise IRTypeError(f"concat: shapes {[str(t) for t in ins]} differ outside axis {ax}")
+    shape = list(base)
+    shape[ax] = sum(t.shape[ax] for t in ins)
+    return [TensorType(tuple(shape), dt)]
+
+
+@register("copy", "copy")
+def _copy(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return [ins[0]]
+
+
+@register("host_call", "host")
+def _host_call(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return list(attrs["out_types"])

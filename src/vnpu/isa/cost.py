@@ -1,0 +1,73 @@
+"""Cycle cost of each instruction on a given chip: the ISA's latency table in closed form.
+
+Both the compiler's tiling model and the simulator use these, so the tile the compiler
+picks is priced exactly as the simulator will run it.
+"""
+from __future__ import annotations
+
+import math
+
+from vnpu.chip.schema import Chip
+from vnpu.dtypes import DType
+from vnpu.ir.ops import TRANSCENDENTAL
+
+VECTOR_PIPELINE_CYCLES = 8  # issue-to-result latency of one vector instruction
+
+
+def systolic_folds(chip: Chip, m: int, k: int, n: int) -> tuple[int, int]:
+    """(folds, streamed length T) for an [m,k]@[k,n] product under the array's dataflow.
+
+    OS: each fold pins an R x C block of outputs and streams the K reduction through it.
+    WS: each fold pins an R x C block of weights (K x N) and streams the M rows of A.
+    IS: each fold pins an R x C block of inputs (K x M) and streams the N columns of B.
+    """
+    mx = chip.core.matrix
+    r, c = mx.rows, mx.cols
+    if mx.dataflow == "os":
+        return math.ceil(m / r) * math.ceil(n / c), k
+    if mx.dataflow == "ws":
+        return math.ceil(k / r) * math.ceil(n / c), m
+    return math.ceil(k / r) * math.ceil(m / c), n
+
+
+def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType) -> int:
+    """Cycles for one MatMul instruction.
+
+    Per fold: R cycles to load the stationary block, T cycles to stream operands (T / rate
+    for dtypes processed at other than one MAC per PE per cycle), then R + C - 2 cycles of
+    skew for the last operand to cross the array and its result to drain.
+    Without fold pipelining that is the fold-by-fold total  folds * (2R + C + T - 2).
+    With it, the next block loads while the current one streams, so a fold costs
+    max(T, R) and the load and the drain are paid once:  R + folds * max(T, R) + R + C - 2.
+    """
+    mx = chip.core.matrix
+    r, c = mx.rows, mx.cols
+    folds, t = systolic_folds(chip, m, k, n)
+    t = math.ceil(t / mx.rate[dtype])
+    if mx.pipelined_folds:
+        return r + folds * max(t, r) + r + c - 2
+    return folds * (2 * r + c + t - 2)
+
+
+def vector_cycles(chip: Chip, op: str, elements: int) -> int:
+    """Elementwise work at the vector lanes' rate; transcendentals at the SFU's."""
+    v = chip.core.vector
+    lanes = v.sfu_lanes if op in TRANSCENDENTAL else v.lanes
+    return VECTOR_PIPELINE_CYCLES + math.ceil(elements / lanes)
+
+
+def dma_transfer_cycles(chip: Chip, nbytes: int) -> float:
+    """Time one core's DMA engine needs for nbytes, before HBM sharing."""
+    return nbytes / chip.core.dma_bytes_per_cycle
+
+
+def hbm_latency_cycles(chip: Chip) -> float:
+    return chip.hbm.latency_ns * 1e-9 * chip.clock_hz
+
+
+def hbm_traffic_bytes(chip: Chip, footprint: int, contiguous_run: int) -> int:
+    """Bytes HBM actually moves: runs shorter than a burst still cost a whole burst."""
+    burst = chip.hbm.burst_bytes
+    if contiguous_run >= burst or contiguous_run <= 0:
+        return footprint
+    return footprint * burst // contiguous_run

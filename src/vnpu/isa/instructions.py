@@ -1,0 +1,159 @@
+"""The vnpu instruction set.
+
+Each core runs four in-order queues: DMA in (HBM -> scratchpad), DMA out
+(scratchpad -> HBM), matrix (systolic array) and vector. Queues synchronize only
+through per-core counting semaphores: an instruction waits until each listed
+semaphore has reached a value, and increments its `signal` semaphore when it
+completes. Without the right wait, a consumer runs early and reads stale data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from vnpu.dtypes import DType
+
+QUEUES = ("dma_in", "matrix", "vector", "dma_out")
+
+
+@dataclass(frozen=True, slots=True)
+class HbmRef:
+    """A strided view of HBM: `offset` in bytes, `strides` in elements (0 = broadcast)."""
+
+    offset: int
+    dtype: DType
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def contiguous_run(self) -> int:
+        """Bytes in the innermost contiguous run (what one DMA burst sequence covers)."""
+        run = 1
+        expect = 1
+        for d, s in zip(reversed(self.shape), reversed(self.strides)):
+            if d == 1:
+                continue
+            if s != expect:
+                break
+            run *= d
+            expect *= d
+        return run * self.dtype.itemsize
+
+    def footprint_bytes(self) -> int:
+        """Distinct bytes addressed when no two non-broadcast dims overlap (stride 0 = broadcast)."""
+        n = 1
+        for d, s in zip(self.shape, self.strides):
+            if s != 0:
+                n *= d
+        return n * self.dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class SramRef:
+    """A contiguous tile in a core's scratchpad, `offset` in bytes."""
+
+    offset: int
+    dtype: DType
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+Wait = tuple[int, int]  # (semaphore, value it must have reached)
+
+
+@dataclass(slots=True)
+class DmaLoad:
+    """HBM view -> contiguous tile. `hbm_bytes` overrides the traffic when the view
+    overlaps itself (im2col windows read each input byte once, expanded in the DMA engine)."""
+
+    src: HbmRef
+    dst: SramRef
+    hbm_bytes: int = -1
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "dma_in"
+
+
+@dataclass(slots=True)
+class DmaGather:
+    """Rows of `table` (shape [rows, *row]) picked by int indices in `index` (SRAM) into `dst`."""
+
+    table: HbmRef
+    index: SramRef
+    dst: SramRef
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "dma_in"
+
+
+@dataclass(slots=True)
+class DmaStore:
+    src: SramRef
+    dst: HbmRef
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "dma_out"
+
+
+@dataclass(slots=True)
+class MatMul:
+    """acc[M,N] (fp32) (+)= a[M,K] @ b[K,N] on the systolic array, operands in `dtype`."""
+
+    a: SramRef
+    b: SramRef
+    acc: SramRef
+    accumulate: bool
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "matrix"
+
+
+Operand = Union[SramRef, float]
+
+
+@dataclass(slots=True)
+class VecOp:
+    """dst = op(*srcs) elementwise, NumPy broadcasting over tile shapes, fp32 internally.
+
+    `op` is an IR elementwise op name, or "reduce_sum|max|min" over the last axis of
+    srcs[0], or "fill". `view` reshapes sources to the dst's rank for broadcasting.
+    """
+
+    op: str
+    dst: SramRef
+    srcs: tuple[Operand, ...]
+    attrs: tuple[tuple[str, object], ...] = ()
+    views: tuple[tuple[int, ...] | None, ...] = ()
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "vector"
+
+
+Instr = Union[DmaLoad, DmaGather, DmaStore, MatMul, VecOp]
+
+
+@dataclass
+class CoreStream:
+    """One core's part of a kernel: an instruction list per queue and its semaphore count."""
+
+    queues: dict[str, list[Instr]] = field(default_factory=lambda: {q: [] for q in QUEUES})
+    semaphores: int = 0
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.queues.values())

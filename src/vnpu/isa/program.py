@@ -1,0 +1,60 @@
+"""A compiled Program: kernel launches over per-core instruction streams, plus the HBM map."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.isa.instructions import CoreStream, HbmRef
+
+
+@dataclass
+class KernelLaunch:
+    """One kernel on all cores; launches run in order with a chip-wide barrier between them."""
+
+    name: str
+    kind: str  # matmul | conv | elementwise | reduce | norm | pool | gather | copy
+    ops: list[str]  # IR ops fused into this kernel
+    cores: list[CoreStream]
+    flops: int = 0
+    min_hbm_bytes: int = 0  # compulsory traffic: inputs read once + outputs written once
+    dtype: DType = DType.fp32  # compute dtype, selects the matrix rate
+
+
+@dataclass
+class HostLaunch:
+    """An op run on the host (fallback): inputs copied out of HBM, outputs copied back."""
+
+    name: str
+    target: str  # e.g. "torch:aten.sort.default"
+    inputs: list[HbmRef]
+    outputs: list[HbmRef]
+    payload: Any = None  # what the host executor needs (argument template)
+    kind: str = "host"
+    ops: list[str] = field(default_factory=list)
+    flops: int = 0
+    min_hbm_bytes: int = 0
+
+
+Launch = KernelLaunch | HostLaunch
+
+
+@dataclass
+class Program:
+    chip_name: str
+    chip_fingerprint: str
+    dtype: DType
+    launches: list[Launch]
+    hbm_bytes: int  # size of the simulated HBM image this program needs
+    inputs: list[HbmRef]
+    outputs: list[HbmRef]
+    constants: list[tuple[HbmRef, np.ndarray]]  # uploaded once
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    weight_bytes: int = 0
+    activation_bytes: int = 0
+
+    def instruction_count(self) -> int:
+        return sum(len(c) for l in self.launches if isinstance(l, KernelLaunch) for c in l.cores)

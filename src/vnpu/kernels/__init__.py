@@ -1,0 +1,9 @@
+"""Kernel library: one file per kernel family, each registering the IR ops it lowers."""
+from vnpu.kernels.base import KERNELS, KernelContext, KernelError
+
+# importing registers each kernel
+from vnpu.kernels import (  # noqa: F401,E402
+    conv2d, copy, elementwise, gather, layer_norm, matmul, pool2d, reduce, softmax,
+)
+
+__all__ = ["KERNELS", "KernelContext", "KernelError"]

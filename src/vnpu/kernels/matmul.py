@@ -1,0 +1,64 @@
+"""Batched matmul (with fused epilogue) on the GEMM pipeline."""
+from __future__ import annotations
+
+import itertools
+import math
+
+from vnpu.dtypes import DType
+from vnpu.isa.instructions import HbmRef
+from vnpu.isa.program import KernelLaunch
+from vnpu.kernels.base import Expr, KernelContext, kernel
+from vnpu.kernels.gemm import GemmChunk, GemmTile, choose_gemm_tiling, emit_gemm
+from vnpu.kernels.views import broadcast_to
+
+
+def _at(ref: HbmRef, idx: tuple[int, ...], r0: int, rn: int, c0: int, cn: int) -> HbmRef:
+    """The [rn, cn] block at (r0, c0) of batch element `idx` of a [..., R, C] view."""
+    st = ref.strides
+    off = sum(i * s for i, s in zip(idx, st)) + r0 * st[-2] + c0 * st[-1]
+    return HbmRef(ref.offset + off * ref.dtype.itemsize, ref.dtype, (rn, cn), st[-2:])
+
+
+def epilogue_of(ctx: KernelContext, n_main: int) -> tuple[Expr, list[HbmRef], list[float | None]]:
+    """The node's fused epilogue: its expression and, per extra operand, ref or immediate."""
+    out_dt = ctx.outputs[0].dtype
+    expr = ctx.node.attrs.get("epilogue") or Expr(1, (), out_dt)
+    refs = ctx.inputs[n_main:]
+    scalars = ctx.scalars[n_main:]
+    return expr, refs, scalars
+
+
+@kernel("matmul")
+def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
+    a_ref, b_ref = ctx.inputs[0], ctx.inputs[1]
+    out = ctx.outputs[0]
+    *batch, m, n = out.shape
+    k = a_ref.shape[-1]
+    a = broadcast_to(a_ref, tuple(batch) + (m, k))
+    b = broadcast_to(b_ref, tuple(batch) + (k, n))
+    expr, epi_refs, epi_scalars = epilogue_of(ctx, 2)
+    epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
+    groups = math.prod(batch) if batch else 1
+    n_temps = max(len(expr.steps) - 1, 0)
+    tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, ctx.dtype, out.dtype.itemsize,
+                                sum(e is not None for e in epi), n_temps)
+    tiles = []
+    for idx in itertools.product(*(range(d) for d in batch)):
+        for m0 in range(0, m, tiling.mt):
+            mt = min(tiling.mt, m - m0)
+            for n0 in range(0, n, tiling.nt):
+                nt = min(tiling.nt, n - n0)
+                chunks = []
+                for k0 in range(0, k, tiling.kt):
+                    kt = min(tiling.kt, k - k0)
+                    chunks.append(GemmChunk(_at(a, idx, m0, mt, k0, kt), _at(b, idx, k0, kt, n0, nt), mt, kt, nt))
+                tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
+                                      _at(out, idx, m0, mt, n0, nt), mt, nt))
+    flops = 2 * groups * m * n * k
+    isz = ctx.dtype.itemsize
+    min_bytes = (a_ref.numel + b_ref.numel) * isz + out.numel * out.dtype.itemsize + sum(
+        r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None)
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes)
+
+
+__all__ = ["matmul_kernel", "DType"]

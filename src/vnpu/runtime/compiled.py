@@ -1,0 +1,136 @@
+"""A compiled model: call it like the original, profile it, save it to one file and load it back."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vnpu.chip import chip_from_dict
+from vnpu.chip.schema import Chip
+from vnpu.dtypes import DType, numpy_to_torch, torch_to_numpy
+from vnpu.isa.program import HostLaunch, Program
+from vnpu.runtime.host import execute_host
+from vnpu.sim.device import Device
+from vnpu.sim.profile import Profile
+
+FORMAT = "vnpu-compiled-model"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A saved model that cannot be loaded: corrupt, from another format version, or for another chip."""
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    dtype: DType
+    input_shapes: list[tuple[int, ...]]
+    output_dtypes: list[DType]  # what the source framework returns (outputs are cast back to these)
+    fallback_ops: dict[str, int] = field(default_factory=dict)
+    ir_text: str = ""  # the optimized IR, for `vnpu run --show-ir` and debugging
+
+
+class CompiledModel:
+    """Runs a Program on a simulated chip. Weights are uploaded once, when first needed."""
+
+    def __init__(self, program: Program, chip: Chip, info: ModelInfo):
+        self.program = program
+        self.chip = chip
+        self.info = info
+        self._device: Device | None = None
+        self.last_profile: Profile | None = None
+        self._timing: Profile | None = None
+
+    # -- execution ---------------------------------------------------------------------
+    def _dev(self) -> Device:
+        if self._device is None:
+            dev = Device(self.chip, self.program.hbm_bytes, functional=True, host_executor=execute_host)
+            for ref, data in self.program.constants:
+                dev.write(ref, data)
+            self._device = dev
+        return self._device
+
+    def run_numpy(self, inputs: list[np.ndarray], trace: bool = False) -> list[np.ndarray]:
+        p = self.program
+        if len(inputs) != len(p.inputs):
+            raise ValueError(f"{self.info.name} takes {len(p.inputs)} input(s), got {len(inputs)}")
+        dev = self._dev()
+        for i, (ref, x) in enumerate(zip(p.inputs, inputs)):
+            x = np.asarray(x)
+            if tuple(x.shape) != ref.shape:
+                raise ValueError(f"input {i} ({p.input_names[i]}) has shape {tuple(x.shape)}; this program was "
+                                 f"compiled for {ref.shape}. Recompile for the new shape.")
+            dev.write(ref, x.astype(ref.dtype.np, copy=False))
+        self.last_profile = dev.run(p, trace=trace)
+        self.last_trace = dev.trace_events
+        return [dev.read(ref).astype(dt.np, copy=False) for ref, dt in zip(p.outputs, self.info.output_dtypes)]
+
+    def __call__(self, *args: Any) -> Any:
+        torch_in = any(type(a).__module__.startswith("torch") for a in args)
+        arrays = [torch_to_numpy(a) if type(a).__module__.startswith("torch") else np.asarray(a) for a in args]
+        outs = self.run_numpy(arrays)
+        if torch_in:
+            outs = [numpy_to_torch(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def profile(self) -> Profile:
+        """Timing-only simulation: no tensor data is touched (host ops are priced, not run)."""
+        if self._timing is None:
+            dev = Device(self.chip, self.program.hbm_bytes, functional=False)
+            self._timing = dev.run(self.program)
+        return self._timing
+
+    @property
+    def has_host_ops(self) -> bool:
+        return any(isinstance(l, HostLaunch) for l in self.program.launches)
+
+    # -- artifacts ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        blob = pickle.dumps({"program": self.program, "info": self.info}, protocol=pickle.HIGHEST_PROTOCOL)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": self.info.name, "dtype": self.info.dtype.value,
+            "chip": self.chip.name, "chip_fingerprint": self.program.chip_fingerprint,
+            "chip_spec": self.chip.model_dump(mode="json"), "payload_sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr("manifest.json", json.dumps(manifest, indent=1))
+            z.writestr("program.pkl", blob)
+
+    @classmethod
+    def load(cls, path: str | Path, chip: Chip | None = None) -> "CompiledModel":
+        """Loads a saved model. Only load files you trust: the payload is a pickle (checked by hash)."""
+        path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"{path}: no such file")
+        try:
+            with zipfile.ZipFile(path) as z:
+                manifest = json.loads(z.read("manifest.json"))
+                blob = z.read("program.pkl")
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
+            raise ArtifactError(f"{path} is not a vnpu compiled model, or it is corrupt ({e}). Recompile and save it again.") from None
+        if manifest.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: not a vnpu compiled model (format {manifest.get('format')!r})")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{path}: format version {manifest.get('format_version')}, this vnpu reads "
+                                f"{FORMAT_VERSION}. Recompile the model with this version.")
+        if hashlib.sha256(blob).hexdigest() != manifest.get("payload_sha256"):
+            raise ArtifactError(f"{path} is corrupt: its program payload does not match the manifest checksum. Recompile it.")
+        saved_chip = chip_from_dict(manifest["chip_spec"], f"{path}:manifest")
+        from vnpu.compiler.lower import chip_fingerprint
+
+        if chip is not None and chip_fingerprint(chip) != manifest["chip_fingerprint"]:
+            raise ArtifactError(f"{path} was compiled for chip {manifest['chip']!r} "
+                                f"(fingerprint {manifest['chip_fingerprint']}), not for {chip.name!r}. Recompile it for this chip.")
+        try:
+            data = pickle.loads(blob)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the artifact is unusable
+            raise ArtifactError(f"{path}: cannot decode the program ({type(e).__name__}: {e})") from None
+        return cls(data["program"], chip or saved_chip, data["info"])

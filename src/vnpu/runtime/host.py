@@ -1,0 +1,49 @@
+"""Host fallback: runs a HostLaunch's framework op on the CPU."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vnpu.dtypes import numpy_to_torch, torch_to_numpy
+from vnpu.isa.program import HostLaunch
+
+
+def _torch_op(target: str) -> Any:
+    import torch
+
+    qual = target.split(":", 1)[1]  # "aten::sort.default"
+    ns, rest = qual.split("::")
+    name, overload = rest.split(".", 1) if "." in rest else (rest, "default")
+    return getattr(getattr(getattr(torch.ops, ns), name), overload)
+
+
+def _rebuild(obj: Any, tensors: list[Any]) -> Any:
+    import torch
+
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__vnpu_arg__":
+        return tensors[obj[1]]
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__torch_dtype__":
+        return getattr(torch, obj[1])
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__torch_memfmt__":
+        return getattr(torch, obj[1])
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_rebuild(o, tensors) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def execute_host(launch: HostLaunch, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    if launch.target.startswith("torch:"):
+        import torch
+
+        op = _torch_op(launch.target)
+        tensors = [numpy_to_torch(a) for a in inputs]
+        # host ops compute in fp32 like the reference; results are rounded to the program's dtype on write-back
+        tensors = [t.float() if t.is_floating_point() else t for t in tensors]
+        with torch.no_grad():
+            out = op(*_rebuild(launch.payload["args"], tensors), **_rebuild(launch.payload["kwargs"], tensors))
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [torch_to_numpy(o).astype(ref.dtype.np) for o, ref in zip(outs, launch.outputs)]
+    raise RuntimeError(f"no host executor for {launch.target!r}")

@@ -1,0 +1,244 @@
+"""The simulated chip: event-driven timing over per-core instruction queues, with
+optional functional execution of each instruction at the moment it is issued."""
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+import numpy as np
+
+from vnpu.chip.schema import Chip
+from vnpu.isa import cost
+from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, VecOp
+from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.sim.functional import STARTERS, hbm_view
+from vnpu.sim.profile import KernelProfile, Profile
+
+HostExecutor = Callable[[HostLaunch, list[np.ndarray]], list[np.ndarray]]
+
+_TRY, _DONE = 0, 1
+_QI = {q: i for i, q in enumerate(QUEUES)}
+
+
+class DeadlockError(RuntimeError):
+    pass
+
+
+class Device:
+    """One simulated chip. `functional=False` is timing-only: no tensor data is touched."""
+
+    def __init__(self, chip: Chip, hbm_bytes: int, functional: bool = True, host_executor: HostExecutor | None = None):
+        if hbm_bytes > chip.hbm.bytes:
+            raise MemoryError(f"program needs {hbm_bytes / 2**30:.2f} GiB of HBM; {chip.name} has {chip.hbm.bytes / 2**30:.2f} GiB")
+        self.chip = chip
+        self.functional = functional
+        self.hbm = np.zeros(hbm_bytes, np.uint8) if functional else np.zeros(0, np.uint8)
+        self._srams: dict[int, np.ndarray] = {}
+        self.host_executor = host_executor
+        self.trace_events: list[dict] | None = None
+        self._lat = cost.hbm_latency_cycles(chip)
+        self._hbm_bpc = chip.hbm_bytes_per_cycle
+        self._dma_bpc = chip.core.dma_bytes_per_cycle
+        self._cost_cache: dict[int, tuple] = {}
+
+    # -- host-side access to simulated HBM --------------------------------------------
+    def write(self, ref: HbmRef, value: np.ndarray) -> None:
+        if self.functional:
+            hbm_view(self.hbm, ref)[...] = np.asarray(value).reshape(ref.shape)
+
+    def read(self, ref: HbmRef) -> np.ndarray:
+        return np.array(hbm_view(self.hbm, ref), copy=True)
+
+    def sram(self, core: int) -> np.ndarray:
+        s = self._srams.get(core)
+        if s is None:
+            s = self._srams[core] = np.zeros(self.chip.core.scratchpad.bytes, np.uint8)
+        return s
+
+    # -- running programs ----------------------------------------------------------------
+    def run(self, program: Program, trace: bool = False) -> Profile:
+        chip = self.chip
+        prof = Profile(chip=chip.name, clock_hz=chip.clock_hz, cores=chip.cores,
+                       peak_flops_per_cycle=2 * chip.peak_macs_per_cycle(program.dtype) if chip.supports(program.dtype) else 0)
+        self.trace_events = [] if trace else None
+        t = 0.0
+        launch_gap = chip.kernel_launch_us * 1e-6 * chip.clock_hz
+        for launch in program.launches:
+            if isinstance(launch, HostLaunch):
+                kp = self._run_host(launch, t)
+            else:
+                kp = self._run_kernel(launch, t)
+            prof.kernels.append(kp)
+            t = kp.start_cycle + kp.cycles + launch_gap
+            prof.flops += kp.flops
+            prof.macs += kp.macs
+            prof.sram_bytes += kp.sram_bytes
+            prof.instructions += kp.instructions
+            for q in QUEUES:
+                prof.busy[q] += kp.busy[q]
+                prof.stall[q] += kp.stall[q]
+        prof.cycles = t
+        e = chip.energy
+        for kp in prof.kernels:
+            prof.energy.sram_j += kp.sram_bytes * e.pj_per_sram_byte * 1e-12
+            prof.energy.vector_j += kp.vector_ops * e.pj_per_vector_op * 1e-12
+            prof.energy.hbm_j += kp.hbm_bytes * e.pj_per_hbm_byte * 1e-12
+            prof.energy.l2_j += kp.hbm_bytes * e.pj_per_l2_byte * 1e-12  # DMA traffic crosses the shared L2
+        pj_mac = e.pj_per_mac.get(program.dtype, max(e.pj_per_mac.values()))
+        prof.energy.mac_j = prof.macs * pj_mac * 1e-12
+        prof.energy.static_j = e.static_w * prof.seconds
+        for kp in prof.kernels:
+            kp.energy_j = (kp.macs * pj_mac + kp.vector_ops * e.pj_per_vector_op + kp.sram_bytes * e.pj_per_sram_byte
+                           + kp.hbm_bytes * (e.pj_per_hbm_byte + e.pj_per_l2_byte)) * 1e-12 + e.static_w * kp.cycles / chip.clock_hz
+        prof.l2_bytes = sum(k.hbm_bytes for k in prof.kernels)
+        return prof
+
+    def _run_host(self, launch: HostLaunch, t0: float) -> KernelProfile:
+        link = self.chip.host_link
+        nbytes = sum(r.numel * r.dtype.itemsize for r in launch.inputs + launch.outputs)
+        cycles = (nbytes / (link.bandwidth_gbs * 1e9) + 2 * link.latency_us * 1e-6) * self.chip.clock_hz
+        if self.functional:
+            if self.host_executor is None:
+                raise RuntimeError(f"{launch.name} runs on the host, but no host executor is attached")
+            outs = self.host_executor(launch, [self.read(r) for r in launch.inputs])
+            for ref, val in zip(launch.outputs, outs):
+                self.write(ref, val)
+        kp = KernelProfile(launch.name, "host", launch.ops, t0, cycles, 0, 0, nbytes, 0, 0, 0)
+        kp.memory_bound_cycles = cycles
+        if self.trace_events is not None:
+            self.trace_events.append(_event(launch.name, "host", -1, "host", t0, cycles, self.chip.clock_hz))
+        return kp
+
+    def _instr_cost(self, ins, dtype) -> tuple:
+        """(kind, hbm traffic bytes, engine cycles, macs, vector ops, sram bytes), cached per instruction."""
+        key = id(ins)
+        c = self._cost_cache.get(key)
+        if c is not None and c[0] is ins:
+            return c[1]
+        chip = self.chip
+        if isinstance(ins, DmaLoad):
+            fp = ins.hbm_bytes if ins.hbm_bytes >= 0 else cost.hbm_traffic_bytes(chip, ins.src.footprint_bytes(), ins.src.contiguous_run())
+            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes)
+        elif isinstance(ins, DmaStore):
+            fp = cost.hbm_traffic_bytes(chip, ins.dst.footprint_bytes(), ins.dst.contiguous_run())
+            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes)
+        elif isinstance(ins, DmaGather):
+            rows = ins.index.numel
+            row_bytes = max(ins.dst.nbytes // max(rows, 1), 1)
+            fp = rows * max(row_bytes, chip.hbm.burst_bytes)
+            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes + ins.index.nbytes)
+        elif isinstance(ins, MatMul):
+            m, k = ins.a.shape
+            n = ins.b.shape[1]
+            cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype)
+            r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1))
+        else:
+            n = ins.dst.numel if not ins.op.startswith("reduce_") else ins.srcs[0].numel
+            r = (3, 0, cost.vector_cycles(chip, ins.op, n), 0, n,
+                 ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)))
+        self._cost_cache[key] = (ins, r)
+        return r
+
+    def _run_kernel(self, launch: KernelLaunch, t0: float) -> KernelProfile:
+        functional = self.functional
+        hbm = self.hbm
+        lat = self._lat
+        hbm_bpc = self._hbm_bpc
+        dtype = launch.dtype
+        kp = KernelProfile(launch.name, launch.kind, launch.ops, t0, 0.0, launch.flops, 0, 0, 0, 0, 0)
+        busy = [0.0] * 4
+        stall = [0.0] * 4
+        hbm_free = t0
+        heap: list = []
+        seq = 0
+        streams = []
+        for ci, cs in enumerate(launch.cores):
+            qlists = [cs.queues[q] for q in QUEUES]
+            st = [qlists, [0, 0, 0, 0], [t0] * 4, [0] * max(cs.semaphores, 1), {}, self.sram(ci) if functional else None]
+            streams.append(st)
+            for qi in range(4):
+                if qlists[qi]:
+                    heapq.heappush(heap, (t0, seq, _TRY, ci, qi, None))
+                    seq += 1
+        end = t0
+        macs = vops = sram_b = hbm_b = n_ins = 0
+        tr = self.trace_events
+        while heap:
+            now, _, kind, ci, qi, payload = heapq.heappop(heap)
+            st = streams[ci]
+            qlists, ptrs, free_at, sems, waiters, sram = st
+            if kind == _DONE:
+                commit, signal = payload
+                if commit is not None:
+                    commit()
+                if now > end:
+                    end = now
+                if signal >= 0:
+                    sems[signal] += 1
+                    for wq in waiters.pop(signal, ()):
+                        heapq.heappush(heap, (now, seq, _TRY, ci, wq, None))
+                        seq += 1
+                continue
+            ins = qlists[qi][ptrs[qi]]
+            blocked = False
+            for s, v in ins.waits:
+                if sems[s] < v:
+                    waiters.setdefault(s, []).append(qi)
+                    blocked = True
+                    break
+            if blocked:
+                continue
+            start = now if now > free_at[qi] else free_at[qi]
+            stall[qi] += start - free_at[qi]
+            kind_i, traffic, cyc, m, vo, sb = self._instr_cost(ins, dtype)
+            if kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
+                h0 = start if start > hbm_free else hbm_free
+                hbm_free = h0 + traffic / hbm_bpc
+                xfer_end = start + cyc
+                if hbm_free > xfer_end:
+                    xfer_end = hbm_free
+                occupy = xfer_end - start
+                done = xfer_end + lat  # requests are pipelined: the engine moves on before data lands
+                hbm_b += traffic
+            else:
+                occupy = cyc
+                done = start + cyc
+            busy[qi] += occupy
+            macs += m
+            vops += vo
+            sram_b += sb
+            n_ins += 1
+            commit = STARTERS[type(ins)](ins, hbm, sram) if functional else None
+            free_at[qi] = start + occupy
+            heapq.heappush(heap, (done, seq, _DONE, ci, qi, (commit, ins.signal)))
+            seq += 1
+            ptrs[qi] += 1
+            if ptrs[qi] < len(qlists[qi]):
+                heapq.heappush(heap, (free_at[qi], seq, _TRY, ci, qi, None))
+                seq += 1
+            if tr is not None:
+                tr.append(_event(type(ins).__name__ + (f":{ins.op}" if isinstance(ins, VecOp) else ""), QUEUES[qi], ci, launch.name, start, done - start, self.chip.clock_hz))
+        for ci, st in enumerate(streams):
+            left = [(QUEUES[q], st[1][q], len(st[0][q])) for q in range(4) if st[1][q] < len(st[0][q])]
+            if left:
+                raise DeadlockError(f"kernel {launch.name}: core {ci} queues never finished (queue, next, total): {left}; "
+                                    f"semaphores {st[3]}")
+        kp.cycles = end - t0
+        kp.macs = macs
+        kp.vector_ops = vops
+        kp.sram_bytes = sram_b
+        kp.hbm_bytes = hbm_b
+        kp.instructions = n_ins
+        kp.busy = dict(zip(QUEUES, busy))
+        kp.stall = dict(zip(QUEUES, stall))
+        chip = self.chip
+        peak_macs = chip.peak_macs_per_cycle(dtype) if chip.supports(dtype) else 1
+        kp.compute_bound_cycles = max(macs / peak_macs, vops / (chip.core.vector.lanes * chip.cores))
+        kp.memory_bound_cycles = launch.min_hbm_bytes / hbm_bpc
+        return kp
+
+
+def _event(name: str, queue: str, core: int, kernel: str, start: float, dur: float, hz: float) -> dict:
+    us = 1e6 / hz
+    return {"name": name, "cat": queue, "ph": "X", "pid": core, "tid": queue, "ts": start * us, "dur": dur * us,
+            "args": {"kernel": kernel}}

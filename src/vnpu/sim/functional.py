@@ -1,0 +1,191 @@
+"""What each instruction does to simulated memory, with the chip's arithmetic.
+
+Each `start_*` reads its sources when the timing model issues the instruction and
+returns a commit function that writes the result when the instruction completes, so a
+consumer that runs too early (a missing semaphore wait) reads stale data.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import special
+
+from vnpu.dtypes import DType
+from vnpu.isa.instructions import DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
+
+Commit = Callable[[], None]
+F32 = np.float32
+
+
+def hbm_view(mem: np.ndarray, ref: HbmRef) -> np.ndarray:
+    isz = ref.dtype.itemsize
+    return np.ndarray(ref.shape, ref.dtype.np, mem, ref.offset, tuple(s * isz for s in ref.strides))
+
+
+def sram_view(mem: np.ndarray, ref: SramRef) -> np.ndarray:
+    return np.ndarray(ref.shape, ref.dtype.np, mem, ref.offset)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    if a.dtype == F32 or a.dtype.kind in "iub":
+        return a
+    return a.astype(F32)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return (0.5 * x * (1.0 + special.erf(x * F32(0.7071067811865476)))).astype(F32, copy=False)
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return (0.5 * x * (1.0 + np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x)))).astype(F32, copy=False)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return special.expit(x).astype(F32, copy=False)
+
+
+UNARY_FNS: dict[str, Callable[..., np.ndarray]] = {
+    "neg": np.negative,
+    "relu": lambda x: np.maximum(x, x.dtype.type(0)),
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "silu": lambda x: x * _sigmoid(x),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: F32(1.0) / np.sqrt(x),
+    "erf": lambda x: special.erf(x).astype(x.dtype, copy=False),
+    "abs": np.abs,
+    "reciprocal": lambda x: F32(1.0) / x,
+    "not": np.logical_not,
+    "sin": np.sin,
+    "cos": np.cos,
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "round": np.round,
+    "sign": np.sign,
+    "identity": lambda x: x,
+    "hardsigmoid": lambda x: np.clip(x / F32(6.0) + F32(0.5), 0, 1).astype(x.dtype, copy=False),
+    "hardswish": lambda x: x * np.clip(x / F32(6.0) + F32(0.5), 0, 1).astype(x.dtype, copy=False),
+}
+
+BINARY_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum, "pow": np.power,
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+    "and": np.logical_and, "or": np.logical_or, "fmod": np.fmod, "floordiv": np.floor_divide,
+}
+
+
+def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dtype: np.dtype) -> np.ndarray:
+    """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
+    args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
+    if op in BINARY_FNS:
+        a, b = args
+        if isinstance(a, float) and isinstance(b, np.ndarray):
+            a = b.dtype.type(a)
+        if isinstance(b, float) and isinstance(a, np.ndarray):
+            b = a.dtype.type(b)
+        return BINARY_FNS[op](a, b)
+    if op in UNARY_FNS:
+        return UNARY_FNS[op](args[0])
+    if op == "clamp":
+        x = args[0]
+        lo, hi = attrs.get("min"), attrs.get("max")
+        return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype, copy=False)
+    if op == "pow_scalar":
+        return np.power(args[0], F32(attrs["exponent"]))
+    if op == "cast":
+        x = args[0]
+        tgt = np.dtype(out_dtype)
+        if tgt.kind == "f" or x.dtype.kind != "f":
+            return x
+        return (np.trunc(x) if tgt.kind in "iu" else x != 0).astype(tgt)  # float -> int truncates like C/PyTorch
+    if op == "where":
+        c, a, b = args
+        return np.where(c, a, b)
+    if op == "fill":
+        return np.full((), attrs["value"], F32)
+    if op.startswith("reduce_"):
+        x = args[0]
+        kind = op[7:]
+        if kind == "sum":
+            return np.add.reduce(x, axis=-1, keepdims=True, dtype=F32 if x.dtype.kind == "f" else None)
+        if kind == "max":
+            return np.max(x, axis=-1, keepdims=True)
+        if kind == "min":
+            return np.min(x, axis=-1, keepdims=True)
+    raise NotImplementedError(f"vector op {op!r} has no functional model")
+
+
+def start_dma_load(ins: DmaLoad, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+    val = np.array(hbm_view(hbm, ins.src), copy=True)
+    dst = sram_view(sram, ins.dst)
+
+    def commit() -> None:
+        dst[...] = val.reshape(dst.shape)
+    return commit
+
+
+def start_dma_gather(ins: DmaGather, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+    idx = sram_view(sram, ins.index).astype(np.int64).ravel()
+    table = hbm_view(hbm, ins.table)
+    n = table.shape[0]
+    idx = np.where(idx < 0, idx + n, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"gather index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
+    val = table[idx]
+    dst = sram_view(sram, ins.dst)
+
+    def commit() -> None:
+        dst[...] = val.reshape(dst.shape)
+    return commit
+
+
+def start_dma_store(ins: DmaStore, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+    val = sram_view(sram, ins.src).copy()
+    dst = hbm_view(hbm, ins.dst)
+
+    def commit() -> None:
+        dst[...] = val.reshape(dst.shape)
+    return commit
+
+
+def start_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+    a = _f32(sram_view(sram, ins.a))
+    b = _f32(sram_view(sram, ins.b))
+    acc = sram_view(sram, ins.acc)
+    r = a @ b  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
+    if ins.accumulate:
+        r += acc
+
+    def commit() -> None:
+        acc[...] = r
+    return commit
+
+
+def start_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+    srcs: list[np.ndarray | float] = []
+    for i, s in enumerate(ins.srcs):
+        if isinstance(s, SramRef):
+            v = sram_view(sram, s)
+            view = ins.views[i] if i < len(ins.views) else None
+            srcs.append(v.reshape(view) if view is not None else v)
+        else:
+            srcs.append(float(s))
+    dst = sram_view(sram, ins.dst)
+    r = vector_compute(ins.op, srcs, dict(ins.attrs), dst.dtype)
+
+    def commit() -> None:
+        dst[...] = r
+    return commit
+
+
+STARTERS = {DmaLoad: start_dma_load, DmaGather: start_dma_gather, DmaStore: start_dma_store, MatMul: start_matmul, VecOp: start_vec}
+
+
+def dtype_of(ref: SramRef | HbmRef) -> DType:
+    return ref.dtype

@@ -6,6 +6,7 @@ import heapq
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from vnpu.chip.schema import Chip
 from vnpu.isa import cost
@@ -57,6 +58,12 @@ class Device:
 
     # -- running programs ----------------------------------------------------------------
     def run(self, program: Program, trace: bool = False) -> Profile:
+        # Tile-sized BLAS calls run fastest single-threaded; multi-threaded OpenBLAS spins
+        # between thousands of small calls and starves the other core (40x slower here).
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._run(program, trace)
+
+    def _run(self, program: Program, trace: bool) -> Profile:
         chip = self.chip
         prof = Profile(chip=chip.name, clock_hz=chip.clock_hz, cores=chip.cores,
                        peak_flops_per_cycle=2 * chip.peak_macs_per_cycle(program.dtype) if chip.supports(program.dtype) else 0)

@@ -260,8 +260,7 @@ def _ensure_attention_registered() -> str:
         return ATTN_IMPLEMENTATION
     from transformers import AttentionInterface
 
-    if ATTN_IMPLEMENTATION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTN_IMPLEMENTATION, _plain_attention)
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _plain_attention)  # idempotent
     return ATTN_IMPLEMENTATION
 
 

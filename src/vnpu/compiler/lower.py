@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import copy as _copy
 
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
@@ -26,7 +25,7 @@ def chip_fingerprint(chip: Chip) -> str:
 
 def optimize(graph: Graph, dtype: DType) -> Graph:
     """Runs the graph passes on a copy: precision, legalization, fusion, layout."""
-    g = _copy.deepcopy(graph)
+    g = graph.clone()
     set_precision(g, dtype)
     legalize(g)
     fuse(g)

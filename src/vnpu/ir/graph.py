@@ -118,6 +118,28 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    def clone(self) -> "Graph":
+        """A structural copy: new Values and Nodes, constant arrays shared (passes replace
+        constants, they never write into them)."""
+        g = Graph(self.name)
+        g._names = set(self._names)
+        vmap: dict[int, Value] = {}
+
+        def cp(v: Value) -> Value:
+            nv = vmap.get(id(v))
+            if nv is None:
+                nv = vmap[id(v)] = Value(v.name, v.type, None, v.data)
+            return nv
+
+        g.inputs = [cp(v) for v in self.inputs]
+        for n in self.nodes:
+            nn = Node(n.op, [cp(v) for v in n.inputs], [cp(v) for v in n.outputs], dict(n.attrs), n.name)
+            for o in nn.outputs:
+                o.producer = nn
+            g.nodes.append(nn)
+        g.outputs = [cp(v) for v in self.outputs]
+        return g
+
     def constants(self) -> list[Value]:
         seen: dict[int, Value] = {}
         for n in self.nodes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
@@ -27,6 +28,7 @@ class GemmChunk:
     kt: int
     nt: int
     a_bytes: int = -1  # HBM traffic of the A load when it differs from its footprint (im2col)
+    b_bytes: int = -1  # likewise for the B load
 
 
 @dataclass
@@ -36,6 +38,14 @@ class GemmTile:
     out: HbmRef  # its row-major flattening is the [mt, nt] output tile
     mt: int
     nt: int
+    # per epilogue operand: its scratchpad tile shape when not [mt, nt]; a broadcast operand
+    # (per-channel bias/scale) loads compactly as [mt, 1] or [1, nt] and the vector engine
+    # broadcasts it. None: every loaded operand is a full [mt, nt] tile.
+    epi_shapes: list[tuple[int, int] | None] | None = None
+
+    def epi_shape(self, i: int) -> tuple[int, int]:
+        s = self.epi_shapes[i] if self.epi_shapes is not None else None
+        return s if s is not None else (self.mt, self.nt)
 
 
 @dataclass(frozen=True)
@@ -44,11 +54,48 @@ class GemmTiling:
     kt: int
     nt: int
     est_cycles: float
+    nbuf: int = 2  # scratchpad buffers per operand: chunk j+nbuf loads while chunk j multiplies
 
 
-def gemm_sram_bytes(mt: int, kt: int, nt: int, in_size: int, out_size: int, n_epi: int, n_temps: int) -> int:
-    return (2 * mt * kt * in_size + 2 * kt * nt * in_size + 2 * mt * nt * 4
+def gemm_sram_bytes(mt: int, kt: int, nt: int, in_size: int, out_size: int, n_epi: int, n_temps: int,
+                    nbuf: int = 2) -> int:
+    return (nbuf * mt * kt * in_size + nbuf * kt * nt * in_size + 2 * mt * nt * 4
             + 2 * n_epi * mt * nt * 4 + n_temps * mt * nt * 4 + 2 * mt * nt * out_size + 64 * 16)
+
+
+def pipeline_cycles(chip: Chip, tiles: int, chunks: int, nbuf: int, mm: float, load_bytes: float,
+                    epi_bytes: float, vec: float, out_bytes: float, active: int = 1) -> float:
+    """One core's time for `tiles` x `chunks` GEMM steps as emit_gemm schedules them.
+
+    Chunk j's loads start when the DMA-in queue is free and the matmul of chunk j-nbuf has
+    released its buffer; they land one HBM latency after their transfer; its matmul starts
+    when they have landed and the previous matmul is done. Each tile then runs its epilogue
+    on the vector engine and stores. `active` cores share the HBM channel, so a core's
+    transfers run at most at 1/active of it. Long runs are extrapolated from the steady state.
+    """
+    lat = cost.hbm_latency_cycles(chip)
+    dma = min(chip.core.dma_bytes_per_cycle, chip.hbm_bytes_per_cycle / max(active, 1))
+    xfer = load_bytes / dma
+    n = tiles * chunks
+    sim = min(n, max(4 * chunks, 4 * nbuf, 16))
+    ends: list[float] = []
+    dq = 0.0
+    vec_free = 0.0
+    for j in range(sim):
+        s = max(dq, ends[j - nbuf] if j >= nbuf else 0.0)
+        dq = s + xfer
+        st = max(dq + lat, ends[j - 1] if j else 0.0)
+        ends.append(st + mm)
+        if (j + 1) % chunks == 0:
+            dq += epi_bytes / dma
+            vec_free = max(vec_free, ends[-1]) + vec
+    end = ends[-1]
+    if n > sim:
+        half = sim // 2
+        period = (ends[-1] - ends[half - 1]) / (sim - half)
+        end += (n - sim) * period
+        vec_free = max(vec_free + (tiles - sim // chunks) * vec, end + vec)
+    return max(end + vec, vec_free) + lat + out_bytes / dma
 
 
 def _candidates(dim: int, base: list[int]) -> list[int]:
@@ -57,12 +104,23 @@ def _candidates(dim: int, base: list[int]) -> list[int]:
 
 
 def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: DType, out_size: int,
-                       n_epi: int = 0, n_temps: int = 0, k_quantum: int = 1) -> GemmTiling:
+                       n_epi: int = 0, n_temps: int = 0, k_quantum: int = 1,
+                       n_cands: list[int] | None = None, n_tiles: Callable[[int], int] | None = None,
+                       a_scale: float | Callable[[int], float] = 1.0, b_scale: float | Callable[[int], float] = 1.0,
+                       m_cands: list[int] | None = None, pipeline_model: bool = True) -> GemmTiling:
     """Picks (mt, kt, nt) minimizing the estimated kernel time among tilings that fit.
 
     Estimate: the slowest of per-core matrix time, HBM time for all operand traffic, and
     per-core DMA time, plus the pipeline fill (first chunk's load and last tile's drain).
-    `k_quantum` keeps kt a multiple of e.g. kh*kw for convolutions.
+    `k_quantum` keeps kt a multiple of e.g. kh*kw for convolutions. Convolutions also pass
+    the N tile sizes they can form (`n_cands`, `n_tiles(nt)` = how many tiles cover N) and
+    the HBM bytes per scratchpad byte of the A and B loads (`a_scale`, `b_scale`: an im2col
+    tile is expanded kh*kw-fold in the scratchpad but each input byte is read once;
+    callables take mt and nt respectively).
+
+    `pipeline_model` prices each candidate with `pipeline_cycles` (HBM latency per chunk,
+    the buffer-reuse dependency, epilogue and store drain) and also considers triple
+    buffering; small, latency-bound problems (convolutions at batch 1) need it.
     """
     r, c = chip.core.matrix.rows, chip.core.matrix.cols
     isz = dtype.itemsize
@@ -70,29 +128,40 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
     hbm_bpc = chip.hbm_bytes_per_cycle
     dma_bpc = chip.core.dma_bytes_per_cycle
     lat = cost.hbm_latency_cycles(chip)
-    m_c = _candidates(m, [16, 32, 64, 128, 256, 512, 1024, 2048])
-    n_c = _candidates(n, [c // 2, c, 2 * c, 4 * c, 8 * c])
+    m_c = _candidates(m, m_cands or [16, 32, 64, 128, 256, 512, 1024, 2048])
+    n_c = sorted(set(n_cands)) if n_cands else _candidates(n, [c // 2, c, 2 * c, 4 * c, 8 * c])
     kq = max(k_quantum, 1)
     k_c = sorted({min(k, max(kq, v // kq * kq)) for v in [r, 2 * r, 4 * r, 8 * r, 16 * r, 32 * r, 64 * r, k]})
     best: GemmTiling | None = None
+    vl = chip.core.vector.lanes
     for mt in m_c:
+        as_ = a_scale(mt) if callable(a_scale) else a_scale
         for nt in n_c:
+            bs = b_scale(nt) if callable(b_scale) else b_scale
             for kt in k_c:
-                if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps) > cap:
-                    continue
-                tiles = groups * math.ceil(m / mt) * math.ceil(n / nt)
-                chunks = math.ceil(k / kt)
-                per_core_tiles = math.ceil(tiles / chip.cores)
-                mm = cost.matmul_cycles(chip, mt, kt, nt, dtype)
-                compute = per_core_tiles * chunks * mm
-                chunk_bytes = (mt * kt + kt * nt) * isz
-                traffic = tiles * (chunks * chunk_bytes + mt * nt * out_size * (1 + n_epi))
-                mem = traffic / hbm_bpc
-                dma = per_core_tiles * (chunks * chunk_bytes) / dma_bpc
-                fill = lat + chunk_bytes / dma_bpc + mm + lat + mt * nt * out_size / dma_bpc
-                est = max(compute, mem, dma) + fill + 4 * per_core_tiles * chunks
-                if best is None or est < best.est_cycles * 0.999:
-                    best = GemmTiling(mt, kt, nt, est)
+                for nbuf in ((2, 3) if pipeline_model else (2,)):
+                    if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps, nbuf) > cap:
+                        continue
+                    tiles = groups * math.ceil(m / mt) * (n_tiles(nt) if n_tiles else math.ceil(n / nt))
+                    chunks = math.ceil(k / kt)
+                    per_core_tiles = math.ceil(tiles / chip.cores)
+                    mm = cost.matmul_cycles(chip, mt, kt, nt, dtype)
+                    chunk_bytes = (mt * kt * as_ + kt * nt * bs) * isz
+                    traffic = tiles * (chunks * chunk_bytes + mt * nt * out_size * (1 + n_epi))
+                    mem = traffic / hbm_bpc
+                    if pipeline_model:
+                        vec = (max(n_temps, 0) + 1) * (8 + mt * nt / vl)
+                        core = pipeline_cycles(chip, per_core_tiles, chunks, nbuf, mm, chunk_bytes,
+                                               mt * nt * out_size * n_epi, vec, mt * nt * out_size,
+                                               min(tiles, chip.cores))
+                        est = max(core, mem + 2 * lat) + 4 * per_core_tiles * chunks
+                    else:
+                        compute = per_core_tiles * chunks * mm
+                        dma = per_core_tiles * (chunks * chunk_bytes) / dma_bpc
+                        fill = lat + chunk_bytes / dma_bpc + mm + lat + mt * nt * out_size / dma_bpc
+                        est = max(compute, mem, dma) + fill + 4 * per_core_tiles * chunks
+                    if best is None or est < best.est_cycles * 0.999:
+                        best = GemmTiling(mt, kt, nt, est, nbuf)
     if best is None:
         raise RuntimeError(f"no GEMM tiling of {m}x{k}x{n} fits a {cap}-byte scratchpad")
     return best
@@ -115,11 +184,13 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         if not core_tiles:
             streams.append(b.finish())
             continue
-        abuf = [b.alloc(dt, (mt_max, kt_max)) for _ in range(2)]
-        bbuf = [b.alloc(dt, (kt_max, nt_max)) for _ in range(2)]
+        nbuf = tiling.nbuf
+        abuf = [b.alloc(dt, (mt_max, kt_max)) for _ in range(nbuf)]
+        bbuf = [b.alloc(dt, (kt_max, nt_max)) for _ in range(nbuf)]
         acc = [b.alloc(DType.fp32, (mt_max, nt_max)) for _ in range(2)]
-        epi = [[b.alloc(r.dtype if r is not None else DType.fp32, (mt_max, nt_max)) if r is not None else None
-                for r in core_tiles[0].epilogue] for _ in range(2)]
+        epi_max = [max((t.epi_shape(i) for t in core_tiles), key=math.prod) for i in range(n_epi)]
+        epi = [[b.alloc(r.dtype, epi_max[i]) if r is not None else None
+                for i, r in enumerate(core_tiles[0].epilogue)] for _ in range(2)]
         outb = [b.alloc(out_dt, (mt_max, nt_max)) for _ in range(2)]
         temps = expr_temps(b, expr, (mt_max, nt_max))
         LOADED, MM, EPL, EPD, ST = (b.sem() for _ in range(5))
@@ -128,12 +199,12 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         for t, tile in enumerate(core_tiles):
             s = t % 2
             for ci, ch in enumerate(tile.chunks):
-                js = j % 2
+                js = j % nbuf
                 a_t = sub_ref(abuf[js], (ch.mt, ch.kt))
                 b_t = sub_ref(bbuf[js], (ch.kt, ch.nt))
-                w = ((MM, j - 1),) if j >= 2 else ()
+                w = ((MM, j + 1 - nbuf),) if j >= nbuf else ()
                 b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
-                b.emit(DmaLoad(ch.b, b_t, waits=w, signal=LOADED))
+                b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w, signal=LOADED))
                 mw = [(LOADED, j + 1)]
                 if ci == 0 and t >= 2:
                     mw.append((EPD, t - 1))
@@ -144,9 +215,11 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             loads = [(i, r) for i, r in enumerate(tile.epilogue) if r is not None]
             for li, (i, r) in enumerate(loads):
                 w = ((EPD, t - 1),) if t >= 2 and li == 0 else ()
-                b.emit(DmaLoad(r, sub_ref(epi[s][i], shape), waits=w, signal=EPL if li == len(loads) - 1 else -1))
+                b.emit(DmaLoad(r, sub_ref(epi[s][i], tile.epi_shape(i)), waits=w,
+                               signal=EPL if li == len(loads) - 1 else -1))
             for i in range(n_epi):
-                operands.append(sub_ref(epi[s][i], shape) if tile.epilogue[i] is not None else epi_scalars[i])
+                operands.append(sub_ref(epi[s][i], tile.epi_shape(i)) if tile.epilogue[i] is not None
+                                else epi_scalars[i])
             vw = [(MM, j)]
             if has_epi_loads:
                 vw.append((EPL, t + 1))

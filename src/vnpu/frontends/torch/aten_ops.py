@@ -429,6 +429,8 @@ def _cat(cx: Cx, xs: list, dim: int = 0) -> Value:
 def _pad(cx: Cx, x: Value, pad: list, value: float = 0.0) -> Value | None:
     if any(p < 0 for p in pad):
         return None
+    if not any(pad):
+        return x
     pads = [(0, 0)] * x.type.rank
     for i in range(len(pad) // 2):
         pads[x.type.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])

@@ -30,60 +30,75 @@ def _scalar_like(v: Value) -> bool:
     return v.type.numel == 1
 
 
+def _reshape_base(v: Value) -> Value:
+    """The tensor a chain of reshapes starts from (reshape(reshape(y)) is a view of y)."""
+    while v.producer is not None and v.producer.op == "reshape":
+        v = v.producer.inputs[0]
+    return v
+
+
 def sink_reshapes(g: Graph) -> int:
-    """elementwise(reshape(x), ...) -> reshape(elementwise(x, ...)) where the other operands
-    allow it, so that a matmul's bias/activation/residual can fuse into its epilogue."""
+    """elementwise(reshape(mm), ...) -> reshape(elementwise(mm, ...)) when `mm` comes from a
+    matmul, so that bias, activation and residual fuse into the matmul's epilogue
+    (Linear layers on 3-D inputs reshape to 2-D around the matmul)."""
     changed = 0
-    progress = True
-    while progress:
-        progress = False
-        users = _users(g)
-        out_ids = {id(v) for v in g.outputs}
-        for n in list(g.nodes):
-            if not _is_ew(n) or n.op == "where":
+    users = _users(g)
+    out_ids = {id(v) for v in g.outputs}
+    new_nodes: list[Node] = list(g.nodes)
+    for n in list(g.nodes):
+        if not _is_ew(n) or n.op == "where":
+            continue
+        for ai, r in enumerate(n.inputs):
+            R = r.producer
+            if R is None or R.op != "reshape" or len(users.get(id(r), [])) != 1 or id(r) in out_ids:
                 continue
-            for ai, r in enumerate(n.inputs):
-                R = r.producer
-                if R is None or R.op != "reshape" or len(users.get(id(r), [])) != 1 or id(r) in out_ids:
-                    continue
-                x = R.inputs[0]
-                if x.is_const or n.output.shape != r.shape or x.shape == r.shape:
-                    continue
-                new_inputs: list[Value] | None = []
-                for bi, o in enumerate(n.inputs):
-                    if bi == ai:
-                        new_inputs.append(x)
-                    elif _scalar_like(o) or (o.shape[-1:] == r.shape[-1:] == x.shape[-1:] and all(d == 1 for d in o.shape[:-1])):
-                        new_inputs.append(o)
-                    elif o.shape == r.shape:
-                        pos = g.nodes.index(n)
-                        rn = g.add_node("reshape", [o], {"shape": list(x.shape)}, name=f"{o.name}_r")
-                        g.nodes.pop()
-                        g.nodes.insert(pos, rn)
-                        new_inputs.append(rn.output)
+            x = R.inputs[0]
+            if (x.producer is None or not (x.producer.op == "matmul" or _is_ew(x.producer))
+                    or n.output.shape != r.shape or x.shape == r.shape):
+                continue
+            new_inputs: list[Value] | None = []
+            pre: list[Node] = []
+            for bi, o in enumerate(n.inputs):
+                if bi == ai:
+                    new_inputs.append(x)
+                elif _scalar_like(o) or (o.shape[-1:] == r.shape[-1:] == x.shape[-1:] and all(d == 1 for d in o.shape[:-1])):
+                    new_inputs.append(o)
+                elif o.shape == r.shape:
+                    base = _reshape_base(o)
+                    if base.shape == x.shape:
+                        new_inputs.append(base)
                     else:
-                        new_inputs = None
-                        break
-                if new_inputs is None:
-                    continue
-                old_out = n.output
-                pos = g.nodes.index(n)
-                g.nodes.remove(n)
-                ew = g.add_node(n.op, new_inputs, n.attrs, name=n.name)
-                g.nodes.pop()
-                g.nodes.insert(pos, ew)
-                back = g.add_node("reshape", [ew.output], {"shape": list(old_out.shape)}, name=f"{n.name}_view")
-                g.nodes.pop()
-                g.nodes.insert(pos + 1, back)
-                _replace_uses(g, old_out, back.output)
-                if len(_users(g).get(id(R.output), [])) == 0:
-                    g.nodes.remove(R)
-                changed += 1
-                progress = True
-                break
-            if progress:
-                break
+                        rn = Node("reshape", [base], [], {"shape": list(x.shape)}, f"{o.name}_r")
+                        rn.outputs = [Value(g._fresh(f"{o.name}_r"), TensorType(x.shape, o.dtype), rn)]
+                        pre.append(rn)
+                        new_inputs.append(rn.outputs[0])
+                else:
+                    new_inputs = None
+                    break
+            if new_inputs is None:
+                continue
+            old_out = n.output
+            ew = Node(n.op, new_inputs, [], dict(n.attrs), n.name)
+            ew.outputs = [Value(g._fresh(n.name), TensorType(x.shape, old_out.dtype), ew)]
+            # the old output Value keeps its identity (users and graph outputs) but is now a view
+            back = Node("reshape", [ew.outputs[0]], [old_out], {"shape": list(old_out.shape)}, f"{n.name}_view")
+            old_out.producer = back
+            i = new_nodes.index(n)
+            new_nodes[i:i + 1] = pre + [ew, back]
+            new_nodes.remove(R) if len(users.get(id(R.output), [])) == 1 else None
+            users = _users_of(new_nodes)
+            changed += 1
+            break
+    g.nodes = new_nodes
     return changed
+
+
+def _users_of(nodes: list[Node]) -> dict[int, list[Node]]:
+    out: dict[int, list[Node]] = {}
+    for n in nodes:
+        for v in n.inputs:
+            out.setdefault(id(v), []).append(n)
+    return out
 
 
 @dataclass

@@ -81,6 +81,10 @@ class Device:
             prof.macs += kp.macs
             prof.sram_bytes += kp.sram_bytes
             prof.instructions += kp.instructions
+            prof.hbm_read_bytes += kp.hbm_read_bytes
+            prof.hbm_write_bytes += kp.hbm_bytes - kp.hbm_read_bytes
+            if isinstance(launch, HostLaunch):
+                prof.host_bytes += kp.hbm_bytes
             for q in QUEUES:
                 prof.busy[q] += kp.busy[q]
                 prof.stall[q] += kp.stall[q]
@@ -111,6 +115,7 @@ class Device:
             for ref, val in zip(launch.outputs, outs):
                 self.write(ref, val)
         kp = KernelProfile(launch.name, "host", launch.ops, t0, cycles, 0, 0, nbytes, 0, 0, 0)
+        kp.hbm_read_bytes = sum(r.numel * r.dtype.itemsize for r in launch.inputs)
         kp.memory_bound_cycles = cycles
         if self.trace_events is not None:
             self.trace_events.append(_event(launch.name, "host", -1, "host", t0, cycles, self.chip.clock_hz))
@@ -168,7 +173,7 @@ class Device:
                     heapq.heappush(heap, (t0, seq, _TRY, ci, qi, None))
                     seq += 1
         end = t0
-        macs = vops = sram_b = hbm_b = n_ins = 0
+        macs = vops = sram_b = hbm_b = hbm_rd = n_ins = 0
         tr = self.trace_events
         while heap:
             now, _, kind, ci, qi, payload = heapq.heappop(heap)
@@ -207,6 +212,8 @@ class Device:
                 occupy = xfer_end - start
                 done = xfer_end + lat  # requests are pipelined: the engine moves on before data lands
                 hbm_b += traffic
+                if kind_i == 0:
+                    hbm_rd += traffic
             else:
                 occupy = cyc
                 done = start + cyc
@@ -235,6 +242,7 @@ class Device:
         kp.vector_ops = vops
         kp.sram_bytes = sram_b
         kp.hbm_bytes = hbm_b
+        kp.hbm_read_bytes = hbm_rd
         kp.instructions = n_ins
         kp.busy = dict(zip(QUEUES, busy))
         kp.stall = dict(zip(QUEUES, stall))

@@ -25,6 +25,7 @@ class KernelProfile:
     instructions: int
     busy: dict[str, float] = field(default_factory=_zero_queues)  # summed over cores
     stall: dict[str, float] = field(default_factory=_zero_queues)
+    hbm_read_bytes: int = 0
     compute_bound_cycles: float = 0.0  # matrix/vector work at peak on all cores
     memory_bound_cycles: float = 0.0  # HBM traffic at peak bandwidth
     energy_j: float = 0.0

@@ -158,7 +158,10 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         args = _map(node.args, lambda a: env[a] if isinstance(a, fx.Node) else a)
         kwargs = _map(node.kwargs, lambda a: env[a] if isinstance(a, fx.Node) else a)
         if node.target is operator.getitem:
-            env[node] = args[0][args[1]]
+            env[node] = None if args[0] is None else args[0][args[1]]
+            continue
+        if strict and unsupported and _depends_on_unsupported(node, env):
+            env[node] = None  # downstream of an op already reported: keep collecting the others
             continue
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
@@ -190,6 +193,10 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         warnings.warn(f"vnpu: {len(res.fallback_ops)} op(s) run on the host CPU instead of the chip: {listing}",
                       FallbackWarning, stacklevel=3)
     return res
+
+
+def _depends_on_unsupported(node: fx.Node, env: dict) -> bool:
+    return any(env.get(a) is None for a in node.all_input_nodes)
 
 
 def _foldable(node: fx.Node, vals: list[Value]) -> bool:

@@ -1,0 +1,352 @@
+"""The `vnpu` command.
+
+    vnpu chips                      chip presets
+    vnpu chips show NAME_OR_PATH    every field of one chip, with derived peaks and sources
+    vnpu zoo                        built-in workloads
+    vnpu run MODEL [options]        compile, simulate, check numerics against PyTorch, report
+    vnpu version
+
+Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
+file, unsupported dtype, model too large for the chip, unsupported ops under --strict).
+Errors are one line on stderr, `error: ...`, without a traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from vnpu.chip import DEFAULT_CHIP, ChipError, list_presets, load_chip
+from vnpu.chip.schema import Chip
+from vnpu.dtypes import DType
+
+RUN_DTYPES = ("fp32", "bf16")
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    name="vnpu",
+    help="vnpu: a simulated AI inference chip, its compiler from PyTorch and its simulator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+chips_app = typer.Typer(help="Chip presets: list them, or `show` one in full.", invoke_without_command=True,
+                        rich_markup_mode=None)
+app.add_typer(chips_app, name="chips")
+
+ChipOpt = Annotated[str, typer.Option("--chip", "-c", help="chip preset name or path to a chip .toml file",
+                                      metavar="NAME_OR_PATH")]
+
+
+# -- plumbing ------------------------------------------------------------------------------
+class _Fail(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def _one_line(msg: object) -> str:
+    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+
+
+def _die(msg: object, code: int = EXIT_USAGE) -> NoReturn:
+    typer.echo(f"error: {_one_line(msg)}", err=True)
+    raise typer.Exit(code)
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    # Piped or captured output: wide enough for the kernel table instead of rich's 80 columns.
+    width = None if tty or os.environ.get("COLUMNS") else 140
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+def _chip(name_or_path: str) -> Chip:
+    try:
+        return load_chip(name_or_path)
+    except ChipError as e:
+        _die(e)
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    """Fail before the (possibly long) run when an output path cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        _die(f"{option} {path}: is a directory; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        _die(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        _die(f"{option} {path}: {parent} is not writable")
+
+
+class _Step:
+    seconds: float = 0.0
+
+
+@contextmanager
+def _step(console: Console, label: str) -> Iterator[_Step]:
+    """A spinner while the step runs, then `✓ label (1.23 s)`."""
+    st = _Step()
+    t0 = time.perf_counter()
+    with console.status(escape(label) + "…"):
+        yield st
+    st.seconds = time.perf_counter() - t0
+    console.print(f"[green]✓[/] {escape(label)} [dim]({st.seconds:.2f} s)[/]")
+
+
+@contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """torch.export and transformers chatter (Future/Deprecation warnings) is not for CLI users;
+    host fallback is reported by the CLI itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from vnpu.frontends.torch.importer import FallbackWarning
+
+            warnings.simplefilter("ignore", FallbackWarning)
+        except ImportError:  # pragma: no cover - frontend unavailable
+            pass
+        yield
+
+
+# -- vnpu chips ----------------------------------------------------------------------------
+@chips_app.callback()
+def chips(ctx: typer.Context, chip: ChipOpt = "") -> None:
+    """List the chip presets (with --chip PATH, a chip file is listed too)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vnpu.report.tables import chips_table
+
+    listed: list[Chip] = []
+    for name in list_presets():
+        try:
+            listed.append(load_chip(name))
+        except ChipError as e:
+            typer.echo(f"warning: preset {name} is broken: {_one_line(e)}", err=True)
+    extra = _chip(chip) if chip else None
+    if extra is not None and all(c.name != extra.name for c in listed):
+        listed.append(extra)
+    out = _console()
+    out.print(chips_table(listed, highlight=extra.name if extra else None))
+    out.print("[dim]vnpu chips show NAME_OR_PATH for every field; --chip PATH.toml takes a custom chip.[/]")
+
+
+@chips_app.command("show")
+def chips_show(
+    name_or_path: Annotated[Optional[str], typer.Argument(help="preset name or path to a chip .toml file",
+                                                          metavar="NAME_OR_PATH")] = None,
+    chip: ChipOpt = DEFAULT_CHIP,
+) -> None:
+    """Every field of one chip, with the schema's descriptions, derived peaks and sources."""
+    from vnpu.report.tables import chip_detail
+
+    c = _chip(name_or_path or chip)
+    _console().print(chip_detail(c))
+
+
+# -- vnpu zoo ------------------------------------------------------------------------------
+@app.command()
+def zoo(chip: ChipOpt = DEFAULT_CHIP) -> None:
+    """List the built-in workloads."""
+    from vnpu.report.tables import workloads_table
+
+    c = _chip(chip)
+    from vnpu.workloads.zoo import list_workloads
+
+    out = _console()
+    out.print(workloads_table(list_workloads()))
+    out.print(f"[dim]run one: vnpu run NAME --chip {escape(c.name if chip == DEFAULT_CHIP else chip)}[/]")
+
+
+# -- vnpu version --------------------------------------------------------------------------
+@app.command()
+def version(chip: ChipOpt = DEFAULT_CHIP) -> None:
+    """Print the vnpu version (and the chip's fingerprint)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    from vnpu import __version__
+    from vnpu.compiler.lower import chip_fingerprint
+
+    c = _chip(chip)
+    try:
+        torch_v = pkg_version("torch")
+    except PackageNotFoundError:  # pragma: no cover
+        torch_v = "not installed"
+    typer.echo(f"vnpu {__version__} (python {sys.version.split()[0]}, torch {torch_v})")
+    typer.echo(f"chip {c.name} (fingerprint {chip_fingerprint(c)})")
+
+
+# -- vnpu run ------------------------------------------------------------------------------
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="workload name (see `vnpu zoo`)", metavar="MODEL")],
+    chip: ChipOpt = DEFAULT_CHIP,
+    dtype: Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 or bf16", metavar="DTYPE")] = "fp32",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="batch size", metavar="N")] = 1,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the JSON report here",
+                                                      metavar="PATH")] = None,
+    trace_path: Annotated[Optional[Path], typer.Option("--trace", help="write a Chrome/Perfetto trace here",
+                                                       metavar="PATH")] = None,
+    timing_only: Annotated[bool, typer.Option("--timing-only", help="timing simulation only: no data, "
+                                              "no numerics check (fast for big models)")] = False,
+    show_ir: Annotated[bool, typer.Option("--show-ir", help="print the optimized IR")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="fail if any op would run on the host CPU")] = False,
+    top: Annotated[int, typer.Option("--top", help="kernels listed individually (the rest are summed)", metavar="N")] = 15,
+) -> None:
+    """Compile a workload, simulate it, compare with PyTorch eager fp32 and report.
+
+    Exit code 1 when the numerics check fails (fp32: max|err| <= 1e-4 * max|ref|;
+    bf16: cosine >= 0.999), 2 on bad input.
+    """
+    dt_name = dtype.strip().lower()
+    if dt_name not in RUN_DTYPES:
+        _die(f"unsupported dtype {dtype!r}; vnpu run takes {' or '.join(RUN_DTYPES)}")
+    dt = DType(dt_name)
+    if batch < 1:
+        _die(f"--batch must be a positive integer, got {batch}")
+    _check_output(json_path, "--json")
+    _check_output(trace_path, "--trace")
+    c = _chip(chip)
+    if not c.supports(dt):
+        _die(f"chip {c.name} has no matrix rate for {dt.value}; it supports "
+             f"{', '.join(DType(d).value for d in c.core.matrix.rate)}")
+    from vnpu.workloads.zoo import UnknownWorkloadError, get_workload
+
+    try:
+        workload = get_workload(model)
+    except UnknownWorkloadError as e:
+        _die(e)
+
+    try:
+        code = _run(workload, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top)
+    except _Fail as e:
+        _die(e)
+    if code:
+        raise typer.Exit(code)
+
+
+def _run(workload: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None, trace_path: Path | None,
+         timing_only: bool, show_ir: bool, strict: bool, top: int) -> int:
+    import vnpu
+    from vnpu.compiler import CompileError, OutOfMemoryError
+    from vnpu.compiler.lower import chip_fingerprint
+    from vnpu.dtypes import torch_to_numpy
+    from vnpu.frontends.torch import UnsupportedOpError
+    from vnpu.report import tables
+    from vnpu.report.json_report import build_report, write_report
+    from vnpu.report.numerics import compare, flatten_outputs
+    from vnpu.report.trace import timing_trace, write_trace
+
+    out, err = _console(), _console(stderr=True)
+
+    with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
+        model, inputs = workload.build(batch)
+
+    try:
+        with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
+            cm = vnpu.compile(model, inputs, chip=chip, dtype=dt, strict=strict, name=workload.name)
+    except UnsupportedOpError as e:
+        ops = ", ".join(f"{op} (x{n})" for op, n in sorted(e.ops.items()))
+        raise _Fail(f"--strict: {len(e.ops)} op(s) of {workload.name} have no vnpu lowering: {ops}; "
+                    "drop --strict to run them on the host CPU") from None
+    except OutOfMemoryError as e:
+        raise _Fail(f"{workload.name} (batch {batch}, {dt.value}) is too large: {e}") from None
+    except CompileError as e:
+        raise _Fail(f"cannot compile {workload.name} for {chip.name}: {e}") from None
+
+    fallback = dict(cm.info.fallback_ops)
+    if fallback:
+        listing = ", ".join(f"{op} ×{n}" for op, n in sorted(fallback.items()))
+        err.print(f"[yellow]⚠ {sum(fallback.values())} op(s) run on the host CPU: {escape(listing)} "
+                  "(--strict makes this an error)[/]")
+    if show_ir:
+        out.print(cm.info.ir_text, markup=False, highlight=False, soft_wrap=True)
+
+    numerics = None
+    eager_s = None
+    events: list[dict] | None = None
+    try:
+        if timing_only:
+            with _step(err, "simulating (timing only)") as s_sim:
+                if trace_path is not None:
+                    profile, events = timing_trace(cm.program, chip)
+                else:
+                    profile = cm.profile()
+        else:
+            arrays = [torch_to_numpy(x) for x in inputs]
+            with _step(err, "simulating (functional + timing)") as s_sim:
+                outs = cm.run_numpy(arrays, trace=trace_path is not None)
+            profile = cm.last_profile
+            events = getattr(cm, "last_trace", None)
+            import torch
+
+            with _quiet_warnings(), _step(err, "running the PyTorch eager fp32 reference") as s_eager:
+                with torch.no_grad():
+                    ref = model(*inputs)
+            eager_s = s_eager.seconds
+            numerics = compare(outs, flatten_outputs(ref), dt)
+    except MemoryError as e:  # the simulated HBM image does not fit the chip
+        raise _Fail(f"{workload.name} (batch {batch}, {dt.value}) is too large for {chip.name}: {e}") from None
+    assert profile is not None
+
+    out.print(tables.summary_table(profile, chip, model=workload.name, dtype=dt, batch=batch,
+                                   fallback_ops=fallback, timing_only=timing_only))
+    out.print(tables.kernel_table(profile, top=top))
+    if numerics is not None:
+        out.print(tables.numerics_table(numerics, dt))
+
+    p = cm.program
+    model_info = {
+        "family": workload.family, "description": workload.description,
+        "input_shapes": [list(s) for s in cm.info.input_shapes],
+        "weight_bytes": p.weight_bytes, "activation_bytes": p.activation_bytes, "hbm_image_bytes": p.hbm_bytes,
+        "launches": len(p.launches), "instructions": p.instruction_count(),
+    }
+    try:
+        if json_path is not None:
+            report = build_report(profile, chip, model=workload.name, dtype=dt, batch=batch, numerics=numerics,
+                                  timing_only=timing_only, fallback_ops=fallback, model_info=model_info,
+                                  chip_fingerprint=chip_fingerprint(chip), build_s=s_build.seconds,
+                                  compile_s=s_comp.seconds, simulate_s=s_sim.seconds, eager_s=eager_s)
+            with _step(err, f"JSON report → {json_path}"):
+                write_report(report, json_path)
+        if trace_path is not None:
+            meta = {"chip": chip.name, "model": workload.name, "dtype": dt.value, "batch": batch,
+                    "timing_only": timing_only}
+            with _step(err, f"trace ({len(events or []):,} events) → {trace_path}"):
+                write_trace(trace_path, events or [], profile=profile, cores=chip.cores, metadata=meta)
+            err.print("[dim]  open it in https://ui.perfetto.dev or chrome://tracing[/]")
+    except OSError as e:
+        raise _Fail(f"cannot write {e.filename or ''}: {e.strerror or e}") from None
+
+    if numerics is None:
+        out.print("[dim]timing only: numerics not checked[/]")
+        return 0
+    if numerics.passed:
+        out.print(f"[bold green]PASS[/] numerics ({dt.value}: {escape(numerics.criterion)})")
+        return 0
+    out.print(f"[bold red]FAIL[/] numerics ({dt.value}: {escape(numerics.criterion)})")
+    return EXIT_FAIL
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

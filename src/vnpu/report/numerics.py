@@ -1,0 +1,100 @@
+"""Comparing simulated outputs with a reference (PyTorch eager fp32).
+
+Pass criteria, by the model's compute dtype:
+
+* fp32 (and any dtype not listed): ``max_abs_err <= 1e-4 * max|ref|``, i.e. ``max_rel_err <= 1e-4``;
+* bf16 / fp16 (and fp8): ``cosine >= 0.999`` between the flattened outputs and the reference.
+
+Non-finite values in the outputs (where the reference is finite) always fail.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from vnpu.dtypes import DType
+
+REFERENCE = "torch eager fp32"
+FP32_REL_TOL = 1e-4
+LOW_PRECISION_MIN_COSINE = 0.999
+_LOW_PRECISION = {DType.bf16, DType.fp16, DType.fp8_e4m3, DType.fp8_e5m2}
+
+
+@dataclass
+class Numerics:
+    max_abs_err: float
+    max_rel_err: float  # max_abs_err / max|ref|
+    cosine: float
+    max_abs_ref: float
+    criterion: str
+    passed: bool
+    nonfinite: int = 0  # output elements that are NaN/inf where the reference is finite
+    elements: int = 0
+    outputs: int = 0
+    reference: str = REFERENCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def criterion(dtype: DType | str) -> str:
+    dt = DType(dtype)
+    if dt in _LOW_PRECISION:
+        return f"cosine >= {LOW_PRECISION_MIN_COSINE}"
+    return f"max_abs_err <= {FP32_REL_TOL:g} * max|ref|"
+
+
+def _as_f64(x: Any) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        x = x.detach().cpu().float().numpy()
+    return np.asarray(x).astype(np.float64, copy=False).ravel()
+
+
+def flatten_outputs(out: Any) -> list[Any]:
+    """A model's return value (tensor, tuple/list/dict of tensors, nested) -> list of arrays/tensors."""
+    if isinstance(out, (list, tuple)):
+        return [y for o in out for y in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [y for o in out.values() for y in flatten_outputs(o)]
+    if out is None:
+        return []
+    return [out]
+
+
+def compare(outputs: Iterable[Any], references: Iterable[Any], dtype: DType | str) -> Numerics:
+    """Error statistics over all outputs concatenated (each flattened), and the pass verdict."""
+    outs = [_as_f64(o) for o in outputs]
+    refs = [_as_f64(r) for r in references]
+    if len(outs) != len(refs):
+        raise ValueError(f"the model returned {len(refs)} output(s) in eager mode but {len(outs)} on vnpu")
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        if o.size != r.size:
+            raise ValueError(f"output {i} has {o.size} elements on vnpu, {r.size} in eager mode")
+    y = np.concatenate(outs) if outs else np.zeros(0)
+    ref = np.concatenate(refs) if refs else np.zeros(0)
+    ref_ok = np.isfinite(ref)
+    nonfinite = int(np.count_nonzero(~np.isfinite(y) & ref_ok))
+    ok = ref_ok & np.isfinite(y)
+    yv, rv = y[ok], ref[ok]
+    max_abs_ref = float(np.max(np.abs(rv))) if rv.size else 0.0
+    max_abs = float(np.max(np.abs(yv - rv))) if rv.size else 0.0
+    max_rel = max_abs / max_abs_ref if max_abs_ref > 0 else (0.0 if max_abs == 0 else math.inf)
+    ny, nr = float(np.linalg.norm(yv)), float(np.linalg.norm(rv))
+    if ny == 0 and nr == 0:
+        cos = 1.0
+    elif ny == 0 or nr == 0:
+        cos = 0.0
+    else:
+        cos = float(np.dot(yv, rv) / (ny * nr))
+    dt = DType(dtype)
+    if dt in _LOW_PRECISION:
+        passed = cos >= LOW_PRECISION_MIN_COSINE
+    else:
+        passed = max_abs <= FP32_REL_TOL * max_abs_ref
+    passed = bool(passed and nonfinite == 0)
+    return Numerics(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cos, max_abs_ref=max_abs_ref,
+                    criterion=criterion(dt), passed=passed, nonfinite=nonfinite, elements=int(y.size),
+                    outputs=len(outs))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vnpu
+from vnpu.frontends.torch import FallbackWarning
 from vnpu.workloads.zoo import get_workload, list_workloads
 
 MODELS = [w.name for w in list_workloads()]
@@ -36,7 +37,7 @@ def _build(built: dict, name: str, batch: int):
 def test_fp32_matches_eager(built: dict, name: str) -> None:
     model, inputs, ref = _build(built, name, 2 if name in ("mlp", "minilm", "mobilenet-v2") else 1)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", vnpu.frontends.torch.FallbackWarning)  # everything runs on the chip
+        warnings.simplefilter("error", FallbackWarning)  # everything runs on the chip
         cm = vnpu.compile(model, inputs, dtype="fp32")
     y = cm(*inputs)
     err = (y - ref).abs().max().item()

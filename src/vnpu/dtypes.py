@@ -91,7 +91,7 @@ def numpy_to_torch(a: np.ndarray) -> "object":
     """NumPy (including ml_dtypes bf16) -> torch tensor, exact."""
     import torch
 
-    a = np.ascontiguousarray(a)
+    a = np.require(a, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
         return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(a.copy())

@@ -131,8 +131,8 @@ Operand = Union[SramRef, float]
 class VecOp:
     """dst = op(*srcs) elementwise, NumPy broadcasting over tile shapes, fp32 internally.
 
-    `op` is an IR elementwise op name, or "reduce_sum|max|min" over the last axis of
-    srcs[0], or "fill". `view` reshapes sources to the dst's rank for broadcasting.
+    `op` is an IR elementwise op name, or "reduce_sum|max|min" over attrs["axis"] of
+    srcs[0] (default the last axis, dims kept), or "fill". `view` reshapes sources to the dst's rank for broadcasting.
     """
 
     op: str

@@ -109,15 +109,16 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.where(c, a, b)
     if op == "fill":
         return np.full((), attrs["value"], F32)
-    if op.startswith("reduce_"):
+    if op.startswith("reduce_"):  # over the last axis, or attrs["axis"]; keepdims
         x = args[0]
         kind = op[7:]
+        ax = int(attrs.get("axis", -1))
         if kind == "sum":
-            return np.add.reduce(x, axis=-1, keepdims=True, dtype=F32 if x.dtype.kind == "f" else None)
+            return np.add.reduce(x, axis=ax, keepdims=True, dtype=F32 if x.dtype.kind == "f" else None)
         if kind == "max":
-            return np.max(x, axis=-1, keepdims=True)
+            return np.max(x, axis=ax, keepdims=True)
         if kind == "min":
-            return np.min(x, axis=-1, keepdims=True)
+            return np.min(x, axis=ax, keepdims=True)
     raise NotImplementedError(f"vector op {op!r} has no functional model")
 
 

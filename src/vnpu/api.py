@@ -36,40 +36,62 @@ def compile(model: Any, example_inputs: tuple | list, chip: str | Chip = DEFAULT
     return compile_ir(res.graph, chip, dtype, name or type(model).__name__, res.fallback_ops)
 
 
+def _concrete(x: Any) -> Any:
+    """A SymInt's hint as a plain int (programs are compiled for concrete shapes)."""
+    import torch
+
+    if isinstance(x, torch.SymInt):
+        return int(x.node.hint)
+    return x
+
+
 def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
     """torch.compile backend (entry point `torch_dynamo_backends: vnpu`).
 
-    Options (torch.compile(..., options={...})): chip, dtype, strict.
+    Options (torch.compile(..., options={...})): chip, dtype, strict. Programs are
+    compiled for concrete shapes; a call with new shapes (Dynamo's dynamic-shape graphs)
+    compiles and caches another program.
     """
     import torch
 
+    from vnpu.dtypes import numpy_to_torch, torch_to_numpy
     from vnpu.frontends.torch import trace_fx
 
     opts = kwargs.get("options") or {}
     chip = opts.get("chip", DEFAULT_CHIP)
     dtype = opts.get("dtype", "fp32")
     strict = opts.get("strict", False)
-    const_idx = set()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    const_idx = set()
     for i, (node, ex) in enumerate(zip(placeholders, example_inputs)):
         src = str(node.meta.get("grapharg", "") or "") + node.name
-        if isinstance(ex, torch.nn.Parameter) or "_parameters_" in src or "_buffers_" in src:
+        if isinstance(ex, torch.Tensor) and (isinstance(ex, torch.nn.Parameter) or "_parameters_" in src or "_buffers_" in src):
             const_idx.add(i)
-    res = trace_fx(gm, list(example_inputs), const_idx, strict=strict)
-    compiled = compile_ir(res.graph, chip, dtype, "torch.compile graph", res.fallback_ops)
     versions = {i: (id(example_inputs[i]), example_inputs[i]._version) for i in const_idx}
-    runtime_idx = [i for i in range(len(example_inputs)) if i not in const_idx]
-    state = {"model": compiled}
+    cache: dict[tuple, tuple[CompiledModel, list[int]]] = {}
+
+    def signature(args: list) -> tuple:
+        return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else _concrete(a) for a in args)
+
+    def build(args: list) -> tuple[CompiledModel, list[int]]:
+        concrete = [_concrete(a) for a in args]
+        res = trace_fx(gm, concrete, const_idx, strict=strict)
+        cm = compile_ir(res.graph, chip, dtype, "torch.compile graph", res.fallback_ops)
+        runtime_idx = [i for i, a in enumerate(concrete) if isinstance(a, torch.Tensor) and i not in const_idx]
+        return cm, runtime_idx
 
     def run(*args: Any) -> Any:
         for i, (oid, ver) in versions.items():
-            if id(args[i]) != oid or args[i]._version != ver:  # weights changed: compile again
+            if id(args[i]) != oid or args[i]._version != ver:  # weights changed: start over
                 return vnpu_backend(gm, list(args), **kwargs)(*args)
-        outs = state["model"].run_numpy([args[i].detach().cpu().numpy() if args[i].dtype != torch.bfloat16
-                                         else args[i] for i in runtime_idx])
-        from vnpu.dtypes import numpy_to_torch
-
+        key = signature(list(args))
+        if key not in cache:
+            cache[key] = build(list(args))
+        cm, runtime_idx = cache[key]
+        outs = cm.run_numpy([torch_to_numpy(args[i]) for i in runtime_idx])
         return tuple(numpy_to_torch(o) for o in outs)
 
-    run.vnpu_model = compiled  # type: ignore[attr-defined]
+    first = build(list(example_inputs))
+    cache[signature(list(example_inputs))] = first
+    run.vnpu_model = first[0]  # type: ignore[attr-defined]
     return run

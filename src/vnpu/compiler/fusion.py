@@ -84,7 +84,10 @@ def sink_reshapes(g: Graph) -> int:
             back = Node("reshape", [ew.outputs[0]], [old_out], {"shape": list(old_out.shape)}, f"{n.name}_view")
             old_out.producer = back
             i = new_nodes.index(n)
-            new_nodes[i:i + 1] = pre + [ew, back]
+            new_nodes[i:i + 1] = [ew, back]
+            for rn in pre:  # right after its source, so a matmul epilogue may read it
+                src = rn.inputs[0].producer
+                new_nodes.insert(new_nodes.index(src) + 1 if src is not None else 0, rn)
             new_nodes.remove(R) if len(users.get(id(R.output), [])) == 1 else None
             users = _users_of(new_nodes)
             changed += 1

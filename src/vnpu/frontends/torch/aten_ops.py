@@ -435,3 +435,14 @@ def _pad(cx: Cx, x: Value, pad: list, value: float = 0.0) -> Value | None:
     for i in range(len(pad) // 2):
         pads[x.type.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])
     return cx.emit("pad", [x], {"pads": pads, "value": float(value)})
+
+
+# -- shape queries (Dynamo graphs call x.size(d)); programs are compiled for concrete shapes
+@aten("sym_size.int")
+def _sym_size(cx: Cx, x: Value, dim: int) -> int:
+    return int(x.shape[_dim(dim, x.type.rank)])
+
+
+@aten("sym_numel.default")
+def _sym_numel(cx: Cx, x: Value) -> int:
+    return int(x.type.numel)

@@ -184,7 +184,8 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
                 continue
             out = _host_call(cx, node, args, kwargs)
             res.fallback_ops[name_] = res.fallback_ops.get(name_, 0) + 1
-        _check_meta(node, out)
+        if not isinstance(out, (int, float)):
+            _check_meta(node, out)
         env[node] = out
     if unsupported:
         raise UnsupportedOpError(unsupported)

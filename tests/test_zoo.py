@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -37,6 +38,28 @@ OUT_SHAPES = {
 def _run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     with torch.inference_mode():
         return model(*inputs)
+
+
+def _min_cosine(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """Worst per-sample cosine similarity (float64), samples along dim 0."""
+    a, b = ref.double().flatten(1), out.double().flatten(1)
+    return torch.nn.functional.cosine_similarity(a, b, dim=1).min().item()
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+# Numerical conditioning (framework only, no vnpu): how far the fp32 output moves
+# when only the input, or only the weights, are rounded to bf16.  The product
+# requirement is bf16 cosine >= 0.999 vs fp32; a model whose fp32 output already
+# moves this much from input/weight rounding alone cannot meet it on any bf16
+# implementation.  Before the zoo's CNN initialisation (residual-branch BN gamma
+# 0.2, see zoo.py) mobilenet-v2 was at 0.99955 / 0.99731 (input / weights and
+# buffers, batch 2) and resnet50 at 0.99883 / 0.99438, i.e. both failed; now
+# 0.99997 / 0.99982 and 0.999998 / 0.99997.
+INPUT_ROUNDING_MIN_COS = 0.9999
+WEIGHT_ROUNDING_MIN_COS = 0.9995
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -114,6 +137,43 @@ def test_batch_consistency(built):
         assert torch.equal(a[0], b[0])
     torch.testing.assert_close(out2[:1], out1, rtol=1e-4, atol=1e-4)
     assert not torch.equal(in2[0][0], in2[0][1])  # samples differ
+
+
+def test_conditioning_input_rounding(built):
+    """Rounding a float input to bf16 (rel. error ~1e-3) barely moves the output."""
+    name, runs = built
+    model, inputs, ref = runs["b2"]
+    if not any(x.is_floating_point() for x in inputs):
+        pytest.skip(f"{name}: integer inputs (token ids) are exact in any format")
+    rounded = tuple(_bf16(x) if x.is_floating_point() else x for x in inputs)
+    assert any(not torch.equal(a, b) for a, b in zip(inputs, rounded))
+    cos = _min_cosine(ref, _run(model, rounded))
+    assert cos >= INPUT_ROUNDING_MIN_COS, f"{name}: input-rounding cosine {cos:.6f}"
+
+
+def test_conditioning_weight_rounding(built):
+    """Rounding every parameter and buffer (BN stats too) to bf16 barely moves the output."""
+    name, runs = built
+    model, inputs, ref = runs["b2"]
+    rounded = copy.deepcopy(model)  # the fixture's model is shared: never mutate it
+    with torch.no_grad():
+        for t in (*rounded.parameters(), *rounded.buffers()):
+            if t.is_floating_point():
+                t.copy_(_bf16(t))
+    cos = _min_cosine(ref, _run(rounded, inputs))
+    assert cos >= WEIGHT_ROUNDING_MIN_COS, f"{name}: weight-rounding cosine {cos:.6f}"
+
+
+def test_vision_outputs_nontrivial(built):
+    """Logits vary across classes (std 0.1-10) and across inputs (not one constant vector)."""
+    name, runs = built
+    if get_workload(name).family != "vision":
+        pytest.skip("vision classifiers only")
+    _, _, out = runs["b2"]
+    std = out.double().std(dim=1)
+    assert ((std > 0.1) & (std < 10)).all(), std
+    cross = torch.nn.functional.cosine_similarity(out[0].double(), out[1].double(), dim=0).item()
+    assert cross < 0.99, f"{name}: logits of two different inputs have cosine {cross:.4f}"
 
 
 def test_no_dropout_modules(built):

@@ -20,13 +20,29 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names a table at `loc` accepts (for unknown-field errors)."""
+    model: object = Chip
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = fields[part].annotation
+        model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
+    return sorted(getattr(model, "model_fields", {}))
+
+
 def _describe(err: ValidationError, where: str) -> str:
     lines = [f"invalid chip file {where}:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  field `{field}`: {e['msg']}{got_s}")
+        extra = ""
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(tuple(e["loc"][:-1]))
+            extra = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        lines.append(f"  field `{field}`: {e['msg']}{got_s}{extra}")
     return "\n".join(lines)
 
 

@@ -141,11 +141,12 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
             assert out is not None, f"{n.name}: view not materialized"
             refs[id(n.output)] = out
     if total > capacity:
-        gib = 2**30
+        gib, u = next((d, u) for d, u in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "B")) if capacity >= d or d == 1)
         raise OutOfMemoryError(
-            f"model does not fit {chip_name}'s HBM: needs {total / gib:.2f} GiB (weights {weight_bytes / gib:.2f} GiB, "
-            f"inputs {input_bytes / gib:.2f} GiB, activations {arena / gib:.2f} GiB), chip has {capacity / gib:.2f} GiB; "
-            f"exceeds it by {(total - capacity) / gib:.2f} GiB. Use a chip with more HBM, a smaller batch or dtype='bf16'.")
+            f"model does not fit {chip_name}'s HBM: needs {total / gib:.2f} {u} (weights {weight_bytes / gib:.2f} {u}, "
+            f"inputs {input_bytes / gib:.2f} {u}, activations {arena / gib:.2f} {u}), chip has {capacity / gib:.2f} {u}; "
+            f"exceeds it by {(total - capacity) / gib:.2f} {u} ({total - capacity} bytes). "
+            f"Use a chip with more HBM, a smaller batch or dtype='bf16'.")
     return MemoryPlan(refs, weight_bytes, input_bytes, arena, total)
 
 

@@ -37,15 +37,16 @@ def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType) -> int:
     for dtypes processed at other than one MAC per PE per cycle), then R + C - 2 cycles of
     skew for the last operand to cross the array and its result to drain.
     Without fold pipelining that is the fold-by-fold total  folds * (2R + C + T - 2).
-    With it, the next block loads while the current one streams, so a fold costs
-    max(T, R) and the load and the drain are paid once:  R + folds * max(T, R) + R + C - 2.
+    With it, the next block loads while the current one streams, so folds start every
+    max(T, R) cycles, the last one streams T, and the first load and the last drain are paid
+    once:  R + (folds - 1) * max(T, R) + T + R + C - 2.
     """
     mx = chip.core.matrix
     r, c = mx.rows, mx.cols
     folds, t = systolic_folds(chip, m, k, n)
     t = math.ceil(t / mx.rate[dtype])
     if mx.pipelined_folds:
-        return r + folds * max(t, r) + r + c - 2
+        return r + (folds - 1) * max(t, r) + t + r + c - 2
     return folds * (2 * r + c + t - 2)
 
 

@@ -24,6 +24,26 @@ Design notes
   (``momentum=None``, i.e. running stats := batch stats) over a fixed random
   calibration batch, then ``eval()``.  The calibration batch is independent of
   the requested batch size.
+* **Conditioning of the random CNNs.**  A
+  BN-recalibrated random CNN is *chaotic*: every conv -> BN -> ReLU layer
+  multiplies the relative size of a small perturbation by ~1.2 (ReLU followed by
+  the next BN's mean subtraction; the mean-field value is
+  sqrt(E[relu'(z)^2] / Var relu(z)) = sqrt(0.5 / 0.341) = 1.21 for z ~ N(0,1)),
+  and every residual block whose branch is as large as the stream (BN gamma = 1
+  on its last BN) adds its own amplified copy.  With plain recalibration,
+  rounding just the input image to bf16 (rel. error ~1e-3) moved the
+  MobileNet-V2 features by ~64x that and ResNet-50 logits to cosine 0.9988, so
+  any bf16 implementation (PyTorch's own included) landed at cosine ~0.992-0.995
+  vs fp32, below the >= 0.999 product requirement.  Trained residual networks
+  keep the residual branches small next to the identity path, and the standard
+  training recipe starts them that way by initialising the gamma of each
+  branch's last BN to 0 (Goyal et al. 2017; torchvision's ``zero_init_residual``,
+  timm's ``zero_init_last``).  So CNN workloads initialise that gamma to
+  ``RESIDUAL_BRANCH_GAMMA = 0.2`` -- small but non-zero (the residual-branch
+  scale alpha = 0.2 of NF-ResNets, Brock et al. 2021), so the branches still
+  shape the output -- *before* the recalibration, so every later BN is
+  calibrated on the scaled stream.  MobileNet-V2 convs also get torchvision's
+  kaiming fan_out init.  Measurements: "CNN initialisation" below.
 * **Attention.**  Transformer workloads use a plain matmul/softmax attention
   (never ``scaled_dot_product_attention``), registered with transformers under
   ``ATTN_IMPLEMENTATION = "vnpu_eager"``.  It is the same math as
@@ -73,6 +93,11 @@ __all__ = [
 _INPUT_SEED = 1234
 _CALIB_SEED = 4321
 _CALIB_BATCH = 4
+_CONV_INIT_SEED = 0
+
+# Initial gamma of the last BatchNorm of every residual branch of the CNN
+# workloads (see "CNN initialisation" below).
+RESIDUAL_BRANCH_GAMMA = 0.2
 
 IMAGE_SIZE = 224
 SEQ_LEN = 128
@@ -284,6 +309,99 @@ def _recalibrate_batchnorm(model: nn.Module, call: Callable[[torch.Tensor], obje
         bn.num_batches_tracked.zero_()
 
 
+# --------------------------------------------------------------------------
+# CNN initialisation
+# --------------------------------------------------------------------------
+#
+# The random-weight CNNs are built as: constructor init (seeded) -> convs
+# re-initialised like torchvision (MobileNet-V2 only; transformers' ResNet
+# already does it) -> last BN of every residual branch gets gamma
+# RESIDUAL_BRANCH_GAMMA -> BatchNorm recalibration on a fixed random batch.
+#
+# Why (measured on this zoo, torch 2.13 CPU; "cos" = min over samples and whole
+# batch of the cosine vs eager fp32 of the same model; in = input rounded to
+# bf16, w = weights rounded to bf16, torch = model.bfloat16() on bf16 input,
+# vnpu = vnpu.compile(model, inputs, dtype="bf16"); batch 2, batch 1 agrees):
+#
+#   model         variant                      in        w         torch     vnpu
+#   mobilenet-v2  before (hf init, gamma 1)    0.99955   0.99752   0.99392   0.99410
+#   mobilenet-v2  + recalib on 16 images       0.99953   0.99735   0.99425   -
+#   mobilenet-v2  + var floor 0.5*median       0.99954   0.99726   0.99531   -
+#   mobilenet-v2  + "dead" gamma 0.1           0.99953   0.99730   0.99463   -
+#   mobilenet-v2  + kaiming fan_out convs      0.99954   0.99795   0.99427   -
+#   mobilenet-v2  hf init, res. gamma 0.2      0.99998   0.99986   0.99960   0.99953
+#   mobilenet-v2  kaiming + res. gamma 0.2     0.99997   0.99987   0.99960   0.99961  <- chosen
+#   mobilenet-v2  kaiming + gamma 0.2, calib16 0.99998   0.99988   0.99957   -
+#   resnet50      before (gamma 1)             0.99883   0.99620   0.99228   0.99203
+#   resnet50      res. gamma 0.2               1.00000   0.99998   0.99993   0.99994  <- chosen
+#
+# Batch 1, chosen init: mobilenet-v2 in 0.99998, w 0.99989, torch 0.99969, vnpu
+# 0.99968; resnet50 in 1.00000, w 0.99998, torch 0.99993, vnpu 0.99994 (before:
+# vnpu 0.99524 / 0.99264).  Over the first 8 input samples the worst torch-bf16
+# sample is 0.99947 (mobilenet-v2) / 0.99993 (resnet50).  Outputs stay
+# non-trivial: logits std ~0.29 for both (0.31 / 0.62 before), cosine between
+# different inputs' logits 0.94-0.96 / 0.97 (0.93 / 0.975 before: the global
+# average pool of a random net over noise images leaves a large input-independent
+# component, as before).
+#
+# * The residual-branch gamma is the lever.  Scanning it (kaiming MobileNet-V2 /
+#   ResNet-50, torch bf16 cos): 0 -> 0.99975 / 0.99997, 0.1 -> 0.99970 / 0.99996,
+#   0.2 -> 0.99960 / 0.99993, 0.3 -> 0.99942 / 0.99982, 0.5 -> 0.9987 / 0.9988,
+#   1 -> 0.9943 / 0.9923.  0.2 keeps the branches meaningful: building with gamma 0
+#   instead moves the logits by 31% (MobileNet-V2) / 27% (ResNet-50) relative L2.
+#   Per-block profile of MobileNet-V2 (input-rounding error at each block output
+#   relative to the input error): gamma 1 grows 1.45x after the stem to 64x at
+#   the last block (residual blocks x1.15-1.4 each); gamma 0.2 grows to 14x, the
+#   rest coming from the 7 non-residual blocks (x1.4 each: two conv-BN-ReLU6
+#   layers at the mean-field ~1.2 each); none of the options here reduces that
+#   part (gamma 0 still leaves torch bf16 at 0.99975).
+# * "Dead channels" are not the cause: no recalibrated BN has a running_var below
+#   ~0.06x its layer median (ResNet-50: 0.34x), and flooring it or shrinking those
+#   channels' gamma changes nothing.  The BN scales of ~30 in MobileNet-V2 are
+#   *whole layers* (all depthwise BNs): transformers' generic N(0, 0.02) conv init
+#   gives 3x3 depthwise outputs a variance ~1e-3, comparable to BN eps (1e-3), so
+#   the scale saturates at 1/sqrt(eps) = 31.6.  A per-layer scale multiplies
+#   signal and rounding noise alike, and ResNet-50 (max BN scale 4.2) was worse.
+# * Conv init.  MobileNet-V2 convs are re-drawn as torchvision's MobileNetV2 /
+#   ResNet (and transformers' ResNet) do: kaiming_normal_(mode="fan_out",
+#   nonlinearity="relu"), so 1x1 conv outputs have variance 0.2-3 >> BN eps as in
+#   trained networks, instead of transformers' transformer-style N(0, 0.02).  Its
+#   effect on the cosines is small (weight-rounding cos 0.99752 -> 0.99795 at
+#   gamma 1); it is kept because it is the reference init of the architecture.
+#   (torch's fan_out of a depthwise [C,1,3,3] weight is 9C, so depthwise BN scales
+#   stay ~20, like the large depthwise BN scales of trained MobileNets.)
+# * Larger calibration batches change nothing measurable, so it stays 4 images.
+# * Transformer workloads need nothing: vit-base / bert-base / minilm / mlp reach
+#   vnpu bf16 cos 0.99993 / 0.99993 / 0.99990 / 0.99998 as they are.
+
+
+def _kaiming_conv_init(model: nn.Module, seed: int = _CONV_INIT_SEED) -> None:
+    """Re-draw every Conv2d weight like torchvision: kaiming normal, fan_out, ReLU gain.
+
+    Uses a private generator, in module order, so the result depends only on
+    ``seed`` and the architecture.  Conv biases (none in the zoo CNNs) are zeroed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def _init_residual_branch_gamma(norms: list[nn.Module], gamma: float = RESIDUAL_BRANCH_GAMMA) -> None:
+    """Set the affine weight (gamma) of each residual branch's last BatchNorm.
+
+    Call *before* :func:`_recalibrate_batchnorm`, so the BNs downstream are
+    calibrated on the scaled residual stream.
+    """
+    if not norms:
+        raise ValueError("no residual-branch BatchNorm found")
+    for bn in norms:
+        bn.weight.fill_(gamma)
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Offline, no progress bars, no info/warning chatter; restores transformers' logging state."""
@@ -338,6 +456,13 @@ def build_resnet50(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         # ResNetConfig defaults: bottleneck blocks, depths (3, 4, 6, 3), widths
         # 256..2048 == ResNet-50 (25.6 M params with the 1000-class head).
         model = ResNetForImageClassification(ResNetConfig(num_labels=NUM_CLASSES))
+        from transformers.models.resnet.modeling_resnet import ResNetBottleNeckLayer
+    # Convs are already kaiming_normal_(fan_out, relu) in transformers' ResNet.
+    # Last BN of all 16 bottleneck branches (the ones with a projection shortcut
+    # too, as torchvision's zero_init_residual does).
+    _init_residual_branch_gamma(
+        [blk.layer[-1].normalization for blk in model.modules() if isinstance(blk, ResNetBottleNeckLayer)]
+    )
     model = _LogitsWrapper(_strip_dropout(model))
     _recalibrate_batchnorm(model, model)
     return model.eval(), (_images(batch),)
@@ -357,6 +482,17 @@ def build_mobilenet_v2(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]
         # (no-op) before 1x1 convs, [1,1,1,1] before stride-1 3x3, and
         # asymmetric [0,1,0,1] before stride-2 3x3.
         model = MobileNetV2ForImageClassification(MobileNetV2Config(num_labels=NUM_CLASSES))
+        from transformers.models.mobilenet_v2.modeling_mobilenet_v2 import MobileNetV2InvertedResidual
+    _kaiming_conv_init(model)  # the classifier keeps transformers' N(0, 0.02)
+    # Projection BN of the 10 inverted-residual blocks that have a skip
+    # connection (stride 1, in == out channels); the other 7 have no residual.
+    _init_residual_branch_gamma(
+        [
+            blk.reduce_1x1.normalization
+            for blk in model.modules()
+            if isinstance(blk, MobileNetV2InvertedResidual) and blk.use_residual
+        ]
+    )
     model = _LogitsWrapper(_strip_dropout(model))
     _recalibrate_batchnorm(model, model)
     return model.eval(), (_images(batch),)

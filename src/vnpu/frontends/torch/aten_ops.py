@@ -203,6 +203,14 @@ def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Valu
     return (y, mean, var)
 
 
+@aten("native_batch_norm.default", "_native_batch_norm_legit.no_stats")
+def _bn(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, training: bool, momentum: float,
+        eps: float) -> tuple | None:
+    if training:
+        return None
+    return _bn_inference(cx, x, w, b, mean, var, momentum, eps)
+
+
 # -- normalization, softmax, reductions -----------------------------------------------------
 @aten("native_layer_norm.default")
 def _layer_norm(cx: Cx, x: Value, shape: list, w: Value | None, b: Value | None, eps: float) -> tuple:

@@ -160,9 +160,6 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         if node.target is operator.getitem:
             env[node] = None if args[0] is None else args[0][args[1]]
             continue
-        if strict and unsupported and _depends_on_unsupported(node, env):
-            env[node] = None  # downstream of an op already reported: keep collecting the others
-            continue
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
         if vals and all(v.is_const for v in vals) and _foldable(node, vals):
@@ -178,12 +175,10 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         if handler is not None:
             out = handler(cx, *args, **kwargs)
         if out is None or out is NotImplemented:
-            if strict:
-                unsupported[name_] = unsupported.get(name_, 0) + 1
-                env[node] = None
-                continue
+            # a host call either way, so that import goes on and strict mode reports every op
             out = _host_call(cx, node, args, kwargs)
-            res.fallback_ops[name_] = res.fallback_ops.get(name_, 0) + 1
+            bucket = unsupported if strict else res.fallback_ops
+            bucket[name_] = bucket.get(name_, 0) + 1
         if not isinstance(out, (int, float)):
             _check_meta(node, out)
         env[node] = out
@@ -194,10 +189,6 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         warnings.warn(f"vnpu: {len(res.fallback_ops)} op(s) run on the host CPU instead of the chip: {listing}",
                       FallbackWarning, stacklevel=3)
     return res
-
-
-def _depends_on_unsupported(node: fx.Node, env: dict) -> bool:
-    return any(env.get(a) is None for a in node.all_input_nodes)
 
 
 def _foldable(node: fx.Node, vals: list[Value]) -> bool:

@@ -12,7 +12,7 @@ from vnpu.chip.schema import Chip
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import HostLaunch, KernelLaunch, Program
-from vnpu.sim.functional import STARTERS, hbm_view
+from vnpu.sim.functional import PREPARERS, hbm_view
 from vnpu.sim.profile import KernelProfile, Profile
 
 HostExecutor = Callable[[HostLaunch, list[np.ndarray]], list[np.ndarray]]
@@ -40,7 +40,7 @@ class Device:
         self._lat = cost.hbm_latency_cycles(chip)
         self._hbm_bpc = chip.hbm_bytes_per_cycle
         self._dma_bpc = chip.core.dma_bytes_per_cycle
-        self._cost_cache: dict[int, tuple] = {}
+        self._prepared: dict[int, tuple] = {}  # id(instruction) -> (instruction, costs..., start)
 
     # -- host-side access to simulated HBM --------------------------------------------
     def write(self, ref: HbmRef, value: np.ndarray) -> None:
@@ -123,10 +123,6 @@ class Device:
 
     def _instr_cost(self, ins, dtype) -> tuple:
         """(kind, hbm traffic bytes, engine cycles, macs, vector ops, sram bytes), cached per instruction."""
-        key = id(ins)
-        c = self._cost_cache.get(key)
-        if c is not None and c[0] is ins:
-            return c[1]
         chip = self.chip
         if isinstance(ins, DmaLoad):
             fp = ins.hbm_bytes if ins.hbm_bytes >= 0 else cost.hbm_traffic_bytes(chip, ins.src.footprint_bytes(), ins.src.contiguous_run())
@@ -148,7 +144,6 @@ class Device:
             n = ins.dst.numel if not ins.op.startswith("reduce_") else ins.srcs[0].numel
             r = (3, 0, cost.vector_cycles(chip, ins.op, n), 0, n,
                  ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)))
-        self._cost_cache[key] = (ins, r)
         return r
 
     def _run_kernel(self, launch: KernelLaunch, t0: float) -> KernelProfile:
@@ -175,14 +170,16 @@ class Device:
         end = t0
         macs = vops = sram_b = hbm_b = hbm_rd = n_ins = 0
         tr = self.trace_events
+        cache = self._prepared
         while heap:
             now, _, kind, ci, qi, payload = heapq.heappop(heap)
             st = streams[ci]
             qlists, ptrs, free_at, sems, waiters, sram = st
             if kind == _DONE:
-                commit, signal = payload
-                if commit is not None:
-                    commit()
+                write, signal = payload
+                if write is not None:
+                    dst, val = write
+                    dst[...] = val
                 if now > end:
                     end = now
                 if signal >= 0:
@@ -202,7 +199,13 @@ class Device:
                 continue
             start = now if now > free_at[qi] else free_at[qi]
             stall[qi] += start - free_at[qi]
-            kind_i, traffic, cyc, m, vo, sb = self._instr_cost(ins, dtype)
+            # per-instruction cache: its costs and, when functional, its bound memory views
+            # (instructions are not mutated after compilation; a replaced one is re-prepared)
+            info = cache.get(id(ins))
+            if info is None or info[0] is not ins:
+                c = self._instr_cost(ins, dtype)
+                info = cache[id(ins)] = (ins, *c, PREPARERS[type(ins)](ins, hbm, sram) if functional else None)
+            _, kind_i, traffic, cyc, m, vo, sb, prep = info
             if kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
                 h0 = start if start > hbm_free else hbm_free
                 hbm_free = h0 + traffic / hbm_bpc
@@ -222,7 +225,7 @@ class Device:
             vops += vo
             sram_b += sb
             n_ins += 1
-            commit = STARTERS[type(ins)](ins, hbm, sram) if functional else None
+            commit = prep() if prep is not None else None
             free_at[qi] = start + occupy
             heapq.heappush(heap, (done, seq, _DONE, ci, qi, (commit, ins.signal)))
             seq += 1

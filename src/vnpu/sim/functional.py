@@ -14,7 +14,6 @@ from scipy import special
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
 
-Commit = Callable[[], None]
 F32 = np.float32
 
 
@@ -122,53 +121,60 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
     raise NotImplementedError(f"vector op {op!r} has no functional model")
 
 
-def start_dma_load(ins: DmaLoad, hbm: np.ndarray, sram: np.ndarray) -> Commit:
-    val = np.array(hbm_view(hbm, ins.src), copy=True)
-    dst = sram_view(sram, ins.dst)
-
-    def commit() -> None:
-        dst[...] = val.reshape(dst.shape)
-    return commit
+# Each prepare_* binds an instruction's memory views once (the simulated memories never
+# move) and returns `start`: called when the instruction issues, it reads the sources and
+# returns (destination view, value) to be written when the instruction completes.
+Start = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
-def start_dma_gather(ins: DmaGather, hbm: np.ndarray, sram: np.ndarray) -> Commit:
-    idx = sram_view(sram, ins.index).astype(np.int64).ravel()
+def prepare_dma_load(ins: DmaLoad, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    src = hbm_view(hbm, ins.src)
+    dst = sram_view(sram, ins.dst).reshape(ins.src.shape)
+
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        return dst, src.copy()
+    return start
+
+
+def prepare_dma_gather(ins: DmaGather, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    index = sram_view(sram, ins.index)
     table = hbm_view(hbm, ins.table)
     n = table.shape[0]
-    idx = np.where(idx < 0, idx + n, idx)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise IndexError(f"gather index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
-    val = table[idx]
     dst = sram_view(sram, ins.dst)
 
-    def commit() -> None:
-        dst[...] = val.reshape(dst.shape)
-    return commit
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        idx = index.astype(np.int64).ravel()
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"gather index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
+        return dst, table[idx].reshape(dst.shape)
+    return start
 
 
-def start_dma_store(ins: DmaStore, hbm: np.ndarray, sram: np.ndarray) -> Commit:
-    val = sram_view(sram, ins.src).copy()
+def prepare_dma_store(ins: DmaStore, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    src = sram_view(sram, ins.src).reshape(ins.dst.shape)
     dst = hbm_view(hbm, ins.dst)
 
-    def commit() -> None:
-        dst[...] = val.reshape(dst.shape)
-    return commit
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        return dst, src.copy()
+    return start
 
 
-def start_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Commit:
-    a = _f32(sram_view(sram, ins.a))
-    b = _f32(sram_view(sram, ins.b))
+def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    a = sram_view(sram, ins.a)
+    b = sram_view(sram, ins.b)
     acc = sram_view(sram, ins.acc)
-    r = a @ b  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
-    if ins.accumulate:
-        r += acc
+    accumulate = ins.accumulate
 
-    def commit() -> None:
-        acc[...] = r
-    return commit
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        r = _f32(a) @ _f32(b)  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
+        if accumulate:
+            r += acc
+        return acc, r
+    return start
 
 
-def start_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Commit:
+def prepare_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Start:
     srcs: list[np.ndarray | float] = []
     for i, s in enumerate(ins.srcs):
         if isinstance(s, SramRef):
@@ -178,15 +184,12 @@ def start_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Commit:
         else:
             srcs.append(float(s))
     dst = sram_view(sram, ins.dst)
-    r = vector_compute(ins.op, srcs, dict(ins.attrs), dst.dtype)
+    op, attrs = ins.op, dict(ins.attrs)
 
-    def commit() -> None:
-        dst[...] = r
-    return commit
-
-
-STARTERS = {DmaLoad: start_dma_load, DmaGather: start_dma_gather, DmaStore: start_dma_store, MatMul: start_matmul, VecOp: start_vec}
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        return dst, vector_compute(op, srcs, attrs, dst.dtype)
+    return start
 
 
-def dtype_of(ref: SramRef | HbmRef) -> DType:
-    return ref.dtype
+PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaStore: prepare_dma_store,
+             MatMul: prepare_matmul, VecOp: prepare_vec}

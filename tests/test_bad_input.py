@@ -69,7 +69,7 @@ def test_strict_lists_every_unsupported_op_independent_outputs():
 
 def test_strict_lists_every_unsupported_op_when_their_results_are_used():
     """BUG (frontends/torch/importer.py, import_fx): under strict=True a node that consumes the
-    result of an unsupported op is skipped (`_depends_on_unsupported`), so an unsupported op
+    result of an unsupported op runs as a host call too, so an unsupported op
     downstream of another one is never looked at: here the error lists cumsum but not sort,
     and the user only learns about sort after fixing cumsum."""
     torch.manual_seed(0)

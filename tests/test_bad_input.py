@@ -68,10 +68,8 @@ def test_strict_lists_every_unsupported_op_independent_outputs():
 
 
 def test_strict_lists_every_unsupported_op_when_their_results_are_used():
-    """BUG (frontends/torch/importer.py, import_fx): under strict=True a node that consumes the
-    result of an unsupported op runs as a host call too, so an unsupported op
-    downstream of another one is never looked at: here the error lists cumsum but not sort,
-    and the user only learns about sort after fixing cumsum."""
+    """Under strict=True an unsupported op downstream of another one is still reported:
+    the error lists cumsum and sort together, so the user learns everything at once."""
     torch.manual_seed(0)
     x = torch.randn(4, 16)
     with pytest.raises(UnsupportedOpError) as ei:

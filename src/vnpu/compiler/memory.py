@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph, Node, Value
 from vnpu.ir.ops import OPS
 from vnpu.isa.instructions import HbmRef
@@ -150,4 +149,4 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
     return MemoryPlan(refs, weight_bytes, input_bytes, arena, total)
 
 
-__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "OutOfMemoryError", "DType"]
+__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "OutOfMemoryError"]

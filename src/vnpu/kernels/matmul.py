@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import math
 
-from vnpu.dtypes import DType
 from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import Expr, KernelContext, kernel
@@ -61,4 +60,4 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes)
 
 
-__all__ = ["matmul_kernel", "DType"]
+__all__ = ["matmul_kernel", "epilogue_of"]

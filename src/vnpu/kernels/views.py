@@ -66,7 +66,7 @@ def reshape(ref: HbmRef, new_shape: tuple[int, ...]) -> HbmRef | None:
     nd = len(new_shape)
     while ni < nd:
         if new_shape[ni] == 1:
-            new_strides[ni] = 0 if False else (new_strides[ni - 1] if ni > 0 else 1)
+            new_strides[ni] = new_strides[ni - 1] if ni > 0 else 1  # size-1 dims: any stride works
             ni += 1
             continue
         if oi >= len(old):

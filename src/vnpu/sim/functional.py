@@ -11,7 +11,6 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
 
 F32 = np.float32

@@ -52,7 +52,9 @@ class ImportContext:
         return self.g.add_node(op, inputs, attrs or {}, name=name).output
 
     def const(self, data: np.ndarray | float | int, dtype: DType) -> Value:
-        return self.g.add_const("c", np.asarray(data, dtype=dtype.np) if dtype.is_float or dtype == DType.bool else np.asarray(data).astype(dtype.np), dtype)
+        # ints go through astype so that e.g. a Python float fill value truncates like PyTorch
+        arr = np.asarray(data, dtype=dtype.np) if dtype.is_float or dtype == DType.bool else np.asarray(data).astype(dtype.np)
+        return self.g.add_const("c", arr, dtype)
 
     def meta_type(self, i: int | None = None) -> TensorType:
         val = self.node.meta["val"]  # type: ignore[union-attr]

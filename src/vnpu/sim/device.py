@@ -227,8 +227,12 @@ class Device:
             n_ins += 1
             commit = prep() if prep is not None else None
             free_at[qi] = start + occupy
-            heapq.heappush(heap, (done, seq, _DONE, ci, qi, (commit, ins.signal)))
-            seq += 1
+            if commit is None and ins.signal < 0:
+                if done > end:  # nothing observes its completion: no event needed
+                    end = done
+            else:
+                heapq.heappush(heap, (done, seq, _DONE, ci, qi, (commit, ins.signal)))
+                seq += 1
             ptrs[qi] += 1
             if ptrs[qi] < len(qlists[qi]):
                 heapq.heappush(heap, (free_at[qi], seq, _TRY, ci, qi, None))

@@ -170,12 +170,8 @@ def fuse_epilogues(g: Graph) -> int:
             cur = u.output
         if not members:
             continue
-        # slot 0 is the accumulator
-        acc_slot = acc
-        chain.steps = [(op, [("in", acc_slot) if (k == "in" and r is acc) else (k, r) for k, r in args], at, t)
-                       for op, args, at, t in chain.steps]
-        expr = chain.expr(1, [acc_slot])
-        extra = [o for o in chain.operands if o is not acc_slot]
+        expr = chain.expr(1, [acc])  # slot 0 is the accumulator
+        extra = [o for o in chain.operands if o is not acc]
         final = members[-1].output
         for m in members:
             g.nodes.remove(m)

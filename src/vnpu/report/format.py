@@ -30,30 +30,22 @@ def nbytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def seconds(s: float) -> str:
-    if not _finite(s):
+def _scaled(x: float, ladder: tuple[tuple[float, str, int], ...]) -> str:
+    """x in the first (threshold, unit, decimals) step it reaches; the last step always fits."""
+    if not _finite(x):
         return "—"
-    a = abs(s)
-    if a >= 1:
-        return f"{s:.3f} s"
-    if a >= 1e-3:
-        return f"{s * 1e3:.3f} ms"
-    if a >= 1e-6:
-        return f"{s * 1e6:.2f} µs"
-    return f"{s * 1e9:.1f} ns"
+    for i, (threshold, unit, digits) in enumerate(ladder):
+        if abs(x) >= threshold or i == len(ladder) - 1:
+            return f"{x / threshold:.{digits}f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def seconds(s: float) -> str:
+    return _scaled(s, ((1.0, "s", 3), (1e-3, "ms", 3), (1e-6, "µs", 2), (1e-9, "ns", 1)))
 
 
 def joules(j: float) -> str:
-    if not _finite(j):
-        return "—"
-    a = abs(j)
-    if a >= 1:
-        return f"{j:.3f} J"
-    if a >= 1e-3:
-        return f"{j * 1e3:.3f} mJ"
-    if a >= 1e-6:
-        return f"{j * 1e6:.3f} µJ"
-    return f"{j * 1e9:.3f} nJ"
+    return _scaled(j, ((1.0, "J", 3), (1e-3, "mJ", 3), (1e-6, "µJ", 3), (1e-9, "nJ", 3)))
 
 
 def pct(f: float, digits: int = 1) -> str:

@@ -4,6 +4,8 @@
     vnpu chips show NAME_OR_PATH    every field of one chip, with derived peaks and sources
     vnpu zoo                        built-in workloads
     vnpu run MODEL [options]        compile, simulate, check numerics against PyTorch, report
+    vnpu import-topology FILE.csv --scale-config FILE.cfg [--gemm] [--json OUT]
+                                    rerun a SCALE-Sim study: per-layer cycles
     vnpu version
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
@@ -342,6 +344,66 @@ def _run(workload: Any, chip: Chip, dt: DType, batch: int, json_path: Path | Non
         return 0
     out.print(f"[bold red]FAIL[/] numerics ({dt.value}: {escape(numerics.criterion)})")
     return EXIT_FAIL
+
+
+# -- vnpu import-topology -----------------------------------------------------------------
+@app.command("import-topology")
+def import_topology(
+    topology: Annotated[Path, typer.Argument(help="SCALE-Sim topology CSV (conv, or M,N,K with --gemm)",
+                                             metavar="FILE.csv")],
+    scale_config: Annotated[Path, typer.Option("--scale-config", help="SCALE-Sim architecture file",
+                                               metavar="FILE.cfg")],
+    gemm: Annotated[bool, typer.Option("--gemm", help="the CSV lists GEMMs (Layer, M, N, K)")] = False,
+    bandwidth: Annotated[Optional[float], typer.Option("--bandwidth", help="DRAM words/cycle (default: the "
+                                                       ".cfg's Bandwidth)", metavar="WORDS")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write per-layer cycles here (a list of "
+                                                      "objects)", metavar="PATH")] = None,
+) -> None:
+    """Rerun a SCALE-Sim study on vnpu: per-layer compute and total cycles.
+
+    The .cfg becomes one R x C array with SCALE-Sim's dataflow, fold-by-fold timing and
+    mapping (docs/timing.md); each layer is compiled and simulated in timing-only mode.
+    """
+    import json
+
+    from vnpu.chip.scalesim_cfg import read_scalesim_cfg
+    from vnpu.frontends.scalesim import TopologyError
+    from vnpu.topology_study import run_scalesim_study
+
+    _check_output(json_path, "--json")
+    if bandwidth is not None and bandwidth <= 0:
+        _die(f"--bandwidth must be positive, got {bandwidth}")
+    t0 = time.perf_counter()
+    try:
+        arch = read_scalesim_cfg(scale_config)
+        chip, rows = run_scalesim_study(topology, scale_config, gemm, bandwidth)
+    except (ChipError, TopologyError) as e:
+        _die(e)
+    wall = time.perf_counter() - t0
+    from rich.table import Table
+
+    out = _console()
+    t = Table(title=f"{topology.name} on {escape(chip.description)}", title_justify="left")
+    for col in ("layer", "Sr", "Sc", "T", "folds", "compute cycles", "total cycles", "stall", "map eff", "util"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        t.add_row(escape(r.layer), str(r.sr), str(r.sc), str(r.t), str(r.folds), f"{r.compute_cycles:,}",
+                  f"{r.total_cycles:,}", f"{r.stall_cycles:,}", f"{100 * r.mapping_efficiency:.1f}%",
+                  f"{100 * r.compute_util:.1f}%")
+    out.print(t)
+    compute = sum(r.compute_cycles for r in rows)
+    total = sum(r.total_cycles for r in rows)
+    out.print(f"{len(rows)} layers: {compute:,} compute cycles, {total:,} total cycles "
+              f"({arch.dataflow.upper()}, {arch.rows}x{arch.cols}, {chip.hbm.bandwidth_gbs / 4:g} words/cycle); "
+              f"simulated in {wall:.2f} s")
+    if arch.bandwidth_mode == "CALC" and bandwidth is None:
+        out.print("[dim]the .cfg asks SCALE-Sim for CALC bandwidth (no stalls); vnpu prices memory at its "
+                  "Bandwidth figure, so compare compute cycles[/]")
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+        except OSError as e:
+            _die(f"cannot write {json_path}: {e.strerror or e}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

@@ -113,7 +113,11 @@ class DmaStore:
 
 @dataclass(slots=True)
 class MatMul:
-    """acc[M,N] (fp32) (+)= a[M,K] @ b[K,N] on the systolic array, operands in `dtype`."""
+    """acc[M,N] (fp32) (+)= a[M,K] @ b[K,N] on the systolic array, operands in `dtype`.
+
+    `continues` / `drains` let one fold span several instructions that stream it in chunks
+    (see isa.cost.matmul_cycles): the defaults describe a self-contained instruction.
+    """
 
     a: SramRef
     b: SramRef
@@ -121,6 +125,8 @@ class MatMul:
     accumulate: bool
     waits: tuple[Wait, ...] = ()
     signal: int = -1
+    continues: bool = False
+    drains: bool = True
     queue = "matrix"
 
 

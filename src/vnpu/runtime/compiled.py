@@ -20,7 +20,7 @@ from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
 
 FORMAT = "vnpu-compiled-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: MatMul gained continues/drains
 
 
 class ArtifactError(ValueError):

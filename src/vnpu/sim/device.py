@@ -138,7 +138,7 @@ class Device:
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
             n = ins.b.shape[1]
-            cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype)
+            cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype, ins.continues, ins.drains)
             r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1))
         else:
             n = ins.dst.numel if not ins.op.startswith("reduce_") else ins.srcs[0].numel

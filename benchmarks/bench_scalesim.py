@@ -183,8 +183,8 @@ def layer_rows(study: Study, v: ToolRun, s: ToolRun, z: ToolRun | None) -> list[
         rows.append([spec["name"], f"{sc:,}" if sc is not None else s.error or "-",
                      f"{vc:,}" if vc is not None else v.error or "-",
                      f"{_err_pct(vc, sc):+.3f}%" if vc is not None and sc is not None else "-",
-                     f"{zl['ideal_cycles']:,}" if zl and zl.get("ideal_cycles") is not None else "-",
-                     f"{zl['latency_cycles']:,}" if zl and zl.get("latency_cycles") is not None else "-",
+                     f"{int(zl['ideal_cycles']):,}" if zl and zl.get("ideal_cycles") is not None else "-",
+                     f"{int(zl['latency_cycles']):,}" if zl and zl.get("latency_cycles") is not None else "-",
                      f"{v.layers[i]['total_cycles']:,}" if vc is not None else "-"])
     return rows
 
@@ -230,7 +230,7 @@ def main() -> None:
             zi = sum(l["ideal_cycles"] or 0 for l in z.layers) if z and not z.error else None
             zt = sum(l["latency_cycles"] or 0 for l in z.layers) if z and not z.error else None
             lines.append(f"| {st.name} | **all {len(st.layers)}** | {ts:,} | {tv:,} | {_err_pct(tv, ts):+.3f}% | "
-                         f"{f'{zi:,}' if zi is not None else '-'} | {f'{zt:,}' if zt is not None else '-'} | "
+                         f"{f'{int(zi):,}' if zi is not None else '-'} | {f'{int(zt):,}' if zt is not None else '-'} | "
                          f"{sum(l['total_cycles'] for l in v.layers):,} |")
         sw, sm = _fmt_run(s)
         zw, zm = _fmt_run(z)

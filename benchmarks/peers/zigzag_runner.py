@@ -23,7 +23,7 @@ Workload (one layer, batch 1, every operand 8 bit, psums included, so a word is 
 * gemm: ``O[m][n] += I[m][k] * W[k][n]`` with loop dims M, N, K.  A (M x K) is the "ifmap" operand I,
   B (K x N) the "filter" operand W, as in SCALE-Sim's GEMM-as-conv.
 * conv: ``O[b][k][oy][ox] += W[k][c][fy][fx] * I[b][c][iy][ix]``, ``ix = s*ox + fx``, ``iy = s*oy + fy``,
-  no padding; OX/OY = (ifmap - filter)//stride + 1, K = num_filters, C = channels.
+  no padding; OX/OY = ceil((ifmap - filter + stride) / stride) as SCALE-Sim counts them, K = num_filters, C = channels.
 
 Accelerator (``operational_array`` D1 = R rows, D2 = C cols, 8-bit MACs, ``systolic_dimensions`` [D1, D2]
 so ZigZag adds the fill/drain skew of the used rows and columns once per layer).  Memories, innermost first:
@@ -127,8 +127,9 @@ class Case:
         elif kind == "conv":
             stride = int(raw["stride"])
             fy, fx = int(raw["filter_h"]), int(raw["filter_w"])
-            oy = (int(raw["ifmap_h"]) - fy) // stride + 1
-            ox = (int(raw["ifmap_w"]) - fx) // stride + 1
+            # SCALE-Sim's count, ceil((ifmap - filter + stride) / stride), so all tools time the same layer
+            oy = -(-(int(raw["ifmap_h"]) - fy + stride) // stride)
+            ox = -(-(int(raw["ifmap_w"]) - fx + stride) // stride)
             dims = {
                 "B": 1,
                 "K": int(raw["num_filters"]),

@@ -3,7 +3,7 @@
 GEMM topologies (`--gemm`): `Layer, M, N, K,` per row, out[M,N] = A[M,K] @ B[K,N].
 Conv topologies: `Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width,
 Channels, Num Filter, Strides,` per row; SCALE-Sim has no padding (the ifmap size includes
-it), ofmap = (ifmap - filter) // stride + 1, batch 1. A layer whose name contains "DP" is
+it), ofmap = ceil((ifmap - filter + stride) / stride) as SCALE-Sim computes it, batch 1. A layer whose name contains "DP" is
 depthwise: SCALE-Sim runs it as `Channels` single-channel layers named `<name>Channel_<i>`,
 and so do we. An optional trailing `N:M` sparsity column is accepted and must be 1:1.
 
@@ -92,7 +92,11 @@ def read_topology(path: str | Path, gemm: bool = False) -> list[TopologyLayer]:
         ih, iw, fh, fw, ch, nf, s = vals
         if fh > ih or fw > iw:
             raise TopologyError(f"{p}, row {row_no}: filter {fh}x{fw} is larger than the ifmap {ih}x{iw}")
-        oh, ow = (ih - fh) // s + 1, (iw - fw) // s + 1
+        # SCALE-Sim's ofmap size: ceil((ifmap - filter + stride) / stride). When (ifmap - filter) is
+        # not a multiple of the stride this counts one more (partial) window per row and column
+        # than a real convolution's floor((ifmap - filter) / stride) + 1; a rerun of a SCALE-Sim
+        # study must simulate the layer SCALE-Sim simulates.
+        oh, ow = -(-(ih - fh + s) // s), -(-(iw - fw + s) // s)
         if "DP" in name:
             for c in range(ch):
                 layers.append(TopologyLayer(f"{name}Channel_{c}", "conv", oh * ow, nf, fh * fw, (ih, iw, 1, fh, fw, s)))

@@ -45,7 +45,7 @@ class Im2colWindow:
 
     @property
     def ofmap_w(self) -> int:
-        return (self.ifmap_w - self.filter_w) // self.stride + 1
+        return -(-(self.ifmap_w - self.filter_w + self.stride) // self.stride)  # SCALE-Sim's count
 
     def unique_elements(self, p0: int, pn: int, k0: int, kn: int) -> int:
         """ifmap elements behind rows [p0, p0+pn) x cols [k0, k0+kn) of the im2col matrix:

@@ -369,3 +369,34 @@ def test_kernel_launch_overhead_between_kernels():
     assert [k.cycles for k in prof.kernels] == [70, 70]
     assert prof.kernels[1].start_cycle == pytest.approx(2070)
     assert prof.cycles == pytest.approx(4140)
+
+
+# -- steady-state shortcut: identical launches are simulated once in timing-only mode ----------
+def test_identical_launches_share_one_simulation():
+    """Three identical matmul layers and one of another shape: timing-only simulates two
+    distinct launches, and every kernel's cycles equal the full functional simulation's."""
+    from vnpu.api import compile_ir
+    from vnpu.sim.device import Device
+
+    chip = round_chip(cores=2)
+    g = Graph("chain")
+    x = g.add_input("x", TensorType((16, 32), F32))
+    h = x
+    for i in range(3):
+        w = g.add_input(f"w{i}", TensorType((32, 32), F32))
+        h = g.add_node("matmul", [h, w]).output
+    w_last = g.add_input("w_last", TensorType((32, 8), F32))
+    g.outputs = [g.add_node("matmul", [h, w_last]).output]
+    cm = compile_ir(g, chip, "fp32")
+    keys = [l.timing_key for l in cm.program.launches]
+    assert len(keys) == 4 and len(set(keys)) == 2 and keys[0] == keys[1] == keys[2] != keys[3]
+    dev = Device(chip, cm.program.hbm_bytes, functional=False)
+    fast = dev.run(cm.program)
+    assert len(dev._memo) == 2
+    rng = np.random.default_rng(0)
+    cm.run_numpy([rng.standard_normal(s).astype(np.float32) for s in [(16, 32), (32, 32), (32, 32), (32, 32), (32, 8)]])
+    full = cm.last_profile
+    assert [k.cycles for k in fast.kernels] == pytest.approx([k.cycles for k in full.kernels], rel=1e-12)
+    assert [k.start_cycle for k in fast.kernels] == pytest.approx([k.start_cycle for k in full.kernels], rel=1e-12)
+    assert fast.cycles == pytest.approx(full.cycles, rel=1e-12)
+    assert fast.busy == pytest.approx(full.busy, rel=1e-12)

@@ -8,7 +8,7 @@ from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph
 from vnpu.ir.ops import OPS
 from vnpu.ir.verify import verify
-from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.isa.program import HostLaunch, KernelLaunch, Program, timing_key
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import materialize_views, plan_memory
@@ -57,7 +57,9 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> 
         scalars = [float(v.data.reshape(-1)[0]) if (v.is_const and v.type.numel == 1 and v.dtype.is_float) else None
                    for v in n.inputs]
         ctx = KernelContext(chip, dtype, n, ins, outs, scalars)
-        launches.append(fn(ctx))
+        launch = fn(ctx)
+        launch.timing_key = timing_key(launch)
+        launches.append(launch)
     consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
     prog = Program(
         chip_name=chip.name, chip_fingerprint=chip_fingerprint(chip), dtype=dtype, launches=launches,

@@ -154,10 +154,32 @@ def tensorflow_to_onnx(model: Any, input_signature: Sequence[Any] | None = None)
         if given is None and own is None:
             raise DynamicShapeError("a tf.function without an input_signature: pass input_signature=[tf.TensorSpec(...)]")
         sig = _static_specs(given or list(own), "tf.function", fill_batch=given is None)
-        proto, _ = tf2onnx.convert.from_function(model, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
+        fn = model
+        if own is not None and hasattr(model, "python_function"):
+            # its own signature (with unknown dims) would win over ours: retrace the Python function
+            fn = tf.function(model.python_function)
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
+        _freeze_captures(proto, fn, sig)
         return proto, getattr(model, "__name__", None) or getattr(model, "name", None) or "tf_function"
     raise TypeError(f"from_tensorflow takes a Keras model, a tf.function, a SavedModel directory or a .keras file, "
                     f"not {type(model).__name__}")
+
+
+def _freeze_captures(proto: Any, fn: Any, sig: list[Any]) -> None:
+    """tf2onnx leaves eager tensors that a tf.function captures (not variables) as extra graph
+    inputs; they are constants of the function, so they become initializers."""
+    from onnx import numpy_helper
+
+    extra = [i for i in proto.graph.input if i.name not in {s.name for s in sig}
+             and i.name not in {t.name for t in proto.graph.initializer}]
+    if not extra:
+        return
+    concrete = fn.get_concrete_function(*sig)
+    values = {t.name: ext for ext, t in zip(concrete.graph.external_captures, concrete.graph.internal_captures)}
+    for i in extra:
+        if i.name in values and hasattr(values[i.name], "numpy"):
+            proto.graph.initializer.append(numpy_helper.from_array(np.asarray(values[i.name].numpy()), i.name))
+            proto.graph.input.remove(i)
 
 
 def input_names(proto: Any) -> list[str]:

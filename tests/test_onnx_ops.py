@@ -141,6 +141,9 @@ CASES: list[Case] = [
     Case("Squeeze-Unsqueeze", [N("Unsqueeze", ["a", "u"], "b"), N("Squeeze", ["b", "s"])], {"a": x(3, 1, 4)}, ["y"],
          {"u": i64(0, -1), "s": i64(2)}),
     Case("Expand-bidirectional", [N("Expand", ["a", "s"])], {"a": x(3, 1)}, ["y"], {"s": i64(2, 1, 4)}),
+    # a small constant expanded to 2 MiB stays an on-chip broadcast rather than a folded 2 MiB weight
+    Case("Expand-const-large", [N("Expand", ["c", "s"], "e"), N("Add", ["a", "e"])], {"a": x(512, 1024)}, ["y"],
+         {"c": x(1024), "s": i64(512, 1024)}),
     Case("Concat", [N("Concat", ["a", "b"], axis=-1)], {"a": x(2, 3), "b": x(2, 5)}, ["y"]),
     Case("Slice-neg-steps2", [N("Slice", ["a", "st", "en", "ax", "sp"])], {"a": x(4, 10)}, ["y"],
          {"st": i64(1, -8), "en": i64(1000, -1), "ax": i64(0, 1), "sp": i64(2, 3)}),
@@ -180,6 +183,12 @@ def test_op_matches_onnxruntime(case: Case) -> None:
         assert o.dtype == r.dtype
         scale = max(float(np.abs(r).max()), 1e-6) if r.size else 1.0
         np.testing.assert_allclose(o.astype(np.float64), r.astype(np.float64), rtol=0, atol=2e-6 * scale + 1e-7)
+
+
+def test_large_expand_of_a_constant_is_not_folded_into_a_weight() -> None:
+    case = next(c for c in CASES if c.id == "Expand-const-large")
+    cm = vnpu.from_onnx(_model(case))
+    assert cm.program.weight_bytes < 64 * 1024
 
 
 def test_bf16_conv_bn_relu_within_cosine() -> None:

@@ -267,11 +267,16 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         is_default = node.domain in ("", "ai.onnx")
         has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
         all_const = all(v.is_const for v in present)
-        if is_default and all_const and node.op_type not in _NONDETERMINISTIC and \
-                (node.op_type not in ONNX or _fold_small(node, present)):
+        if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
             out = _fold(cx, node, ins, opset)
             res.folded += 1
-        elif is_default and not has_subgraph and node.op_type in ONNX:
+            # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
+            # cheaper to compute on the chip than to store as a weight, when there is a lowering
+            in_bytes = sum(v.type.nbytes for v in present)
+            if node.op_type in ONNX and sum(v.type.nbytes for v in out) > max(MAX_FOLD_GROWTH * in_bytes, 1 << 20):
+                out = None
+                res.folded -= 1
+        if out is None and is_default and not has_subgraph and node.op_type in ONNX:
             out = ONNX[node.op_type](cx, ins, attrs)
         if out is None:
             out = _host_call(cx, node, ins, opset)
@@ -297,16 +302,6 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         warnings.warn(f"vnpu: {len(res.fallback_ops)} ONNX op type(s) run on the host CPU instead of the chip: {listing}",
                       FallbackWarning, stacklevel=3)
     return res
-
-
-def _fold_small(node: Any, vals: list[Value]) -> bool:
-    """Whether folding a node with a handler is worth it: Expand/Tile/ConstantOfShape of a
-    constant can blow a small constant up into a large weight; those stay on the chip."""
-    if node.op_type not in ("Expand", "Tile", "Resize", "Pad"):
-        return True
-    in_bytes = sum(v.type.nbytes for v in vals)
-    big = vals[0].type.nbytes
-    return big * MAX_FOLD_GROWTH <= max(in_bytes * MAX_FOLD_GROWTH, 1 << 20)
 
 
 def _node_evaluator(node: Any, opset: int) -> Any:

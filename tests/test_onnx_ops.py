@@ -237,6 +237,22 @@ def test_exporter_gelu_is_lifted_to_one_op() -> None:
     np.testing.assert_allclose(out, _ort(m, case.inputs)[0], rtol=0, atol=1e-5)
 
 
+def test_tf_moments_layer_norm_is_lifted_to_one_op() -> None:
+    """Layer norm as TF/Keras spell it (moments, rsqrt as Sqrt + Reciprocal, x * s + (beta - mean * s))
+    becomes the IR's layer_norm: one kernel instead of nine."""
+    nodes = [N("ReduceMean", ["a", "ax"], "m", keepdims=1), N("Sub", ["a", "m"], "d"), N("Mul", ["d", "d"], "sq"),
+             N("ReduceMean", ["sq", "ax"], "var", keepdims=1), N("Add", ["var", "eps"], "ve"), N("Sqrt", ["ve"], "sd"),
+             N("Reciprocal", ["sd"], "r"), N("Mul", ["r", "gamma"], "s"), N("Mul", ["a", "s"], "xs"),
+             N("Neg", ["m"], "nm"), N("Mul", ["nm", "s"], "ms"), N("Add", ["ms", "beta"], "t"), N("Add", ["xs", "t"])]
+    inits = {"ax": i64(-1), "eps": np.array(1e-6, np.float32), "gamma": x(32), "beta": x(32)}
+    case = Case("tf-layer-norm", nodes, {"a": x(2, 7, 32) * 3 + 1}, ["y"], inits, opset=18)
+    m = _model(case)
+    cm = vnpu.from_onnx(m, strict=True)
+    assert [l.kind for l in cm.program.launches] == ["norm"]
+    (out,) = cm.run_numpy([case.inputs["a"]])
+    np.testing.assert_allclose(out, _ort(m, case.inputs)[0], rtol=0, atol=1e-5)
+
+
 def test_input_type_round_trip_numpy_in_numpy_out() -> None:
     case = CASES[0]
     cm = vnpu.from_onnx(_model(case))

@@ -234,7 +234,7 @@ def _attrs(node: Any) -> dict[str, Any]:
 def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, name: str | None = None,
                 strict: bool = False) -> ImportResult:
     from vnpu.frontends.onnx import onnx_ops  # noqa: F401  (registers the handlers)
-    from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu
+    from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu, lift_layer_norm
 
     numpy_helper = require("onnx.numpy_helper", "onnx")
     proto = load_model(model)
@@ -295,6 +295,7 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
             raise OnnxModelError(f"graph output {o.name!r} is not produced by any node")
     g.outputs = [env[o.name] for o in proto.graph.output]
     lift_gelu(g)
+    lift_layer_norm(g)
     drop_dead_nodes(g)
     if res.fallback_ops:
         listing = ", ".join(f"{k} (x{v}: {', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"

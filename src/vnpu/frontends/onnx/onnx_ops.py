@@ -9,7 +9,6 @@ folded...), so that a model compiles to the same program whichever framework it 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from vnpu.dtypes import DType
 from vnpu.frontends.onnx.importer import OnnxContext as Cx, _elem_dtype, onnx_op
 from vnpu.ir.graph import Value
 
-Ins = list  # list[Value | None]
+Ins = list[Value | None]  # a node's inputs; None for an omitted optional input
 
 
 def _axis(a: int, rank: int) -> int:

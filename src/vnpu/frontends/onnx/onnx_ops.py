@@ -145,6 +145,20 @@ def _leaky_relu(cx: Cx, ins: Ins, attrs: dict) -> Value:
     return cx.emit("where", [cx.emit("gt", [x, cx.const(0, x.dtype)]), x, cx.emit("mul", [x, cx.const(alpha, x.dtype)])])
 
 
+@onnx_op("PRelu")
+def _prelu(cx: Cx, ins: Ins, attrs: dict) -> Value:
+    x, slope = _same(cx, ins[0], ins[1])
+    return cx.emit("where", [cx.emit("gt", [x, cx.const(0, x.dtype)]), x, cx.emit("mul", [x, slope])])
+
+
+@onnx_op("Elu")
+def _elu(cx: Cx, ins: Ins, attrs: dict) -> Value:
+    x = ins[0]
+    alpha = float(attrs.get("alpha", 1.0))
+    neg = cx.emit("mul", [cx.emit("sub", [cx.emit("exp", [x]), cx.const(1, x.dtype)]), cx.const(alpha, x.dtype)])
+    return cx.emit("where", [cx.emit("gt", [x, cx.const(0, x.dtype)]), x, neg])
+
+
 @onnx_op("Clip")
 def _clip(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
@@ -482,6 +496,26 @@ def _expand(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if x.type.rank < len(out):
         x = _reshape_to(cx, x, [1] * (len(out) - x.type.rank) + list(x.shape))
     return cx.emit("expand", [x], {"shape": list(out)})
+
+
+@onnx_op("Tile")
+def _tile(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Each tiled axis d of size n becomes [r, n] (a size-1 axis inserted before it, broadcast to r),
+    then merged to r * n: the whole axis repeated r times."""
+    x = ins[0]
+    reps = cx.ints(ins[1])
+    if reps is None:
+        return None
+    if all(r == 1 for r in reps):
+        return x
+    grown: list[int] = []
+    merged: list[int] = []
+    for d, r in zip(x.shape, reps):
+        grown += [r, d]
+        merged.append(r * d)
+    v = _reshape_to(cx, x, [s for d in x.shape for s in (1, d)])
+    v = cx.emit("expand", [v], {"shape": grown})
+    return cx.emit("reshape", [v], {"shape": merged})
 
 
 @onnx_op("Concat")

@@ -302,6 +302,42 @@ def _layer_norm(cx: Cx, ins: Ins, attrs: dict) -> Value:
                                          "has_weight": w is not None, "has_bias": b is not None})
 
 
+def _group_norm(cx: Cx, x: Value, groups: int, scale: Value, bias: Value, eps: float) -> Value | None:
+    """Normalize each (sample, group) over its channels and positions: a reshape to
+    [N, groups, rest], the chip's layer_norm over the last axis, then the per-channel affine."""
+    n, c = x.shape[0], x.shape[1]
+    if c % groups or not x.dtype.is_float:
+        return None
+    v = _reshape_to(cx, x, [n, groups, x.type.numel // (n * groups)])
+    v = cx.emit("layer_norm", [v], {"axis_count": 1, "eps": eps, "has_weight": False, "has_bias": False})
+    v = _reshape_to(cx, v, list(x.shape))
+    per_channel = (c,) + (1,) * (x.type.rank - 2)
+    s = _reshape_to(cx, scale, list(per_channel)) if scale.type.numel == c else None
+    b = _reshape_to(cx, bias, list(per_channel)) if bias.type.numel == c else None
+    if s is None or b is None:
+        return None
+    return cx.emit("add", [cx.emit("mul", [v, cx.cast(s, x.dtype)]), cx.cast(b, x.dtype)])
+
+
+@onnx_op("InstanceNormalization")
+def _instance_norm(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, scale, bias = ins
+    return _group_norm(cx, x, x.shape[1], scale, bias, float(attrs.get("epsilon", 1e-5)))
+
+
+@onnx_op("GroupNormalization")
+def _group_norm_op(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, scale, bias = ins
+    groups = int(attrs["num_groups"])
+    if scale.type.numel == groups != x.shape[1]:  # opset 18: one scale per group, repeated over its channels
+        if not (scale.is_const and bias.is_const):
+            return None
+        rep = x.shape[1] // groups
+        scale = cx.g.add_const(scale.name, np.repeat(np.asarray(scale.data), rep), scale.dtype)
+        bias = cx.g.add_const(bias.name, np.repeat(np.asarray(bias.data), rep), bias.dtype)
+    return _group_norm(cx, x, groups, scale, bias, float(attrs.get("epsilon", 1e-5)))
+
+
 def _softmax(log: bool):
     def h(cx: Cx, ins: Ins, attrs: dict) -> Value:
         x = ins[0]

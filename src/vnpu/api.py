@@ -1,5 +1,6 @@
-"""Public entry points: `vnpu.compile` (torch.export, ahead of time) and the
-`torch.compile(backend="vnpu")` backend. They wire frontend -> compiler -> runtime."""
+"""Public entry points: `vnpu.compile` (torch.export, ahead of time), the
+`torch.compile(backend="vnpu")` backend, `vnpu.from_onnx` and `vnpu.from_tensorflow`.
+They wire frontend -> compiler -> runtime."""
 from __future__ import annotations
 
 from typing import Any
@@ -34,6 +35,44 @@ def compile(model: Any, example_inputs: tuple | list, chip: str | Chip = DEFAULT
 
     res = export_module(model, tuple(example_inputs), example_kwargs, strict=strict)
     return compile_ir(res.graph, chip, dtype, name or type(model).__name__, res.fallback_ops)
+
+
+def from_onnx(model: Any, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32",
+              input_shapes: dict[str, tuple[int, ...]] | None = None, strict: bool = False,
+              name: str | None = None) -> CompiledModel:
+    """Compiles an ONNX model (a path, bytes or onnx.ModelProto; opset 13 and newer) for the chip.
+
+    `input_shapes` gives the shape of each input whose dims are dynamic in the model (a
+    dynamic dim without one is an error naming it). Nodes without a vnpu lowering run on
+    the host (with onnx.reference) with one warning naming them; strict=True raises
+    UnsupportedOpError naming every such op type and node instead. Needs `vnpu[onnx]`.
+    """
+    from pathlib import Path
+
+    from vnpu.frontends.onnx import import_onnx
+
+    default = Path(model).stem if isinstance(model, (str, Path)) else None
+    res = import_onnx(model, input_shapes, name=name or default, strict=strict)
+    return compile_ir(res.graph, chip, dtype, name or res.graph.name, res.fallback_ops)
+
+
+def from_tensorflow(model: Any, input_signature: Any = None, chip: str | Chip = DEFAULT_CHIP,
+                    dtype: str | DType = "fp32", strict: bool = False, name: str | None = None) -> CompiledModel:
+    """Compiles a Keras 3 model, a tf.function or a SavedModel directory for the chip
+    (converted with tf2onnx, then imported like any ONNX model). Call the result with TF
+    tensors or NumPy arrays; it returns the same kind.
+
+    `input_signature`: a list of tf.TensorSpec (or shapes) with every dim fixed; optional
+    when the model's own inputs are fully static or only their batch dim is unknown
+    (then batch 1 is compiled). Needs `vnpu[tensorflow]`.
+    """
+    from vnpu.frontends.tensorflow import tensorflow_to_onnx
+
+    proto, default = tensorflow_to_onnx(model, input_signature)
+    from vnpu.frontends.onnx import import_onnx
+
+    res = import_onnx(proto, name=name or default, strict=strict)
+    return compile_ir(res.graph, chip, dtype, name or default, res.fallback_ops)
 
 
 def _concrete(x: Any) -> Any:

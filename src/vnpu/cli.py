@@ -3,7 +3,8 @@
     vnpu chips                      chip presets
     vnpu chips show NAME_OR_PATH    every field of one chip, with derived peaks and sources
     vnpu zoo                        built-in workloads
-    vnpu run MODEL [options]        compile, simulate, check numerics against PyTorch, report
+    vnpu run MODEL [options]        compile, simulate, check numerics against the source framework, report
+                                    (MODEL: a zoo name, a .onnx file, a .keras file or a SavedModel directory)
     vnpu import-topology FILE.csv --scale-config FILE.cfg [--gemm] [--json OUT]
                                     rerun a SCALE-Sim study: per-layer cycles
     vnpu version
@@ -117,7 +118,7 @@ def _quiet_warnings() -> Iterator[None]:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            from vnpu.frontends.torch.importer import FallbackWarning
+            from vnpu.frontends.errors import FallbackWarning
 
             warnings.simplefilter("ignore", FallbackWarning)
         except ImportError:  # pragma: no cover - frontend unavailable
@@ -196,7 +197,8 @@ def version(chip: ChipOpt = DEFAULT_CHIP) -> None:
 # -- vnpu run ------------------------------------------------------------------------------
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="workload name (see `vnpu zoo`)", metavar="MODEL")],
+    model: Annotated[str, typer.Argument(help="workload name (see `vnpu zoo`), .onnx file, .keras file or "
+                                              "SavedModel directory", metavar="MODEL")],
     chip: ChipOpt = DEFAULT_CHIP,
     dtype: Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 or bf16", metavar="DTYPE")] = "fp32",
     batch: Annotated[int, typer.Option("--batch", "-b", help="batch size", metavar="N")] = 1,
@@ -209,8 +211,12 @@ def run(
     show_ir: Annotated[bool, typer.Option("--show-ir", help="print the optimized IR")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="fail if any op would run on the host CPU")] = False,
     top: Annotated[int, typer.Option("--top", help="kernels listed individually (the rest are summed)", metavar="N")] = 15,
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="model files: the shape of an input with dynamic dims, NAME=D0,D1,... (repeatable); "
+        "a dynamic leading dim takes --batch", metavar="NAME=DIMS")] = None,
 ) -> None:
-    """Compile a workload, simulate it, compare with PyTorch eager fp32 and report.
+    """Compile a model, simulate it, compare with the source framework (PyTorch eager,
+    onnxruntime or TensorFlow, fp32) and report.
 
     Exit code 1 when the numerics check fails (fp32: max|err| <= 1e-4 * max|ref|;
     bf16: cosine >= 0.999), 2 on bad input.
@@ -227,43 +233,48 @@ def run(
     if not c.supports(dt):
         _die(f"chip {c.name} has no matrix rate for {dt.value}; it supports "
              f"{', '.join(DType(d).value for d in c.core.matrix.rate)}")
-    from vnpu.workloads.zoo import UnknownWorkloadError, get_workload
+    from vnpu.run_sources import SourceError, open_source, parse_input_shapes
+    from vnpu.workloads.zoo import UnknownWorkloadError
 
     try:
-        workload = get_workload(model)
-    except UnknownWorkloadError as e:
+        source = open_source(model, parse_input_shapes(input_shape or []))
+    except (UnknownWorkloadError, SourceError) as e:
         _die(e)
 
     try:
-        code = _run(workload, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top)
+        code = _run(source, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top)
     except _Fail as e:
         _die(e)
     if code:
         raise typer.Exit(code)
 
 
-def _run(workload: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None, trace_path: Path | None,
+def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None, trace_path: Path | None,
          timing_only: bool, show_ir: bool, strict: bool, top: int) -> int:
-    import vnpu
     from vnpu.compiler import CompileError, OutOfMemoryError
     from vnpu.compiler.lower import chip_fingerprint
-    from vnpu.dtypes import torch_to_numpy
-    from vnpu.frontends.torch import UnsupportedOpError
+    from vnpu.frontends.errors import MissingExtraError, UnsupportedOpError
     from vnpu.report import tables
     from vnpu.report.json_report import build_report, write_report
-    from vnpu.report.numerics import compare, flatten_outputs
+    from vnpu.report.numerics import compare
+    from vnpu.run_sources import model_errors
     from vnpu.report.trace import timing_trace, write_trace
 
     out, err = _console(), _console(stderr=True)
 
-    with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
-        model, inputs = workload.build(batch)
-
+    workload = source
     try:
+        with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
+            source.build(batch)
         with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
-            cm = vnpu.compile(model, inputs, chip=chip, dtype=dt, strict=strict, name=workload.name)
+            cm = source.compile(chip, dt, strict)
+    except MissingExtraError as e:
+        raise _Fail(f"{e}") from None
+    except model_errors() as e:
+        raise _Fail(f"{e}") from None
     except UnsupportedOpError as e:
-        ops = ", ".join(f"{op} (x{n})" for op, n in sorted(e.ops.items()))
+        ops = ", ".join(f"{op} (x{n}{': ' + ', '.join(e.nodes[op][:3]) if e.nodes.get(op) else ''})"
+                        for op, n in sorted(e.ops.items()))
         raise _Fail(f"--strict: {len(e.ops)} op(s) of {workload.name} have no vnpu lowering: {ops}; "
                     "drop --strict to run them on the host CPU") from None
     except OutOfMemoryError as e:
@@ -290,18 +301,15 @@ def _run(workload: Any, chip: Chip, dt: DType, batch: int, json_path: Path | Non
                 else:
                     profile = cm.profile()
         else:
-            arrays = [torch_to_numpy(x) for x in inputs]
             with _step(err, "simulating (functional + timing)") as s_sim:
-                outs = cm.run_numpy(arrays, trace=trace_path is not None)
+                outs = cm.run_numpy(source.inputs, trace=trace_path is not None)
             profile = cm.last_profile
             events = getattr(cm, "last_trace", None)
-            import torch
-
-            with _quiet_warnings(), _step(err, "running the PyTorch eager fp32 reference") as s_eager:
-                with torch.no_grad():
-                    ref = model(*inputs)
+            with _quiet_warnings(), _step(err, f"running the {source.reference_label} reference") as s_eager:
+                ref = source.reference()
             eager_s = s_eager.seconds
-            numerics = compare(outs, flatten_outputs(ref), dt)
+            numerics = compare(outs, ref, dt)
+            numerics.reference = source.reference_label
     except MemoryError as e:  # the simulated HBM image does not fit the chip
         raise _Fail(f"{workload.name} (batch {batch}, {dt.value}) is too large for {chip.name}: {e}") from None
     assert profile is not None

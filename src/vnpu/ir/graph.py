@@ -104,7 +104,8 @@ class Graph:
 
         data = np.asarray(data)
         dt = dtype or from_numpy(data.dtype)
-        data = np.ascontiguousarray(data.astype(dt.np, copy=False))
+        # (ascontiguousarray alone would turn a 0-d scalar into shape (1,))
+        data = np.ascontiguousarray(data.astype(dt.np, copy=False)).reshape(data.shape)
         return Value(self._fresh(name), TensorType(tuple(data.shape), dt), data=data)
 
     def add_node(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None, name: str = "") -> Node:

@@ -73,11 +73,17 @@ class CompiledModel:
         return [dev.read(ref).astype(dt.np, copy=False) for ref, dt in zip(p.outputs, self.info.output_dtypes)]
 
     def __call__(self, *args: Any) -> Any:
+        """Takes torch tensors, TensorFlow tensors or NumPy arrays; returns the same kind."""
         torch_in = any(type(a).__module__.startswith("torch") for a in args)
+        tf_in = any(type(a).__module__.startswith("tensorflow") for a in args)
         arrays = [torch_to_numpy(a) if type(a).__module__.startswith("torch") else np.asarray(a) for a in args]
         outs = self.run_numpy(arrays)
         if torch_in:
             outs = [numpy_to_torch(o) for o in outs]
+        elif tf_in:
+            import tensorflow as tf  # already imported by the caller, who passed TF tensors
+
+            outs = [tf.convert_to_tensor(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def profile(self) -> Profile:

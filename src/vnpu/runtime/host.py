@@ -46,4 +46,21 @@ def execute_host(launch: HostLaunch, inputs: list[np.ndarray]) -> list[np.ndarra
             out = op(*_rebuild(launch.payload["args"], tensors), **_rebuild(launch.payload["kwargs"], tensors))
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         return [torch_to_numpy(o).astype(ref.dtype.np) for o, ref in zip(outs, launch.outputs)]
+    if launch.target.startswith("onnx:"):
+        return _execute_onnx(launch, inputs)
     raise RuntimeError(f"no host executor for {launch.target!r}")
+
+
+def _execute_onnx(launch: HostLaunch, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """An ONNX node the chip does not run, evaluated with onnx.reference (in fp32 like the reference)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    node = onnx.NodeProto()
+    node.ParseFromString(launch.payload["node"])
+    feeds = {}
+    for name, a in zip(launch.payload["input_names"], inputs):
+        a = np.asarray(a)
+        feeds[name] = a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+    outs = ReferenceEvaluator(node, opsets={"": launch.payload["opset"]}).run(None, feeds)
+    return [np.asarray(o).astype(ref.dtype.np) for o, ref in zip(outs, launch.outputs)]

@@ -16,23 +16,10 @@ import torch
 import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
+from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
 from vnpu.ir.graph import Graph, TensorType, Value
 
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
-
-
-class UnsupportedOpError(NotImplementedError):
-    """Raised under strict=True; lists every op the chip cannot run."""
-
-    def __init__(self, ops: dict[str, int]):
-        self.ops = ops
-        lines = "\n".join(f"  {op}  (x{n})" for op, n in sorted(ops.items()))
-        super().__init__(f"{len(ops)} op(s) have no vnpu lowering and strict=True forbids host fallback:\n{lines}\n"
-                         "Pass strict=False to run them on the host CPU, or add an entry in vnpu/frontends/torch/aten_ops.py.")
-
-
-class FallbackWarning(UserWarning):
-    pass
 
 
 def op_name(target: Any) -> str:

@@ -1,0 +1,393 @@
+"""ONNX models (opset 13 and newer) -> vnpu IR.
+
+Each ONNX op type is lowered by its entry in `onnx_ops.ONNX`, onto the same IR ops the
+PyTorch frontend emits for the same computation, so both paths compile to the same program.
+Initializers become weights. A node whose inputs are all constants (Shape-driven
+subgraphs: Shape -> Gather -> Concat -> Reshape, ConstantOfShape, Range...) is evaluated
+once at import time with `onnx.reference`. A node with no entry runs on the host as a
+`host_call` (executed there with `onnx.reference`), or is named in one error under strict=True.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError, require
+from vnpu.ir.graph import Graph, TensorType, Value
+
+MIN_OPSET = 13
+MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
+# Ops whose result is not a function of their inputs: never folded.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+class OnnxModelError(ValueError):
+    """The file or ModelProto is not a valid ONNX model (or uses an opset vnpu cannot read)."""
+
+
+class DynamicShapeError(ValueError):
+    """A model input has a dimension without a fixed size and no shape was given for it."""
+
+
+# ONNX TensorProto element types -> vnpu dtypes (wider types are narrowed, like the torch frontend does)
+def _elem_dtype(elem: int) -> DType:
+    from onnx import TensorProto as T
+
+    table = {T.FLOAT: DType.fp32, T.DOUBLE: DType.fp32, T.FLOAT16: DType.fp16, T.BFLOAT16: DType.bf16,
+             T.INT64: DType.int64, T.INT32: DType.int32, T.INT16: DType.int32, T.INT8: DType.int8,
+             T.UINT8: DType.int32, T.UINT16: DType.int32, T.UINT32: DType.int64, T.BOOL: DType.bool}
+    if elem not in table:
+        import onnx
+
+        raise OnnxModelError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} has no vnpu equivalent")
+    return table[elem]
+
+
+def dtype_to_onnx(dt: DType) -> int:
+    from onnx import TensorProto as T
+
+    return {DType.fp32: T.FLOAT, DType.fp16: T.FLOAT16, DType.bf16: T.BFLOAT16, DType.int64: T.INT64,
+            DType.int32: T.INT32, DType.int8: T.INT8, DType.bool: T.BOOL}[dt]
+
+
+@dataclass
+class OnnxContext:
+    """What a handler sees: the graph being built and the node being lowered."""
+
+    g: Graph
+    opset: int
+    node: Any = None  # onnx.NodeProto
+
+    @property
+    def node_label(self) -> str:
+        n = self.node
+        return n.name or (n.output[0] if n is not None and n.output else "node")
+
+    def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
+        return self.g.add_node(op, inputs, attrs or {}, name=self.node_label).output
+
+    def const(self, data: Any, dtype: DType) -> Value:
+        return self.g.add_const("c", np.asarray(data).astype(dtype.np), dtype)
+
+    def cast(self, v: Value, dtype: DType) -> Value:
+        if v.dtype == dtype:
+            return v
+        if v.is_const:
+            return self.g.add_const(v.name, v.data.astype(dtype.np), dtype)  # type: ignore[union-attr]
+        return self.emit("cast", [v], {"dtype": dtype})
+
+    def ints(self, v: Value | None) -> list[int] | None:
+        """A constant integer tensor input (shape, axes, pads...) as a list; None when absent
+        or only known at run time."""
+        if v is None or not v.is_const:
+            return None
+        return [int(i) for i in np.asarray(v.data).reshape(-1)]
+
+
+Handler = Callable[..., Any]
+ONNX: dict[str, Handler] = {}
+
+
+def onnx_op(*op_types: str):
+    """Registers the lowering of ONNX op types, e.g. @onnx_op("Conv")."""
+    def deco(fn: Handler) -> Handler:
+        for t in op_types:
+            ONNX[t] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class ImportResult:
+    graph: Graph
+    fallback_ops: dict[str, int] = field(default_factory=dict)
+    folded: int = 0
+    opset: int = 0
+
+
+# -- loading and checking ----------------------------------------------------------------
+def load_model(model: Any) -> Any:
+    """A path, bytes or ModelProto -> a checked ModelProto at opset >= 13."""
+    onnx = require("onnx", "onnx")
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+        where = "the ONNX model"
+    elif isinstance(model, (bytes, bytearray)):
+        where = "the ONNX bytes"
+        try:
+            proto = onnx.load_model_from_string(bytes(model))
+        except Exception as e:  # noqa: BLE001 - protobuf raises several decode errors
+            raise OnnxModelError(f"{where} cannot be parsed as ONNX protobuf ({type(e).__name__}: {e})") from None
+    elif isinstance(model, (str, Path)):
+        path = Path(model)
+        where = str(path)
+        if not path.is_file():
+            raise OnnxModelError(f"{path}: no such ONNX file")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise OnnxModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}); "
+                                 "export it again (torch.onnx.export, tf2onnx)") from None
+    else:
+        raise TypeError(f"from_onnx takes a path, bytes or onnx.ModelProto, not {type(model).__name__}")
+    if not proto.graph.node and not proto.graph.output:
+        raise OnnxModelError(f"{where} has an empty graph (is it an ONNX model?)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - ValidationError and friends
+        raise OnnxModelError(f"{where} is not a valid ONNX model: {_first_line(e)}") from None
+    opset = _opset(proto)
+    if opset < MIN_OPSET:
+        try:
+            from onnx import version_converter
+
+            proto = version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as e:  # noqa: BLE001
+            raise OnnxModelError(f"{where} uses opset {opset}; vnpu reads opset {MIN_OPSET} and newer and the "
+                                 f"automatic upgrade failed ({_first_line(e)}). Re-export with opset >= {MIN_OPSET}.") from None
+    return proto
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _opset(proto: Any) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def input_specs(proto: Any) -> list[tuple[str, list[int | str | None], DType]]:
+    """The model's runtime inputs: (name, dims, dtype), a dim being an int, a symbolic name or None."""
+    inits = {t.name for t in proto.graph.initializer}
+    specs = []
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise OnnxModelError(f"input {vi.name!r} is not a tensor; vnpu takes tensor inputs only")
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
+        specs.append((vi.name, dims, _elem_dtype(tt.elem_type)))
+    return specs
+
+
+def resolve_input_shapes(proto: Any, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every input: the model's static dims, `input_shapes` for the rest."""
+    given = dict(input_shapes or {})
+    specs = input_specs(proto)
+    names = {n for n, _, _ in specs}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"input_shapes names {unknown}, which are not inputs of the model; its inputs are {sorted(names)}")
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims, _ in specs:
+        if name in given:
+            shape = tuple(int(d) for d in given[name])
+            if len(shape) != len(dims):
+                raise ValueError(f"input_shapes[{name!r}] = {shape} has rank {len(shape)}; the model's input has "
+                                 f"rank {len(dims)} ({_dims_str(dims)})")
+            for i, (d, s) in enumerate(zip(dims, shape)):
+                if isinstance(d, int) and d != s:
+                    raise ValueError(f"input_shapes[{name!r}] = {shape}: dim {i} is fixed to {d} in the model")
+            out[name] = shape
+            continue
+        for i, d in enumerate(dims):
+            if not isinstance(d, int) or d <= 0:
+                raise DynamicShapeError(
+                    f"input {name!r} dim {i} ({d or 'unnamed'}) is dynamic in the model ({_dims_str(dims)}) and no "
+                    f"shape was given; pass input_shapes={{{name!r}: (...)}} (CLI: --input-shape {name}=D0,D1,...)")
+        out[name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    return out
+
+
+def _dims_str(dims: list) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+
+
+# -- import ------------------------------------------------------------------------------
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        out[a.name] = v
+    return out
+
+
+def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, name: str | None = None,
+                strict: bool = False) -> ImportResult:
+    from vnpu.frontends.onnx import onnx_ops  # noqa: F401  (registers the handlers)
+    from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu, lift_layer_norm
+
+    numpy_helper = require("onnx.numpy_helper", "onnx")
+    proto = load_model(model)
+    opset = _opset(proto)
+    shapes = resolve_input_shapes(proto, input_shapes)
+    gname = name or proto.graph.name or "onnx_model"
+    g = Graph(gname)
+    res = ImportResult(g, opset=opset)
+    cx = OnnxContext(g, opset)
+    env: dict[str, Value] = {}
+    for t in proto.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        env[t.name] = g.add_const(t.name, arr, _elem_dtype(t.data_type))
+    for iname, _, dt in input_specs(proto):
+        env[iname] = g.add_input(iname, TensorType(shapes[iname], dt))
+
+    unsupported: dict[str, int] = {}
+    where: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        cx.node = node
+        label = cx.node_label
+        for i in node.input:
+            if i and i not in env:
+                raise OnnxModelError(f"node {label} ({node.op_type}) reads {i!r}, which no input, initializer or "
+                                     "earlier node provides")
+        ins = [env[i] if i else None for i in node.input]
+        present = [v for v in ins if v is not None]
+        attrs = _attrs(node)
+        out: Any = None
+        is_default = node.domain in ("", "ai.onnx")
+        has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+        all_const = all(v.is_const for v in present)
+        if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
+            out = _fold(cx, node, ins, opset)
+            res.folded += 1
+            # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
+            # cheaper to compute on the chip than to store as a weight, when there is a lowering
+            in_bytes = sum(v.type.nbytes for v in present)
+            if node.op_type in ONNX and sum(v.type.nbytes for v in out) > max(MAX_FOLD_GROWTH * in_bytes, 1 << 20):
+                out = None
+                res.folded -= 1
+        if out is None and is_default and not has_subgraph and node.op_type in ONNX:
+            out = ONNX[node.op_type](cx, ins, attrs)
+        if out is None:
+            out = _host_call(cx, node, ins, opset)
+            bucket = unsupported if strict else res.fallback_ops
+            key = node.op_type if is_default else f"{node.domain}.{node.op_type}"
+            bucket[key] = bucket.get(key, 0) + 1
+            where.setdefault(key, []).append(label)
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        for oname, v in zip(node.output, outs):
+            if oname and v is not None:
+                env[oname] = v
+    if unsupported:
+        raise UnsupportedOpError(unsupported, "vnpu/frontends/onnx/onnx_ops.py", where)
+    for o in proto.graph.output:
+        if o.name not in env:
+            raise OnnxModelError(f"graph output {o.name!r} is not produced by any node")
+    g.outputs = [env[o.name] for o in proto.graph.output]
+    lift_gelu(g)
+    lift_layer_norm(g)
+    drop_dead_nodes(g)
+    if res.fallback_ops:
+        listing = ", ".join(f"{k} (x{v}: {', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
+                            for k, v in sorted(res.fallback_ops.items()))
+        warnings.warn(f"vnpu: {len(res.fallback_ops)} ONNX op type(s) run on the host CPU instead of the chip: {listing}",
+                      FallbackWarning, stacklevel=3)
+    return res
+
+
+def _node_evaluator(node: Any, opset: int) -> Any:
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(node, opsets={"": opset})
+
+
+def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...]:
+    feeds = {n: v.data for n, v in zip(node.input, ins) if n and v is not None}
+    try:
+        outs = _node_evaluator(node, opset).run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        raise OnnxModelError(f"node {cx.node_label} ({node.op_type}) fails on its constant inputs: {_first_line(e)}") from None
+    from vnpu.dtypes import from_numpy
+
+    vals = []
+    for oname, arr in zip(node.output, outs):
+        arr = np.asarray(arr)
+        dt = DType.fp32 if arr.dtype == np.float64 else (DType.int64 if arr.dtype == np.uint64 else None)
+        try:
+            dt = dt or from_numpy(arr.dtype)
+        except TypeError:
+            dt = DType.int32 if np.issubdtype(arr.dtype, np.integer) else DType.fp32
+        vals.append(cx.g.add_const(oname or "folded", arr, dt))
+    return tuple(vals)
+
+
+def _host_call(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...]:
+    """A node the chip cannot run, executed on the host with onnx.reference; output types
+    come from ONNX shape inference of the node alone (its constant inputs included)."""
+    out_types = _infer_node(cx, node, ins, opset)
+    inputs = [v for v in ins if v is not None]
+    payload = {"node": node.SerializeToString(), "opset": opset,
+               "input_names": [n for n, v in zip(node.input, ins) if n and v is not None]}
+    n = cx.g.add_node("host_call", inputs, {"target": f"onnx:{node.op_type}", "out_types": out_types, "payload": payload},
+                      name=cx.node_label)
+    return tuple(n.outputs)
+
+
+def _infer_node(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> list[TensorType]:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inputs, inits = [], []
+    for n, v in zip(node.input, ins):
+        if not n or v is None:
+            continue
+        if v.is_const:
+            inits.append(numpy_helper.from_array(np.asarray(v.data).astype(v.dtype.np if v.dtype != DType.bf16 else np.float32), n))
+        inputs.append(helper.make_tensor_value_info(n, dtype_to_onnx(v.dtype) if v.dtype != DType.bf16 else onnx.TensorProto.FLOAT,
+                                                    list(v.shape)))
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    graph = helper.make_graph([node], "one_node", inputs, outs, initializer=inits)
+    opsets = [helper.make_opsetid("", opset)]
+    if node.domain not in ("", "ai.onnx"):
+        opsets.append(helper.make_opsetid(node.domain, 1))
+    types: list[TensorType] = []
+    try:
+        m = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=opsets), strict_mode=True,
+                                              data_prop=True)
+        by_name = {vi.name: vi for vi in list(m.graph.output) + list(m.graph.value_info)}
+        for o in node.output:
+            if not o:
+                continue
+            tt = by_name[o].type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+            if not tt.HasField("shape") or any(d < 0 for d in dims) or tt.elem_type == 0:
+                raise ValueError("not static")
+            types.append(TensorType(tuple(int(d) for d in dims), _elem_dtype(tt.elem_type)))
+    except Exception:  # noqa: BLE001 - fall through to running the node on zeros
+        types = []
+    if types:
+        return types
+    if node.domain not in ("", "ai.onnx"):
+        raise UnsupportedOpError({f"{node.domain}.{node.op_type}": 1}, "vnpu/frontends/onnx/onnx_ops.py",
+                                 {f"{node.domain}.{node.op_type}": [cx.node_label]})
+    # shape inference could not pin the output shape: run the node once on zeros of the right shapes
+    feeds = {n: (v.data if v.is_const else np.zeros(v.shape, v.dtype.np if v.dtype != DType.bf16 else np.float32))
+             for n, v in zip(node.input, ins) if n and v is not None}
+    try:
+        outs = _node_evaluator(node, opset).run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/onnx_ops.py",
+                                 {node.op_type: [f"{cx.node_label} (its output shape cannot be determined: {_first_line(e)})"]}) from None
+    from vnpu.dtypes import from_numpy
+
+    return [TensorType(tuple(np.asarray(a).shape), from_numpy(np.asarray(a).dtype)) for a in outs]

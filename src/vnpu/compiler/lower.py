@@ -11,7 +11,7 @@ from vnpu.ir.verify import verify
 from vnpu.isa.program import HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
-from vnpu.compiler.memory import materialize_views, plan_memory
+from vnpu.compiler.memory import check_state, materialize_views, plan_memory
 from vnpu.compiler.passes import legalize, set_precision
 
 
@@ -34,13 +34,19 @@ def optimize(graph: Graph, dtype: DType) -> Graph:
     return g
 
 
-def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> tuple[Program, Graph]:
+def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
+                  base: int = 0) -> tuple[Program, Graph]:
+    """`pinned`/`base`: see memory.plan_memory (programs sharing weights and state on one device)."""
     dtype = DType(dtype)
     if not chip.supports(dtype):
         raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
     verify(graph)
     g = optimize(graph, dtype)
-    plan = plan_memory(g, chip.hbm.bytes, chip.name)
+    try:
+        check_state(g)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
+    plan = plan_memory(g, chip.hbm.bytes, chip.name, pinned, base)
     launches: list[KernelLaunch | HostLaunch] = []
     for n in g.nodes:
         kind = OPS[n.op].kind
@@ -65,5 +71,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> 
         outputs=[plan.refs[id(v)] for v in g.outputs], constants=consts,
         input_names=[v.name for v in g.inputs], output_names=[v.name for v in g.outputs],
         weight_bytes=plan.weight_bytes, activation_bytes=plan.arena_bytes,
+        state=[(v.name, plan.refs[id(v)]) for v, _ in g.state],
+        weight_names=sorted(c.name for c in g.constants() if c.name in g.weight_names),
     )
     return prog, g

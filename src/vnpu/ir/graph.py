@@ -76,13 +76,22 @@ class Node:
 
 
 class Graph:
-    """Nodes in topological order; `inputs` are runtime arguments, constants hang off Values."""
+    """Nodes in topological order; `inputs` are runtime arguments, constants hang off Values.
+
+    `state` pairs an input that is persistent device state (a KV cache) with the value that
+    replaces it after a run; the compiler requires that value to live in the input's own
+    buffer (updated in place). `weight_names` names the constants that are model weights
+    (the same tensor under the same name in every graph exported from one module), which
+    programs sharing a device keep in one copy.
+    """
 
     def __init__(self, name: str = "graph"):
         self.name = name
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
+        self.state: list[tuple[Value, Value]] = []
+        self.weight_names: set[str] = set()
         self._ids = itertools.count()
         self._names: set[str] = set()
 
@@ -138,6 +147,8 @@ class Graph:
                 o.producer = nn
             g.nodes.append(nn)
         g.outputs = [cp(v) for v in self.outputs]
+        g.state = [(cp(a), cp(b)) for a, b in self.state]
+        g.weight_names = set(self.weight_names)
         return g
 
     def constants(self) -> list[Value]:

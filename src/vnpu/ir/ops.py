@@ -20,7 +20,7 @@ class IRTypeError(ValueError):
 class OpDef:
     name: str
     infer: Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
-    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused
+    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused | attention | scatter | topk | moe
 
 
 OPS: dict[str, OpDef] = {}
@@ -255,3 +255,65 @@ def _copy(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 @register("host_call", "host")
 def _host_call(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return list(attrs["out_types"])
+
+
+# -- LLM ops ----------------------------------------------------------------------------------
+@register("attention", "attention")
+def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """q [B, Hq, S, D], k/v [B, Hkv, L, D(v)], optional q_pos int [S] -> [B, S, Hq, Dv].
+
+    With q_pos, key j is visible to query i iff j <= q_pos[i] (causal over a KV cache);
+    without, every key is visible. attrs: scale; kv_len (keys read, default L: a decode
+    program for a KV-length bucket reads only the first kv_len cache slots)."""
+    q, k, v = ins[:3]
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        raise IRTypeError(f"attention expects rank-4 q, k, v, got {q}, {k}, {v}")
+    b, hq, s, d = q.shape
+    if k.shape[0] != b or v.shape[:3] != k.shape[:3] or k.shape[3] != d:
+        raise IRTypeError(f"attention: k {k} / v {v} do not match q {q}")
+    if hq % k.shape[1]:
+        raise IRTypeError(f"attention: {hq} query heads are not a multiple of {k.shape[1]} KV heads")
+    if len(ins) > 3 and (ins[3].shape != (s,) or ins[3].dtype.is_float):
+        raise IRTypeError(f"attention: q_pos must be int [{s}], got {ins[3]}")
+    if not (0 < attrs.get("kv_len", k.shape[2]) <= k.shape[2]):
+        raise IRTypeError(f"attention: kv_len {attrs.get('kv_len')} outside 1..{k.shape[2]}")
+    return [TensorType((b, s, hq, v.shape[3]), _same_dtype("attention", [q, k, v]))]
+
+
+@register("index_write", "scatter")
+def _index_write(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """dest with dest[..., index[i], ...] = src[..., i, ...] along `axis`, written in place
+    into dest's buffer (KV-cache append); dest must be persistent state."""
+    dest, idx, src = ins
+    ax = attrs["axis"]
+    if idx.rank != 1 or idx.dtype.is_float:
+        raise IRTypeError(f"index_write: index must be a 1-D int tensor, got {idx}")
+    want = dest.shape[:ax] + (idx.shape[0],) + dest.shape[ax + 1:]
+    if src.shape != want:
+        raise IRTypeError(f"index_write: src {src} should have shape {want}")
+    return [TensorType(dest.shape, _same_dtype("index_write", [dest, src]))]
+
+
+@register("topk", "topk")
+def _topk(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """The k largest along the last axis, largest first (ties: lower index first): values, int64 indices."""
+    (x,) = ins
+    k = attrs["k"]
+    if not (1 <= k <= x.shape[-1]):
+        raise IRTypeError(f"topk: k={k} outside 1..{x.shape[-1]}")
+    shape = x.shape[:-1] + (k,)
+    return [TensorType(shape, x.dtype), TensorType(shape, DType.int64)]
+
+
+@register("moe_experts", "moe")
+def _moe_experts(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x [T, H], top-k expert ids [T, K], weights [T, K], gate_up [E, 2I, H], down [E, H, I] -> [T, H]:
+    sum over k of w * down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x (SwiGLU experts)."""
+    x, idx, w, gu, dn = ins
+    t, h = x.shape
+    if idx.shape != w.shape or idx.shape[0] != t or idx.dtype.is_float:
+        raise IRTypeError(f"moe_experts: routing {idx} / {w} does not match tokens {x}")
+    e, i2, h2 = gu.shape
+    if h2 != h or dn.shape != (e, h, i2 // 2):
+        raise IRTypeError(f"moe_experts: expert weights {gu}, {dn} do not match hidden size {h}")
+    return [TensorType(x.shape, _same_dtype("moe_experts", [x, w, gu, dn]))]

@@ -55,6 +55,8 @@ class Program:
     output_names: list[str] = field(default_factory=list)
     weight_bytes: int = 0
     activation_bytes: int = 0
+    state: list[tuple[str, HbmRef]] = field(default_factory=list)  # persistent buffers updated in place (KV cache)
+    weight_names: list[str] = field(default_factory=list)  # constants that are model weights (shared by name)
 
     def instruction_count(self) -> int:
         return sum(len(c) for l in self.launches if isinstance(l, KernelLaunch) for c in l.cores)

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from vnpu.isa.instructions import DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
+from vnpu.isa.instructions import DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, SramRef, VecOp
 
 F32 = np.float32
 
@@ -78,7 +78,8 @@ BINARY_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dtype: np.dtype) -> np.ndarray:
+def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dtype: np.dtype,
+                   out_shape: tuple[int, ...] = ()) -> np.ndarray:
     """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
     args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
     if op in BINARY_FNS:
@@ -107,6 +108,13 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.where(c, a, b)
     if op == "fill":
         return np.full((), attrs["value"], F32)
+    if op == "iota":
+        return np.arange(out_shape[-1], dtype=F32) + F32(attrs.get("start", 0))
+    if op in ("topk_values", "topk_indices"):
+        x = args[0]
+        k = int(attrs["k"])
+        order = np.argsort(-x, axis=-1, kind="stable")[..., :k]  # stable: ties keep the lower index
+        return order.astype(np.int64) if op == "topk_indices" else np.take_along_axis(x, order, axis=-1)
     if op.startswith("reduce_"):  # over the last axis, or attrs["axis"]; keepdims
         x = args[0]
         kind = op[7:]
@@ -150,6 +158,28 @@ def prepare_dma_gather(ins: DmaGather, hbm: np.ndarray, sram: np.ndarray) -> Sta
     return start
 
 
+def prepare_dma_scatter(ins: DmaScatter, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    index = sram_view(sram, ins.index)
+    table = hbm_view(hbm, ins.table)
+    n = table.shape[0]
+    src = sram_view(sram, ins.src)
+
+    class _Rows:  # the commit writes table[idx] = rows (a fancy-index assignment, not a view)
+        def __init__(self, idx: np.ndarray):
+            self.idx = idx
+
+        def __setitem__(self, key: object, val: np.ndarray) -> None:
+            table[self.idx] = val
+
+    def start() -> tuple[object, np.ndarray]:
+        idx = index.astype(np.int64).ravel()
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"scatter index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
+        return _Rows(idx), src.reshape((idx.size,) + table.shape[1:]).copy()
+    return start
+
+
 def prepare_dma_store(ins: DmaStore, hbm: np.ndarray, sram: np.ndarray) -> Start:
     src = sram_view(sram, ins.src).reshape(ins.dst.shape)
     dst = hbm_view(hbm, ins.dst)
@@ -164,6 +194,8 @@ def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
     b = sram_view(sram, ins.b)
     acc = sram_view(sram, ins.acc)
     accumulate = ins.accumulate
+    if ins.trans_b:
+        b = b.T
 
     def start() -> tuple[np.ndarray, np.ndarray]:
         r = _f32(a) @ _f32(b)  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
@@ -186,9 +218,10 @@ def prepare_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Start:
     op, attrs = ins.op, dict(ins.attrs)
 
     def start() -> tuple[np.ndarray, np.ndarray]:
-        return dst, vector_compute(op, srcs, attrs, dst.dtype)
+        return dst, vector_compute(op, srcs, attrs, dst.dtype, dst.shape)
     return start
 
 
-PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaStore: prepare_dma_store,
+PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaScatter: prepare_dma_scatter,
+             DmaStore: prepare_dma_store,
              MatMul: prepare_matmul, VecOp: prepare_vec}

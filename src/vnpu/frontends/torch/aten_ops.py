@@ -454,3 +454,72 @@ def _sym_size(cx: Cx, x: Value, dim: int) -> int:
 @aten("sym_numel.default")
 def _sym_numel(cx: Cx, x: Value) -> int:
     return int(x.type.numel)
+
+
+# -- checks with no runtime effect ---------------------------------------------------------
+@aten("_assert_tensor_metadata.default")
+def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
+    return ()  # a trace-time dtype/shape assertion; the importer already checks every shape
+
+
+# -- LLM ops ------------------------------------------------------------------------------------
+@aten("index_put.default", "index_put_.default")
+def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
+    """x[..., idx, ...] = values along the one indexed axis (index_copy_ on a KV cache)."""
+    live = [(i, v) for i, v in enumerate(indices) if v is not None]
+    if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
+        return None
+    ax, idx = live[0]
+    if idx.dtype == DType.bool:
+        return None
+    want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
+    if values.shape != want:
+        if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
+            return None
+        values = cx.emit("expand", [values], {"shape": list(want)})
+    return cx.emit("index_write", [x, idx, cx.cast(values, x.dtype)], {"axis": ax})
+
+
+@aten("causal_attention.default")
+def _causal_attention(cx: Cx, q: Value, k: Value, v: Value, q_pos: Value, scale: float) -> Value:
+    return cx.emit("attention", [q, k, v, q_pos], {"scale": float(scale)})
+
+
+@aten("scaled_dot_product_attention.default")
+def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p: float = 0.0,
+          is_causal: bool = False, *, scale: float | None = None, enable_gqa: bool = False) -> Value | None:
+    if attn_mask is not None or dropout_p != 0.0 or q.type.rank != 4:
+        return None
+    if q.shape[1] != k.shape[1] and not enable_gqa:
+        return None
+    s = float(scale) if scale is not None else q.shape[-1] ** -0.5
+    ins = [q, k, v]
+    if is_causal:  # PyTorch's is_causal: query i sees keys 0..i (top-left aligned)
+        import numpy as np
+
+        ins.append(cx.const(np.arange(q.shape[2], dtype=np.int64), DType.int64))
+    out = cx.emit("attention", ins, {"scale": s})  # [B, S, H, D]
+    return cx.emit("permute", [out], {"perm": [0, 2, 1, 3]})
+
+
+@aten("topk.default")
+def _topk(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
+    if not largest or _dim(dim, x.type.rank) != x.type.rank - 1:
+        return None
+    n = cx.g.add_node("topk", [x], {"k": int(k)}, name=cx.node.name)
+    return tuple(n.outputs)
+
+
+@aten("argmax.default")
+def _argmax(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value | None:
+    if dim is None or _dim(dim, x.type.rank) != x.type.rank - 1:
+        return None
+    n = cx.g.add_node("topk", [x], {"k": 1}, name=cx.node.name)
+    idx = n.outputs[1]
+    shape = list(idx.shape) if keepdim else list(idx.shape[:-1])
+    return cx.emit("reshape", [idx], {"shape": shape})
+
+
+@aten("moe_experts.default")
+def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: Value) -> Value:
+    return cx.emit("moe_experts", [x, idx, cx.cast(w, x.dtype), gate_up, down])

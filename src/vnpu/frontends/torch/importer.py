@@ -45,6 +45,7 @@ def op_name(target: Any) -> str:
 class ImportContext:
     g: Graph
     node: fx.Node | None = None
+    shape_only: bool = False  # weights are shape-only stand-ins (meta-device model)
 
     # -- helpers for handlers --------------------------------------------------------
     def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
@@ -120,23 +121,49 @@ def _shape_of(v: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in v.shape)
 
 
+def shape_only_array(shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """A stand-in constant with no memory behind it (zero strides): timing-only programs of
+    models instantiated on the `meta` device need each weight's shape and dtype, not its data."""
+    return np.broadcast_to(np.zeros((), dtype.np), shape)
+
+
+def is_shape_only(a: np.ndarray) -> bool:
+    return a.size > 1 and all(s == 0 for s in a.strides)
+
+
+def _const_value(g: Graph, name: str, t: torch.Tensor) -> Value:
+    dt = torch_to_dtype(t.dtype)
+    if t.device.type == "meta":
+        return Value(g._fresh(name), TensorType(_shape_of(t), dt), data=shape_only_array(_shape_of(t), dt))
+    return g.add_const(name, torch_to_numpy(t), dt)
+
+
 def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str = "model",
-              strict: bool = False, user_outputs: list[bool] | None = None) -> ImportResult:
+              strict: bool = False, user_outputs: list[bool] | None = None,
+              mutations: dict[str, str] | None = None, weight_placeholders: set[str] | None = None) -> ImportResult:
     """`constants` maps placeholder names to weights (parameters, buffers, lifted constants);
-    every other placeholder becomes a runtime input."""
+    every other placeholder becomes a runtime input. `mutations` maps the placeholder of a
+    buffer the graph updates (a KV cache) to the output node holding its new value: such a
+    buffer becomes persistent state (`Graph.state`), not a constant. Constants listed in
+    `weight_placeholders` are recorded as model weights (`Graph.weight_names`). Weights on the
+    `meta` device import as shape-only constants (timing-only compilation)."""
     from vnpu.frontends.torch import aten_ops  # noqa: F401  (registers the handlers)
 
     g = Graph(name)
     cx = ImportContext(g)
+    mutations = mutations or {}
+    shape_only = any(t.device.type == "meta" for t in constants.values())
+    cx.shape_only = shape_only
     env: dict[fx.Node, Any] = {}
     res = ImportResult(g)
     unsupported: dict[str, int] = {}
     for node in gm.graph.nodes:
         cx.node = node
         if node.op == "placeholder":
-            if node.name in constants:
-                t = constants[node.name]
-                env[node] = g.add_const(node.name, torch_to_numpy(t), torch_to_dtype(t.dtype))
+            if node.name in constants and node.name not in mutations:
+                env[node] = _const_value(g, node.name, constants[node.name])
+                if weight_placeholders is not None and node.name in weight_placeholders:
+                    g.weight_names.add(env[node].name)
             else:
                 val = node.meta.get("val")
                 if not isinstance(val, torch.Tensor):
@@ -151,6 +178,10 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         if node.op == "output":
             outs = node.args[0]
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            by_name = {o.name: o for o in outs if isinstance(o, fx.Node)}
+            phs = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
+            for ph, out_name in mutations.items():
+                g.state.append((env[phs[ph]], env[by_name[out_name]]))
             if user_outputs is not None:  # drop buffer mutations that torch.export appends
                 outs = [o for o, keep in zip(outs, user_outputs) if keep]
             g.outputs = [env[o] if isinstance(o, fx.Node) else cx.const(o, DType.fp32) for o in outs]
@@ -164,7 +195,7 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
             continue
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
-        if vals and all(v.is_const for v in vals) and _foldable(node, vals):
+        if vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals)):
             env[node] = _fold(cx, node, args, kwargs)
             res.folded += 1
             continue
@@ -202,6 +233,15 @@ def _foldable(node: fx.Node, vals: list[Value]) -> bool:
 
 
 def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    if cx.shape_only:  # stand-ins in, stand-ins out: shapes from the tracer's metadata
+        def fake(o: Any) -> Any:
+            return _const_value(cx.g, node.name, o) if isinstance(o, torch.Tensor) else o
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return type(val)(fake(v.to("meta") if isinstance(v, torch.Tensor) else v) for v in val)
+        if isinstance(val, torch.Tensor):
+            return fake(val.to("meta"))
+
     def to_t(o: Any) -> Any:
         return numpy_to_torch(o.data) if isinstance(o, Value) else o
 

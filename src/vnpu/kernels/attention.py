@@ -1,0 +1,250 @@
+"""Fused flash-style attention: causal, grouped-query, score tiles never leave the scratchpad.
+
+A work unit is (batch b, KV head h, a block of sq query rows). The G = Hq / Hkv query heads
+that share KV head h are stacked into one [G*sq, D] Q tile, so each K/V block is loaded
+once for the whole group. Per KV block of bk keys (j-th step on a core):
+
+    matrix  S = Q @ K^T                      (K block used transposed, fp32 accumulator)
+    vector  S *= scale; causal: S = where(key j <= q_pos[row], S, -inf)
+            m_new = max(m, rowmax S); alpha = exp(m - m_new); P = exp(S - m_new)
+            l = l * alpha + rowsum P;  P -> matmul dtype
+    matrix  PV = P @ V
+    vector  O = O * alpha + PV
+and after the last block O / l is stored, one [sq, Dv] slab per query head, straight into
+the [B, S, Hq, Dv] output. K/V blocks, Q tiles, S/P tiles and PV accumulators are double
+buffered, and the matrix queue runs QK of block j+1 before PV of block j so the softmax of
+one block overlaps the matmuls of its neighbours.
+
+Causal masking uses the query positions (`q_pos`, a runtime int input), so one program
+serves every decode step: a decode program reads the first `kv_len` cache slots (its
+length bucket) and masks the slots past each query's position. With attrs["prefill"]
+the runtime promises q_pos = 0..S-1, so blocks entirely above the diagonal are skipped.
+"""
+from __future__ import annotations
+
+import math
+
+from vnpu.dtypes import DType
+from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
+from vnpu.isa.program import KernelLaunch
+from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
+
+F32 = DType.fp32
+ROWS_MAX = 128  # query rows (G * sq) per unit
+BLOCK_K = 128  # keys per KV block
+
+
+def _mat(ref: HbmRef, lead: tuple[int, ...], r0: int, rn: int) -> HbmRef:
+    """Rows r0..r0+rn of the [rows, cols] matrix at leading index `lead` of a rank-4 view."""
+    st = ref.strides
+    off = sum(i * s for i, s in zip(lead, st[:2])) + r0 * st[2]
+    return HbmRef(ref.offset + off * ref.dtype.itemsize, ref.dtype, (rn, ref.shape[3]), (st[2], st[3]))
+
+
+class _Vec:
+    """Vector instructions of one step: the first takes `waits`, the last `signal`."""
+
+    def __init__(self, b: CoreBuilder):
+        self.b = b
+        self.ops: list[VecOp] = []
+
+    def __call__(self, op: str, dst: SramRef, *srcs: SramRef | float, **attrs: object) -> None:
+        self.ops.append(VecOp(op, dst, tuple(srcs), tuple(sorted(attrs.items()))))
+
+    def emit(self, waits: list, signal: int) -> None:
+        self.ops[0].waits = tuple(waits)
+        self.ops[-1].signal = signal
+        for o in self.ops:
+            self.b.emit(o)
+
+
+@kernel("attention")
+def attention_kernel(ctx: KernelContext) -> KernelLaunch:
+    q, k, v = ctx.inputs[:3]
+    qpos = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+    out = ctx.outputs[0]
+    a = ctx.node.attrs
+    scale = float(a["scale"])
+    B, HQ, S, D = q.shape
+    HKV, L = k.shape[1], k.shape[2]
+    DV = v.shape[3]
+    kv_len = int(a.get("kv_len", L))
+    prefill = bool(a.get("prefill", False)) and qpos is not None
+    G = HQ // HKV
+    sq = max(1, min(S, ROWS_MAX // G))
+    bk = min(BLOCK_K, kv_len)
+    dt = ctx.dtype
+    isz = dt.itemsize
+
+    # work units, balanced greedily over the cores by their number of KV blocks
+    units = []
+    for b in range(B):
+        for h in range(HKV):
+            for s0 in range(0, S, sq):
+                sn = min(sq, S - s0)
+                keys = min(kv_len, s0 + sn) if prefill else kv_len
+                units.append((b, h, s0, sn, math.ceil(keys / bk)))
+    per_core: list[list[tuple]] = [[] for _ in range(ctx.cores)]
+    load = [0] * ctx.cores
+    for u in sorted(units, key=lambda u: -u[4]):
+        c = min(range(ctx.cores), key=lambda i: load[i])
+        per_core[c].append(u)
+        load[c] += u[4] + 1
+    rows_max = G * sq
+    flops = 0
+    streams = []
+    for core_units in per_core:
+        cb = CoreBuilder(ctx.chip)
+        if not core_units:
+            streams.append(cb.finish())
+            continue
+        qb = [cb.alloc(dt, (rows_max, D)) for _ in range(2)]
+        kb = [cb.alloc(dt, (bk, D)) for _ in range(2)]
+        vb = [cb.alloc(dt, (bk, DV)) for _ in range(2)]
+        sb = [cb.alloc(F32, (rows_max, bk)) for _ in range(2)]
+        pb = [cb.alloc(dt, (rows_max, bk)) for _ in range(2)] if dt != F32 else sb
+        pvb = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
+        ob = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
+        outb = [cb.alloc(out.dtype, (rows_max, DV)) for _ in range(2)]
+        m = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
+        lsum = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
+        alpha = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
+        tmp = cb.alloc(F32, (rows_max, 1))
+        if qpos is not None:
+            qp = [cb.alloc(qpos.dtype, (sq, 1)) for _ in range(2)]
+            kidx = cb.alloc(F32, (bk,))
+            mask = cb.alloc(DType.bool, (sq, bk))
+        QL, KV, QK, SM, PV, OU, FIN, ST = (cb.sem() for _ in range(8))
+        # (unit index, parity) of each global step, and the step index that ends each unit
+        steps: list[tuple[int, int, int]] = []  # (unit, block index, key count)
+        last_step: list[int] = []
+        for ui, (b, h, s0, sn, nb) in enumerate(core_units):
+            for jb in range(nb):
+                j0 = jb * bk
+                steps.append((ui, jb, min(bk, kv_len - j0)))
+            last_step.append(len(steps) - 1)
+        first_step = [0] + [x + 1 for x in last_step[:-1]]
+
+        def rows_of(ui: int) -> int:
+            return G * core_units[ui][3]
+
+        # -- DMA in: per unit its Q (and positions), then K/V blocks --
+        for ui, (b, h, s0, sn, nb) in enumerate(core_units):
+            w = [(QK, last_step[ui - 2] + 1)] if ui >= 2 else []
+            for g in range(G):
+                dst = SramRef(qb[ui % 2].offset + g * sn * D * isz, dt, (sn, D))
+                cb.emit(DmaLoad(_mat(q, (b, h * G + g), s0, sn), dst, waits=tuple(w) if g == 0 else (),
+                                signal=QL if (g == G - 1 and qpos is None) else -1))
+            if qpos is not None:
+                src = HbmRef(qpos.offset + s0 * qpos.strides[0] * qpos.dtype.itemsize, qpos.dtype, (sn, 1),
+                             (qpos.strides[0], 1))
+                cb.emit(DmaLoad(src, sub_ref(qp[ui % 2], (sn, 1)), signal=QL))
+            for j in range(first_step[ui], last_step[ui] + 1):
+                _, jb, bn = steps[j]
+                wj = ((PV, j - 1),) if j >= 2 else ()
+                cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % 2], (bn, D)), waits=wj))
+                cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % 2], (bn, DV)), signal=KV))
+
+        # -- matrix: QK(j+1) ahead of PV(j) --
+        def qk(j: int) -> None:
+            ui, jb, bn = steps[j]
+            r = rows_of(ui)
+            w = [(KV, j + 1), (QL, ui + 1)] + ([(PV, j - 1)] if j >= 2 else [])
+            cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % 2], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
+                           accumulate=False, waits=tuple(w), signal=QK, trans_b=True))
+
+        def pv(j: int) -> None:
+            ui, jb, bn = steps[j]
+            r = rows_of(ui)
+            w = [(SM, j + 1)] + ([(OU, j - 1)] if j >= 2 else [])
+            cb.emit(MatMul(sub_ref(pb[j % 2], (r, bn)), sub_ref(vb[j % 2], (bn, DV)), sub_ref(pvb[j % 2], (r, DV)),
+                           accumulate=False, waits=tuple(w), signal=PV))
+
+        n = len(steps)
+        qk(0)
+        for j in range(n):
+            if j + 1 < n:
+                qk(j + 1)
+            pv(j)
+        for ui, jb, bn in steps:
+            r = rows_of(ui)
+            flops += 2 * r * bn * (D + DV)
+
+        # -- vector: softmax(j), then the O update of j-1 (and a unit's finish) --
+        def softmax(j: int) -> None:
+            ui, jb, bn = steps[j]
+            b_, h_, s0, sn, nb = core_units[ui]
+            r = rows_of(ui)
+            first = j == first_step[ui]
+            s = sub_ref(sb[j % 2], (r, bn))
+            mm, ll, al, tt = (sub_ref(x, (r, 1)) for x in (m[ui % 2], lsum[ui % 2], alpha[j % 2], tmp))
+            vs = _Vec(cb)
+            vs("mul", s, s, scale)
+            if qpos is not None:
+                ki = sub_ref(kidx, (bn,))
+                mk = sub_ref(mask, (sn, bn))
+                vs("iota", ki, start=jb * bk)
+                vs("le", mk, ki, sub_ref(qp[ui % 2], (sn, 1)))
+                s3 = sub_ref(sb[j % 2], (G, sn, bn))
+                vs("where", s3, mk, s3, float("-inf"))
+            if first:
+                vs("reduce_max", mm, s)
+            else:
+                vs("reduce_max", tt, s)
+                vs("maximum", tt, mm, tt)
+                vs("sub", al, mm, tt)
+                vs("exp", al, al)
+                vs("identity", mm, tt)
+            vs("sub", s, s, mm)
+            vs("exp", s, s)
+            if first:
+                vs("reduce_sum", ll, s)
+            else:
+                vs("reduce_sum", tt, s)
+                vs("mul", ll, ll, al)
+                vs("add", ll, ll, tt)
+            if pb is not sb:
+                vs("identity", sub_ref(pb[j % 2], (r, bn)), s)
+            w = [(QK, j + 1)] + ([(PV, j - 1)] if j >= 2 else [])
+            vs.emit(w, SM)
+
+        def update(j: int) -> None:
+            ui, jb, bn = steps[j]
+            r = rows_of(ui)
+            o = sub_ref(ob[ui % 2], (r, DV))
+            p_ = sub_ref(pvb[j % 2], (r, DV))
+            vs = _Vec(cb)
+            if j == first_step[ui]:
+                vs("identity", o, p_)
+            else:
+                vs("mul", o, o, sub_ref(alpha[j % 2], (r, 1)))
+                vs("add", o, o, p_)
+            vs.emit([(PV, j + 1)], OU)
+            if j == last_step[ui]:
+                finish(ui)
+
+        def finish(ui: int) -> None:
+            b, h, s0, sn, nb = core_units[ui]
+            r = rows_of(ui)
+            ll, tt = sub_ref(lsum[ui % 2], (r, 1)), sub_ref(tmp, (r, 1))
+            ot = sub_ref(outb[ui % 2], (r, DV))
+            vs = _Vec(cb)
+            vs("reciprocal", tt, ll)
+            vs("mul", ot, sub_ref(ob[ui % 2], (r, DV)), tt)
+            vs.emit([(ST, G * (ui - 1))] if ui >= 2 else [], FIN)
+            for g in range(G):
+                src = SramRef(ot.offset + g * sn * DV * out.dtype.itemsize, out.dtype, (sn, DV))
+                st = out.strides
+                off = b * st[0] + s0 * st[1] + (h * G + g) * st[2]
+                dst = HbmRef(out.offset + off * out.dtype.itemsize, out.dtype, (sn, DV), (st[1], st[3]))
+                cb.emit(DmaStore(src, dst, waits=((FIN, ui + 1),) if g == 0 else (), signal=ST))
+
+        for j in range(n):
+            softmax(j)
+            if j >= 1:
+                update(j - 1)
+        update(n - 1)
+        streams.append(cb.finish())
+    kv_bytes = 2 * B * HKV * kv_len * D * k.dtype.itemsize
+    min_bytes = q.numel * q.dtype.itemsize + kv_bytes + out.numel * out.dtype.itemsize
+    return KernelLaunch(ctx.node.name, "attention", ["attention"], streams, flops, min_bytes, dt)

@@ -305,15 +305,35 @@ def _topk(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [TensorType(shape, x.dtype), TensorType(shape, DType.int64)]
 
 
-@register("moe_experts", "moe")
-def _moe_experts(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-    """x [T, H], top-k expert ids [T, K], weights [T, K], gate_up [E, 2I, H], down [E, H, I] -> [T, H]:
-    sum over k of w * down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x (SwiGLU experts)."""
-    x, idx, w, gu, dn = ins
+def moe_tiles(tokens_x_k: int, experts: int, rows: int) -> int:
+    """Tiles of `rows` routed slots that cover any routing of tokens_x_k slots over `experts`:
+    each used expert's slots are padded to whole tiles, so at most
+    floor((T*K + min(E, T*K) * (rows - 1)) / rows) tiles (T*K / rows + E in the worst case)."""
+    return (tokens_x_k + min(experts, tokens_x_k) * (rows - 1)) // rows
+
+
+@register("moe_route", "moe")
+def _moe_route(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Top-k expert ids [T, K] -> the grouped-matmul schedule: per tile its expert [NT] and the
+    token [NT, rows] and slot (t*K + k) [NT, rows] of each row; pad rows get token 0 and slot
+    T*K (a dump row), unused tiles expert 0."""
+    (idx,) = ins
+    if idx.rank != 2 or idx.dtype.is_float:
+        raise IRTypeError(f"moe_route: expert ids must be int [T, K], got {idx}")
+    nt = moe_tiles(idx.numel, attrs["experts"], attrs["rows"])
+    return [TensorType((nt,), DType.int64), TensorType((nt, attrs["rows"]), DType.int64),
+            TensorType((nt, attrs["rows"]), DType.int64)]
+
+
+@register("moe_ffn", "moe")
+def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x [T, H], the moe_route schedule, gate_up [E, 2I, H], down [E, H, I] -> per routed slot
+    down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x[t]: [T*K + 1, H] (last row: pad dump)."""
+    x, tile_e, tile_tok, tile_slot, gu, dn = ins
     t, h = x.shape
-    if idx.shape != w.shape or idx.shape[0] != t or idx.dtype.is_float:
-        raise IRTypeError(f"moe_experts: routing {idx} / {w} does not match tokens {x}")
     e, i2, h2 = gu.shape
     if h2 != h or dn.shape != (e, h, i2 // 2):
-        raise IRTypeError(f"moe_experts: expert weights {gu}, {dn} do not match hidden size {h}")
-    return [TensorType(x.shape, _same_dtype("moe_experts", [x, w, gu, dn]))]
+        raise IRTypeError(f"moe_ffn: expert weights {gu}, {dn} do not match hidden size {h}")
+    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
+        raise IRTypeError("moe_ffn: inconsistent routing tables")
+    return [TensorType((attrs["slots"] + 1, h), _same_dtype("moe_ffn", [x, gu, dn]))]

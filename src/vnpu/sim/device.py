@@ -146,10 +146,12 @@ class Device:
             cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype)
             r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1))
         else:
-            n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_")) else ins.srcs[0].numel
+            n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel
             work = n
             if ins.op.startswith("topk_"):  # a k-deep compare-exchange pass per element (k=1: a max reduction)
                 work = n * max(1, int(dict(ins.attrs)["k"]).bit_length())
+            elif ins.op.startswith("moe_route_"):  # a counting sort of the slots by expert id (2 passes)
+                work = 2 * n + ins.dst.numel
             r = (3, 0, cost.vector_cycles(chip, ins.op, work), 0, work,
                  ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)))
         return r

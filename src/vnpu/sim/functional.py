@@ -110,6 +110,9 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.full((), attrs["value"], F32)
     if op == "iota":
         return np.arange(out_shape[-1], dtype=F32) + F32(attrs.get("start", 0))
+    if op.startswith("moe_route_"):
+        tables = moe_schedule(args[0], int(attrs["k"]), int(attrs["experts"]), int(attrs["rows"]), int(attrs["tiles"]))
+        return tables[("moe_route_experts", "moe_route_tokens", "moe_route_slots").index(op)]
     if op in ("topk_values", "topk_indices"):
         x = args[0]
         k = int(attrs["k"])
@@ -126,6 +129,32 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         if kind == "min":
             return np.min(x, axis=ax, keepdims=True)
     raise NotImplementedError(f"vector op {op!r} has no functional model")
+
+
+def moe_schedule(ids: np.ndarray, k: int, experts: int, rows: int, tiles: int) -> tuple[np.ndarray, ...]:
+    """Routed slots grouped by expert into tiles of `rows`: (expert per tile, token per row,
+    slot per row). Slot s = t*K + k is row s of the flattened [T, K] routing; pad rows point
+    at token 0 and slot T*K; tiles past the last used one compute nothing useful (expert 0)."""
+    flat = ids.astype(np.int64).ravel()
+    n = flat.size
+    if n and (flat.min() < 0 or flat.max() >= experts):
+        raise IndexError(f"expert id out of range [0, {experts})")
+    order = np.argsort(flat, kind="stable")
+    tile_e = np.zeros(tiles, np.int64)
+    tile_tok = np.zeros((tiles, rows), np.int64)
+    tile_slot = np.full((tiles, rows), n, np.int64)
+    t = 0
+    start = 0
+    for e, c in zip(*np.unique(flat[order], return_counts=True)):
+        for r0 in range(0, c, rows):
+            sl = order[start + r0:start + min(c, r0 + rows)]
+            tile_e[t] = e
+            tile_tok[t, :len(sl)] = sl // k
+            tile_slot[t, :len(sl)] = sl
+            t += 1
+        start += c
+    assert t <= tiles, (t, tiles)
+    return tile_e, tile_tok, tile_slot
 
 
 # Each prepare_* binds an instruction's memory views once (the simulated memories never

@@ -5,6 +5,7 @@ Python objects otherwise) and returns the result Value(s), or None to fall back 
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -520,6 +521,21 @@ def _argmax(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> 
     return cx.emit("reshape", [idx], {"shape": shape})
 
 
+MOE_ROWS_MAX = 64  # routed rows per grouped-matmul tile
+
+
 @aten("moe_experts.default")
 def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: Value) -> Value:
-    return cx.emit("moe_experts", [x, idx, cx.cast(w, x.dtype), gate_up, down])
+    """Routed experts as grouped matmuls: schedule tiles per expert (moe_route), run each tile's
+    SwiGLU expert on the rows routed to it (moe_ffn), then combine out[t] = sum_k w[t,k] * y[t*K+k]."""
+    t, k = idx.shape
+    e = gate_up.shape[0]
+    # rows per tile: about the expected slots per expert, a power of two
+    rows = min(MOE_ROWS_MAX, 1 << max(0, math.ceil(t * k / e) - 1).bit_length())
+    route = cx.g.add_node("moe_route", [idx], {"experts": e, "rows": rows}, name=f"{cx.node.name}_route")
+    tile_e, tile_tok, tile_slot = route.outputs
+    y = cx.emit("moe_ffn", [x, tile_e, tile_tok, tile_slot, gate_up, down], {"slots": t * k})
+    y = cx.emit("slice", [y], {"axis": 0, "start": 0, "end": t * k, "step": 1})
+    y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
+    wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
+    return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})

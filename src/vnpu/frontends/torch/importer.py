@@ -241,6 +241,7 @@ def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
             return type(val)(fake(v.to("meta") if isinstance(v, torch.Tensor) else v) for v in val)
         if isinstance(val, torch.Tensor):
             return fake(val.to("meta"))
+        return val  # no tensor result (assertions)
 
     def to_t(o: Any) -> Any:
         return numpy_to_torch(o.data) if isinstance(o, Value) else o

@@ -13,6 +13,7 @@ from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, materialize_views, plan_memory
 from vnpu.compiler.passes import legalize, set_precision
+from vnpu.compiler.patterns import rewrite_llm_patterns
 
 
 class CompileError(RuntimeError):
@@ -28,6 +29,7 @@ def optimize(graph: Graph, dtype: DType) -> Graph:
     g = graph.clone()
     set_precision(g, dtype)
     legalize(g)
+    rewrite_llm_patterns(g)
     fuse(g)
     materialize_views(g)
     verify(g)

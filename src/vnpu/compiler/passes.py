@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from vnpu.dtypes import DType
-from vnpu.ir.graph import Graph, Node, TensorType, Value
+from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
 
 
 def set_precision(g: Graph, dtype: DType) -> None:
@@ -23,8 +23,8 @@ def set_precision(g: Graph, dtype: DType) -> None:
         if v.dtype.is_float and v.dtype != dtype:
             v.type = TensorType(v.shape, dtype)
             if v.data is not None:
-                if v.data.size > 1 and all(st == 0 for st in v.data.strides):  # shape-only stand-in
-                    v.data = np.broadcast_to(np.zeros((), dtype.np), v.data.shape)
+                if is_shape_only(v.data):  # a meta-device weight's stand-in: keep it free
+                    v.data = shape_only_array(v.data.shape, dtype)
                 else:
                     v.data = v.data.astype(dtype.np)
 

@@ -10,6 +10,16 @@ import numpy as np
 from vnpu.dtypes import DType
 
 
+def shape_only_array(shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """A stand-in constant with no memory behind it (zero strides): timing-only programs of
+    models instantiated on the `meta` device need each weight's shape and dtype, not its data."""
+    return np.broadcast_to(np.zeros((), dtype.np), shape)
+
+
+def is_shape_only(a: np.ndarray) -> bool:
+    return a.size > 1 and all(s == 0 for s in a.strides)
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]

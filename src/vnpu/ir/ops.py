@@ -337,3 +337,24 @@ def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
         raise IRTypeError("moe_ffn: inconsistent routing tables")
     return [TensorType((attrs["slots"] + 1, h), _same_dtype("moe_ffn", [x, gu, dn]))]
+
+
+@register("rms_norm", "norm")
+def _rms_norm(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x * rsqrt(mean(x^2, last axis) + eps) [* weight] (RMSNorm: no centring, no bias)."""
+    x = ins[0]
+    if len(ins) > 1 and ins[1].shape != x.shape[-1:]:
+        raise IRTypeError(f"rms_norm: weight {ins[1]} does not match the last dim of {x}")
+    return [x]
+
+
+@register("rope", "rope")
+def _rope(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Rotary embedding (rotate-half form): x * cos + cat(-x2, x1) * sin over the last axis,
+    with x1, x2 the halves of x; cos/sin broadcast to x."""
+    x, c, s = ins
+    if x.shape[-1] % 2:
+        raise IRTypeError(f"rope: last dim of {x} is odd")
+    if broadcast_shapes(x.shape, c.shape, s.shape) != x.shape:
+        raise IRTypeError(f"rope: cos {c} / sin {s} do not broadcast to {x}")
+    return [TensorType(x.shape, _same_dtype("rope", [x, c, s]))]

@@ -148,8 +148,8 @@ class VecOp:
     """dst = op(*srcs) elementwise, NumPy broadcasting over tile shapes, fp32 internally.
 
     `op` is an IR elementwise op name, or "reduce_sum|max|min" over attrs["axis"] of
-    srcs[0] (default the last axis, dims kept), or "fill", or "iota" (dst[..., j] =
-    attrs["start"] + j), or "topk_values" / "topk_indices" (the attrs["k"] largest along
+    srcs[0] (default the last axis, dims kept), or "fill", or "iota" (attrs["start"] + the
+    index along attrs["axis"], default the last), or "topk_values" / "topk_indices" (the attrs["k"] largest along
     the last axis of srcs[0], largest first, ties to the lower index). `view` reshapes sources to the dst's rank for broadcasting.
     """
 

@@ -108,8 +108,10 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.where(c, a, b)
     if op == "fill":
         return np.full((), attrs["value"], F32)
-    if op == "iota":
-        return np.arange(out_shape[-1], dtype=F32) + F32(attrs.get("start", 0))
+    if op == "iota":  # start + index along attrs["axis"] (default the last), broadcast over the rest
+        ax = int(attrs.get("axis", -1)) % max(len(out_shape), 1)
+        ramp = np.arange(out_shape[ax] if out_shape else 1, dtype=F32) + F32(attrs.get("start", 0))
+        return np.broadcast_to(ramp.reshape([-1 if i == ax else 1 for i in range(len(out_shape))]), out_shape)
     if op.startswith("moe_route_"):
         tables = moe_schedule(args[0], int(attrs["k"]), int(attrs["experts"]), int(attrs["rows"]), int(attrs["tiles"]))
         return tables[("moe_route_experts", "moe_route_tokens", "moe_route_slots").index(op)]

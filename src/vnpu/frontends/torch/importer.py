@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
-from vnpu.ir.graph import Graph, TensorType, Value
+from vnpu.ir.graph import Graph, TensorType, Value, shape_only_array
 
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
 
@@ -119,16 +119,6 @@ def _values_in(obj: Any) -> list[Value]:
 
 def _shape_of(v: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in v.shape)
-
-
-def shape_only_array(shape: tuple[int, ...], dtype: DType) -> np.ndarray:
-    """A stand-in constant with no memory behind it (zero strides): timing-only programs of
-    models instantiated on the `meta` device need each weight's shape and dtype, not its data."""
-    return np.broadcast_to(np.zeros((), dtype.np), shape)
-
-
-def is_shape_only(a: np.ndarray) -> bool:
-    return a.size > 1 and all(s == 0 for s in a.strides)
 
 
 def _const_value(g: Graph, name: str, t: torch.Tensor) -> Value:

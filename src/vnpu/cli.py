@@ -4,6 +4,7 @@
     vnpu chips show NAME_OR_PATH    every field of one chip, with derived peaks and sources
     vnpu zoo                        built-in workloads
     vnpu run MODEL [options]        compile, simulate, check numerics against PyTorch, report
+    vnpu generate LLM [options]     greedy LLM generation on the chip: TTFT, TPOT, tokens/s, energy
     vnpu version
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
@@ -342,6 +343,69 @@ def _run(workload: Any, chip: Chip, dt: DType, batch: int, json_path: Path | Non
         return 0
     out.print(f"[bold red]FAIL[/] numerics ({dt.value}: {escape(numerics.criterion)})")
     return EXIT_FAIL
+
+
+# -- vnpu generate -------------------------------------------------------------------------
+@app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="LLM name (qwen3-tiny, llama-tiny, qwen3-moe-tiny, qwen3-0.6b, "
+                                               "qwen3-8b, qwen3-32b, qwen3-235b-a22b, llama-3.1-8b)", metavar="MODEL")],
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens (random ids, fixed seed)",
+                                            metavar="N")] = 16,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate", metavar="M")] = 32,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="sequences generated together", metavar="B")] = 1,
+    chips: Annotated[int, typer.Option("--chips", help="chips to serve on (only 1 is implemented)", metavar="C")] = 1,
+    chip: ChipOpt = DEFAULT_CHIP,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16", metavar="DTYPE")] = "bf16",
+    timing_only: Annotated[Optional[bool], typer.Option("--timing-only/--functional",
+                                                        help="timing simulation from meta-device weights (default "
+                                                             "for the big models) or real tokens (default for the "
+                                                             "small variants)")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics (and tokens) here",
+                                                      metavar="PATH")] = None,
+) -> None:
+    """Greedy generation of a zoo LLM on the chip: prefill and decode programs with the KV cache
+    resident in simulated HBM. Reports time to first token, time per output token, tokens/s,
+    decode HBM utilization, KV-cache and weight memory, and energy per token."""
+    import json
+
+    from vnpu.runtime.llm import ModelTooLargeError
+    from vnpu.runtime.llm import generate as llm_generate
+    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+
+    dt_name = dtype.strip().lower()
+    if dt_name not in RUN_DTYPES:
+        _die(f"unsupported dtype {dtype!r}; vnpu generate takes {' or '.join(RUN_DTYPES)}")
+    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch),
+                     ("--chips", chips)):
+        if val < 1:
+            _die(f"{opt} must be a positive integer, got {val}")
+    _check_output(json_path, "--json")
+    c = _chip(chip)
+    try:
+        get_llm(model)
+    except UnknownLLMError as e:
+        _die(e)
+    if chips != 1:
+        _die(f"--chips {chips}: serving one model over several chips (tensor/expert parallel) is not "
+             "implemented yet; run on one chip (--chips 1)")
+    err, out = _console(stderr=True), _console()
+    try:
+        with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {c.name} ({dt_name})"):
+            rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only)
+    except ModelTooLargeError as e:
+        _die(e)
+    except (ValueError, MemoryError) as e:
+        _die(e)
+    from vnpu.report.tables import generation_table
+
+    out.print(generation_table(rep))
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(rep.to_dict(), indent=1))
+        except OSError as e:
+            _die(f"cannot write {json_path}: {e.strerror or e}")
+        err.print(f"[green]✓[/] metrics → {escape(str(json_path))}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

@@ -74,6 +74,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         input_names=[v.name for v in g.inputs], output_names=[v.name for v in g.outputs],
         weight_bytes=plan.weight_bytes, activation_bytes=plan.arena_bytes,
         state=[(v.name, plan.refs[id(v)]) for v, _ in g.state],
+        state_init=[(plan.refs[id(v)], g.state_init[v.name]) for v, _ in g.state if v.name in g.state_init],
         weight_names=sorted(c.name for c in g.constants() if c.name in g.weight_names),
     )
     return prog, g

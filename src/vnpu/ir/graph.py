@@ -101,6 +101,7 @@ class Graph:
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
         self.state: list[tuple[Value, Value]] = []
+        self.state_init: dict[str, np.ndarray] = {}  # state input name -> its contents before the first run
         self.weight_names: set[str] = set()
         self._ids = itertools.count()
         self._names: set[str] = set()
@@ -159,6 +160,7 @@ class Graph:
         g.outputs = [cp(v) for v in self.outputs]
         g.state = [(cp(a), cp(b)) for a, b in self.state]
         g.weight_names = set(self.weight_names)
+        g.state_init = dict(self.state_init)
         return g
 
     def constants(self) -> list[Value]:

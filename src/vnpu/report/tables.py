@@ -237,3 +237,30 @@ def workloads_table(workloads: Iterable[Any]) -> Table:
     for w in workloads:
         t.add_row(w.name, w.family, w.description)
     return t
+
+
+def generation_table(rep: Any) -> Table:
+    """`vnpu generate`: serving metrics of one greedy generation (a runtime.llm.GenerationReport)."""
+    t = Table(title=f"vnpu generate · {rep.model} on {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
+              title_style="bold", pad_edge=False)
+    t.add_column("metric", style="bold cyan", no_wrap=True)
+    t.add_column("value")
+    t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
+                     f"{rep.dtype} · {rep.mode}")
+    t.add_row("time to first token", fmt.seconds(rep.ttft_s))
+    t.add_row("time per output token", fmt.seconds(rep.tpot_s))
+    t.add_row("tokens/s", f"{rep.tokens_per_s:,.1f} overall · {rep.decode_tokens_per_s:,.1f} in decode")
+    t.add_row("decode HBM bandwidth", Text.assemble(
+        f"{fmt.pct(rep.decode_hbm_utilization)} of peak · step at ",
+        (fmt.pct(rep.decode_bandwidth_bound_fraction), _frac_style(rep.decode_bandwidth_bound_fraction)),
+        " of the weights+KV bandwidth bound"))
+    t.add_row("memory", f"weights {fmt.nbytes(rep.weight_bytes)} · KV cache {fmt.nbytes(rep.kv_cache_bytes)} "
+                        f"({rep.kv_capacity} tokens x batch {rep.batch})")
+    t.add_row("energy", f"{fmt.joules(rep.energy_per_token_j)} per token · {fmt.joules(rep.total_energy_j)} total")
+    t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers")
+    if rep.tokens:
+        shown = "\n".join(" ".join(map(str, row[:16])) + (" …" if len(row) > 16 else "") for row in rep.tokens[:4])
+        t.add_row("tokens", shown)
+    if rep.fallback_ops:
+        t.add_row("host fallback", ", ".join(f"{k} x{v}" for k, v in sorted(rep.fallback_ops.items())))
+    return t

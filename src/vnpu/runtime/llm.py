@@ -82,14 +82,14 @@ class PhaseCost:
 
 
 def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tuple[Graph, dict[str, int]]:
-    from vnpu.frontends.torch import import_exported
+    from vnpu.frontends.torch import import_exported, to_core_aten
 
     dev = next(step.parameters()).device
     ids = torch.zeros(batch, seq, dtype=torch.int64, device=dev)
     pos = torch.arange(seq, dtype=torch.int64, device=dev)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(step, (ids, pos)).run_decompositions()
+        ep = to_core_aten(torch.export.export(step, (ids, pos)))
         res = import_exported(ep, name)
     return res.graph, res.fallback_ops
 
@@ -204,8 +204,7 @@ class LLMSession:
             for ref, data in prog.constants:
                 dev.write(ref, data)
             self._uploaded.add(id(prog))
-        state = {n for n, _ in prog.state}
-        user = [(n, r) for n, r in zip(prog.input_names, prog.inputs) if n not in state]
+        user = prog.user_inputs()
         if len(user) != 2:
             raise RuntimeError(f"decoder program has inputs {[n for n, _ in user]}; expected input_ids and positions")
         dev.write(user[0][1], input_ids.astype(user[0][1].dtype.np))

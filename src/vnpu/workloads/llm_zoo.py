@@ -198,9 +198,18 @@ def build_llm(spec: LLMSpec, device: str = "cpu", num_layers: int | None = None,
     return model.eval()
 
 
+# Router logits' standard deviation for a unit-RMS hidden state. With transformers' generic
+# N(0, 0.02) init the router logits of a 128-wide model have std ~0.23: routing is a near-tie
+# among all experts, so bf16 rounding alone flips expert choices (PyTorch's own bf16 model
+# then scored cosine 0.9971 against fp32 on qwen3-moe-tiny; 0.9994 with logit std 2, 0.99991
+# with 4, 0.99995 with 8). Trained routers are decisive; std 4 gives that.
+ROUTER_LOGIT_STD = 4.0
+
+
 @torch.no_grad()
 def _init_experts(model: nn.Module) -> None:
-    """transformers leaves the 3-D expert tensors to its init hook; draw them like Linear weights."""
+    """transformers leaves the 3-D expert tensors to its init hook: draw them like Linear weights,
+    and the router so that routing is decisive (ROUTER_LOGIT_STD)."""
     g = torch.Generator().manual_seed(SEED + 1)
     std = model.config.initializer_range
     for m in model.modules():
@@ -210,7 +219,7 @@ def _init_experts(model: nn.Module) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
         w = getattr(m, "weight", None)
         if type(m).__name__.endswith("TopKRouter") and isinstance(w, nn.Parameter):
-            w.copy_(torch.randn(w.shape, generator=g) * std)
+            w.copy_(torch.randn(w.shape, generator=g) * (ROUTER_LOGIT_STD / w.shape[1] ** 0.5))
 
 
 def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:

@@ -15,8 +15,16 @@ def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs:
     model = model.eval()
     with torch.no_grad():
         ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)
-        ep = ep.run_decompositions()
+        ep = to_core_aten(ep)
     return import_exported(ep, type(model).__name__, strict)
+
+
+def to_core_aten(ep: "torch.export.ExportedProgram") -> "torch.export.ExportedProgram":
+    """Core-ATen decomposition, except scaled_dot_product_attention, which the chip runs
+    as one fused attention kernel (aten_ops lowers the cases it cannot to matmul/softmax)."""
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    return ep.run_decompositions(table)
 
 
 def import_exported(ep: "torch.export.ExportedProgram", name: str, strict: bool = False) -> ImportResult:
@@ -47,4 +55,4 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     return import_fx(aten_gm, consts, name=name, strict=strict)
 
 
-__all__ = ["export_module", "import_exported", "trace_fx", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]
+__all__ = ["export_module", "import_exported", "to_core_aten", "trace_fx", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]

@@ -489,18 +489,31 @@ def _causal_attention(cx: Cx, q: Value, k: Value, v: Value, q_pos: Value, scale:
 @aten("scaled_dot_product_attention.default")
 def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p: float = 0.0,
           is_causal: bool = False, *, scale: float | None = None, enable_gqa: bool = False) -> Value | None:
-    if attn_mask is not None or dropout_p != 0.0 or q.type.rank != 4:
-        return None
-    if q.shape[1] != k.shape[1] and not enable_gqa:
+    """Without a mask: the fused attention kernel (is_causal: query i sees keys 0..i, PyTorch's
+    top-left alignment). With a mask: softmax(q k^T * scale + mask) v on matmul/softmax kernels."""
+    import numpy as np
+
+    if dropout_p != 0.0 or q.type.rank != 4 or k.type.rank != 4:
         return None
     s = float(scale) if scale is not None else q.shape[-1] ** -0.5
-    ins = [q, k, v]
-    if is_causal:  # PyTorch's is_causal: query i sees keys 0..i (top-left aligned)
-        import numpy as np
-
-        ins.append(cx.const(np.arange(q.shape[2], dtype=np.int64), DType.int64))
-    out = cx.emit("attention", ins, {"scale": s})  # [B, S, H, D]
-    return cx.emit("permute", [out], {"perm": [0, 2, 1, 3]})
+    if q.shape[1] != k.shape[1] and not enable_gqa:
+        return None
+    if attn_mask is None:
+        ins = [q, k, v]
+        if is_causal:
+            ins.append(cx.const(np.arange(q.shape[2], dtype=np.int64), DType.int64))
+        out = cx.emit("attention", ins, {"scale": s})  # [B, S, H, D]
+        return cx.emit("permute", [out], {"perm": [0, 2, 1, 3]})
+    if is_causal or q.shape[1] != k.shape[1]:
+        return None
+    kt = cx.emit("permute", [k], {"perm": [0, 1, 3, 2]})
+    scores = cx.emit("mul", [cx.emit("matmul", [q, kt]), cx.const(s, q.dtype)])
+    if attn_mask.dtype == DType.bool:
+        scores = cx.emit("where", [attn_mask, scores, cx.const(float("-inf"), q.dtype)])
+    else:
+        scores = cx.emit("add", [scores, cx.cast(attn_mask, q.dtype)])
+    probs = cx.emit("softmax", [scores], {"axis": 3, "log": False})
+    return cx.emit("matmul", [probs, v])
 
 
 @aten("topk.default")

@@ -160,6 +160,9 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
                     env[node] = val  # a symbolic int or a Python constant
                     continue
                 env[node] = g.add_input(node.name, TensorType(_shape_of(val), torch_to_dtype(val.dtype)))
+                if node.name in mutations and node.name in constants:  # persistent state: keep its initial value
+                    init = _const_value(g, node.name + "_init", constants[node.name])
+                    g.state_init[env[node].name] = init.data
             continue
         if node.op == "get_attr":
             t = getattr(gm, node.target)  # type: ignore[arg-type]

@@ -48,6 +48,8 @@ def _sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: to
     (1, 8, 2, 131, 128, 0),   # GQA 4, two KV blocks and a partial one, several query blocks
     (2, 4, 1, 5, 64, 19),     # GQA 4 (MQA), continuing after 19 cached tokens
     (1, 4, 2, 1, 128, 150),   # decode: one query at position 150 over a 2-block cache
+    (1, 4, 2, 1, 64, 600),    # long decode: keys split over cores (flash-decoding) and combined
+    (2, 8, 4, 1, 80, 1000),   # long decode, batch 2, GQA 2
 ])
 def test_attention_matches_sdpa(b: int, hq: int, hkv: int, s: int, d: int, offset: int) -> None:
     torch.manual_seed(0)
@@ -58,6 +60,16 @@ def test_attention_matches_sdpa(b: int, hq: int, hkv: int, s: int, d: int, offse
     ref = _sdpa_reference(q, k, v, pos)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_split_attention_with_fully_masked_splits() -> None:
+    """Decode at position 40 in a 700-slot program: the later key splits see only masked keys."""
+    torch.manual_seed(11)
+    q, k, v = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 700, 64), torch.randn(1, 2, 700, 64)
+    pos = torch.tensor([40])
+    cm = _attention_program(1, 4, 2, 1, 700, 64)
+    assert any("attention_combine" in l.ops for l in cm.program.launches)
+    torch.testing.assert_close(cm(q, k, v, pos), _sdpa_reference(q, k, v, pos), atol=2e-5, rtol=1e-4)
 
 
 def test_attention_without_positions_is_full_attention() -> None:

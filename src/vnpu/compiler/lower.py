@@ -12,7 +12,7 @@ from vnpu.isa.program import HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, materialize_views, plan_memory
-from vnpu.compiler.passes import legalize, set_precision
+from vnpu.compiler.passes import legalize, set_precision, split_decode_attention
 from vnpu.compiler.patterns import rewrite_llm_patterns
 
 
@@ -44,6 +44,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
     verify(graph)
     g = optimize(graph, dtype)
+    split_decode_attention(g, chip)
     try:
         check_state(g)
     except ValueError as e:
@@ -65,7 +66,8 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         scalars = [float(v.data.reshape(-1)[0]) if (v.is_const and v.type.numel == 1 and v.dtype.is_float) else None
                    for v in n.inputs]
         ctx = KernelContext(chip, dtype, n, ins, outs, scalars)
-        launches.append(fn(ctx))
+        res = fn(ctx)  # a kernel may take several launches (e.g. split attention and its combine)
+        launches.extend(res if isinstance(res, list) else [res])
     consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
     prog = Program(
         chip_name=chip.name, chip_fingerprint=chip_fingerprint(chip), dtype=dtype, launches=launches,

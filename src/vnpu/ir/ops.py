@@ -264,7 +264,9 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
 
     With q_pos, key j is visible to query i iff j <= q_pos[i] (causal over a KV cache);
     without, every key is visible. attrs: scale; kv_len (keys read, default L: a decode
-    program for a KV-length bucket reads only the first kv_len cache slots)."""
+    program for a KV-length bucket reads only the first kv_len cache slots); kv_splits (> 1:
+    the keys are split over cores, flash-decoding style, and a second output
+    [splits, B, S, Hq, Dv + 2] fp32 holds each split's unnormalized O, running max and sum)."""
     q, k, v = ins[:3]
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         raise IRTypeError(f"attention expects rank-4 q, k, v, got {q}, {k}, {v}")
@@ -277,7 +279,11 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
         raise IRTypeError(f"attention: q_pos must be int [{s}], got {ins[3]}")
     if not (0 < attrs.get("kv_len", k.shape[2]) <= k.shape[2]):
         raise IRTypeError(f"attention: kv_len {attrs.get('kv_len')} outside 1..{k.shape[2]}")
-    return [TensorType((b, s, hq, v.shape[3]), _same_dtype("attention", [q, k, v]))]
+    out = [TensorType((b, s, hq, v.shape[3]), _same_dtype("attention", [q, k, v]))]
+    splits = int(attrs.get("kv_splits", 1))
+    if splits > 1:
+        out.append(TensorType((splits, b, s, hq, v.shape[3] + 2), DType.fp32))
+    return out
 
 
 @register("index_write", "scatter")

@@ -76,20 +76,28 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
     dt = ctx.dtype
     isz = dt.itemsize
 
-    # work units, balanced greedily over the cores by their number of KV blocks
+    splits = int(a.get("kv_splits", 1))
+    part = ctx.outputs[1] if splits > 1 else None
+    # work units (b, h, s0, sn, first block, blocks, split), balanced greedily over the cores
     units = []
     for b in range(B):
         for h in range(HKV):
             for s0 in range(0, S, sq):
                 sn = min(sq, S - s0)
                 keys = min(kv_len, s0 + sn) if prefill else kv_len
-                units.append((b, h, s0, sn, math.ceil(keys / bk)))
+                nb = math.ceil(keys / bk)
+                per = math.ceil(nb / splits)
+                for sp in range(splits):
+                    jb0 = sp * per
+                    units.append((b, h, s0, sn, jb0, max(0, min(per, nb - jb0)), sp))
+    if splits > 1 and any(u[5] == 0 for u in units):
+        raise ValueError(f"attention: {splits} KV splits leave a split without keys (kv_len {kv_len})")
     per_core: list[list[tuple]] = [[] for _ in range(ctx.cores)]
     load = [0] * ctx.cores
-    for u in sorted(units, key=lambda u: -u[4]):
+    for u in sorted(units, key=lambda u: -u[5]):
         c = min(range(ctx.cores), key=lambda i: load[i])
         per_core[c].append(u)
-        load[c] += u[4] + 1
+        load[c] += u[5] + 1
     rows_max = G * sq
     flops = 0
     streams = []
@@ -110,6 +118,10 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         lsum = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
         alpha = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
         tmp = cb.alloc(F32, (rows_max, 1))
+        if part is not None:
+            stage_o = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
+            stage_m = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
+            stage_l = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
         if qpos is not None:
             qp = [cb.alloc(qpos.dtype, (sq, 1)) for _ in range(2)]
             kidx = cb.alloc(F32, (bk,))
@@ -118,10 +130,9 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         # (unit index, parity) of each global step, and the step index that ends each unit
         steps: list[tuple[int, int, int]] = []  # (unit, block index, key count)
         last_step: list[int] = []
-        for ui, (b, h, s0, sn, nb) in enumerate(core_units):
-            for jb in range(nb):
-                j0 = jb * bk
-                steps.append((ui, jb, min(bk, kv_len - j0)))
+        for ui, (b, h, s0, sn, jb0, nb, sp) in enumerate(core_units):
+            for jb in range(jb0, jb0 + nb):
+                steps.append((ui, jb, min(bk, kv_len - jb * bk)))
             last_step.append(len(steps) - 1)
         first_step = [0] + [x + 1 for x in last_step[:-1]]
 
@@ -129,7 +140,7 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             return G * core_units[ui][3]
 
         # -- DMA in: per unit its Q (and positions), then K/V blocks --
-        for ui, (b, h, s0, sn, nb) in enumerate(core_units):
+        for ui, (b, h, s0, sn, jb0, nb, sp) in enumerate(core_units):
             w = [(QK, last_step[ui - 2] + 1)] if ui >= 2 else []
             for g in range(G):
                 dst = SramRef(qb[ui % 2].offset + g * sn * D * isz, dt, (sn, D))
@@ -173,7 +184,7 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         # -- vector: softmax(j), then the O update of j-1 (and a unit's finish) --
         def softmax(j: int) -> None:
             ui, jb, bn = steps[j]
-            b_, h_, s0, sn, nb = core_units[ui]
+            b_, h_, s0, sn, jb0, nb, sp = core_units[ui]
             r = rows_of(ui)
             first = j == first_step[ui]
             s = sub_ref(sb[j % 2], (r, bn))
@@ -189,6 +200,8 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 vs("where", s3, mk, s3, float("-inf"))
             if first:
                 vs("reduce_max", mm, s)
+                if part is not None:  # a split may see only masked keys: keep the max finite
+                    vs("maximum", mm, mm, -1e30)
             else:
                 vs("reduce_max", tt, s)
                 vs("maximum", tt, mm, tt)
@@ -224,9 +237,26 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 finish(ui)
 
         def finish(ui: int) -> None:
-            b, h, s0, sn, nb = core_units[ui]
+            b, h, s0, sn, jb0, nb, sp = core_units[ui]
             r = rows_of(ui)
             ll, tt = sub_ref(lsum[ui % 2], (r, 1)), sub_ref(tmp, (r, 1))
+            if part is not None:  # this split's unnormalized O, max and sum, staged for the combine pass
+                po, pm, pl = (sub_ref(x[ui % 2], shp) for x, shp in ((stage_o, (r, DV)), (stage_m, (r, 1)),
+                                                                     (stage_l, (r, 1))))
+                vs = _Vec(cb)
+                vs("identity", po, sub_ref(ob[ui % 2], (r, DV)))
+                vs("identity", pm, sub_ref(m[ui % 2], (r, 1)))
+                vs("identity", pl, ll)
+                vs.emit([(ST, 3 * G * (ui - 1))] if ui >= 2 else [], FIN)
+                pst = part.strides
+                for g in range(G):
+                    base = sp * pst[0] + b * pst[1] + s0 * pst[2] + (h * G + g) * pst[3]
+                    for col, src_buf, width in ((0, po, DV), (DV, pm, 1), (DV + 1, pl, 1)):
+                        src = SramRef(src_buf.offset + g * sn * width * 4, F32, (sn, width))
+                        dst = HbmRef(part.offset + (base + col * pst[4]) * 4, F32, (sn, width), (pst[2], pst[4]))
+                        cb.emit(DmaStore(src, dst, waits=((FIN, ui + 1),) if (g == 0 and col == 0) else (),
+                                         signal=ST))
+                return
             ot = sub_ref(outb[ui % 2], (r, DV))
             vs = _Vec(cb)
             vs("reciprocal", tt, ll)
@@ -247,4 +277,67 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         streams.append(cb.finish())
     kv_bytes = 2 * B * HKV * kv_len * D * k.dtype.itemsize
     min_bytes = q.numel * q.dtype.itemsize + kv_bytes + out.numel * out.dtype.itemsize
-    return KernelLaunch(ctx.node.name, "attention", ["attention"], streams, flops, min_bytes, dt)
+    launch = KernelLaunch(ctx.node.name, "attention", ["attention"], streams, flops, min_bytes, dt)
+    if part is None:
+        return launch
+    return [launch, _combine(ctx, part, out, splits)]
+
+
+def choose_kv_splits(cores: int, b: int, hkv: int, s: int, hq: int, kv_len: int) -> int:
+    """Flash-decoding: when (batch x KV heads x query blocks) leaves cores idle, split each
+    unit's keys over several cores (at least two KV blocks per split)."""
+    sq = max(1, min(s, ROWS_MAX // max(hq // hkv, 1)))
+    units = b * hkv * math.ceil(s / sq)
+    blocks = math.ceil(kv_len / min(BLOCK_K, kv_len))
+    splits = max(1, min(cores // units, blocks // 2))
+    return math.ceil(blocks / math.ceil(blocks / splits))  # so that no split is left without blocks
+
+
+def _combine(ctx: KernelContext, part: HbmRef, out: HbmRef, splits: int) -> KernelLaunch:
+    """out = sum_i w_i O_i / sum_i w_i l_i, w_i = exp(m_i - max_i m_i), over the splits, per row."""
+    B, S, HQ, DV = out.shape
+    rows = B * S * HQ
+    per_row = splits * (DV + 2) * 4 * 2 + DV * (4 * 3 + out.dtype.itemsize * 2)
+    r_t = max(1, min(math.ceil(rows / ctx.cores), ctx.chip.core.scratchpad.bytes // 2 // per_row))
+    tiles = [(r0, min(r_t, rows - r0)) for r0 in range(0, rows, r_t)]
+    assert tuple(out.strides) == (S * HQ * DV, HQ * DV, DV, 1), "attention writes a contiguous output"
+    ps = part.strides
+    streams = []
+    per_core: list[list[tuple[int, int]]] = [[] for _ in range(ctx.cores)]
+    for i, t in enumerate(tiles):
+        per_core[i % ctx.cores].append(t)
+    for core_tiles in per_core:
+        cb = CoreBuilder(ctx.chip)
+        if core_tiles:
+            ob_ = cb.alloc(F32, (splits, r_t, DV))
+            mb = cb.alloc(F32, (splits, r_t, 1))
+            lb = cb.alloc(F32, (splits, r_t, 1))
+            mx = cb.alloc(F32, (1, r_t, 1))
+            acc = cb.alloc(F32, (1, r_t, DV))
+            res = cb.alloc(out.dtype, (1, r_t, DV))
+            LD, CP, ST = cb.sem(), cb.sem(), cb.sem()
+            for t, (r0, rn) in enumerate(core_tiles):
+                def view(col: int, width: int) -> HbmRef:
+                    return HbmRef(part.offset + (r0 * ps[3] + col) * 4, F32, (splits, rn, width), (ps[0], ps[3], ps[4]))
+                o_t, m_t, l_t = sub_ref(ob_, (splits, rn, DV)), sub_ref(mb, (splits, rn, 1)), sub_ref(lb, (splits, rn, 1))
+                w0 = ((CP, t),) if t >= 1 else ()
+                cb.emit(DmaLoad(view(0, DV), o_t, waits=w0))
+                cb.emit(DmaLoad(view(DV, 1), m_t))
+                cb.emit(DmaLoad(view(DV + 1, 1), l_t, signal=LD))
+                x_t, a_t, r_t_ = sub_ref(mx, (1, rn, 1)), sub_ref(acc, (1, rn, DV)), sub_ref(res, (1, rn, DV))
+                vs = _Vec(cb)
+                vs("reduce_max", x_t, m_t, axis=0)
+                vs("sub", m_t, m_t, x_t)
+                vs("exp", m_t, m_t)  # w_i
+                vs("mul", l_t, l_t, m_t)
+                vs("reduce_sum", x_t, l_t, axis=0)  # L
+                vs("mul", o_t, o_t, m_t)
+                vs("reduce_sum", a_t, o_t, axis=0)
+                vs("reciprocal", x_t, x_t)
+                vs("mul", r_t_, a_t, x_t)
+                vs.emit([(LD, t + 1)] + ([(ST, t)] if t >= 1 else []), CP)
+                dst = HbmRef(out.offset + r0 * DV * out.dtype.itemsize, out.dtype, (1, rn, DV), (0, DV, 1))
+                cb.emit(DmaStore(r_t_, dst, waits=((CP, t + 1),), signal=ST))
+        streams.append(cb.finish())
+    min_bytes = part.numel * 4 + out.numel * out.dtype.itemsize
+    return KernelLaunch(f"{ctx.node.name}_combine", "attention", ["attention_combine"], streams, 0, min_bytes, ctx.dtype)

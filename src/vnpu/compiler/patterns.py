@@ -5,7 +5,8 @@
   result split by slice views: one weight stream and one kernel launch instead of several.
 - `fuse_rms_norm`: mean(x*x) -> +eps -> rsqrt -> x*r [-> *w] becomes one `rms_norm` node
   (the layer_norm kernel without centring) instead of four or five kernels.
-- `fuse_rope`: x*cos + cat(-x[h:], x[:h])*sin becomes one `rope` node (rotate-half RoPE).
+- `fuse_rope`: x*cos + cat(-x[h:], x[:h])*sin becomes one `rope` node (rotate-half RoPE);
+  `fuse_norm_into_rope` folds an RMSNorm feeding it (Qwen3's q/k norms) into that node.
 - `drop_noop_casts`: casts to the dtype a value already has.
 """
 from __future__ import annotations
@@ -160,6 +161,37 @@ def fuse_rope(g: Graph) -> int:
     return count
 
 
+def fuse_norm_into_rope(g: Graph) -> int:
+    """rope(views(rms_norm(y, w))) -> rope(views(y)) with the norm applied in the rope kernel
+    (Qwen3's per-head q/k norms feed RoPE directly): one kernel and one HBM round trip less."""
+    count = 0
+    for rope in [n for n in g.nodes if n.op == "rope" and "norm_eps" not in n.attrs]:
+        users = _users(g)
+        chain: list[Node] = []
+        v = rope.inputs[0]
+        while v.producer is not None and v.producer.op == "permute" and _single_use(g, users, v):
+            if v.producer.attrs["perm"][-1] != v.type.rank - 1:
+                break
+            chain.append(v.producer)
+            v = v.producer.inputs[0]
+        norm = v.producer
+        if norm is None or norm.op != "rms_norm" or not _single_use(g, users, v) or not chain:
+            continue
+        y = norm.inputs[0]
+        for view in reversed(chain):  # the same views, now over the norm's input
+            nv = g.add_node(view.op, [y], dict(view.attrs), name=f"{view.name}_pre")
+            g.nodes.pop()
+            g.nodes.insert(g.nodes.index(rope), nv)
+            y = nv.output
+        rope.inputs = [y, rope.inputs[1], rope.inputs[2]] + norm.inputs[1:]
+        rope.attrs["norm_eps"] = norm.attrs["eps"]
+        rope.attrs["norm_weight"] = len(norm.inputs) > 1
+        for n in chain + [norm]:
+            g.nodes.remove(n)
+        count += 1
+    return count
+
+
 def _base(v: Value) -> Value:
     while v.producer is not None and v.producer.op == "reshape":
         v = v.producer.inputs[0]
@@ -217,4 +249,5 @@ def rewrite_llm_patterns(g: Graph) -> None:
     drop_noop_casts(g)
     fuse_rms_norm(g)
     fuse_rope(g)
+    fuse_norm_into_rope(g)
     merge_sibling_matmuls(g)

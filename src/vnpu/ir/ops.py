@@ -357,8 +357,11 @@ def _rms_norm(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 @register("rope", "rope")
 def _rope(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Rotary embedding (rotate-half form): x * cos + cat(-x2, x1) * sin over the last axis,
-    with x1, x2 the halves of x; cos/sin broadcast to x."""
-    x, c, s = ins
+    with x1, x2 the halves of x; cos/sin broadcast to x. With attrs norm_eps, x is first
+    RMS-normalized over the last axis (times the optional 4th input, a weight)."""
+    x, c, s = ins[:3]
+    if len(ins) > 3 and ins[3].shape != x.shape[-1:]:
+        raise IRTypeError(f"rope: norm weight {ins[3]} does not match the last dim of {x}")
     if x.shape[-1] % 2:
         raise IRTypeError(f"rope: last dim of {x} is odd")
     if broadcast_shapes(x.shape, c.shape, s.shape) != x.shape:

@@ -11,7 +11,7 @@ once for the whole group. Per KV block of bk keys (j-th step on a core):
     matrix  PV = P @ V
     vector  O = O * alpha + PV
 and after the last block O / l is stored, one [sq, Dv] slab per query head, straight into
-the [B, S, Hq, Dv] output. K/V blocks, Q tiles, S/P tiles and PV accumulators are double
+the [B, S, Hq, Dv] output. K/V blocks are triple buffered, Q tiles, S/P tiles and PV accumulators double
 buffered, and the matrix queue runs QK of block j+1 before PV of block j so the softmax of
 one block overlaps the matmuls of its neighbours.
 
@@ -32,6 +32,7 @@ from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
 F32 = DType.fp32
 ROWS_MAX = 128  # query rows (G * sq) per unit
 BLOCK_K = 128  # keys per KV block
+KV_BUFFERS = 3  # K/V blocks in flight per core: a block's load latency hides behind two blocks of matmuls
 
 
 def _mat(ref: HbmRef, lead: tuple[int, ...], r0: int, rn: int) -> HbmRef:
@@ -107,8 +108,8 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             streams.append(cb.finish())
             continue
         qb = [cb.alloc(dt, (rows_max, D)) for _ in range(2)]
-        kb = [cb.alloc(dt, (bk, D)) for _ in range(2)]
-        vb = [cb.alloc(dt, (bk, DV)) for _ in range(2)]
+        kb = [cb.alloc(dt, (bk, D)) for _ in range(KV_BUFFERS)]
+        vb = [cb.alloc(dt, (bk, DV)) for _ in range(KV_BUFFERS)]
         sb = [cb.alloc(F32, (rows_max, bk)) for _ in range(2)]
         pb = [cb.alloc(dt, (rows_max, bk)) for _ in range(2)] if dt != F32 else sb
         pvb = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
@@ -152,23 +153,23 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 cb.emit(DmaLoad(src, sub_ref(qp[ui % 2], (sn, 1)), signal=QL))
             for j in range(first_step[ui], last_step[ui] + 1):
                 _, jb, bn = steps[j]
-                wj = ((PV, j - 1),) if j >= 2 else ()
-                cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % 2], (bn, D)), waits=wj))
-                cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % 2], (bn, DV)), signal=KV))
+                wj = ((PV, j + 1 - KV_BUFFERS),) if j >= KV_BUFFERS else ()  # PV of the block that used the buffers
+                cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % KV_BUFFERS], (bn, D)), waits=wj))
+                cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % KV_BUFFERS], (bn, DV)), signal=KV))
 
         # -- matrix: QK(j+1) ahead of PV(j) --
         def qk(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
             w = [(KV, j + 1), (QL, ui + 1)] + ([(PV, j - 1)] if j >= 2 else [])
-            cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % 2], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
+            cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % KV_BUFFERS], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
                            accumulate=False, waits=tuple(w), signal=QK, trans_b=True))
 
         def pv(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
             w = [(SM, j + 1)] + ([(OU, j - 1)] if j >= 2 else [])
-            cb.emit(MatMul(sub_ref(pb[j % 2], (r, bn)), sub_ref(vb[j % 2], (bn, DV)), sub_ref(pvb[j % 2], (r, DV)),
+            cb.emit(MatMul(sub_ref(pb[j % 2], (r, bn)), sub_ref(vb[j % KV_BUFFERS], (bn, DV)), sub_ref(pvb[j % 2], (r, DV)),
                            accumulate=False, waits=tuple(w), signal=PV))
 
         n = len(steps)

@@ -6,7 +6,8 @@ Tensors are seen as [rows..., 2, h] (the two halves of the last axis). Each tile
 twice: once as is, once through a view whose half axis runs backwards (negative stride),
 so the DMA engine delivers (x[h:], x[:h]) without a copy in HBM; a sign tile (-1, +1) per
 half, made with `iota`, supplies the negation. cos and sin are loaded through their
-broadcast views. Vector work per element: 3 multiplies and an add, in fp32.
+broadcast views. Vector work per element: 3 multiplies and an add, in fp32. With attrs norm_eps the rows are
+RMS-normalized first (Qwen3's q/k norms), the norm weight loaded straight and half-swapped.
 """
 from __future__ import annotations
 
@@ -34,13 +35,18 @@ def _halves(ref: HbmRef, flip: bool = False) -> HbmRef:
 
 @kernel("rope")
 def rope_kernel(ctx: KernelContext) -> KernelLaunch:
-    x, c, s = ctx.inputs
+    x, c, s = ctx.inputs[:3]
     out = ctx.outputs[0]
     shape = out.shape
     h = shape[-1] // 2
+    norm_eps = ctx.node.attrs.get("norm_eps")
     xa, xr = _halves(x), _halves(x, flip=True)
     cv, sv = _halves(broadcast_to(c, shape)), _halves(broadcast_to(s, shape))
     ov = _halves(out)
+    srcs = [xa, xr, cv, sv]
+    if norm_eps is not None and len(ctx.inputs) > 3:  # the norm weight, straight and half-swapped
+        w = broadcast_to(ctx.inputs[3], shape)
+        srcs += [_halves(w), _halves(w, flip=True)]
     lead = shape[:-1]
     per_row = 2 * (2 * x.dtype.itemsize + c.dtype.itemsize + s.dtype.itemsize + out.dtype.itemsize) * shape[-1] + 8 * shape[-1]
     rows = max(1, tile_budget(ctx, per_row / shape[-1], out.numel) // shape[-1])
@@ -48,7 +54,7 @@ def rope_kernel(ctx: KernelContext) -> KernelLaunch:
     for starts, sizes in box_tiles(lead, rows):
         st = starts + (0, 0)
         sz = sizes + (2, h)
-        tiles.append(StreamTile([(sub(r, st, sz), sz) for r in (xa, xr, cv, sv)], sub(ov, st, sz), sz))
+        tiles.append(StreamTile([(sub(r, st, sz), sz) for r in srcs], sub(ov, st, sz), sz))
     temps: dict[str, SramRef] = {}
 
     def setup(b: CoreBuilder) -> None:
@@ -56,12 +62,29 @@ def rope_kernel(ctx: KernelContext) -> KernelLaunch:
         temps["t1"] = b.alloc(F32, mx)
         temps["t2"] = b.alloc(F32, mx)
         temps["sign"] = b.alloc(F32, (2, 1))
+        if norm_eps is not None:
+            temps["r1"] = b.alloc(F32, mx[:-1] + (1,))
+            temps["r"] = b.alloc(F32, mx[:-2] + (1, 1))
 
     def compute(b: CoreBuilder, loaded: list[SramRef], out_t: SramRef, tile: StreamTile, waits: tuple, signal: int):
-        xa_t, xr_t, c_t, s_t = loaded
+        xa_t, xr_t, c_t, s_t = loaded[:4]
         t1, t2 = sub_ref(temps["t1"], out_t.shape), sub_ref(temps["t2"], out_t.shape)
         sign = temps["sign"]
         v = VecSeq()
+        if norm_eps is not None:  # RMSNorm over each row (both halves), applied to x and its swapped view
+            r1 = sub_ref(temps["r1"], out_t.shape[:-1] + (1,))
+            r = sub_ref(temps["r"], out_t.shape[:-2] + (1, 1))
+            v("mul", t1, xa_t, xa_t)
+            v("reduce_sum", r1, t1, axis=-1)
+            v("reduce_sum", r, r1, axis=-2)
+            v("mul", r, r, 1.0 / (2 * h))
+            v("add", r, r, float(norm_eps))
+            v("rsqrt", r, r)
+            v("mul", xa_t, xa_t, r)
+            v("mul", xr_t, xr_t, r)
+            if len(loaded) > 4:
+                v("mul", xa_t, xa_t, loaded[4])
+                v("mul", xr_t, xr_t, loaded[5])
         v("iota", sign, axis=0)  # (0, 1)
         v("mul", sign, sign, 2.0)
         v("sub", sign, sign, 1.0)  # (-1, +1): rotate_half negates the second half moved to the front
@@ -71,5 +94,6 @@ def rope_kernel(ctx: KernelContext) -> KernelLaunch:
         v("add", out_t, t1, t2)
         v.emit(b, waits, signal)
 
-    min_bytes = x.footprint_bytes() + c.footprint_bytes() + s.footprint_bytes() + out.numel * out.dtype.itemsize
+    min_bytes = (x.footprint_bytes() + c.footprint_bytes() + s.footprint_bytes() + out.numel * out.dtype.itemsize
+                 + sum(r.footprint_bytes() for r in ctx.inputs[3:]))
     return emit_streaming(ctx, tiles, compute, setup, "elementwise", ["rope"], 4 * out.numel, min_bytes)

@@ -48,8 +48,8 @@ def rope_kernel(ctx: KernelContext) -> KernelLaunch:
         w = broadcast_to(ctx.inputs[3], shape)
         srcs += [_halves(w), _halves(w, flip=True)]
     lead = shape[:-1]
-    per_row = 2 * (2 * x.dtype.itemsize + c.dtype.itemsize + s.dtype.itemsize + out.dtype.itemsize) * shape[-1] + 8 * shape[-1]
-    rows = max(1, tile_budget(ctx, per_row / shape[-1], out.numel) // shape[-1])
+    per_elem = 2 * (sum(r.dtype.itemsize for r in srcs) + out.dtype.itemsize) + 2 * 4 + 4  # loads, out, temps
+    rows = max(1, tile_budget(ctx, per_elem * 1.1, out.numel) // shape[-1])
     tiles = []
     for starts, sizes in box_tiles(lead, rows):
         st = starts + (0, 0)

@@ -258,3 +258,30 @@ def test_moe_schedule_covers_every_slot_once_within_the_static_bound() -> None:
         for tile in range(n_tiles):  # one expert per tile, and it is the slots' expert
             assert (ids.reshape(-1)[slot[tile][real[tile]]] == te[tile]).all()
     assert moe_tiles(8, 128, 1) == 8  # batch-1 decode: exactly the routed experts
+
+
+class _NormRope(torch.nn.Module):
+    """Qwen3's attention prologue: per-head RMSNorm (weighted) on [B, S, H, D], transpose, RoPE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(32, generator=torch.Generator().manual_seed(13)))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        var = x.pow(2).mean(-1, keepdim=True)
+        y = (self.w * (x * torch.rsqrt(var + 1e-6))).transpose(1, 2)
+        h = y.shape[-1] // 2
+        rot = torch.cat((-y[..., h:], y[..., :h]), dim=-1)
+        return y * cos[:, None] + rot * sin[:, None]
+
+
+def test_rms_norm_folds_into_rope() -> None:
+    torch.manual_seed(12)
+    x = torch.randn(2, 5, 3, 32)
+    cos, sin = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    m = _NormRope()
+    cm = vnpu.compile(m, (x, cos, sin))
+    kinds = [op for l in cm.program.launches for op in l.ops]
+    assert kinds == ["rope"]  # one kernel does both
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x, cos, sin), m(x, cos, sin), atol=1e-5, rtol=1e-5)

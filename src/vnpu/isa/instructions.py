@@ -150,7 +150,8 @@ class VecOp:
     `op` is an IR elementwise op name, or "reduce_sum|max|min" over attrs["axis"] of
     srcs[0] (default the last axis, dims kept), or "fill", or "iota" (attrs["start"] + the
     index along attrs["axis"], default the last), or "topk_values" / "topk_indices" (the attrs["k"] largest along
-    the last axis of srcs[0], largest first, ties to the lower index). `view` reshapes sources to the dst's rank for broadcasting.
+    the last axis of srcs[0], largest first, ties to the lower index), or "take" (each row of
+    srcs[0] gathered at the int positions in srcs[1]). `view` reshapes sources to the dst's rank for broadcasting.
     """
 
     op: str

@@ -30,9 +30,27 @@ from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
 
 F32 = DType.fp32
-ROWS_MAX = 128  # query rows (G * sq) per unit
-BLOCK_K = 128  # keys per KV block
+ROWS_MAX = 128  # query rows (G * sq) per unit, at most
+BLOCK_K = 128  # keys per KV block, at most
 KV_BUFFERS = 3  # K/V blocks in flight per core: a block's load latency hides behind two blocks of matmuls
+
+
+def attention_tiles(capacity: int, g: int, s: int, kv_len: int, d: int, dv: int, dt: DType, out_dt: DType,
+                    causal: bool, split: bool) -> tuple[int, int, int]:
+    """(query rows per head sq, keys per block bk, K/V buffers): the largest tiles whose
+    buffers fit the scratchpad (GPU-like chips have ~200 KiB, vnpu-v1 2 MiB)."""
+    isz, osz = dt.itemsize, out_dt.itemsize
+    for rows_max, bk_max, nbuf in ((ROWS_MAX, BLOCK_K, KV_BUFFERS), (64, 128, 3), (64, 64, 3), (32, 64, 2),
+                                   (16, 64, 2), (16, 32, 2), (8, 32, 2), (1, 16, 2)):
+        sq = max(1, min(s, rows_max // g))
+        bk = min(bk_max, kv_len)
+        r = g * sq
+        need = (2 * r * d * isz + nbuf * bk * (d + dv) * isz + 2 * r * bk * 4 + (2 * r * bk * isz if dt != DType.fp32 else 0)
+                + 4 * r * dv * 4 + 2 * r * dv * osz + 7 * r * 4 + (2 * sq * 8 + bk * 4 + sq * bk if causal else 0)
+                + (2 * r * dv * 4 + 4 * r * 4 if split else 0) + 40 * 64)
+        if need <= capacity:
+            return sq, bk, nbuf
+    raise ValueError(f"attention: {g} query heads x head dim {d} do not fit a {capacity}-byte scratchpad")
 
 
 def _mat(ref: HbmRef, lead: tuple[int, ...], r0: int, rn: int) -> HbmRef:
@@ -72,12 +90,12 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
     kv_len = int(a.get("kv_len", L))
     prefill = bool(a.get("prefill", False)) and qpos is not None
     G = HQ // HKV
-    sq = max(1, min(S, ROWS_MAX // G))
-    bk = min(BLOCK_K, kv_len)
     dt = ctx.dtype
     isz = dt.itemsize
-
     splits = int(a.get("kv_splits", 1))
+    sq, bk, kv_bufs = attention_tiles(ctx.chip.core.scratchpad.bytes, G, S, kv_len, D, DV, dt, out.dtype,
+                                      qpos is not None, splits > 1)
+
     part = ctx.outputs[1] if splits > 1 else None
     # work units (b, h, s0, sn, first block, blocks, split), balanced greedily over the cores
     units = []
@@ -108,8 +126,8 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             streams.append(cb.finish())
             continue
         qb = [cb.alloc(dt, (rows_max, D)) for _ in range(2)]
-        kb = [cb.alloc(dt, (bk, D)) for _ in range(KV_BUFFERS)]
-        vb = [cb.alloc(dt, (bk, DV)) for _ in range(KV_BUFFERS)]
+        kb = [cb.alloc(dt, (bk, D)) for _ in range(kv_bufs)]
+        vb = [cb.alloc(dt, (bk, DV)) for _ in range(kv_bufs)]
         sb = [cb.alloc(F32, (rows_max, bk)) for _ in range(2)]
         pb = [cb.alloc(dt, (rows_max, bk)) for _ in range(2)] if dt != F32 else sb
         pvb = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
@@ -153,23 +171,23 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 cb.emit(DmaLoad(src, sub_ref(qp[ui % 2], (sn, 1)), signal=QL))
             for j in range(first_step[ui], last_step[ui] + 1):
                 _, jb, bn = steps[j]
-                wj = ((PV, j + 1 - KV_BUFFERS),) if j >= KV_BUFFERS else ()  # PV of the block that used the buffers
-                cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % KV_BUFFERS], (bn, D)), waits=wj))
-                cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % KV_BUFFERS], (bn, DV)), signal=KV))
+                wj = ((PV, j + 1 - kv_bufs),) if j >= kv_bufs else ()  # PV of the block that used the buffers
+                cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % kv_bufs], (bn, D)), waits=wj))
+                cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % kv_bufs], (bn, DV)), signal=KV))
 
         # -- matrix: QK(j+1) ahead of PV(j) --
         def qk(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
             w = [(KV, j + 1), (QL, ui + 1)] + ([(PV, j - 1)] if j >= 2 else [])
-            cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % KV_BUFFERS], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
+            cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % kv_bufs], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
                            accumulate=False, waits=tuple(w), signal=QK, trans_b=True))
 
         def pv(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
             w = [(SM, j + 1)] + ([(OU, j - 1)] if j >= 2 else [])
-            cb.emit(MatMul(sub_ref(pb[j % 2], (r, bn)), sub_ref(vb[j % KV_BUFFERS], (bn, DV)), sub_ref(pvb[j % 2], (r, DV)),
+            cb.emit(MatMul(sub_ref(pb[j % 2], (r, bn)), sub_ref(vb[j % kv_bufs], (bn, DV)), sub_ref(pvb[j % 2], (r, DV)),
                            accumulate=False, waits=tuple(w), signal=PV))
 
         n = len(steps)

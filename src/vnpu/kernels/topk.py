@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from vnpu.dtypes import DType
-from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, VecOp
+from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
 
@@ -38,9 +38,9 @@ def topk_kernel(ctx: KernelContext) -> KernelLaunch:
     rows = math.prod(x.shape[:-1])
     cap = ctx.chip.core.scratchpad.bytes
     per_row = 2 * n * x.dtype.itemsize + 2 * k * (vals.dtype.itemsize + 8) + 256
+    if 2 * n * x.dtype.itemsize > cap * 0.8:
+        return _chunked_topk(ctx, x, vals, idxs, k, rows, n)
     p = max(1, min(rows, int(cap * 0.9) // per_row, math.ceil(rows / ctx.cores)))
-    if 2 * n * x.dtype.itemsize > cap * 0.9:
-        raise ValueError(f"topk: a row of {n} elements does not fit the {cap}-byte scratchpad")
     tiles = [(r0, min(p, rows - r0)) for r0 in range(0, rows, p)]
     per_core: list[list[tuple[int, int]]] = [[] for _ in range(ctx.cores)]
     for i, t in enumerate(tiles):
@@ -64,6 +64,60 @@ def topk_kernel(ctx: KernelContext) -> KernelLaunch:
             b.emit(VecOp("topk_indices", it, (xt,), (("k", k),), signal=CMP))
             b.emit(DmaStore(vt, _rows_view(vals, r0, rn, k), waits=((CMP, 2 * t + 2),), signal=ST))
             b.emit(DmaStore(it, _rows_view(idxs, r0, rn, k), signal=ST))
+        streams.append(b.finish())
+    min_bytes = x.numel * x.dtype.itemsize + vals.numel * (vals.dtype.itemsize + 8)
+    return KernelLaunch(ctx.node.name, "topk", ["topk"], streams, x.numel, min_bytes, ctx.dtype)
+
+
+def _chunked_topk(ctx: KernelContext, x: HbmRef, vals: HbmRef, idxs: HbmRef, k: int, rows: int, n: int) -> KernelLaunch:
+    """Rows longer than the scratchpad (a vocabulary on a GPU-sized SM) go through in chunks:
+    each chunk's top-k (indices offset to the row) joins the running top-k in a [1, 2k] merge
+    buffer, whose top-k becomes the new running one (`take` picks the matching ids). The
+    running candidates sit in front, so ties still go to the lower index."""
+    cap = ctx.chip.core.scratchpad.bytes
+    cw = max(k, min(n, int(cap * 0.35) // x.dtype.itemsize))
+    chunks = [(c0, min(cw, n - c0)) for c0 in range(0, n, cw)]
+    streams = []
+    for core in range(ctx.cores):
+        b = CoreBuilder(ctx.chip)
+        my_rows = list(range(core, rows, ctx.cores))
+        if not my_rows:
+            streams.append(b.finish())
+            continue
+        xb = [b.alloc(x.dtype, (1, cw)) for _ in range(2)]
+        mv = b.alloc(DType.fp32, (1, 2 * k))
+        mi = b.alloc(DType.int64, (1, 2 * k))
+        tv = b.alloc(DType.fp32, (1, k))
+        ti = b.alloc(DType.int64, (1, k))
+        tp = b.alloc(DType.int64, (1, k))
+        LD, CMP, ST = b.sem(), b.sem(), b.sem()
+        best_v, best_i = SramRef(mv.offset, DType.fp32, (1, k)), SramRef(mi.offset, DType.int64, (1, k))
+        cand_v = SramRef(mv.offset + 4 * k, DType.fp32, (1, k))
+        cand_i = SramRef(mi.offset + 8 * k, DType.int64, (1, k))
+        j = 0
+        for ri, r in enumerate(my_rows):
+            for ci, (c0, cn) in enumerate(chunks):
+                xt = sub_ref(xb[j % 2], (1, cn))
+                rv = _rows_view(x, r, 1, n)
+                chunk = HbmRef(rv.offset + c0 * rv.strides[1] * x.dtype.itemsize, x.dtype, (1, cn), rv.strides)
+                b.emit(DmaLoad(chunk, xt, waits=((CMP, j - 1),) if j >= 2 else (), signal=LD))
+                dv, di = (best_v, best_i) if ci == 0 else (cand_v, cand_i)
+                w = [(LD, j + 1)] + ([(ST, 2 * ri)] if ci == 0 and ri >= 1 else [])
+                b.emit(VecOp("topk_values", dv, (xt,), (("k", k),), waits=tuple(w)))
+                b.emit(VecOp("topk_indices", di, (xt,), (("k", k),)))
+                last = VecOp("add", di, (di, float(c0)))
+                b.emit(last)
+                if ci > 0:
+                    b.emit(VecOp("topk_indices", tp, (mv,), (("k", k),)))
+                    b.emit(VecOp("topk_values", tv, (mv,), (("k", k),)))
+                    b.emit(VecOp("take", ti, (mi, tp)))
+                    b.emit(VecOp("identity", best_v, (tv,)))
+                    last = VecOp("identity", best_i, (ti,))
+                    b.emit(last)
+                last.signal = CMP
+                j += 1
+            b.emit(DmaStore(best_v, _rows_view(vals, r, 1, k), waits=((CMP, j),), signal=ST))
+            b.emit(DmaStore(best_i, _rows_view(idxs, r, 1, k), signal=ST))
         streams.append(b.finish())
     min_bytes = x.numel * x.dtype.itemsize + vals.numel * (vals.dtype.itemsize + 8)
     return KernelLaunch(ctx.node.name, "topk", ["topk"], streams, x.numel, min_bytes, ctx.dtype)

@@ -112,6 +112,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         ax = int(attrs.get("axis", -1)) % max(len(out_shape), 1)
         ramp = np.arange(out_shape[ax] if out_shape else 1, dtype=F32) + F32(attrs.get("start", 0))
         return np.broadcast_to(ramp.reshape([-1 if i == ax else 1 for i in range(len(out_shape))]), out_shape)
+    if op == "take":  # dst[..., j] = srcs[0][..., srcs[1][..., j]] (a gather within each row)
+        return np.take_along_axis(args[0], np.asarray(args[1]).astype(np.int64), axis=-1)
     if op.startswith("moe_route_"):
         tables = moe_schedule(args[0], int(attrs["k"]), int(attrs["experts"]), int(attrs["rows"]), int(attrs["tiles"]))
         return tables[("moe_route_experts", "moe_route_tokens", "moe_route_slots").index(op)]

@@ -257,10 +257,34 @@ def generation_table(rep: Any) -> Table:
     t.add_row("memory", f"weights {fmt.nbytes(rep.weight_bytes)} · KV cache {fmt.nbytes(rep.kv_cache_bytes)} "
                         f"({rep.kv_capacity} tokens x batch {rep.batch})")
     t.add_row("energy", f"{fmt.joules(rep.energy_per_token_j)} per token · {fmt.joules(rep.total_energy_j)} total")
-    t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers")
+    t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers"
+                          + (f" · {rep.chips} chips" if rep.chips > 1 else ""))
     if rep.tokens:
         shown = "\n".join(" ".join(map(str, row[:16])) + (" …" if len(row) > 16 else "") for row in rep.tokens[:4])
         t.add_row("tokens", shown)
     if rep.fallback_ops:
         t.add_row("host fallback", ", ".join(f"{k} x{v}" for k, v in sorted(rep.fallback_ops.items())))
+    return t
+
+
+def compare_table(reports: list[Any]) -> Table:
+    """`vnpu compare`: one column per chip (GenerationReports of the same generation)."""
+    r0 = reports[0]
+    t = Table(title=f"vnpu compare · {r0.model} · prompt {r0.prompt_len} + {r0.max_new_tokens} tokens · batch "
+                    f"{r0.batch} · {r0.dtype}", box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
+    t.add_column("metric", style="bold cyan", no_wrap=True)
+    for r in reports:
+        t.add_column(f"{r.chips} x {r.chip}" if r.chips > 1 else r.chip, justify="right")
+    rows = [
+        ("chips", lambda r: str(r.chips)),
+        ("time to first token", lambda r: fmt.seconds(r.ttft_s)),
+        ("time per output token", lambda r: fmt.seconds(r.tpot_s)),
+        ("tokens/s (overall)", lambda r: f"{r.tokens_per_s:,.1f}"),
+        ("tokens/s (decode)", lambda r: f"{r.decode_tokens_per_s:,.1f}"),
+        ("energy per token", lambda r: fmt.joules(r.energy_per_token_j)),
+        ("decode HBM utilization", lambda r: fmt.pct(r.decode_hbm_utilization)),
+        ("weights + KV cache", lambda r: fmt.nbytes(r.weight_bytes + r.kv_cache_bytes)),
+    ]
+    for label, fn in rows:
+        t.add_row(label, *(fn(r) for r in reports))
     return t

@@ -285,16 +285,63 @@ class GenerationReport:
     decode_bandwidth_bound_fraction: float  # (weights + KV bytes read) / bandwidth / decode time
     energy_per_token_j: float
     total_energy_j: float
-    weight_bytes: int
-    kv_cache_bytes: int
+    weight_bytes: int  # whole model (all chips)
+    kv_cache_bytes: int  # whole model (all chips)
     kv_capacity: int
     programs: int  # prefill + decode-bucket programs compiled
     layers: int
     wall_s: dict[str, float] = field(default_factory=dict)
     fallback_ops: dict[str, int] = field(default_factory=dict)
+    chips: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def shard_spec(spec: Any, chips: int) -> Any:
+    """One chip's part of a model served on `chips` chips, as a model of its own (its shapes
+    are what a timing-only run needs): tensor parallel attention (query heads split; KV heads
+    split, or replicated when fewer than the chips), dense MLPs split along the intermediate
+    size, MoE experts split over the chips (expert parallel, each chip routing its share
+    k / chips of every token's experts: balanced routing), embedding and LM head split along
+    the vocabulary."""
+    from dataclasses import replace
+
+    if chips == 1:
+        return spec
+    c = dict(spec.config)
+    problems = []
+    if c["num_attention_heads"] % chips:
+        problems.append(f"{c['num_attention_heads']} attention heads")
+    if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
+        problems.append(f"{c['num_key_value_heads']} KV heads")
+    if spec.family == "qwen3_moe":
+        if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
+            problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
+    elif c["intermediate_size"] % chips:
+        problems.append(f"MLP width {c['intermediate_size']}")
+    if problems:
+        raise ValueError(f"{spec.name} cannot be split evenly over {chips} chips ({', '.join(problems)})")
+    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    c["num_attention_heads"] //= chips
+    c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
+    c["vocab_size"] = -(-c["vocab_size"] // chips)
+    if spec.family == "qwen3_moe":
+        c["num_experts"] //= chips
+        c["num_experts_per_tok"] //= chips
+    else:
+        c["intermediate_size"] //= chips
+    return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
+
+
+def collective_seconds(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType) -> float:
+    """Chip-to-chip time of one step on `chips` chips: two all-reduces of the [B*S, H]
+    activations per layer (after attention's output projection and after the MLP / experts)
+    and one of the sampled candidates (B values and ids per chip)."""
+    from vnpu.isa.cost import allreduce_seconds
+
+    act = batch * tokens * spec.config["hidden_size"] * dtype.itemsize
+    return 2 * spec.num_layers * allreduce_seconds(chip, act, chips) + allreduce_seconds(chip, batch * 16 * chips, chips)
 
 
 def _capacity(prompt_len: int, max_new_tokens: int) -> int:
@@ -319,32 +366,60 @@ def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
     return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
 
 
+def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
+                 dtype: str | DType) -> int:
+    """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
+    of the weights and KV cache (with 5% left for activations)."""
+    from vnpu.workloads.llm_zoo import get_llm
+
+    spec, chip_, dt = get_llm(model), load_chip(chip), DType(dtype)
+    cap = _capacity(prompt_len, max_new_tokens)
+    n = 1
+    while n <= 64:
+        try:
+            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt)
+        except ValueError:
+            break
+        if w + kv <= chip_.hbm.bytes * 0.95:
+            return n
+        n *= 2
+    w, kv = model_memory(spec, batch, cap, dt)
+    return math.ceil((w + kv) / (chip_.hbm.bytes * 0.95))
+
+
 def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
-             prompt: np.ndarray | None = None) -> GenerationReport:
+             prompt: np.ndarray | None = None, chips: int = 1) -> GenerationReport:
     """Runs greedy generation of a zoo LLM on the chip and reports serving metrics.
 
     Functional (real tokens) for the small zoo variants; timing-only (meta-device weights,
     layers extrapolated from 1- and 2-layer programs) for the big ones, or when asked.
+    chips > 1 (timing-only): each chip runs its tensor/expert-parallel share of the model
+    (shard_spec) and steps add the chip-to-chip all-reduces (collective_seconds).
     """
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm, prompt_ids
 
-    spec = get_llm(model)
+    full = get_llm(model)
     chip_ = load_chip(chip)
     dt = DType(dtype)
-    if prompt_len < 1 or max_new_tokens < 1 or batch < 1:
-        raise ValueError("prompt_len, max_new_tokens and batch must be positive")
+    if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
+        raise ValueError("prompt_len, max_new_tokens, batch and chips must be positive")
+    if chips > 1 and chip_.chip_link is None:
+        raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
-        timing_only = not spec.functional
+        timing_only = not full.functional or chips > 1
+    if chips > 1 and not timing_only:
+        raise ValueError("multi-chip serving is simulated timing-only; drop --functional or use --chips 1")
+    spec = shard_spec(full, chips)
     cap = _capacity(prompt_len, max_new_tokens)
     w_bytes, kv_total = model_memory(spec, batch, cap, dt)
     if w_bytes + kv_total > chip_.hbm.bytes:
-        chips = math.ceil((w_bytes + kv_total) / (chip_.hbm.bytes * 0.95))
+        need = chips_needed(model, prompt_len, max_new_tokens, batch, chip_, dt)
         raise ModelTooLargeError(
-            f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB (weights {w_bytes / 2**30:.1f} GiB, "
-            f"KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} tokens); {chip_.name} has "
-            f"{chip_.hbm.bytes / 2**30:.0f} GiB of HBM. It needs at least {chips} chips (tensor/expert parallel "
-            f"serving over several chips is not implemented yet), or a smaller batch or context.")
+            f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB per chip on {chips} chip(s) "
+            f"(weights {w_bytes / 2**30:.1f} GiB, KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} "
+            f"tokens); {chip_.name} has {chip_.hbm.bytes / 2**30:.0f} GiB of HBM. It needs at least {need} chips "
+            f"(--chips {need}), or a smaller batch or context.")
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
     if not timing_only:
@@ -377,17 +452,28 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         decode = [a.extrapolate(b, layers) for a, b in zip(costs[0][1], costs[1][1])]
         tokens = []
         mode = "timing-only (layers extrapolated)"
+        if chips > 1:  # every chip runs its share at once; then the all-reduces; energy of all chips
+            mode += f", {chips} chips (tensor/expert parallel)"
+
+            def on_chips(c: PhaseCost, tok: int) -> PhaseCost:
+                comm = collective_seconds(spec, chip_, chips, batch, tok, dt)
+                return PhaseCost(c.seconds + comm, chips * (c.energy_j + chip_.energy.static_w * comm),
+                                 chips * c.hbm_bytes, chips * c.flops)
+
+            prefill = on_chips(prefill, prompt_len)
+            decode = [on_chips(d, 1) for d in decode]
     walls["total_s"] = time.perf_counter() - t0
     dec_s = sum(d.seconds for d in decode)
     tpot = dec_s / len(decode) if decode else 0.0
     total_s = prefill.seconds + dec_s
     n_tok = batch * max_new_tokens
     energy = prefill.energy_j + sum(d.energy_j for d in decode)
-    bw = chip_.hbm.bandwidth_gbs * 1e9
+    bw = chip_.hbm.bandwidth_gbs * 1e9 * chips
+    w_bytes, kv_total = w_bytes * chips, kv_total * chips  # whole-model figures from here on
     util = sum(d.hbm_bytes for d in decode) / (dec_s * bw) if dec_s else 0.0
     # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
     buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
-    bound_s = sum((w_bytes + kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
+    bound_s = sum((w_bytes + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
     bound = bound_s / dec_s if dec_s else 0.0
     return GenerationReport(
         model=model, chip=chip_.name, dtype=dt.value, batch=batch, prompt_len=prompt_len,
@@ -395,8 +481,9 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         tokens_per_s=n_tok / total_s if total_s else 0.0, decode_tokens_per_s=batch / tpot if tpot else 0.0,
         decode_hbm_utilization=util, decode_bandwidth_bound_fraction=bound, energy_per_token_j=energy / n_tok,
         total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
-        layers=layers, wall_s=walls, fallback_ops=dict(fallback))
+        layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips)
 
 
-__all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket",
+__all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
+           "chips_needed", "collective_seconds",
            "ModelTooLargeError", "OutOfMemoryError"]

@@ -98,3 +98,15 @@ def hbm_traffic_bytes(chip: Chip, footprint: int, contiguous_run: int) -> int:
     if contiguous_run >= burst or contiguous_run <= 0:
         return footprint
     return footprint * burst // contiguous_run
+
+
+def allreduce_seconds(chip: Chip, nbytes: float, chips: int) -> float:
+    """Ring all-reduce of an nbytes tensor over `chips` chips on the chip-to-chip link:
+    2 (n - 1) steps, each moving nbytes / n per chip and paying the link latency."""
+    if chips <= 1:
+        return 0.0
+    link = chip.chip_link
+    if link is None:
+        raise ValueError(f"{chip.name} has no chip_link: it cannot be used in a multi-chip configuration")
+    steps = 2 * (chips - 1)
+    return steps * (nbytes / chips / (link.bandwidth_gbs * 1e9) + link.latency_us * 1e-6)

@@ -88,6 +88,14 @@ class Program:
     output_names: list[str] = field(default_factory=list)
     weight_bytes: int = 0
     activation_bytes: int = 0
+    state: list[tuple[str, HbmRef]] = field(default_factory=list)  # persistent buffers updated in place (KV cache)
+    state_init: list[tuple[HbmRef, np.ndarray]] = field(default_factory=list)  # their contents before the first run
+    weight_names: list[str] = field(default_factory=list)  # constants that are model weights (shared by name)
+
+    def user_inputs(self) -> list[tuple[str, HbmRef]]:
+        """The inputs a caller passes on each run (persistent state is not among them)."""
+        state = {n for n, _ in self.state}
+        return [(n, r) for n, r in zip(self.input_names, self.inputs) if n not in state]
 
     def instruction_count(self) -> int:
         return sum(len(c) for l in self.launches if isinstance(l, KernelLaunch) for c in l.cores)

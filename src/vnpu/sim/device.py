@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from vnpu.chip.schema import Chip
 from vnpu.isa import cost
-from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, VecOp
+from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import HostLaunch, KernelLaunch, Program
 from vnpu.sim.functional import PREPARERS, hbm_view
 from vnpu.sim.profile import KernelProfile, Profile
@@ -148,14 +148,24 @@ class Device:
             row_bytes = max(ins.dst.nbytes // max(rows, 1), 1)
             fp = rows * max(row_bytes, chip.hbm.burst_bytes)
             r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes + ins.index.nbytes)
+        elif isinstance(ins, DmaScatter):
+            rows = ins.index.numel
+            row_bytes = max(ins.src.nbytes // max(rows, 1), 1)
+            fp = rows * max(row_bytes, chip.hbm.burst_bytes)
+            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes + ins.index.nbytes)
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
-            n = ins.b.shape[1]
+            n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]
             cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype, ins.continues, ins.drains)
             r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1))
         else:
-            n = ins.dst.numel if not ins.op.startswith("reduce_") else ins.srcs[0].numel
-            r = (3, 0, cost.vector_cycles(chip, ins.op, n), 0, n,
+            n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel
+            work = n
+            if ins.op.startswith("topk_"):  # a k-deep compare-exchange pass per element (k=1: a max reduction)
+                work = n * max(1, int(dict(ins.attrs)["k"]).bit_length())
+            elif ins.op.startswith("moe_route_"):  # a counting sort of the slots by expert id (2 passes)
+                work = 2 * n + ins.dst.numel
+            r = (3, 0, cost.vector_cycles(chip, ins.op, work), 0, work,
                  ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)))
         return r
 

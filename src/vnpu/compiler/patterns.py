@@ -199,11 +199,20 @@ def _base(v: Value) -> Value:
 
 
 def merge_sibling_matmuls(g: Graph) -> int:
-    """Matmuls A @ W_i with the same A (up to reshape views) and constant 2-D W_i -> A @ [W_1 .. W_n]."""
+    """Matmuls A @ W_i with the same A (up to reshape views) and constant 2-D W_i -> A @ [W_1 .. W_n].
+
+    A matmul whose result feeds a constant (bias) add is left alone: merged, its bias would
+    no longer fuse into the matmul's epilogue and would cost a kernel of its own (BERT's
+    Q/K/V), which is more than the merge saves."""
+    users = _users(g)
+
+    def feeds_bias_add(n: Node) -> bool:
+        return any(u.op == "add" and any(v.is_const for v in u.inputs) for u in users.get(id(n.output), ()))
+
     groups: dict[tuple, list[Node]] = {}
     for n in g.nodes:
         if (n.op == "matmul" and len(n.inputs) == 2 and "epilogue" not in n.attrs and n.inputs[1].is_const
-                and n.inputs[1].type.rank == 2 and n.inputs[0].type.rank == 2):
+                and n.inputs[1].type.rank == 2 and n.inputs[0].type.rank == 2 and not feeds_bias_add(n)):
             key = (id(_base(n.inputs[0])), n.inputs[0].shape, n.inputs[1].shape[0], n.inputs[1].dtype)
             groups.setdefault(key, []).append(n)
     merged = 0

@@ -110,7 +110,7 @@ def chip_from_scalesim(arch: ScaleSimArch, bandwidth_words: float | None = None)
             "scratchpad": {"bytes": sram_bytes, "bytes_per_cycle": (arch.rows + arch.cols) * 2 * WORD_BYTES},
             "dma_bytes_per_cycle": max(int(bw_bytes), 1),
         },
-        "l2": {"bytes": sram_bytes, "bytes_per_cycle": max(int(bw_bytes), 1)},
+        "l2": {"bytes": 1, "bytes_per_cycle": max(int(bw_bytes), 1)},  # SCALE-Sim has no cache: nothing fits
         "hbm": {"bytes": 1 << 34, "bandwidth_gbs": bw_bytes, "latency_ns": 1.0, "burst_bytes": WORD_BYTES},
         "host_link": {"bandwidth_gbs": 32.0, "latency_us": 1.0},
         # SCALE-Sim models no energy; these are vnpu-v1's figures so reports stay well-formed.

@@ -59,8 +59,9 @@ class Core(_Strict):
 
 
 class L2(_Strict):
-    bytes: PositiveInt
+    bytes: PositiveInt = Field(description="capacity; DMA loads of a view moved earlier in the same kernel hit")
     bytes_per_cycle: PositiveInt
+    latency_ns: PositiveFloat | None = Field(None, description="hit latency; default half the HBM latency")
 
 
 class HBM(_Strict):

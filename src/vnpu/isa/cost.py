@@ -92,6 +92,12 @@ def hbm_latency_cycles(chip: Chip) -> float:
     return chip.hbm.latency_ns * 1e-9 * chip.clock_hz
 
 
+def l2_latency_cycles(chip: Chip) -> float:
+    """An L2 hit's latency: the chip's figure, or half the HBM latency where it gives none."""
+    ns = chip.l2.latency_ns if chip.l2.latency_ns is not None else chip.hbm.latency_ns / 2
+    return ns * 1e-9 * chip.clock_hz
+
+
 def hbm_traffic_bytes(chip: Chip, footprint: int, contiguous_run: int) -> int:
     """Bytes HBM actually moves: runs shorter than a burst still cost a whole burst."""
     burst = chip.hbm.burst_bytes

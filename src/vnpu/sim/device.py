@@ -3,6 +3,7 @@ optional functional execution of each instruction at the moment it is issued."""
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable
 
@@ -39,6 +40,7 @@ class Device:
         self.host_executor = host_executor
         self.trace_events: list[dict] | None = None
         self._lat = cost.hbm_latency_cycles(chip)
+        self._l2_lat = cost.l2_latency_cycles(chip)
         self._hbm_bpc = chip.hbm_bytes_per_cycle
         self._dma_bpc = chip.core.dma_bytes_per_cycle
         self._prepared: dict[int, tuple] = {}  # id(instruction) -> (instruction, costs..., start)
@@ -98,14 +100,14 @@ class Device:
             prof.energy.sram_j += kp.sram_bytes * e.pj_per_sram_byte * 1e-12
             prof.energy.vector_j += kp.vector_ops * e.pj_per_vector_op * 1e-12
             prof.energy.hbm_j += kp.hbm_bytes * e.pj_per_hbm_byte * 1e-12
-            prof.energy.l2_j += kp.hbm_bytes * e.pj_per_l2_byte * 1e-12  # DMA traffic crosses the shared L2
+            prof.energy.l2_j += (kp.hbm_bytes + kp.l2_hit_bytes) * e.pj_per_l2_byte * 1e-12  # all DMA traffic crosses L2
         pj_mac = e.pj_per_mac.get(program.dtype, max(e.pj_per_mac.values()))
         prof.energy.mac_j = prof.macs * pj_mac * 1e-12
         prof.energy.static_j = e.static_w * prof.seconds
         for kp in prof.kernels:
             kp.energy_j = (kp.macs * pj_mac + kp.vector_ops * e.pj_per_vector_op + kp.sram_bytes * e.pj_per_sram_byte
                            + kp.hbm_bytes * (e.pj_per_hbm_byte + e.pj_per_l2_byte)) * 1e-12 + e.static_w * kp.cycles / chip.clock_hz
-        prof.l2_bytes = sum(k.hbm_bytes for k in prof.kernels)
+        prof.l2_bytes = sum(k.hbm_bytes + k.l2_hit_bytes for k in prof.kernels)
         return prof
 
     def _run_kernel_memo(self, launch: KernelLaunch, t0: float) -> KernelProfile:
@@ -135,29 +137,31 @@ class Device:
         return kp
 
     def _instr_cost(self, ins, dtype) -> tuple:
-        """(kind, hbm traffic bytes, engine cycles, macs, vector ops, sram bytes), cached per instruction."""
+        """(kind, hbm traffic bytes, engine cycles, macs, vector ops, sram bytes, L2 line key), cached per
+        instruction. The key names the HBM view a DmaLoad reads or a DmaStore writes (None for gathers
+        and scatters, whose rows depend on runtime indices)."""
         chip = self.chip
         if isinstance(ins, DmaLoad):
             fp = ins.hbm_bytes if ins.hbm_bytes >= 0 else cost.hbm_traffic_bytes(chip, ins.src.footprint_bytes(), ins.src.contiguous_run())
-            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes)
+            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes, (ins.src.offset, ins.src.shape, ins.src.strides))
         elif isinstance(ins, DmaStore):
             fp = cost.hbm_traffic_bytes(chip, ins.dst.footprint_bytes(), ins.dst.contiguous_run())
-            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes)
+            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes, (ins.dst.offset, ins.dst.shape, ins.dst.strides))
         elif isinstance(ins, DmaGather):
             rows = ins.index.numel
             row_bytes = max(ins.dst.nbytes // max(rows, 1), 1)
             fp = rows * max(row_bytes, chip.hbm.burst_bytes)
-            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes + ins.index.nbytes)
+            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes + ins.index.nbytes, None)
         elif isinstance(ins, DmaScatter):
             rows = ins.index.numel
             row_bytes = max(ins.src.nbytes // max(rows, 1), 1)
             fp = rows * max(row_bytes, chip.hbm.burst_bytes)
-            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes + ins.index.nbytes)
+            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes + ins.index.nbytes, None)
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
             n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]
             cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype, ins.continues, ins.drains)
-            r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1))
+            r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1), None)
         else:
             n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel
             work = n
@@ -166,7 +170,7 @@ class Device:
             elif ins.op.startswith("moe_route_"):  # a counting sort of the slots by expert id (2 passes)
                 work = 2 * n + ins.dst.numel
             r = (3, 0, cost.vector_cycles(chip, ins.op, work), 0, work,
-                 ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)))
+                 ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)), None)
         return r
 
     def _run_kernel(self, launch: KernelLaunch, t0: float) -> KernelProfile:
@@ -179,6 +183,15 @@ class Device:
         busy = [0.0] * 4
         stall = [0.0] * 4
         hbm_free = t0
+        # L2: an LRU of the HBM views this kernel has moved, up to the L2's capacity. Each kernel
+        # starts cold (no residency across the barrier), which keeps launches independent.
+        l2: OrderedDict = OrderedDict()
+        l2_used = 0
+        l2_cap = self.chip.l2.bytes
+        l2_free = t0
+        l2_bpc = self.chip.l2.bytes_per_cycle
+        l2_lat = self._l2_lat
+        l2_hit = 0
         heap: list = []
         seq = 0
         streams = []
@@ -228,8 +241,19 @@ class Device:
             if info is None or info[0] is not ins:
                 c = self._instr_cost(ins, dtype)
                 info = cache[id(ins)] = (ins, *c, PREPARERS[type(ins)](ins, hbm, sram) if functional else None)
-            _, kind_i, traffic, cyc, m, vo, sb, prep = info
-            if kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
+            _, kind_i, traffic, cyc, m, vo, sb, l2key, prep = info
+            if kind_i == 0 and l2key is not None and l2key in l2:
+                # L2 hit: a view this kernel already loaded or stored; the shared L2 port, not HBM
+                l2.move_to_end(l2key)
+                h0 = start if start > l2_free else l2_free
+                l2_free = h0 + traffic / l2_bpc
+                xfer_end = start + cyc
+                if l2_free > xfer_end:
+                    xfer_end = l2_free
+                occupy = xfer_end - start
+                done = xfer_end + l2_lat
+                l2_hit += traffic
+            elif kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
                 h0 = start if start > hbm_free else hbm_free
                 hbm_free = h0 + traffic / hbm_bpc
                 xfer_end = start + cyc
@@ -240,6 +264,11 @@ class Device:
                 hbm_b += traffic
                 if kind_i == 0:
                     hbm_rd += traffic
+                if l2key is not None and traffic <= l2_cap:  # allocate (reads and writes), evict LRU
+                    l2[l2key] = traffic
+                    l2_used += traffic
+                    while l2_used > l2_cap:
+                        l2_used -= l2.popitem(last=False)[1]
             else:
                 occupy = cyc
                 done = start + cyc
@@ -273,6 +302,7 @@ class Device:
         kp.sram_bytes = sram_b
         kp.hbm_bytes = hbm_b
         kp.hbm_read_bytes = hbm_rd
+        kp.l2_hit_bytes = l2_hit
         kp.instructions = n_ins
         kp.busy = dict(zip(QUEUES, busy))
         kp.stall = dict(zip(QUEUES, stall))

@@ -26,6 +26,7 @@ class KernelProfile:
     busy: dict[str, float] = field(default_factory=_zero_queues)  # summed over cores
     stall: dict[str, float] = field(default_factory=_zero_queues)
     hbm_read_bytes: int = 0
+    l2_hit_bytes: int = 0  # DMA loads served by L2 (not in hbm_bytes)
     compute_bound_cycles: float = 0.0  # matrix/vector work at peak on all cores
     memory_bound_cycles: float = 0.0  # HBM traffic at peak bandwidth
     energy_j: float = 0.0

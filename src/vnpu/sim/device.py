@@ -197,7 +197,8 @@ class Device:
         streams = []
         for ci, cs in enumerate(launch.cores):
             qlists = [cs.queues[q] for q in QUEUES]
-            st = [qlists, [0, 0, 0, 0], [t0] * 4, [0] * max(cs.semaphores, 1), {}, self.sram(ci) if functional else None]
+            st = [qlists, [0, 0, 0, 0], [t0] * 4, [0] * max(cs.semaphores, 1), {}, self.sram(ci) if functional else None,
+                  [t0] * 4]
             streams.append(st)
             for qi in range(4):
                 if qlists[qi]:
@@ -210,7 +211,7 @@ class Device:
         while heap:
             now, _, kind, ci, qi, payload = heapq.heappop(heap)
             st = streams[ci]
-            qlists, ptrs, free_at, sems, waiters, sram = st
+            qlists, ptrs, free_at, sems, waiters, sram, retired = st
             if kind == _DONE:
                 write, signal = payload
                 if write is not None:
@@ -252,6 +253,9 @@ class Device:
                     xfer_end = l2_free
                 occupy = xfer_end - start
                 done = xfer_end + l2_lat
+                if done < retired[qi]:  # a queue retires in order: a hit behind a miss waits for it
+                    done = retired[qi]
+                retired[qi] = done
                 l2_hit += traffic
             elif kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
                 h0 = start if start > hbm_free else hbm_free
@@ -261,6 +265,9 @@ class Device:
                     xfer_end = hbm_free
                 occupy = xfer_end - start
                 done = xfer_end + lat  # requests are pipelined: the engine moves on before data lands
+                if done < retired[qi]:
+                    done = retired[qi]
+                retired[qi] = done
                 hbm_b += traffic
                 if kind_i == 0:
                     hbm_rd += traffic

@@ -14,6 +14,7 @@ from vnpu.dtypes import DType
 DATASHEET = {
     "h20": (148e12, 96e9, 4000.0),           # NVIDIA H20 product brief
     "h100": (989e12, 80e9, 3350.0),          # NVIDIA H100 SXM5 datasheet
+    "h200": (989e12, 141e9, 4800.0),         # NVIDIA H200 SXM datasheet
     "a100": (312e12, 80e9, 2039.0),          # NVIDIA A100 80GB SXM4 datasheet
     "ascend-910b": (313e12, 64e9, 1600.0),   # Ascend 910B3, reported figures
 }
@@ -22,6 +23,7 @@ DATASHEET = {
 OTHER_PEAKS = {
     "h20": {DType.fp8_e4m3: 296e12, DType.fp32: 44e12},
     "h100": {DType.fp8_e4m3: 1979e12, DType.fp32: 67e12},
+    "h200": {DType.fp8_e4m3: 1979e12, DType.fp32: 67e12},
     "a100": {DType.fp32: 19.5e12, DType.int8: 624e12},
 }
 

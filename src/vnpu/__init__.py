@@ -1,5 +1,5 @@
 """vnpu: a software-defined AI inference chip, its compiler and its simulator."""
-from vnpu.api import compile, compile_ir, from_onnx, from_tensorflow, vnpu_backend
+from vnpu.api import compile, compile_ir, from_onnx, from_tensorflow, generate, vnpu_backend
 from vnpu.chip import Chip, ChipError, list_presets, load_chip
 from vnpu.dtypes import DType
 from vnpu.runtime.compiled import ArtifactError, CompiledModel
@@ -11,5 +11,6 @@ def load(path: str, chip: str | Chip | None = None) -> CompiledModel:
 
 
 __version__ = "0.1.0"
-__all__ = ["compile", "compile_ir", "from_onnx", "from_tensorflow", "vnpu_backend", "load", "Chip", "ChipError", "list_presets", "load_chip", "DType",
+__all__ = ["compile", "compile_ir", "from_onnx", "from_tensorflow", "generate", "vnpu_backend", "load", "Chip", "ChipError",
+           "list_presets", "load_chip", "DType",
            "CompiledModel", "ArtifactError", "__version__"]

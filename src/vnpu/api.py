@@ -19,7 +19,9 @@ def compile_ir(graph: Graph, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType
     dt = DType(dtype)
     output_dtypes = [v.dtype for v in graph.outputs]
     program, optimized = compile_graph(graph, chip_, dt)
-    info = ModelInfo(name or graph.name, dt, [v.shape for v in graph.inputs], output_dtypes, dict(fallback_ops or {}),
+    state = {id(v) for v, _ in graph.state}
+    info = ModelInfo(name or graph.name, dt, [v.shape for v in graph.inputs if id(v) not in state], output_dtypes,
+                     dict(fallback_ops or {}),
                      str(optimized))
     return CompiledModel(program, chip_, info)
 
@@ -134,3 +136,12 @@ def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
     cache[signature(list(example_inputs))] = first
     run.vnpu_model = first[0]  # type: ignore[attr-defined]
     return run
+
+
+def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1, chip: str | Chip = DEFAULT_CHIP,
+             dtype: str | DType = "bf16", timing_only: bool | None = None) -> Any:
+    """Greedy generation of a zoo LLM on the chip (see vnpu.runtime.llm.generate): returns a
+    GenerationReport with tokens, ttft_s, tpot_s, tokens_per_s, energy_per_token_j and memory."""
+    from vnpu.runtime.llm import generate as _generate
+
+    return _generate(model, prompt_len, max_new_tokens, batch, chip, dtype, timing_only)

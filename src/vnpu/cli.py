@@ -5,6 +5,10 @@
     vnpu zoo                        built-in workloads
     vnpu run MODEL [options]        compile, simulate, check numerics against the source framework, report
                                     (MODEL: a zoo name, a .onnx file, a .keras file or a SavedModel directory)
+    vnpu import-topology FILE.csv --scale-config FILE.cfg [--gemm] [--json OUT]
+                                    rerun a SCALE-Sim study: per-layer cycles
+    vnpu generate LLM [options]     greedy LLM generation on the chip: TTFT, TPOT, tokens/s, energy
+    vnpu compare --chips A,B --model LLM   the same generation on several chips, side by side
     vnpu version
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
@@ -351,6 +355,182 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
         return 0
     out.print(f"[bold red]FAIL[/] numerics ({dt.value}: {escape(numerics.criterion)})")
     return EXIT_FAIL
+
+
+# -- vnpu import-topology -----------------------------------------------------------------
+@app.command("import-topology")
+def import_topology(
+    topology: Annotated[Path, typer.Argument(help="SCALE-Sim topology CSV (conv, or M,N,K with --gemm)",
+                                             metavar="FILE.csv")],
+    scale_config: Annotated[Path, typer.Option("--scale-config", help="SCALE-Sim architecture file",
+                                               metavar="FILE.cfg")],
+    gemm: Annotated[bool, typer.Option("--gemm", help="the CSV lists GEMMs (Layer, M, N, K)")] = False,
+    bandwidth: Annotated[Optional[float], typer.Option("--bandwidth", help="DRAM words/cycle (default: the "
+                                                       ".cfg's Bandwidth)", metavar="WORDS")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write per-layer cycles here (a list of "
+                                                      "objects)", metavar="PATH")] = None,
+) -> None:
+    """Rerun a SCALE-Sim study on vnpu: per-layer compute and total cycles.
+
+    The .cfg becomes one R x C array with SCALE-Sim's dataflow, fold-by-fold timing and
+    mapping (docs/timing.md); each layer is compiled and simulated in timing-only mode.
+    """
+    import json
+
+    from vnpu.chip.scalesim_cfg import read_scalesim_cfg
+    from vnpu.frontends.scalesim import TopologyError
+    from vnpu.topology_study import run_scalesim_study
+
+    _check_output(json_path, "--json")
+    if bandwidth is not None and bandwidth <= 0:
+        _die(f"--bandwidth must be positive, got {bandwidth}")
+    t0 = time.perf_counter()
+    try:
+        arch = read_scalesim_cfg(scale_config)
+        chip, rows = run_scalesim_study(topology, scale_config, gemm, bandwidth)
+    except (ChipError, TopologyError) as e:
+        _die(e)
+    wall = time.perf_counter() - t0
+    from rich.table import Table
+
+    out = _console()
+    t = Table(title=f"{topology.name} on {escape(chip.description)}", title_justify="left")
+    for col in ("layer", "Sr", "Sc", "T", "folds", "compute cycles", "total cycles", "stall", "map eff", "util"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        t.add_row(escape(r.layer), str(r.sr), str(r.sc), str(r.t), str(r.folds), f"{r.compute_cycles:,}",
+                  f"{r.total_cycles:,}", f"{r.stall_cycles:,}", f"{100 * r.mapping_efficiency:.1f}%",
+                  f"{100 * r.compute_util:.1f}%")
+    out.print(t)
+    compute = sum(r.compute_cycles for r in rows)
+    total = sum(r.total_cycles for r in rows)
+    out.print(f"{len(rows)} layers: {compute:,} compute cycles, {total:,} total cycles "
+              f"({arch.dataflow.upper()}, {arch.rows}x{arch.cols}, {chip.hbm.bandwidth_gbs / 4:g} words/cycle); "
+              f"simulated in {wall:.2f} s")
+    if arch.bandwidth_mode == "CALC" and bandwidth is None:
+        out.print("[dim]the .cfg asks SCALE-Sim for CALC bandwidth (no stalls); vnpu prices memory at its "
+                  "Bandwidth figure, so compare compute cycles[/]")
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+        except OSError as e:
+            _die(f"cannot write {json_path}: {e.strerror or e}")
+
+
+# -- vnpu generate -------------------------------------------------------------------------
+@app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="LLM name (qwen3-tiny, llama-tiny, qwen3-moe-tiny, qwen3-0.6b, "
+                                               "qwen3-8b, qwen3-32b, qwen3-235b-a22b, llama-3.1-8b)", metavar="MODEL")],
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens (random ids, fixed seed)",
+                                            metavar="N")] = 16,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate", metavar="M")] = 32,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="sequences generated together", metavar="B")] = 1,
+    chips: Annotated[int, typer.Option("--chips", help="chips to serve on: tensor parallel attention and MLPs, "
+                                                       "expert parallel MoE (timing only)", metavar="C")] = 1,
+    chip: ChipOpt = DEFAULT_CHIP,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16", metavar="DTYPE")] = "bf16",
+    timing_only: Annotated[Optional[bool], typer.Option("--timing-only/--functional",
+                                                        help="timing simulation from meta-device weights (default "
+                                                             "for the big models) or real tokens (default for the "
+                                                             "small variants)")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics (and tokens) here",
+                                                      metavar="PATH")] = None,
+) -> None:
+    """Greedy generation of a zoo LLM on the chip: prefill and decode programs with the KV cache
+    resident in simulated HBM. Reports time to first token, time per output token, tokens/s,
+    decode HBM utilization, KV-cache and weight memory, and energy per token."""
+    import json
+
+    from vnpu.runtime.llm import ModelTooLargeError
+    from vnpu.runtime.llm import generate as llm_generate
+    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+
+    dt_name = dtype.strip().lower()
+    if dt_name not in RUN_DTYPES:
+        _die(f"unsupported dtype {dtype!r}; vnpu generate takes {' or '.join(RUN_DTYPES)}")
+    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch),
+                     ("--chips", chips)):
+        if val < 1:
+            _die(f"{opt} must be a positive integer, got {val}")
+    _check_output(json_path, "--json")
+    c = _chip(chip)
+    try:
+        get_llm(model)
+    except UnknownLLMError as e:
+        _die(e)
+    err, out = _console(stderr=True), _console()
+    where = f"{chips} x {c.name}" if chips > 1 else c.name
+    try:
+        with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {where} ({dt_name})"):
+            rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips)
+    except ModelTooLargeError as e:
+        _die(e)
+    except (ValueError, MemoryError) as e:
+        _die(e)
+    from vnpu.report.tables import generation_table
+
+    out.print(generation_table(rep))
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(rep.to_dict(), indent=1))
+        except OSError as e:
+            _die(f"cannot write {json_path}: {e.strerror or e}")
+        err.print(f"[green]✓[/] metrics → {escape(str(json_path))}")
+
+
+# -- vnpu compare --------------------------------------------------------------------------
+@app.command()
+def compare(
+    chips: Annotated[str, typer.Option("--chips", help="comma-separated chip presets or .toml paths",
+                                       metavar="A,B,...")] = "vnpu-v1,h20",
+    model: Annotated[str, typer.Option("--model", help="LLM name (see vnpu generate)", metavar="MODEL")] = "qwen3-32b",
+    prompt_len: Annotated[int, typer.Option("--prompt-len", metavar="N")] = 2048,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="M")] = 128,
+    batch: Annotated[int, typer.Option("--batch", "-b", metavar="B")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE")] = "bf16",
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="PATH")] = None,
+) -> None:
+    """Serve one LLM on several chips (timing only) and print TTFT, TPOT, tokens/s and energy per
+    token side by side. Each chip gets the fewest chips of its kind that hold the model."""
+    import json
+
+    from vnpu.runtime.llm import chips_needed
+    from vnpu.runtime.llm import generate as llm_generate
+    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+
+    dt_name = dtype.strip().lower()
+    if dt_name not in RUN_DTYPES:
+        _die(f"unsupported dtype {dtype!r}; vnpu compare takes {' or '.join(RUN_DTYPES)}")
+    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch)):
+        if val < 1:
+            _die(f"{opt} must be a positive integer, got {val}")
+    names = [n.strip() for n in chips.split(",") if n.strip()]
+    if not names:
+        _die("--chips: give at least one chip")
+    try:
+        get_llm(model)
+    except UnknownLLMError as e:
+        _die(e)
+    _check_output(json_path, "--json")
+    chip_objs = [_chip(n) for n in names]
+    err, out = _console(stderr=True), _console()
+    reports = []
+    for c in chip_objs:
+        try:
+            n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name)
+            with _quiet_warnings(), _step(err, f"{model} on {n} x {c.name}"):
+                reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n))
+        except (ValueError, MemoryError) as e:
+            _die(f"{c.name}: {e}")
+    from vnpu.report.tables import compare_table
+
+    out.print(compare_table(reports))
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+        except OSError as e:
+            _die(f"cannot write {json_path}: {e.strerror or e}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

@@ -32,6 +32,13 @@ class MatrixEngine(_Strict):
     rate: dict[DType, PositiveFloat] = Field(
         description="MACs per PE per cycle for each supported dtype (bf16 = 1 is the array's native rate)"
     )
+    mapping: Literal["tiled", "fold_stream"] = Field(
+        "tiled",
+        description="how the compiler maps a matmul onto the array: 'tiled' (scratchpad-resident "
+        "M x K x N tiles, double-buffered, split over cores; vnpu's default) or 'fold_stream' "
+        "(SCALE-Sim's mapping: each fold of the stationary operand streams the whole remaining "
+        "dimension through the array in chunks from a double-buffered scratchpad)",
+    )
 
 
 class VectorEngine(_Strict):

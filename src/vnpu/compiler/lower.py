@@ -8,11 +8,12 @@ from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph
 from vnpu.ir.ops import OPS
 from vnpu.ir.verify import verify
-from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.isa.program import HostLaunch, KernelLaunch, Program, timing_key
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
-from vnpu.compiler.memory import materialize_views, plan_memory
-from vnpu.compiler.passes import legalize, set_precision
+from vnpu.compiler.memory import check_state, materialize_views, plan_memory
+from vnpu.compiler.passes import legalize, set_precision, split_decode_attention
+from vnpu.compiler.patterns import rewrite_llm_patterns
 
 
 class CompileError(RuntimeError):
@@ -28,19 +29,27 @@ def optimize(graph: Graph, dtype: DType) -> Graph:
     g = graph.clone()
     set_precision(g, dtype)
     legalize(g)
+    rewrite_llm_patterns(g)
     fuse(g)
     materialize_views(g)
     verify(g)
     return g
 
 
-def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> tuple[Program, Graph]:
+def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
+                  base: int = 0) -> tuple[Program, Graph]:
+    """`pinned`/`base`: see memory.plan_memory (programs sharing weights and state on one device)."""
     dtype = DType(dtype)
     if not chip.supports(dtype):
         raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
     verify(graph)
     g = optimize(graph, dtype)
-    plan = plan_memory(g, chip.hbm.bytes, chip.name)
+    split_decode_attention(g, chip)
+    try:
+        check_state(g)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
+    plan = plan_memory(g, chip.hbm.bytes, chip.name, pinned, base)
     launches: list[KernelLaunch | HostLaunch] = []
     for n in g.nodes:
         kind = OPS[n.op].kind
@@ -57,7 +66,10 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> 
         scalars = [float(v.data.reshape(-1)[0]) if (v.is_const and v.type.numel == 1 and v.dtype.is_float) else None
                    for v in n.inputs]
         ctx = KernelContext(chip, dtype, n, ins, outs, scalars)
-        launches.append(fn(ctx))
+        res = fn(ctx)  # a kernel may take several launches (e.g. split attention and its combine)
+        for launch in res if isinstance(res, list) else [res]:
+            launch.timing_key = timing_key(launch)
+            launches.append(launch)
     consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
     prog = Program(
         chip_name=chip.name, chip_fingerprint=chip_fingerprint(chip), dtype=dtype, launches=launches,
@@ -65,5 +77,8 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32) -> 
         outputs=[plan.refs[id(v)] for v in g.outputs], constants=consts,
         input_names=[v.name for v in g.inputs], output_names=[v.name for v in g.outputs],
         weight_bytes=plan.weight_bytes, activation_bytes=plan.arena_bytes,
+        state=[(v.name, plan.refs[id(v)]) for v, _ in g.state],
+        state_init=[(plan.refs[id(v)], g.state_init[v.name]) for v, _ in g.state if v.name in g.state_init],
+        weight_names=sorted(c.name for c in g.constants() if c.name in g.weight_names),
     )
     return prog, g

@@ -75,22 +75,68 @@ def materialize_views(g: Graph) -> None:
         sym[id(n.output)] = out
 
 
-def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
+def _aliases_input(n: Node) -> bool:
+    """Nodes whose output is their first input's buffer: views, and in-place index writes."""
+    return OPS[n.op].kind == "view" or n.op == "index_write"
+
+
+def check_state(g: Graph) -> None:
+    """Persistent state must be updated in place: each state's new value is a chain of
+    index_writes on the state input itself, and nothing reads the old contents after a write."""
+    state_ids = {id(v) for v, _ in g.state}
+    root: dict[int, Value] = {id(v): v for v in g.inputs}
+    written: set[int] = set()  # ids of state inputs whose buffer already holds newer data
+    version: dict[int, Value] = {}  # state input id -> its current value
+    for v, _ in g.state:
+        version[id(v)] = v
+    for n in g.nodes:
+        for v in n.inputs:
+            r = root.get(id(v))
+            if r is not None and id(r) in written and version[id(r)] is not v and not _aliases_input(n):
+                raise ValueError(f"{n.name} reads %{v.name}, an old version of state %{r.name} overwritten in place")
+        if n.op == "index_write":
+            r = root.get(id(n.inputs[0]))
+            if r is None or id(r) not in state_ids:
+                raise ValueError(f"{n.name}: index_write into %{n.inputs[0].name}, which is not persistent state "
+                                 "(only KV-cache buffers are written in place)")
+            written.add(id(r))
+            version[id(r)] = n.output
+        if _aliases_input(n) and n.inputs and id(n.inputs[0]) in root:
+            root[id(n.output)] = root[id(n.inputs[0])]
+    for v, new in g.state:
+        if new is not v and root.get(id(new)) is not v:
+            raise ValueError(f"state %{v.name} is replaced by %{new.name}, which does not live in its buffer; "
+                             "a state must be updated by in-place writes (index_copy_)")
+
+
+def plan_memory(g: Graph, capacity: int, chip_name: str = "chip", pinned: dict[str, int] | None = None,
+                base: int = 0) -> MemoryPlan:
+    """Places every value. `pinned` gives fixed offsets to named weights and state buffers
+    shared with other programs on the same device; the rest is laid out from `base` up."""
     refs: dict[int, HbmRef] = {}
-    top = 0
+    pinned = pinned or {}
+    top = base
 
     def place(v: Value, off: int) -> None:
         refs[id(v)] = HbmRef(off, v.dtype, v.shape, views.contiguous_strides(v.shape))
 
     consts = g.constants()
+    shared = 0
     for c in consts:
+        if c.name in pinned:
+            place(c, pinned[c.name])
+            shared += c.type.nbytes
+            continue
         place(c, top)
         top = _align(top + c.type.nbytes)
-    weight_bytes = top
+    weight_bytes = top - base + shared
     for v in g.inputs:
+        if v.name in pinned:
+            place(v, pinned[v.name])
+            continue
         place(v, top)
         top = _align(top + v.type.nbytes)
-    input_bytes = top - weight_bytes
+    input_bytes = top - base - (weight_bytes - shared)
     arena0 = top
 
     # lifetimes over node positions; views extend their root buffer's lifetime
@@ -104,7 +150,7 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
         for v in n.inputs:
             r = root.get(id(v), v)
             death[id(r)] = i
-        if OPS[n.op].kind == "view":
+        if _aliases_input(n):
             root[id(n.output)] = root.get(id(n.inputs[0]), n.inputs[0])
         else:
             for o in n.outputs:
@@ -134,11 +180,15 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
     total = arena0 + arena
     # views get their placements from their sources
     for n in g.nodes:
-        if OPS[n.op].kind == "view":
+        if n.op == "index_write":
+            refs[id(n.output)] = refs[id(n.inputs[0])]
+        elif OPS[n.op].kind == "view":
             src = refs[id(n.inputs[0])]
             out = _view_of(n, src)
             assert out is not None, f"{n.name}: view not materialized"
             refs[id(n.output)] = out
+    total = max(total, max((off + _align(v.type.nbytes) for v in consts + g.inputs if v.name in pinned
+                            for off in [pinned[v.name]]), default=0))
     if total > capacity:
         gib, u = next((d, u) for d, u in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "B")) if capacity >= d or d == 1)
         raise OutOfMemoryError(
@@ -149,4 +199,4 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip") -> MemoryPlan:
     return MemoryPlan(refs, weight_bytes, input_bytes, arena, total)
 
 
-__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "OutOfMemoryError"]
+__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "check_state", "OutOfMemoryError"]

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from vnpu.dtypes import DType
-from vnpu.ir.graph import Graph, Node, TensorType, Value
+from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
+
+if TYPE_CHECKING:
+    from vnpu.chip.schema import Chip
 
 
 def set_precision(g: Graph, dtype: DType) -> None:
@@ -23,7 +28,10 @@ def set_precision(g: Graph, dtype: DType) -> None:
         if v.dtype.is_float and v.dtype != dtype:
             v.type = TensorType(v.shape, dtype)
             if v.data is not None:
-                v.data = v.data.astype(dtype.np)
+                if is_shape_only(v.data):  # a meta-device weight's stand-in: keep it free
+                    v.data = shape_only_array(v.data.shape, dtype)
+                else:
+                    v.data = v.data.astype(dtype.np)
 
     for v in g.inputs:
         fix(v)
@@ -73,3 +81,22 @@ def legalize(g: Graph) -> None:
             data = w.data.reshape(grp, o // grp, cg * kh * kw).transpose(0, 2, 1)
             n.inputs[1] = g.add_const(w.name + "_gkn", np.ascontiguousarray(data), w.dtype)
             n.attrs["weight_gkn"] = (o, cg, kh, kw)
+
+
+def split_decode_attention(g: Graph, chip: "Chip") -> None:
+    """Attention with too few (batch x KV head x query block) units to occupy the cores (decode)
+    splits its keys over cores and gains a scratch output for the partial results
+    (kernels.attention.choose_kv_splits)."""
+    from vnpu.ir.ops import infer_types
+    from vnpu.kernels.attention import choose_kv_splits
+
+    for n in g.nodes:
+        if n.op != "attention" or n.attrs.get("prefill") or "kv_splits" in n.attrs:
+            continue
+        q, k = n.inputs[0], n.inputs[1]
+        b, hq, s, _ = q.shape
+        splits = choose_kv_splits(chip.cores, b, k.shape[1], s, hq, int(n.attrs.get("kv_len", k.shape[2])))
+        if splits > 1:
+            n.attrs["kv_splits"] = splits
+            scratch = infer_types("attention", [v.type for v in n.inputs], n.attrs)[1]
+            n.outputs.append(Value(g._fresh(f"{n.name}_partials"), scratch, n))

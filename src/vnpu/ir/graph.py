@@ -10,6 +10,16 @@ import numpy as np
 from vnpu.dtypes import DType
 
 
+def shape_only_array(shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """A stand-in constant with no memory behind it (zero strides): timing-only programs of
+    models instantiated on the `meta` device need each weight's shape and dtype, not its data."""
+    return np.broadcast_to(np.zeros((), dtype.np), shape)
+
+
+def is_shape_only(a: np.ndarray) -> bool:
+    return a.size > 1 and all(s == 0 for s in a.strides)
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
@@ -76,13 +86,23 @@ class Node:
 
 
 class Graph:
-    """Nodes in topological order; `inputs` are runtime arguments, constants hang off Values."""
+    """Nodes in topological order; `inputs` are runtime arguments, constants hang off Values.
+
+    `state` pairs an input that is persistent device state (a KV cache) with the value that
+    replaces it after a run; the compiler requires that value to live in the input's own
+    buffer (updated in place). `weight_names` names the constants that are model weights
+    (the same tensor under the same name in every graph exported from one module), which
+    programs sharing a device keep in one copy.
+    """
 
     def __init__(self, name: str = "graph"):
         self.name = name
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
+        self.state: list[tuple[Value, Value]] = []
+        self.state_init: dict[str, np.ndarray] = {}  # state input name -> its contents before the first run
+        self.weight_names: set[str] = set()
         self._ids = itertools.count()
         self._names: set[str] = set()
 
@@ -139,6 +159,9 @@ class Graph:
                 o.producer = nn
             g.nodes.append(nn)
         g.outputs = [cp(v) for v in self.outputs]
+        g.state = [(cp(a), cp(b)) for a, b in self.state]
+        g.weight_names = set(self.weight_names)
+        g.state_init = dict(self.state_init)
         return g
 
     def constants(self) -> list[Value]:

@@ -20,7 +20,7 @@ class IRTypeError(ValueError):
 class OpDef:
     name: str
     infer: Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
-    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused
+    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused | attention | scatter | topk | moe
 
 
 OPS: dict[str, OpDef] = {}
@@ -255,3 +255,115 @@ def _copy(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 @register("host_call", "host")
 def _host_call(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return list(attrs["out_types"])
+
+
+# -- LLM ops ----------------------------------------------------------------------------------
+@register("attention", "attention")
+def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """q [B, Hq, S, D], k/v [B, Hkv, L, D(v)], optional q_pos int [S] -> [B, S, Hq, Dv].
+
+    With q_pos, key j is visible to query i iff j <= q_pos[i] (causal over a KV cache);
+    without, every key is visible. attrs: scale; kv_len (keys read, default L: a decode
+    program for a KV-length bucket reads only the first kv_len cache slots); kv_splits (> 1:
+    the keys are split over cores, flash-decoding style, and a second output
+    [splits, B, S, Hq, Dv + 2] fp32 holds each split's unnormalized O, running max and sum)."""
+    q, k, v = ins[:3]
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        raise IRTypeError(f"attention expects rank-4 q, k, v, got {q}, {k}, {v}")
+    b, hq, s, d = q.shape
+    if k.shape[0] != b or v.shape[:3] != k.shape[:3] or k.shape[3] != d:
+        raise IRTypeError(f"attention: k {k} / v {v} do not match q {q}")
+    if hq % k.shape[1]:
+        raise IRTypeError(f"attention: {hq} query heads are not a multiple of {k.shape[1]} KV heads")
+    if len(ins) > 3 and (ins[3].shape != (s,) or ins[3].dtype.is_float):
+        raise IRTypeError(f"attention: q_pos must be int [{s}], got {ins[3]}")
+    if not (0 < attrs.get("kv_len", k.shape[2]) <= k.shape[2]):
+        raise IRTypeError(f"attention: kv_len {attrs.get('kv_len')} outside 1..{k.shape[2]}")
+    out = [TensorType((b, s, hq, v.shape[3]), _same_dtype("attention", [q, k, v]))]
+    splits = int(attrs.get("kv_splits", 1))
+    if splits > 1:
+        out.append(TensorType((splits, b, s, hq, v.shape[3] + 2), DType.fp32))
+    return out
+
+
+@register("index_write", "scatter")
+def _index_write(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """dest with dest[..., index[i], ...] = src[..., i, ...] along `axis`, written in place
+    into dest's buffer (KV-cache append); dest must be persistent state."""
+    dest, idx, src = ins
+    ax = attrs["axis"]
+    if idx.rank != 1 or idx.dtype.is_float:
+        raise IRTypeError(f"index_write: index must be a 1-D int tensor, got {idx}")
+    want = dest.shape[:ax] + (idx.shape[0],) + dest.shape[ax + 1:]
+    if src.shape != want:
+        raise IRTypeError(f"index_write: src {src} should have shape {want}")
+    return [TensorType(dest.shape, _same_dtype("index_write", [dest, src]))]
+
+
+@register("topk", "topk")
+def _topk(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """The k largest along the last axis, largest first (ties: lower index first): values, int64 indices."""
+    (x,) = ins
+    k = attrs["k"]
+    if not (1 <= k <= x.shape[-1]):
+        raise IRTypeError(f"topk: k={k} outside 1..{x.shape[-1]}")
+    shape = x.shape[:-1] + (k,)
+    return [TensorType(shape, x.dtype), TensorType(shape, DType.int64)]
+
+
+def moe_tiles(tokens_x_k: int, experts: int, rows: int) -> int:
+    """Tiles of `rows` routed slots that cover any routing of tokens_x_k slots over `experts`:
+    each used expert's slots are padded to whole tiles, so at most
+    floor((T*K + min(E, T*K) * (rows - 1)) / rows) tiles (T*K / rows + E in the worst case)."""
+    return (tokens_x_k + min(experts, tokens_x_k) * (rows - 1)) // rows
+
+
+@register("moe_route", "moe")
+def _moe_route(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Top-k expert ids [T, K] -> the grouped-matmul schedule: per tile its expert [NT] and the
+    token [NT, rows] and slot (t*K + k) [NT, rows] of each row; pad rows get token 0 and slot
+    T*K (a dump row), unused tiles expert 0."""
+    (idx,) = ins
+    if idx.rank != 2 or idx.dtype.is_float:
+        raise IRTypeError(f"moe_route: expert ids must be int [T, K], got {idx}")
+    nt = moe_tiles(idx.numel, attrs["experts"], attrs["rows"])
+    return [TensorType((nt,), DType.int64), TensorType((nt, attrs["rows"]), DType.int64),
+            TensorType((nt, attrs["rows"]), DType.int64)]
+
+
+@register("moe_ffn", "moe")
+def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x [T, H], the moe_route schedule, gate_up [E, 2I, H], down [E, H, I] -> per routed slot
+    down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x[t]: [T*K + 1, H] (last row: pad dump)."""
+    x, tile_e, tile_tok, tile_slot, gu, dn = ins
+    t, h = x.shape
+    e, i2, h2 = gu.shape
+    if h2 != h or dn.shape != (e, h, i2 // 2):
+        raise IRTypeError(f"moe_ffn: expert weights {gu}, {dn} do not match hidden size {h}")
+    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
+        raise IRTypeError("moe_ffn: inconsistent routing tables")
+    return [TensorType((attrs["slots"] + 1, h), _same_dtype("moe_ffn", [x, gu, dn]))]
+
+
+@register("rms_norm", "norm")
+def _rms_norm(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x * rsqrt(mean(x^2, last axis) + eps) [* weight] (RMSNorm: no centring, no bias)."""
+    x = ins[0]
+    if len(ins) > 1 and ins[1].shape != x.shape[-1:]:
+        raise IRTypeError(f"rms_norm: weight {ins[1]} does not match the last dim of {x}")
+    return [x]
+
+
+@register("rope", "rope")
+def _rope(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Rotary embedding (rotate-half form): x * cos + cat(-x2, x1) * sin over the last axis,
+    with x1, x2 the halves of x; cos/sin broadcast to x. With attrs norm_eps, x is first
+    RMS-normalized over the last axis (times the optional 4th input, a weight)."""
+    x, c, s = ins[:3]
+    if len(ins) > 3 and ins[3].shape != x.shape[-1:]:
+        raise IRTypeError(f"rope: norm weight {ins[3]} does not match the last dim of {x}")
+    if x.shape[-1] % 2:
+        raise IRTypeError(f"rope: last dim of {x} is odd")
+    if broadcast_shapes(x.shape, c.shape, s.shape) != x.shape:
+        raise IRTypeError(f"rope: cos {c} / sin {s} do not broadcast to {x}")
+    return [TensorType(x.shape, _same_dtype("rope", [x, c, s]))]

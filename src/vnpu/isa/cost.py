@@ -30,24 +30,50 @@ def systolic_folds(chip: Chip, m: int, k: int, n: int) -> tuple[int, int]:
     return math.ceil(k / r) * math.ceil(m / c), n
 
 
-def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType) -> int:
+def stationary_preload_cycles(chip: Chip) -> int:
+    """Cycles to shift a fold's stationary block into the array before it can stream.
+
+    WS and IS pin an operand (weights, inputs): R cycles to shift it down the rows. OS pins
+    the outputs themselves: the accumulators clear in place, nothing is preloaded.
+    """
+    return 0 if chip.core.matrix.dataflow == "os" else chip.core.matrix.rows
+
+
+def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType,
+                  continues: bool = False, drains: bool = True) -> int:
     """Cycles for one MatMul instruction.
 
-    Per fold: R cycles to load the stationary block, T cycles to stream operands (T / rate
-    for dtypes processed at other than one MAC per PE per cycle), then R + C - 2 cycles of
-    skew for the last operand to cross the array and its result to drain.
-    Without fold pipelining that is the fold-by-fold total  folds * (2R + C + T - 2).
-    With it, the next block loads while the current one streams, so folds start every
-    max(T, R) cycles, the last one streams T, and the first load and the last drain are paid
-    once:  R + (folds - 1) * max(T, R) + T + R + C - 2.
+    Per fold: P cycles to preload the stationary block (P = R for WS/IS, 0 for OS), T cycles
+    to stream operands (T / rate for dtypes processed at other than one MAC per PE per
+    cycle), then R + C - 2 cycles of skew for the last operand to cross the array and its
+    result to leave.
+    Without fold pipelining that is the fold-by-fold total  folds * (P + T + R + C - 2),
+    SCALE-Sim v3's count plus one (docs/timing.md derives both).
+    With it, the next block loads (or the previous outputs drain, for OS) while the current
+    fold streams, so folds start every max(T, R) cycles, the last one streams T, and the
+    first preload and the last skew are paid once:  P + (folds - 1) * max(T, R) + T + R + C - 2.
+
+    A fold may also span several instructions that stream its T dimension in chunks from a
+    double-buffered scratchpad (the `fold_stream` mapping). Such an instruction covers one
+    fold; `continues` says the array already holds the stationary block and a full pipeline
+    from the previous chunk (no preload), `drains` that this chunk ends the fold (pay the
+    skew). A fold streamed in chunks T1..Tn then costs P + sum(Ti) + R + C - 2, the same as
+    one instruction streaming all of T.
     """
     mx = chip.core.matrix
     r, c = mx.rows, mx.cols
     folds, t = systolic_folds(chip, m, k, n)
     t = math.ceil(t / mx.rate[dtype])
+    preload = stationary_preload_cycles(chip)
+    skew = r + c - 2
+    if continues or not drains:
+        if folds != 1:
+            raise ValueError(f"a chunked MatMul must cover exactly one fold; [{m}x{k}]@[{k}x{n}] "
+                             f"on a {r}x{c} {mx.dataflow.upper()} array is {folds} folds")
+        return (0 if continues else preload) + t + (skew if drains else 0)
     if mx.pipelined_folds:
-        return r + (folds - 1) * max(t, r) + t + r + c - 2
-    return folds * (2 * r + c + t - 2)
+        return preload + (folds - 1) * max(t, r) + t + skew
+    return folds * (preload + t + skew)
 
 
 def vector_cycles(chip: Chip, op: str, elements: int) -> int:
@@ -72,3 +98,15 @@ def hbm_traffic_bytes(chip: Chip, footprint: int, contiguous_run: int) -> int:
     if contiguous_run >= burst or contiguous_run <= 0:
         return footprint
     return footprint * burst // contiguous_run
+
+
+def allreduce_seconds(chip: Chip, nbytes: float, chips: int) -> float:
+    """Ring all-reduce of an nbytes tensor over `chips` chips on the chip-to-chip link:
+    2 (n - 1) steps, each moving nbytes / n per chip and paying the link latency."""
+    if chips <= 1:
+        return 0.0
+    link = chip.chip_link
+    if link is None:
+        raise ValueError(f"{chip.name} has no chip_link: it cannot be used in a multi-chip configuration")
+    steps = 2 * (chips - 1)
+    return steps * (nbytes / chips / (link.bandwidth_gbs * 1e9) + link.latency_us * 1e-6)

@@ -103,6 +103,19 @@ class DmaGather:
 
 
 @dataclass(slots=True)
+class DmaScatter:
+    """Rows of `src` (SRAM, [n, *row]) written to the rows of `table` ([rows, *row] HBM view)
+    picked by the n int indices in `index` (SRAM): a KV-cache append at runtime positions."""
+
+    src: SramRef
+    index: SramRef
+    table: HbmRef
+    waits: tuple[Wait, ...] = ()
+    signal: int = -1
+    queue = "dma_out"
+
+
+@dataclass(slots=True)
 class DmaStore:
     src: SramRef
     dst: HbmRef
@@ -113,7 +126,13 @@ class DmaStore:
 
 @dataclass(slots=True)
 class MatMul:
-    """acc[M,N] (fp32) (+)= a[M,K] @ b[K,N] on the systolic array, operands in `dtype`."""
+    """acc[M,N] (fp32) (+)= a[M,K] @ b[K,N] on the systolic array, operands in `dtype`.
+    With `trans_b`, b is stored [N, K] and used transposed (Q @ K^T: the array loads the
+    stationary block either way round).
+
+    `continues` / `drains` let one fold span several instructions that stream it in chunks
+    (see isa.cost.matmul_cycles): the defaults describe a self-contained instruction.
+    """
 
     a: SramRef
     b: SramRef
@@ -121,6 +140,9 @@ class MatMul:
     accumulate: bool
     waits: tuple[Wait, ...] = ()
     signal: int = -1
+    trans_b: bool = False
+    continues: bool = False
+    drains: bool = True
     queue = "matrix"
 
 
@@ -132,7 +154,10 @@ class VecOp:
     """dst = op(*srcs) elementwise, NumPy broadcasting over tile shapes, fp32 internally.
 
     `op` is an IR elementwise op name, or "reduce_sum|max|min" over attrs["axis"] of
-    srcs[0] (default the last axis, dims kept), or "fill". `view` reshapes sources to the dst's rank for broadcasting.
+    srcs[0] (default the last axis, dims kept), or "fill", or "iota" (attrs["start"] + the
+    index along attrs["axis"], default the last), or "topk_values" / "topk_indices" (the attrs["k"] largest along
+    the last axis of srcs[0], largest first, ties to the lower index), or "take" (each row of
+    srcs[0] gathered at the int positions in srcs[1]). `view` reshapes sources to the dst's rank for broadcasting.
     """
 
     op: str
@@ -145,7 +170,7 @@ class VecOp:
     queue = "vector"
 
 
-Instr = Union[DmaLoad, DmaGather, DmaStore, MatMul, VecOp]
+Instr = Union[DmaLoad, DmaGather, DmaScatter, DmaStore, MatMul, VecOp]
 
 
 @dataclass

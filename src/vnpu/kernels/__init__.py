@@ -3,7 +3,7 @@ from vnpu.kernels.base import KERNELS, KernelContext, KernelError
 
 # importing registers each kernel
 from vnpu.kernels import (  # noqa: F401,E402
-    conv2d, copy, elementwise, gather, layer_norm, matmul, pool2d, reduce, softmax,
+    attention, conv2d, copy, elementwise, gather, layer_norm, matmul, moe, pool2d, reduce, rope, scatter, softmax, topk,
 )
 
 __all__ = ["KERNELS", "KernelContext", "KernelError"]

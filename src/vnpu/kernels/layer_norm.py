@@ -23,10 +23,12 @@ from vnpu.kernels.stream import (
 F32 = DType.fp32
 
 
-@kernel("layer_norm")
+@kernel("layer_norm", "rms_norm")
 def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
+    """LayerNorm, and RMSNorm (attrs rms: no centring: y = x * rsqrt(mean(x^2) + eps) [* w])."""
     x, out = ctx.inputs[0], ctx.outputs[0]
     a = ctx.node.attrs
+    rms = bool(a.get("rms", False))
     n_ax = int(a["axis_count"])
     eps = float(a.get("eps", 1e-5))
     has_w, has_b = bool(a.get("has_weight", False)), bool(a.get("has_bias", False))
@@ -55,6 +57,8 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
     cap = ctx.chip.core.scratchpad.bytes
     pc, rc, qc = plan_rows(lay, need, cap, spread_elems(ctx, x.numel), q_min=max(1, ctx.chip.hbm.burst_bytes // isz))
     chunked = rc < D
+    if chunked and rms:
+        raise ValueError(f"rms_norm: rows of {D} elements do not fit the scratchpad")
     pshape = (lambda r: (r, 1)) if lay.three_d else (lambda r: (r,))
     static = None if chunked or not params else [
         (lay.view(2 + i, None, ((0,) * len(lay.red), lay.red), None), pshape(D)) for i in range(len(params))]
@@ -105,7 +109,14 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
         w = pr[0] if has_w and pr else None
         bias = pr[-1] if has_b and pr else None
         v = VecSeq()
-        if ps == 0:
+        if ps == 0 and rms:
+            v("mul", sq, xs, xs)
+            v("reduce_sum", m2, sq, **ra)
+            v("mul", m2, m2, 1.0 / D)
+            v("add", m2, m2, eps)
+            v("rsqrt", m2, m2)
+            scale_shift(v, xs, out_t, m2, w, bias)
+        elif ps == 0:
             v("reduce_sum", mean, xs, **ra)
             v("mul", mean, mean, 1.0 / D)
             v("sub", xc, xs, mean)
@@ -150,7 +161,7 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
         return None
 
     min_bytes = x.footprint_bytes() + sum(p.footprint_bytes() for p in params) + out.numel * out.dtype.itemsize
-    launch = emit_streaming(ctx, tiles, compute, setup, "norm", ["layer_norm"], 0, min_bytes, static=static)
+    launch = emit_streaming(ctx, tiles, compute, setup, "norm", [ctx.node.op], 0, min_bytes, static=static)
     launch.flops = vector_flops(launch)
     return launch
 

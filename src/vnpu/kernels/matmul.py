@@ -4,9 +4,11 @@ from __future__ import annotations
 import itertools
 import math
 
+from vnpu.dtypes import DType
 from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import Expr, KernelContext, kernel
+from vnpu.kernels.fold_stream import emit_fold_stream
 from vnpu.kernels.gemm import GemmChunk, GemmTile, choose_gemm_tiling, emit_gemm
 from vnpu.kernels.views import broadcast_to
 
@@ -38,6 +40,10 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     expr, epi_refs, epi_scalars = epilogue_of(ctx, 2)
     epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     groups = math.prod(batch) if batch else 1
+    if (ctx.chip.core.matrix.mapping == "fold_stream" and not batch and not expr.steps
+            and out.dtype == DType.fp32):
+        return emit_fold_stream(ctx, a, b, out, 2 * m * n * k, (a_ref.numel + b_ref.numel) * ctx.dtype.itemsize
+                                + out.numel * out.dtype.itemsize)
     n_temps = max(len(expr.steps) - 1, 0)
     tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, ctx.dtype, out.dtype.itemsize,
                                 sum(e is not None for e in epi), n_temps)

@@ -237,3 +237,54 @@ def workloads_table(workloads: Iterable[Any]) -> Table:
     for w in workloads:
         t.add_row(w.name, w.family, w.description)
     return t
+
+
+def generation_table(rep: Any) -> Table:
+    """`vnpu generate`: serving metrics of one greedy generation (a runtime.llm.GenerationReport)."""
+    t = Table(title=f"vnpu generate · {rep.model} on {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
+              title_style="bold", pad_edge=False)
+    t.add_column("metric", style="bold cyan", no_wrap=True)
+    t.add_column("value")
+    t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
+                     f"{rep.dtype} · {rep.mode}")
+    t.add_row("time to first token", fmt.seconds(rep.ttft_s))
+    t.add_row("time per output token", fmt.seconds(rep.tpot_s))
+    t.add_row("tokens/s", f"{rep.tokens_per_s:,.1f} overall · {rep.decode_tokens_per_s:,.1f} in decode")
+    t.add_row("decode HBM bandwidth", Text.assemble(
+        f"{fmt.pct(rep.decode_hbm_utilization)} of peak · step at ",
+        (fmt.pct(rep.decode_bandwidth_bound_fraction), _frac_style(rep.decode_bandwidth_bound_fraction)),
+        " of the weights+KV bandwidth bound"))
+    t.add_row("memory", f"weights {fmt.nbytes(rep.weight_bytes)} · KV cache {fmt.nbytes(rep.kv_cache_bytes)} "
+                        f"({rep.kv_capacity} tokens x batch {rep.batch})")
+    t.add_row("energy", f"{fmt.joules(rep.energy_per_token_j)} per token · {fmt.joules(rep.total_energy_j)} total")
+    t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers"
+                          + (f" · {rep.chips} chips" if rep.chips > 1 else ""))
+    if rep.tokens:
+        shown = "\n".join(" ".join(map(str, row[:16])) + (" …" if len(row) > 16 else "") for row in rep.tokens[:4])
+        t.add_row("tokens", shown)
+    if rep.fallback_ops:
+        t.add_row("host fallback", ", ".join(f"{k} x{v}" for k, v in sorted(rep.fallback_ops.items())))
+    return t
+
+
+def compare_table(reports: list[Any]) -> Table:
+    """`vnpu compare`: one column per chip (GenerationReports of the same generation)."""
+    r0 = reports[0]
+    t = Table(title=f"vnpu compare · {r0.model} · prompt {r0.prompt_len} + {r0.max_new_tokens} tokens · batch "
+                    f"{r0.batch} · {r0.dtype}", box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
+    t.add_column("metric", style="bold cyan", no_wrap=True)
+    for r in reports:
+        t.add_column(f"{r.chips} x {r.chip}" if r.chips > 1 else r.chip, justify="right")
+    rows = [
+        ("chips", lambda r: str(r.chips)),
+        ("time to first token", lambda r: fmt.seconds(r.ttft_s)),
+        ("time per output token", lambda r: fmt.seconds(r.tpot_s)),
+        ("tokens/s (overall)", lambda r: f"{r.tokens_per_s:,.1f}"),
+        ("tokens/s (decode)", lambda r: f"{r.decode_tokens_per_s:,.1f}"),
+        ("energy per token", lambda r: fmt.joules(r.energy_per_token_j)),
+        ("decode HBM utilization", lambda r: fmt.pct(r.decode_hbm_utilization)),
+        ("weights + KV cache", lambda r: fmt.nbytes(r.weight_bytes + r.kv_cache_bytes)),
+    ]
+    for label, fn in rows:
+        t.add_row(label, *(fn(r) for r in reports))
+    return t

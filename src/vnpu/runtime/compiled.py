@@ -20,7 +20,7 @@ from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
 
 FORMAT = "vnpu-compiled-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: MatMul gained continues/drains
 
 
 class ArtifactError(ValueError):
@@ -52,20 +52,21 @@ class CompiledModel:
     def _dev(self) -> Device:
         if self._device is None:
             dev = Device(self.chip, self.program.hbm_bytes, functional=True, host_executor=execute_host)
-            for ref, data in self.program.constants:
+            for ref, data in self.program.constants + getattr(self.program, "state_init", []):
                 dev.write(ref, data)
             self._device = dev
         return self._device
 
     def run_numpy(self, inputs: list[np.ndarray], trace: bool = False) -> list[np.ndarray]:
         p = self.program
-        if len(inputs) != len(p.inputs):
-            raise ValueError(f"{self.info.name} takes {len(p.inputs)} input(s), got {len(inputs)}")
+        user = p.user_inputs() if hasattr(p, "state") else list(zip(p.input_names, p.inputs))
+        if len(inputs) != len(user):
+            raise ValueError(f"{self.info.name} takes {len(user)} input(s), got {len(inputs)}")
         dev = self._dev()
-        for i, (ref, x) in enumerate(zip(p.inputs, inputs)):
+        for i, ((name, ref), x) in enumerate(zip(user, inputs)):
             x = np.asarray(x)
             if tuple(x.shape) != ref.shape:
-                raise ValueError(f"input {i} ({p.input_names[i]}) has shape {tuple(x.shape)}; this program was "
+                raise ValueError(f"input {i} ({name}) has shape {tuple(x.shape)}; this program was "
                                  f"compiled for {ref.shape}. Recompile for the new shape.")
             dev.write(ref, x.astype(ref.dtype.np, copy=False))
         self.last_profile = dev.run(p, trace=trace)

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from vnpu.isa.instructions import DmaGather, DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
+from vnpu.isa.instructions import DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, SramRef, VecOp
 
 F32 = np.float32
 
@@ -78,7 +78,8 @@ BINARY_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dtype: np.dtype) -> np.ndarray:
+def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dtype: np.dtype,
+                   out_shape: tuple[int, ...] = ()) -> np.ndarray:
     """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
     args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
     if op in BINARY_FNS:
@@ -107,6 +108,20 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.where(c, a, b)
     if op == "fill":
         return np.full((), attrs["value"], F32)
+    if op == "iota":  # start + index along attrs["axis"] (default the last), broadcast over the rest
+        ax = int(attrs.get("axis", -1)) % max(len(out_shape), 1)
+        ramp = np.arange(out_shape[ax] if out_shape else 1, dtype=F32) + F32(attrs.get("start", 0))
+        return np.broadcast_to(ramp.reshape([-1 if i == ax else 1 for i in range(len(out_shape))]), out_shape)
+    if op == "take":  # dst[..., j] = srcs[0][..., srcs[1][..., j]] (a gather within each row)
+        return np.take_along_axis(args[0], np.asarray(args[1]).astype(np.int64), axis=-1)
+    if op.startswith("moe_route_"):
+        tables = moe_schedule(args[0], int(attrs["k"]), int(attrs["experts"]), int(attrs["rows"]), int(attrs["tiles"]))
+        return tables[("moe_route_experts", "moe_route_tokens", "moe_route_slots").index(op)]
+    if op in ("topk_values", "topk_indices"):
+        x = args[0]
+        k = int(attrs["k"])
+        order = np.argsort(-x, axis=-1, kind="stable")[..., :k]  # stable: ties keep the lower index
+        return order.astype(np.int64) if op == "topk_indices" else np.take_along_axis(x, order, axis=-1)
     if op.startswith("reduce_"):  # over the last axis, or attrs["axis"]; keepdims
         x = args[0]
         kind = op[7:]
@@ -118,6 +133,32 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         if kind == "min":
             return np.min(x, axis=ax, keepdims=True)
     raise NotImplementedError(f"vector op {op!r} has no functional model")
+
+
+def moe_schedule(ids: np.ndarray, k: int, experts: int, rows: int, tiles: int) -> tuple[np.ndarray, ...]:
+    """Routed slots grouped by expert into tiles of `rows`: (expert per tile, token per row,
+    slot per row). Slot s = t*K + k is row s of the flattened [T, K] routing; pad rows point
+    at token 0 and slot T*K; tiles past the last used one compute nothing useful (expert 0)."""
+    flat = ids.astype(np.int64).ravel()
+    n = flat.size
+    if n and (flat.min() < 0 or flat.max() >= experts):
+        raise IndexError(f"expert id out of range [0, {experts})")
+    order = np.argsort(flat, kind="stable")
+    tile_e = np.zeros(tiles, np.int64)
+    tile_tok = np.zeros((tiles, rows), np.int64)
+    tile_slot = np.full((tiles, rows), n, np.int64)
+    t = 0
+    start = 0
+    for e, c in zip(*np.unique(flat[order], return_counts=True)):
+        for r0 in range(0, c, rows):
+            sl = order[start + r0:start + min(c, r0 + rows)]
+            tile_e[t] = e
+            tile_tok[t, :len(sl)] = sl // k
+            tile_slot[t, :len(sl)] = sl
+            t += 1
+        start += c
+    assert t <= tiles, (t, tiles)
+    return tile_e, tile_tok, tile_slot
 
 
 # Each prepare_* binds an instruction's memory views once (the simulated memories never
@@ -150,6 +191,28 @@ def prepare_dma_gather(ins: DmaGather, hbm: np.ndarray, sram: np.ndarray) -> Sta
     return start
 
 
+def prepare_dma_scatter(ins: DmaScatter, hbm: np.ndarray, sram: np.ndarray) -> Start:
+    index = sram_view(sram, ins.index)
+    table = hbm_view(hbm, ins.table)
+    n = table.shape[0]
+    src = sram_view(sram, ins.src)
+
+    class _Rows:  # the commit writes table[idx] = rows (a fancy-index assignment, not a view)
+        def __init__(self, idx: np.ndarray):
+            self.idx = idx
+
+        def __setitem__(self, key: object, val: np.ndarray) -> None:
+            table[self.idx] = val
+
+    def start() -> tuple[object, np.ndarray]:
+        idx = index.astype(np.int64).ravel()
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"scatter index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
+        return _Rows(idx), src.reshape((idx.size,) + table.shape[1:]).copy()
+    return start
+
+
 def prepare_dma_store(ins: DmaStore, hbm: np.ndarray, sram: np.ndarray) -> Start:
     src = sram_view(sram, ins.src).reshape(ins.dst.shape)
     dst = hbm_view(hbm, ins.dst)
@@ -164,6 +227,8 @@ def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
     b = sram_view(sram, ins.b)
     acc = sram_view(sram, ins.acc)
     accumulate = ins.accumulate
+    if ins.trans_b:
+        b = b.T
 
     def start() -> tuple[np.ndarray, np.ndarray]:
         r = _f32(a) @ _f32(b)  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
@@ -186,9 +251,10 @@ def prepare_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Start:
     op, attrs = ins.op, dict(ins.attrs)
 
     def start() -> tuple[np.ndarray, np.ndarray]:
-        return dst, vector_compute(op, srcs, attrs, dst.dtype)
+        return dst, vector_compute(op, srcs, attrs, dst.dtype, dst.shape)
     return start
 
 
-PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaStore: prepare_dma_store,
+PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaScatter: prepare_dma_scatter,
+             DmaStore: prepare_dma_store,
              MatMul: prepare_matmul, VecOp: prepare_vec}

@@ -152,7 +152,7 @@ def _images(batch: int) -> torch.Tensor:
     return _per_sample(batch, lambda g: torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=g))
 
 
-def _token_ids(batch: int, vocab_size: int) -> torch.Tensor:
+def _token_ids(batch: int, vocab_size: int, seq_len: int = SEQ_LEN) -> torch.Tensor:
     """Random token ids framed like a real BERT input: [CLS] ... [SEP].
 
     Body tokens are drawn from [1000, vocab_size) (skips [PAD]/[unusedN]/special
@@ -160,7 +160,7 @@ def _token_ids(batch: int, vocab_size: int) -> torch.Tensor:
     """
 
     def make(g: torch.Generator) -> torch.Tensor:
-        ids = torch.randint(1000, vocab_size, (SEQ_LEN,), generator=g, dtype=torch.int64)
+        ids = torch.randint(1000, vocab_size, (seq_len,), generator=g, dtype=torch.int64)
         ids[0] = 101
         ids[-1] = 102
         return ids
@@ -515,7 +515,7 @@ def build_vit_base(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return model.eval(), (_images(batch),)
 
 
-def build_bert_base(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def build_bert_base(batch: int, seq_len: int = SEQ_LEN) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     _check_batch(batch)
     with _quiet_transformers():
         from transformers import BertConfig, BertModel
@@ -526,8 +526,8 @@ def build_bert_base(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         # MLP 3072, vocab 30522).  No pooler: output is last_hidden_state.
         config = BertConfig(attn_implementation=attn)
         bert = BertModel(config, add_pooling_layer=False)
-    model = _EncoderWrapper(_strip_dropout(bert))
-    return model.eval(), (_token_ids(batch, config.vocab_size),)
+    model = _EncoderWrapper(_strip_dropout(bert), seq_len)
+    return model.eval(), (_token_ids(batch, config.vocab_size, seq_len),)
 
 
 def _minilm_path() -> str:

@@ -15,10 +15,28 @@ def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs:
     model = model.eval()
     with torch.no_grad():
         ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)
-        ep = ep.run_decompositions()
-    keep = [spec.kind.name == "USER_OUTPUT" for spec in ep.graph_signature.output_specs]
-    return import_fx(ep.graph_module, constant_placeholders(ep), name=type(model).__name__, strict=strict,
-                     user_outputs=keep)
+        ep = to_core_aten(ep)
+    return import_exported(ep, type(model).__name__, strict)
+
+
+def to_core_aten(ep: "torch.export.ExportedProgram") -> "torch.export.ExportedProgram":
+    """Core-ATen decomposition, except scaled_dot_product_attention, which the chip runs
+    as one fused attention kernel (aten_ops lowers the cases it cannot to matmul/softmax)."""
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    return ep.run_decompositions(table)
+
+
+def import_exported(ep: "torch.export.ExportedProgram", name: str, strict: bool = False) -> ImportResult:
+    """An ExportedProgram (core ATen) -> IR. Buffers the program mutates become persistent state."""
+    sig = ep.graph_signature
+    keep = [spec.kind.name == "USER_OUTPUT" for spec in sig.output_specs]
+    mutated = {spec.target: spec.arg.name for spec in sig.output_specs if spec.kind.name == "BUFFER_MUTATION"}
+    mutations = {spec.arg.name: mutated[spec.target] for spec in sig.input_specs
+                 if spec.kind.name == "BUFFER" and spec.target in mutated}
+    weights = {spec.arg.name for spec in sig.input_specs if spec.kind.name in ("PARAMETER", "BUFFER")}
+    return import_fx(ep.graph_module, constant_placeholders(ep), name=name, strict=strict, user_outputs=keep,
+                     mutations=mutations, weight_placeholders=weights - set(mutations))
 
 
 def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices: set[int],
@@ -37,4 +55,4 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     return import_fx(aten_gm, consts, name=name, strict=strict)
 
 
-__all__ = ["export_module", "trace_fx", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]
+__all__ = ["export_module", "import_exported", "to_core_aten", "trace_fx", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]

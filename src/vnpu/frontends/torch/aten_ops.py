@@ -5,6 +5,7 @@ Python objects otherwise) and returns the result Value(s), or None to fall back 
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -454,3 +455,100 @@ def _sym_size(cx: Cx, x: Value, dim: int) -> int:
 @aten("sym_numel.default")
 def _sym_numel(cx: Cx, x: Value) -> int:
     return int(x.type.numel)
+
+
+# -- checks with no runtime effect ---------------------------------------------------------
+@aten("_assert_tensor_metadata.default")
+def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
+    return ()  # a trace-time dtype/shape assertion; the importer already checks every shape
+
+
+# -- LLM ops ------------------------------------------------------------------------------------
+@aten("index_put.default", "index_put_.default")
+def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
+    """x[..., idx, ...] = values along the one indexed axis (index_copy_ on a KV cache)."""
+    live = [(i, v) for i, v in enumerate(indices) if v is not None]
+    if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
+        return None
+    ax, idx = live[0]
+    if idx.dtype == DType.bool:
+        return None
+    want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
+    if values.shape != want:
+        if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
+            return None
+        values = cx.emit("expand", [values], {"shape": list(want)})
+    return cx.emit("index_write", [x, idx, cx.cast(values, x.dtype)], {"axis": ax})
+
+
+@aten("causal_attention.default")
+def _causal_attention(cx: Cx, q: Value, k: Value, v: Value, q_pos: Value, scale: float) -> Value:
+    return cx.emit("attention", [q, k, v, q_pos], {"scale": float(scale)})
+
+
+@aten("scaled_dot_product_attention.default")
+def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p: float = 0.0,
+          is_causal: bool = False, *, scale: float | None = None, enable_gqa: bool = False) -> Value | None:
+    """Without a mask: the fused attention kernel (is_causal: query i sees keys 0..i, PyTorch's
+    top-left alignment). With a mask: softmax(q k^T * scale + mask) v on matmul/softmax kernels."""
+    import numpy as np
+
+    if dropout_p != 0.0 or q.type.rank != 4 or k.type.rank != 4:
+        return None
+    s = float(scale) if scale is not None else q.shape[-1] ** -0.5
+    if q.shape[1] != k.shape[1] and not enable_gqa:
+        return None
+    if attn_mask is None:
+        ins = [q, k, v]
+        if is_causal:
+            ins.append(cx.const(np.arange(q.shape[2], dtype=np.int64), DType.int64))
+        out = cx.emit("attention", ins, {"scale": s})  # [B, S, H, D]
+        return cx.emit("permute", [out], {"perm": [0, 2, 1, 3]})
+    if is_causal or q.shape[1] != k.shape[1]:
+        return None
+    kt = cx.emit("permute", [k], {"perm": [0, 1, 3, 2]})
+    scores = cx.emit("mul", [cx.emit("matmul", [q, kt]), cx.const(s, q.dtype)])
+    if attn_mask.dtype == DType.bool:
+        scores = cx.emit("where", [attn_mask, scores, cx.const(float("-inf"), q.dtype)])
+    else:
+        scores = cx.emit("add", [scores, cx.cast(attn_mask, q.dtype)])
+    probs = cx.emit("softmax", [scores], {"axis": 3, "log": False})
+    return cx.emit("matmul", [probs, v])
+
+
+@aten("topk.default")
+def _topk(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
+    if not largest or _dim(dim, x.type.rank) != x.type.rank - 1:
+        return None
+    n = cx.g.add_node("topk", [x], {"k": int(k)}, name=cx.node.name)
+    return tuple(n.outputs)
+
+
+@aten("argmax.default")
+def _argmax(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value | None:
+    if dim is None or _dim(dim, x.type.rank) != x.type.rank - 1:
+        return None
+    n = cx.g.add_node("topk", [x], {"k": 1}, name=cx.node.name)
+    idx = n.outputs[1]
+    shape = list(idx.shape) if keepdim else list(idx.shape[:-1])
+    return cx.emit("reshape", [idx], {"shape": shape})
+
+
+MOE_ROWS_MAX = 64  # routed rows per grouped-matmul tile
+
+
+@aten("moe_experts.default")
+def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: Value) -> Value:
+    """Routed experts as grouped matmuls: schedule tiles per expert (moe_route), run each tile's
+    SwiGLU expert on the rows routed to it (moe_ffn), then combine out[t] = sum_k w[t,k] * y[t*K+k]."""
+    t, k = idx.shape
+    e = gate_up.shape[0]
+    # rows per tile: about the expected slots per expert, a power of two
+    rows = min(MOE_ROWS_MAX, 1 << max(0, math.ceil(t * k / e) - 1).bit_length())
+    route = cx.g.add_node("moe_route", [idx], {"experts": e, "rows": rows}, name=f"{cx.node.name}_route")
+    tile_e, tile_tok, tile_slot = route.outputs
+    y = cx.emit("moe_ffn", [x, tile_e, tile_tok, tile_slot, gate_up, down], {"slots": t * k})
+    y = cx.emit("slice", [y], {"axis": 0, "start": 0, "end": t * k, "step": 1})
+    y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
+    wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
+    return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})

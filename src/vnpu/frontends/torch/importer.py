@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
-from vnpu.ir.graph import Graph, TensorType, Value
+from vnpu.ir.graph import Graph, TensorType, Value, shape_only_array
 
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
 
@@ -32,6 +32,7 @@ def op_name(target: Any) -> str:
 class ImportContext:
     g: Graph
     node: fx.Node | None = None
+    shape_only: bool = False  # weights are shape-only stand-ins (meta-device model)
 
     # -- helpers for handlers --------------------------------------------------------
     def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
@@ -107,29 +108,48 @@ def _shape_of(v: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in v.shape)
 
 
+def _const_value(g: Graph, name: str, t: torch.Tensor) -> Value:
+    dt = torch_to_dtype(t.dtype)
+    if t.device.type == "meta":
+        return Value(g._fresh(name), TensorType(_shape_of(t), dt), data=shape_only_array(_shape_of(t), dt))
+    return g.add_const(name, torch_to_numpy(t), dt)
+
+
 def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str = "model",
-              strict: bool = False, user_outputs: list[bool] | None = None) -> ImportResult:
+              strict: bool = False, user_outputs: list[bool] | None = None,
+              mutations: dict[str, str] | None = None, weight_placeholders: set[str] | None = None) -> ImportResult:
     """`constants` maps placeholder names to weights (parameters, buffers, lifted constants);
-    every other placeholder becomes a runtime input."""
+    every other placeholder becomes a runtime input. `mutations` maps the placeholder of a
+    buffer the graph updates (a KV cache) to the output node holding its new value: such a
+    buffer becomes persistent state (`Graph.state`), not a constant. Constants listed in
+    `weight_placeholders` are recorded as model weights (`Graph.weight_names`). Weights on the
+    `meta` device import as shape-only constants (timing-only compilation)."""
     from vnpu.frontends.torch import aten_ops  # noqa: F401  (registers the handlers)
 
     g = Graph(name)
     cx = ImportContext(g)
+    mutations = mutations or {}
+    shape_only = any(t.device.type == "meta" for t in constants.values())
+    cx.shape_only = shape_only
     env: dict[fx.Node, Any] = {}
     res = ImportResult(g)
     unsupported: dict[str, int] = {}
     for node in gm.graph.nodes:
         cx.node = node
         if node.op == "placeholder":
-            if node.name in constants:
-                t = constants[node.name]
-                env[node] = g.add_const(node.name, torch_to_numpy(t), torch_to_dtype(t.dtype))
+            if node.name in constants and node.name not in mutations:
+                env[node] = _const_value(g, node.name, constants[node.name])
+                if weight_placeholders is not None and node.name in weight_placeholders:
+                    g.weight_names.add(env[node].name)
             else:
                 val = node.meta.get("val")
                 if not isinstance(val, torch.Tensor):
                     env[node] = val  # a symbolic int or a Python constant
                     continue
                 env[node] = g.add_input(node.name, TensorType(_shape_of(val), torch_to_dtype(val.dtype)))
+                if node.name in mutations and node.name in constants:  # persistent state: keep its initial value
+                    init = _const_value(g, node.name + "_init", constants[node.name])
+                    g.state_init[env[node].name] = init.data
             continue
         if node.op == "get_attr":
             t = getattr(gm, node.target)  # type: ignore[arg-type]
@@ -138,6 +158,10 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         if node.op == "output":
             outs = node.args[0]
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            by_name = {o.name: o for o in outs if isinstance(o, fx.Node)}
+            phs = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
+            for ph, out_name in mutations.items():
+                g.state.append((env[phs[ph]], env[by_name[out_name]]))
             if user_outputs is not None:  # drop buffer mutations that torch.export appends
                 outs = [o for o, keep in zip(outs, user_outputs) if keep]
             g.outputs = [env[o] if isinstance(o, fx.Node) else cx.const(o, DType.fp32) for o in outs]
@@ -151,7 +175,7 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
             continue
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
-        if vals and all(v.is_const for v in vals) and _foldable(node, vals):
+        if vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals)):
             env[node] = _fold(cx, node, args, kwargs)
             res.folded += 1
             continue
@@ -189,6 +213,16 @@ def _foldable(node: fx.Node, vals: list[Value]) -> bool:
 
 
 def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    if cx.shape_only:  # stand-ins in, stand-ins out: shapes from the tracer's metadata
+        def fake(o: Any) -> Any:
+            return _const_value(cx.g, node.name, o) if isinstance(o, torch.Tensor) else o
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return type(val)(fake(v.to("meta") if isinstance(v, torch.Tensor) else v) for v in val)
+        if isinstance(val, torch.Tensor):
+            return fake(val.to("meta"))
+        return val  # no tensor result (assertions)
+
     def to_t(o: Any) -> Any:
         return numpy_to_torch(o.data) if isinstance(o, Value) else o
 

@@ -1,0 +1,489 @@
+"""LLM serving on the simulated chip: prefill and decode programs over a resident KV cache.
+
+One `LLMSession` holds, on one simulated device,
+- the model weights and the KV cache (per layer [B, Hkv, capacity, D]) at fixed HBM
+  offsets shared by every program (`pinned` placement), uploaded/zeroed once;
+- a prefill program (prompt length S, query positions 0..S-1) and decode programs
+  (one new token per sequence), one per KV-length bucket: a decode program reads only the
+  first `bucket` cache slots and masks the slots past the current position, so the same
+  program serves every step in its bucket (positions are a runtime input; nothing is
+  recompiled per token). Buckets: four per octave of length (decode_bucket).
+Each step's program writes the new keys/values into the cache in place (index_write),
+picks the greedy next token on chip (argmax) and returns it with the last logits.
+
+Big models are evaluated timing-only from `meta`-device instantiations. Decoder layers
+are identical, so the session compiles and simulates a 1-layer and a 2-layer model and
+extrapolates: T(L layers) = T1 + (L - 1) * (T2 - T1) for time, energy and traffic (the
+steady-state shortcut; exact when layers are identical and kernels do not overlap, which
+holds here because kernels run back to back).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vnpu.chip import DEFAULT_CHIP, load_chip
+from vnpu.chip.schema import Chip
+from vnpu.compiler.lower import compile_graph
+from vnpu.compiler.memory import OutOfMemoryError
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph
+from vnpu.isa.program import Program
+from vnpu.runtime.host import execute_host
+from vnpu.sim.device import Device
+from vnpu.sim.profile import Profile
+
+ALIGN = 256
+MIN_BUCKET = 64
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+BUCKETS_PER_OCTAVE = 4
+
+
+def decode_bucket(position: int, capacity: int) -> int:
+    """KV slots a decode program for a token at `position` reads: position + 1 rounded up to a
+    step of a quarter of its power of two (at least MIN_BUCKET), capped at the cache capacity.
+    Four buckets per octave: a step reads at most ~25% more cache than it needs, and a
+    generation of n tokens from a prompt of p uses about 4 log2((p + n) / p) + 1 programs."""
+    need = position + 1
+    if need > capacity:
+        raise ValueError(f"position {position} is past the KV-cache capacity {capacity}")
+    step = max(MIN_BUCKET, (1 << (need.bit_length() - 1)) // BUCKETS_PER_OCTAVE)
+    return min(capacity, -(-need // step) * step)
+
+
+class ModelTooLargeError(MemoryError):
+    """The model's weights and KV cache do not fit the chip's HBM; says how many chips would."""
+
+
+@dataclass
+class PhaseCost:
+    """Simulated cost of one program run (one prefill, or one decode step)."""
+
+    seconds: float
+    energy_j: float
+    hbm_bytes: float
+    flops: float
+
+    @classmethod
+    def of(cls, p: Profile) -> "PhaseCost":
+        return cls(p.seconds, p.energy.total_j, float(p.hbm_bytes), float(p.flops))
+
+    def extrapolate(self, two_layers: "PhaseCost", layers: int) -> "PhaseCost":
+        """self: the 1-layer model's cost; two_layers: the 2-layer model's."""
+        f = layers - 1
+        return PhaseCost(*(a + f * (b - a) for a, b in zip(
+            (self.seconds, self.energy_j, self.hbm_bytes, self.flops),
+            (two_layers.seconds, two_layers.energy_j, two_layers.hbm_bytes, two_layers.flops))))
+
+
+def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tuple[Graph, dict[str, int]]:
+    from vnpu.frontends.torch import import_exported, to_core_aten
+
+    dev = next(step.parameters()).device
+    ids = torch.zeros(batch, seq, dtype=torch.int64, device=dev)
+    pos = torch.arange(seq, dtype=torch.int64, device=dev)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = to_core_aten(torch.export.export(step, (ids, pos)))
+        res = import_exported(ep, name)
+    return res.graph, res.fallback_ops
+
+
+def _with_attention_attrs(g: Graph, **attrs: Any) -> Graph:
+    g = g.clone()
+    for n in g.nodes:
+        if n.op == "attention":
+            n.attrs.update(attrs)
+    return g
+
+
+class LLMSession:
+    """Prefill/decode programs of one decoder (a `DecoderStep`) on one simulated chip."""
+
+    def __init__(self, step: torch.nn.Module, chip: Chip, dtype: DType, batch: int, name: str = "llm",
+                 functional: bool = True):
+        self.step = step
+        self.chip = chip
+        self.dtype = DType(dtype)
+        self.batch = batch
+        self.capacity = int(step.capacity)
+        self.name = name
+        self.functional = functional
+        self._graphs: dict[int, Graph] = {}
+        self._programs: dict[tuple[str, int], Program] = {}
+        self.fallback_ops: dict[str, int] = {}
+        self.pinned: dict[str, int] | None = None
+        self.shared_bytes = 0
+        self.weight_bytes = 0
+        self.kv_bytes = 0
+        self.top = 0
+        self._device: Device | None = None
+        self._uploaded: set[int] = set()
+        self.compile_s = 0.0
+        self.export_s = 0.0
+
+    # -- compilation ----------------------------------------------------------------------
+    def graph(self, seq: int) -> Graph:
+        if seq not in self._graphs:
+            t0 = time.perf_counter()
+            g, fb = _export_step(self.step, self.batch, seq, f"{self.name}_s{seq}")
+            self.export_s += time.perf_counter() - t0
+            for k, v in fb.items():
+                self.fallback_ops[k] = max(self.fallback_ops.get(k, 0), v)
+            self._graphs[seq] = g
+            if self.pinned is None:
+                self._layout(g)
+        return self._graphs[seq]
+
+    def _stored(self, nbytes: int, dt: DType) -> int:
+        return nbytes // dt.itemsize * (self.dtype.itemsize if dt.is_float else dt.itemsize)
+
+    def _layout(self, g: Graph) -> None:
+        """Fixed offsets for the weights and the KV cache, shared by every program."""
+        pinned: dict[str, int] = {}
+        top = 0
+        for c in g.constants():
+            if c.name in g.weight_names and c.name not in pinned:
+                pinned[c.name] = top
+                n = self._stored(c.type.nbytes, c.dtype)
+                self.weight_bytes += n
+                top = _align(top + n)
+        for v, _ in g.state:
+            pinned[v.name] = top
+            n = self._stored(v.type.nbytes, v.dtype)
+            self.kv_bytes += n
+            top = _align(top + n)
+        self.pinned = pinned
+        self.shared_bytes = self.top = top
+
+    def program(self, phase: str, seq: int, kv_len: int) -> Program:
+        key = (phase, kv_len)
+        if key not in self._programs:
+            g = _with_attention_attrs(self.graph(seq), kv_len=kv_len, prefill=phase == "prefill")
+            t0 = time.perf_counter()
+            prog, _ = compile_graph(g, self.chip, self.dtype, pinned=self.pinned, base=self.top)
+            self.compile_s += time.perf_counter() - t0
+            self.top = _align(prog.hbm_bytes)
+            self._programs[key] = prog
+        return self._programs[key]
+
+    def prefill_program(self, prompt_len: int) -> Program:
+        if prompt_len > self.capacity:
+            raise ValueError(f"prompt of {prompt_len} tokens exceeds the KV-cache capacity {self.capacity}")
+        return self.program("prefill", prompt_len, prompt_len)
+
+    def decode_program(self, position: int) -> Program:
+        return self.program("decode", 1, decode_bucket(position, self.capacity))
+
+    # -- execution ------------------------------------------------------------------------
+    def _dev(self) -> Device:
+        if self._device is None or (self.functional and len(self._device.hbm) < self.top):
+            old = self._device
+            dev = Device(self.chip, self.top, functional=self.functional, host_executor=execute_host)
+            if old is not None and self.functional:
+                dev.hbm[:len(old.hbm)] = old.hbm
+            self._device = dev
+        return self._device
+
+    def reset(self) -> None:
+        """Empties the KV cache (positions past a sequence's length are masked anyway)."""
+        if self._device is not None and self.functional:
+            for prog in self._programs.values():
+                for _, ref in prog.state:
+                    self._device.write(ref, np.zeros(ref.shape, ref.dtype.np))
+                break
+
+    def run(self, prog: Program, input_ids: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, Profile]:
+        dev = self._dev()
+        if self.functional and id(prog) not in self._uploaded:
+            for ref, data in prog.constants:
+                dev.write(ref, data)
+            self._uploaded.add(id(prog))
+        user = prog.user_inputs()
+        if len(user) != 2:
+            raise RuntimeError(f"decoder program has inputs {[n for n, _ in user]}; expected input_ids and positions")
+        dev.write(user[0][1], input_ids.astype(user[0][1].dtype.np))
+        dev.write(user[1][1], positions.astype(user[1][1].dtype.np))
+        prof = dev.run(prog)
+        if not self.functional:
+            return np.zeros(0), np.zeros(0), prof
+        return dev.read(prog.outputs[0]), dev.read(prog.outputs[1]).astype(np.float32), prof
+
+    def generate(self, prompt: np.ndarray, max_new_tokens: int) -> "Generation":
+        """Greedy generation: prefill, then one decode program run per new token."""
+        prompt = np.asarray(prompt, dtype=np.int64)
+        b, s = prompt.shape
+        if b != self.batch:
+            raise ValueError(f"prompt batch {b} != session batch {self.batch}")
+        if s + max_new_tokens - 1 > self.capacity:
+            raise ValueError(f"{s} prompt + {max_new_tokens} new tokens exceed the KV-cache capacity {self.capacity}")
+        self.reset()
+        t0 = time.perf_counter()
+        tok, logits, prof = self.run(self.prefill_program(s), prompt, np.arange(s))
+        tokens = [tok]
+        all_logits = [logits]
+        steps = [PhaseCost.of(prof)]
+        for i in range(max_new_tokens - 1):
+            pos = s + i
+            tok, logits, prof = self.run(self.decode_program(pos), tok.reshape(b, 1), np.array([pos]))
+            tokens.append(tok)
+            all_logits.append(logits)
+            steps.append(PhaseCost.of(prof))
+        return Generation(np.stack(tokens, axis=1), np.stack(all_logits, axis=1), steps[0], steps[1:],
+                          time.perf_counter() - t0)
+
+    def step_costs(self, prompt_len: int, max_new_tokens: int) -> tuple[PhaseCost, list[PhaseCost]]:
+        """Timing-only: the prefill's cost and each decode step's (one simulation per bucket)."""
+        z = np.zeros((self.batch, prompt_len), np.int64)
+        prefill = PhaseCost.of(self.run(self.prefill_program(prompt_len), z, np.arange(prompt_len))[2])
+        by_bucket: dict[int, PhaseCost] = {}
+        out = []
+        for i in range(max_new_tokens - 1):
+            pos = prompt_len + i
+            bk = decode_bucket(pos, self.capacity)
+            if bk not in by_bucket:
+                by_bucket[bk] = PhaseCost.of(self.run(self.decode_program(pos), z[:, :1], np.array([pos]))[2])
+            out.append(by_bucket[bk])
+        return prefill, out
+
+
+@dataclass
+class Generation:
+    tokens: np.ndarray  # [B, new tokens]
+    logits: np.ndarray  # [B, new tokens, V] (the logits each token was picked from)
+    prefill: PhaseCost
+    decode: list[PhaseCost]
+    wall_s: float
+
+
+@dataclass
+class GenerationReport:
+    model: str
+    chip: str
+    dtype: str
+    batch: int
+    prompt_len: int
+    max_new_tokens: int
+    mode: str  # "functional" or "timing-only (layers extrapolated)"
+    tokens: list[list[int]]  # generated ids per sequence (empty in timing-only mode)
+    ttft_s: float  # time to first token: the prefill program
+    tpot_s: float  # mean time per output token over the decode steps
+    tokens_per_s: float  # generated tokens / (prefill + decode time)
+    decode_tokens_per_s: float  # batch / tpot
+    decode_hbm_utilization: float  # decode steps' HBM bytes / (decode time x peak bandwidth)
+    decode_bandwidth_bound_fraction: float  # (weights + KV bytes read) / bandwidth / decode time
+    energy_per_token_j: float
+    total_energy_j: float
+    weight_bytes: int  # whole model (all chips)
+    kv_cache_bytes: int  # whole model (all chips)
+    kv_capacity: int
+    programs: int  # prefill + decode-bucket programs compiled
+    layers: int
+    wall_s: dict[str, float] = field(default_factory=dict)
+    fallback_ops: dict[str, int] = field(default_factory=dict)
+    chips: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def shard_spec(spec: Any, chips: int) -> Any:
+    """One chip's part of a model served on `chips` chips, as a model of its own (its shapes
+    are what a timing-only run needs): tensor parallel attention (query heads split; KV heads
+    split, or replicated when fewer than the chips), dense MLPs split along the intermediate
+    size, MoE experts split over the chips (expert parallel, each chip routing its share
+    k / chips of every token's experts: balanced routing), embedding and LM head split along
+    the vocabulary."""
+    from dataclasses import replace
+
+    if chips == 1:
+        return spec
+    c = dict(spec.config)
+    problems = []
+    if c["num_attention_heads"] % chips:
+        problems.append(f"{c['num_attention_heads']} attention heads")
+    if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
+        problems.append(f"{c['num_key_value_heads']} KV heads")
+    if spec.family == "qwen3_moe":
+        if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
+            problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
+    elif c["intermediate_size"] % chips:
+        problems.append(f"MLP width {c['intermediate_size']}")
+    if problems:
+        raise ValueError(f"{spec.name} cannot be split evenly over {chips} chips ({', '.join(problems)})")
+    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    c["num_attention_heads"] //= chips
+    c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
+    c["vocab_size"] = -(-c["vocab_size"] // chips)
+    if spec.family == "qwen3_moe":
+        c["num_experts"] //= chips
+        c["num_experts_per_tok"] //= chips
+    else:
+        c["intermediate_size"] //= chips
+    return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
+
+
+def collective_seconds(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType) -> float:
+    """Chip-to-chip time of one step on `chips` chips: two all-reduces of the [B*S, H]
+    activations per layer (after attention's output projection and after the MLP / experts)
+    and one of the sampled candidates (B values and ids per chip)."""
+    from vnpu.isa.cost import allreduce_seconds
+
+    act = batch * tokens * spec.config["hidden_size"] * dtype.itemsize
+    return 2 * spec.num_layers * allreduce_seconds(chip, act, chips) + allreduce_seconds(chip, batch * 16 * chips, chips)
+
+
+def _capacity(prompt_len: int, max_new_tokens: int) -> int:
+    need = prompt_len + max_new_tokens
+    return max(MIN_BUCKET, 1 << (need - 1).bit_length())
+
+
+def model_memory(spec: Any, batch: int, capacity: int, dtype: DType) -> tuple[int, int]:
+    """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation."""
+    from vnpu.workloads.llm_zoo import build_llm
+
+    model = build_llm(spec, device="meta")
+    params = {id(p): p for p in model.parameters()}
+    w = sum(p.numel() for p in params.values()) * dtype.itemsize
+    return w, kv_bytes(spec, batch, capacity, dtype)
+
+
+def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
+    """Bytes of keys and values for `tokens` positions of every layer and sequence."""
+    c = spec.config
+    hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
+
+
+def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
+                 dtype: str | DType) -> int:
+    """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
+    of the weights and KV cache (with 5% left for activations)."""
+    from vnpu.workloads.llm_zoo import get_llm
+
+    spec, chip_, dt = get_llm(model), load_chip(chip), DType(dtype)
+    cap = _capacity(prompt_len, max_new_tokens)
+    n = 1
+    while n <= 64:
+        try:
+            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt)
+        except ValueError:
+            break
+        if w + kv <= chip_.hbm.bytes * 0.95:
+            return n
+        n *= 2
+    w, kv = model_memory(spec, batch, cap, dt)
+    return math.ceil((w + kv) / (chip_.hbm.bytes * 0.95))
+
+
+def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
+             chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
+             prompt: np.ndarray | None = None, chips: int = 1) -> GenerationReport:
+    """Runs greedy generation of a zoo LLM on the chip and reports serving metrics.
+
+    Functional (real tokens) for the small zoo variants; timing-only (meta-device weights,
+    layers extrapolated from 1- and 2-layer programs) for the big ones, or when asked.
+    chips > 1 (timing-only): each chip runs its tensor/expert-parallel share of the model
+    (shard_spec) and steps add the chip-to-chip all-reduces (collective_seconds).
+    """
+    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm, prompt_ids
+
+    full = get_llm(model)
+    chip_ = load_chip(chip)
+    dt = DType(dtype)
+    if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
+        raise ValueError("prompt_len, max_new_tokens, batch and chips must be positive")
+    if chips > 1 and chip_.chip_link is None:
+        raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
+    if timing_only is None:
+        timing_only = not full.functional or chips > 1
+    if chips > 1 and not timing_only:
+        raise ValueError("multi-chip serving is simulated timing-only; drop --functional or use --chips 1")
+    spec = shard_spec(full, chips)
+    cap = _capacity(prompt_len, max_new_tokens)
+    w_bytes, kv_total = model_memory(spec, batch, cap, dt)
+    if w_bytes + kv_total > chip_.hbm.bytes:
+        need = chips_needed(model, prompt_len, max_new_tokens, batch, chip_, dt)
+        raise ModelTooLargeError(
+            f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB per chip on {chips} chip(s) "
+            f"(weights {w_bytes / 2**30:.1f} GiB, KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} "
+            f"tokens); {chip_.name} has {chip_.hbm.bytes / 2**30:.0f} GiB of HBM. It needs at least {need} chips "
+            f"(--chips {need}), or a smaller batch or context.")
+    t0 = time.perf_counter()
+    walls: dict[str, float] = {}
+    if not timing_only:
+        m = build_llm(spec)
+        step = DecoderStep(m, batch, cap)
+        sess = LLMSession(step, chip_, dt, batch, name=model)
+        ids = prompt if prompt is not None else prompt_ids(spec.config["vocab_size"], batch, prompt_len).numpy()
+        gen = sess.generate(ids, max_new_tokens)
+        prefill, decode = gen.prefill, gen.decode
+        tokens = gen.tokens.tolist()
+        programs = len(sess._programs)
+        layers = spec.num_layers
+        walls.update(export_s=sess.export_s, compile_s=sess.compile_s, simulate_s=gen.wall_s)
+        fallback = sess.fallback_ops
+        mode = "functional"
+    else:
+        costs = []
+        programs = 0
+        fallback = {}
+        for n_layers in (1, 2):
+            step = DecoderStep(build_llm(spec, device="meta", num_layers=n_layers), batch, cap)
+            sess = LLMSession(step, chip_, dt, batch, name=f"{model}_l{n_layers}", functional=False)
+            costs.append(sess.step_costs(prompt_len, max_new_tokens))
+            programs = len(sess._programs)
+            walls["export_s"] = walls.get("export_s", 0.0) + sess.export_s
+            walls["compile_s"] = walls.get("compile_s", 0.0) + sess.compile_s
+            fallback = sess.fallback_ops
+        layers = spec.num_layers
+        prefill = costs[0][0].extrapolate(costs[1][0], layers)
+        decode = [a.extrapolate(b, layers) for a, b in zip(costs[0][1], costs[1][1])]
+        tokens = []
+        mode = "timing-only (layers extrapolated)"
+        if chips > 1:  # every chip runs its share at once; then the all-reduces; energy of all chips
+            mode += f", {chips} chips (tensor/expert parallel)"
+
+            def on_chips(c: PhaseCost, tok: int) -> PhaseCost:
+                comm = collective_seconds(spec, chip_, chips, batch, tok, dt)
+                return PhaseCost(c.seconds + comm, chips * (c.energy_j + chip_.energy.static_w * comm),
+                                 chips * c.hbm_bytes, chips * c.flops)
+
+            prefill = on_chips(prefill, prompt_len)
+            decode = [on_chips(d, 1) for d in decode]
+    walls["total_s"] = time.perf_counter() - t0
+    dec_s = sum(d.seconds for d in decode)
+    tpot = dec_s / len(decode) if decode else 0.0
+    total_s = prefill.seconds + dec_s
+    n_tok = batch * max_new_tokens
+    energy = prefill.energy_j + sum(d.energy_j for d in decode)
+    bw = chip_.hbm.bandwidth_gbs * 1e9 * chips
+    w_bytes, kv_total = w_bytes * chips, kv_total * chips  # whole-model figures from here on
+    util = sum(d.hbm_bytes for d in decode) / (dec_s * bw) if dec_s else 0.0
+    # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
+    buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
+    bound_s = sum((w_bytes + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
+    bound = bound_s / dec_s if dec_s else 0.0
+    return GenerationReport(
+        model=model, chip=chip_.name, dtype=dt.value, batch=batch, prompt_len=prompt_len,
+        max_new_tokens=max_new_tokens, mode=mode, tokens=tokens, ttft_s=prefill.seconds, tpot_s=tpot,
+        tokens_per_s=n_tok / total_s if total_s else 0.0, decode_tokens_per_s=batch / tpot if tpot else 0.0,
+        decode_hbm_utilization=util, decode_bandwidth_bound_fraction=bound, energy_per_token_j=energy / n_tok,
+        total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
+        layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips)
+
+
+__all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
+           "chips_needed", "collective_seconds",
+           "ModelTooLargeError", "OutOfMemoryError"]

@@ -1,0 +1,289 @@
+"""Decoder LLMs from their `transformers` definitions, for `vnpu generate`.
+
+Models are built from configs written here (public model cards for the real sizes; tiny
+variants for functional runs) with random weights from a fixed seed; nothing is downloaded.
+`device="meta"` instantiates without allocating weights (timing-only runs of big models).
+
+How the chip runs them: `DecoderStep` wraps the model for one step of generation with a
+static KV cache held in module buffers ([B, Hkv, capacity, D] per layer). transformers is
+plugged through its own extension points:
+- the cache object passed to the model writes new keys/values with `index_copy_` at the
+  step's positions, so torch.export records buffer mutations that the vnpu importer maps
+  to in-place scatters into persistent HBM state;
+- attention is the registered implementation "vnpu" (`vnpu::causal_attention`, masked by
+  the query positions: no mask tensor is built);
+- MoE experts are the registered experts implementation "vnpu" (`vnpu::moe_experts`).
+The step returns the greedy next token (argmax on the chip) and the last position's logits.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from vnpu.frontends.torch import llm_ops
+
+ATTN_IMPLEMENTATION = "vnpu"
+EXPERTS_IMPLEMENTATION = "vnpu"
+SEED = 0
+PROMPT_SEED = 1234
+
+
+class UnknownLLMError(KeyError, ValueError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    name: str
+    family: str  # qwen3 | llama | qwen3_moe
+    config: dict[str, Any]
+    description: str
+    source: str = ""
+    functional: bool = False  # small enough to simulate functionally (real tokens)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+
+def _tiny(family: str, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                                rms_norm_eps=1e-6, tie_word_embeddings=False)
+    if family == "qwen3_moe":
+        base.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True)
+    base.update(over)
+    return base
+
+
+SPECS: dict[str, LLMSpec] = {s.name: s for s in (
+    LLMSpec("qwen3-tiny", "qwen3", _tiny("qwen3"),
+            "Qwen3 architecture, 2 layers x 128, 4 query / 2 KV heads of 32, vocab 512 (functional runs)",
+            functional=True),
+    LLMSpec("llama-tiny", "llama", _tiny("llama", num_attention_heads=4, num_key_value_heads=1),
+            "Llama architecture, 2 layers x 128, 4 query / 1 KV head of 32, vocab 512 (functional runs)",
+            functional=True),
+    LLMSpec("qwen3-moe-tiny", "qwen3_moe", _tiny("qwen3_moe"),
+            "Qwen3-MoE architecture, 2 layers x 128, 8 experts top-2 of 64, vocab 512 (functional runs)",
+            functional=True),
+    LLMSpec("qwen3-0.6b", "qwen3", dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                                        head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                                        tie_word_embeddings=True, rope_theta=1000000.0),
+            "Qwen3-0.6B: 28 layers x 1024, 16 Q / 8 KV heads of 128, MLP 3072, vocab 151936, tied embeddings",
+            "huggingface.co/Qwen/Qwen3-0.6B config.json"),
+    LLMSpec("qwen3-8b", "qwen3", dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                                      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                                      head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                                      tie_word_embeddings=False, rope_theta=1000000.0),
+            "Qwen3-8B: 36 layers x 4096, 32 Q / 8 KV heads of 128, MLP 12288, vocab 151936",
+            "huggingface.co/Qwen/Qwen3-8B config.json"),
+    LLMSpec("qwen3-32b", "qwen3", dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600,
+                                       num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
+                                       head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                                       tie_word_embeddings=False, rope_theta=1000000.0),
+            "Qwen3-32B: 64 layers x 5120, 64 Q / 8 KV heads of 128, MLP 25600, vocab 151936",
+            "huggingface.co/Qwen/Qwen3-32B config.json"),
+    LLMSpec("qwen3-235b-a22b", "qwen3_moe", dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                                                 moe_intermediate_size=1536, num_experts=128, num_experts_per_tok=8,
+                                                 norm_topk_prob=True, num_hidden_layers=94, num_attention_heads=64,
+                                                 num_key_value_heads=4, head_dim=128, max_position_embeddings=40960,
+                                                 rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=1000000.0),
+            "Qwen3-235B-A22B: 94 MoE layers x 4096, 128 experts top-8 of 1536, 64 Q / 4 KV heads of 128",
+            "huggingface.co/Qwen/Qwen3-235B-A22B config.json"),
+    LLMSpec("llama-3.1-8b", "llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                          head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                                          tie_word_embeddings=False, rope_theta=500000.0),
+            "Llama-3.1-8B: 32 layers x 4096, 32 Q / 8 KV heads of 128, MLP 14336, vocab 128256 (RoPE scaling omitted)",
+            "huggingface.co/meta-llama/Llama-3.1-8B config.json"),
+)}
+
+
+def get_llm(name: str) -> LLMSpec:
+    try:
+        return SPECS[name]
+    except (KeyError, TypeError):
+        raise UnknownLLMError(f"unknown LLM {name!r}; valid names: {', '.join(SPECS)}") from None
+
+
+def list_llms() -> list[LLMSpec]:
+    return list(SPECS.values())
+
+
+# -- transformers extension points -------------------------------------------------------
+def _vnpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function. `attention_mask` carries the query positions as an
+    int64 [1, 1, S, 1] tensor (a 4-D "mask" is passed through transformers' mask creation as is)."""
+    if not (isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.int64
+            and attention_mask.dim() == 4):
+        raise ValueError("the vnpu attention implementation runs inside DecoderStep, which passes query positions")
+    scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    return llm_ops.causal_attention(query, key, value, attention_mask.reshape(-1), scale), None
+
+
+def _vnpu_experts(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                  top_k_weights: torch.Tensor) -> torch.Tensor:
+    return llm_ops.moe_experts(hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj)
+
+
+def register_implementations() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _vnpu_attention)
+    ALL_EXPERTS_FUNCTIONS.register(EXPERTS_IMPLEMENTATION, _vnpu_experts)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    v = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(v)
+
+
+def make_config(spec: LLMSpec, num_layers: int | None = None, attn: str = ATTN_IMPLEMENTATION) -> Any:
+    import transformers
+
+    cls = {"qwen3": transformers.Qwen3Config, "llama": transformers.LlamaConfig,
+           "qwen3_moe": transformers.Qwen3MoeConfig}[spec.family]
+    cfg = dict(spec.config)
+    if num_layers is not None:
+        cfg["num_hidden_layers"] = num_layers
+    theta = cfg.pop("rope_theta", 10000.0)
+    cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+    config = cls(**cfg)
+    config._attn_implementation = attn
+    if spec.family == "qwen3_moe":
+        config._experts_implementation = EXPERTS_IMPLEMENTATION if attn == ATTN_IMPLEMENTATION else "eager"
+    return config
+
+
+def build_llm(spec: LLMSpec, device: str = "cpu", num_layers: int | None = None,
+              attn: str = ATTN_IMPLEMENTATION) -> nn.Module:
+    """The causal-LM module with random weights from SEED (fp32), in eval mode.
+
+    attn="eager" gives the stock transformers model (the reference for `generate`).
+    """
+    import transformers
+
+    register_implementations()
+    config = make_config(spec, num_layers, attn)
+    cls = {"qwen3": transformers.Qwen3ForCausalLM, "llama": transformers.LlamaForCausalLM,
+           "qwen3_moe": transformers.Qwen3MoeForCausalLM}[spec.family]
+    with _quiet():
+        if device == "meta":
+            with torch.device("meta"):
+                model = cls(config)
+        else:
+            torch.manual_seed(SEED)
+            model = cls(config)
+            if spec.family == "qwen3_moe":
+                _init_experts(model)
+    return model.eval()
+
+
+# Router logits' standard deviation for a unit-RMS hidden state. With transformers' generic
+# N(0, 0.02) init the router logits of a 128-wide model have std ~0.23: routing is a near-tie
+# among all experts, so bf16 rounding alone flips expert choices (PyTorch's own bf16 model
+# then scored cosine 0.9971 against fp32 on qwen3-moe-tiny; 0.9994 with logit std 2, 0.99991
+# with 4, 0.99995 with 8). Trained routers are decisive; std 4 gives that.
+ROUTER_LOGIT_STD = 4.0
+
+
+@torch.no_grad()
+def _init_experts(model: nn.Module) -> None:
+    """transformers leaves the 3-D expert tensors to its init hook: draw them like Linear weights,
+    and the router so that routing is decisive (ROUTER_LOGIT_STD)."""
+    g = torch.Generator().manual_seed(SEED + 1)
+    std = model.config.initializer_range
+    for m in model.modules():
+        for pname in ("gate_up_proj", "down_proj"):
+            p = getattr(m, pname, None)
+            if isinstance(p, nn.Parameter) and p.dim() == 3:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        w = getattr(m, "weight", None)
+        if type(m).__name__.endswith("TopKRouter") and isinstance(w, nn.Parameter):
+            w.copy_(torch.randn(w.shape, generator=g) * (ROUTER_LOGIT_STD / w.shape[1] ** 0.5))
+
+
+def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:
+    """Random prompt token ids; row i comes from seed PROMPT_SEED + i whatever the batch."""
+    rows = [torch.randint(0, vocab_size, (length,), generator=torch.Generator().manual_seed(PROMPT_SEED + i))
+            for i in range(batch)]
+    return torch.stack(rows)
+
+
+# -- one generation step with a static KV cache in module buffers -------------------------------
+class _BufferCache:
+    """The transformers cache protocol over DecoderStep's buffers: writes the step's keys and
+    values at their positions (index_copy_) and hands attention the whole cache."""
+
+    def __init__(self, owner: "DecoderStep", positions: torch.Tensor):
+        self.owner = owner
+        self.positions = positions
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        k = getattr(self.owner, f"k_cache_{layer_idx}")
+        v = getattr(self.owner, f"v_cache_{layer_idx}")
+        k.index_copy_(2, self.positions, key_states.to(k.dtype))
+        v.index_copy_(2, self.positions, value_states.to(v.dtype))
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # pragma: no cover - positions are always given
+        raise RuntimeError("DecoderStep passes explicit positions")
+
+
+class DecoderStep(nn.Module):
+    """forward(input_ids [B, S], positions int64 [S]) -> (next_token int64 [B], logits [B, V]).
+
+    Runs the model over S new tokens at absolute `positions`, appending their keys and
+    values to the cache buffers (capacity tokens per sequence), and picks the greedy next
+    token from the last position's logits.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, capacity: int):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        hkv = cfg.num_key_value_heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        dev = next(model.parameters()).device
+        dt = next(model.parameters()).dtype
+        self.capacity = capacity
+        for i in range(cfg.num_hidden_layers):
+            self.register_buffer(f"k_cache_{i}", torch.zeros(batch, hkv, capacity, hd, dtype=dt, device=dev))
+            self.register_buffer(f"v_cache_{i}", torch.zeros(batch, hkv, capacity, hd, dtype=dt, device=dev))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s = input_ids.shape
+        cache = _BufferCache(self, positions)
+        pos_ids = positions.unsqueeze(0).expand(b, s)
+        out = self.model.model(input_ids=input_ids, attention_mask=positions.view(1, 1, s, 1),
+                               position_ids=pos_ids, cache=cache, use_cache=False)
+        last = out.last_hidden_state[:, -1, :]
+        logits = self.model.lm_head(last)
+        return torch.argmax(logits, dim=-1), logits
+
+    def kv_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if "_cache_" in n)
+
+
+__all__ = ["LLMSpec", "SPECS", "get_llm", "list_llms", "build_llm", "DecoderStep", "prompt_ids",
+           "UnknownLLMError", "register_implementations"]

@@ -12,7 +12,8 @@
     vnpu version
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
-file, unsupported dtype, model too large for the chip, unsupported ops under --strict).
+or model file, dynamic input dims without --input-shape, missing extra, unsupported dtype,
+model too large for the chip, unsupported ops under --strict).
 Errors are one line on stderr, `error: ...`, without a traceback.
 """
 from __future__ import annotations

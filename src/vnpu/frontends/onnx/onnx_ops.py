@@ -211,6 +211,12 @@ def _matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if b.type.rank == 1:
         y = cx.emit("matmul", [a, cx.emit("reshape", [b], {"shape": [b.shape[0], 1]})])
         return cx.emit("reshape", [y], {"shape": list(y.shape[:-1])})
+    if a.type.rank > 2 and b.type.rank == 2:
+        # [..., M, K] @ [K, N] as one 2-D matmul over the flattened rows, as PyTorch's linear/matmul
+        # decompose it: the same IR, so the same passes apply (sibling Q/K/V matmuls merge)
+        rows = a.type.numel // a.shape[-1]
+        y = cx.emit("matmul", [_reshape_to(cx, a, [rows, a.shape[-1]]), b])
+        return _reshape_to(cx, y, list(a.shape[:-1]) + [b.shape[1]])
     return cx.emit("matmul", [a, b])
 
 

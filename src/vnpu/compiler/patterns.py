@@ -206,13 +206,18 @@ def merge_sibling_matmuls(g: Graph) -> int:
     Q/K/V), which is more than the merge saves."""
     users = _users(g)
 
-    def feeds_bias_add(n: Node) -> bool:
-        return any(u.op == "add" and any(v.is_const for v in u.inputs) for u in users.get(id(n.output), ()))
+    def feeds_bias_add(v: Value) -> bool:  # through reshape views, as an epilogue would fuse it
+        for u in users.get(id(v), ()):
+            if u.op == "add" and any(x.is_const for x in u.inputs):
+                return True
+            if u.op == "reshape" and feeds_bias_add(u.outputs[0]):
+                return True
+        return False
 
     groups: dict[tuple, list[Node]] = {}
     for n in g.nodes:
         if (n.op == "matmul" and len(n.inputs) == 2 and "epilogue" not in n.attrs and n.inputs[1].is_const
-                and n.inputs[1].type.rank == 2 and n.inputs[0].type.rank == 2 and not feeds_bias_add(n)):
+                and n.inputs[1].type.rank == 2 and n.inputs[0].type.rank == 2 and not feeds_bias_add(n.output)):
             key = (id(_base(n.inputs[0])), n.inputs[0].shape, n.inputs[1].shape[0], n.inputs[1].dtype)
             groups.setdefault(key, []).append(n)
     merged = 0

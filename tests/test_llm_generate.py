@@ -43,7 +43,7 @@ def test_greedy_tokens_match_hf_generate_fp32(name: str) -> None:
     assert sorted(sess._programs) == [("decode", 64), ("prefill", PROMPT)]
 
 
-@pytest.mark.parametrize("name", ["qwen3-tiny", "qwen3-moe-tiny"])
+@pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny", "qwen3-moe-tiny"])
 def test_bf16_logits_cosine_with_eager_fp32(name: str) -> None:
     spec = get_llm(name)
     ids = prompt_ids(spec.config["vocab_size"], BATCH, PROMPT)

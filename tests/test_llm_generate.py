@@ -193,10 +193,16 @@ def test_tensor_parallel_shard_and_allreduce_cost() -> None:
 
 
 def test_multi_chip_generation_adds_collectives() -> None:
-    one = generate("qwen3-8b", prompt_len=64, max_new_tokens=2, batch=1, chips=1)
-    two = generate("qwen3-8b", prompt_len=64, max_new_tokens=2, batch=1, chips=2)
+    from vnpu.runtime.llm import collective_seconds, shard_spec
+
+    one = generate("qwen3-0.6b", prompt_len=16, max_new_tokens=2, batch=1, chips=1)
+    two = generate("qwen3-0.6b", prompt_len=16, max_new_tokens=2, batch=1, chips=2)
     assert two.chips == 2 and "2 chips" in two.mode
-    assert two.tpot_s < one.tpot_s  # half the weights per chip outweighs 72 small all-reduces
+    # a decode step on 2 chips = one chip's half-model step + the all-reduces of 28 layers
+    half = generate(shard_spec(get_llm("qwen3-0.6b"), 2), prompt_len=16, max_new_tokens=2, batch=1)
+    comm = collective_seconds(get_llm("qwen3-0.6b"), load_chip("vnpu-v1"), 2, 1, 1, DType.bf16)
+    assert two.tpot_s == pytest.approx(half.tpot_s + comm, rel=1e-9)
+    assert comm > 0 and two.tpot_s > half.tpot_s  # (a 0.6B model is launch-bound: 2 chips do not beat 1)
     assert two.weight_bytes == pytest.approx(one.weight_bytes, rel=0.02)  # the model, summed over chips
 
 
@@ -208,7 +214,7 @@ def test_cli_compare_side_by_side(tmp_path) -> None:
     from vnpu.cli import app
 
     out = tmp_path / "cmp.json"
-    res = CliRunner().invoke(app, ["compare", "--chips", "vnpu-v1,h20", "--model", "qwen3-0.6b", "--prompt-len", "32",
+    res = CliRunner().invoke(app, ["compare", "--chips", "vnpu-v1,h20", "--model", "qwen3-tiny", "--prompt-len", "8",
                                    "--max-new-tokens", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())

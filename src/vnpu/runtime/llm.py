@@ -415,13 +415,13 @@ def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
     return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
 
 
-def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
+def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
                  dtype: str | DType) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
     of the weights and KV cache (with 5% left for activations)."""
     from vnpu.workloads.llm_zoo import get_llm
 
-    spec, chip_, dt = get_llm(model), load_chip(chip), DType(dtype)
+    spec, chip_, dt = get_llm(model) if isinstance(model, str) else model, load_chip(chip), DType(dtype)
     cap = _capacity(prompt_len, max_new_tokens)
     n = 1
     while n <= 64:
@@ -436,7 +436,7 @@ def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, c
     return math.ceil((w + kv) / (chip_.hbm.bytes * 0.95))
 
 
-def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
+def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
              prompt: np.ndarray | None = None, chips: int = 1) -> GenerationReport:
     """Runs greedy generation of a zoo LLM on the chip and reports serving metrics.
@@ -448,7 +448,8 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     """
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm, prompt_ids
 
-    full = get_llm(model)
+    full = get_llm(model) if isinstance(model, str) else model  # a zoo name, or an LLMSpec
+    model = full.name
     chip_ = load_chip(chip)
     dt = DType(dtype)
     if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
@@ -463,7 +464,7 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     cap = _capacity(prompt_len, max_new_tokens)
     w_bytes, kv_total = model_memory(spec, batch, cap, dt)
     if w_bytes + kv_total > chip_.hbm.bytes:
-        need = chips_needed(model, prompt_len, max_new_tokens, batch, chip_, dt)
+        need = chips_needed(full, prompt_len, max_new_tokens, batch, chip_, dt)
         raise ModelTooLargeError(
             f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB per chip on {chips} chip(s) "
             f"(weights {w_bytes / 2**30:.1f} GiB, KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} "

@@ -40,7 +40,7 @@ def test_greedy_tokens_match_hf_generate_fp32(name: str) -> None:
     assert gen.tokens.shape == (BATCH, NEW)
     np.testing.assert_array_equal(gen.tokens, ref.numpy())
     # one prefill and one decode program served all 31 decode steps (no recompilation per token)
-    assert sorted(sess._programs) == [("decode", 64), ("prefill", PROMPT)]
+    assert sorted(sess.programs) == [("decode", 64), ("prefill", PROMPT)]
 
 
 @pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny", "qwen3-moe-tiny"])
@@ -82,7 +82,7 @@ def test_generation_crossing_a_bucket_boundary_matches_hf() -> None:
         ref = _eager(name).generate(ids, max_new_tokens=12, do_sample=False)[:, 58:]
     sess = _session(name, "fp32", capacity=128)
     np.testing.assert_array_equal(sess.generate(ids.numpy(), 12).tokens, ref.numpy())
-    assert sorted(k for k in sess._programs if k[0] == "decode") == [("decode", 64), ("decode", 128)]
+    assert sorted(k for k in sess.programs if k[0] == "decode") == [("decode", 64), ("decode", 128)]
 
 
 def test_generate_api_reports_serving_metrics() -> None:

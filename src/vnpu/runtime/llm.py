@@ -31,7 +31,6 @@ import torch
 from vnpu.chip import DEFAULT_CHIP, load_chip
 from vnpu.chip.schema import Chip
 from vnpu.compiler.lower import compile_graph
-from vnpu.compiler.memory import OutOfMemoryError
 from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph
 from vnpu.isa.program import Program
@@ -79,13 +78,6 @@ class PhaseCost:
     def of(cls, p: Profile) -> "PhaseCost":
         return cls(p.seconds, p.energy.total_j, float(p.hbm_bytes), float(p.flops))
 
-    def extrapolate(self, two_layers: "PhaseCost", layers: int) -> "PhaseCost":
-        """self: the 1-layer model's cost; two_layers: the 2-layer model's."""
-        f = layers - 1
-        return PhaseCost(*(a + f * (b - a) for a, b in zip(
-            (self.seconds, self.energy_j, self.hbm_bytes, self.flops),
-            (two_layers.seconds, two_layers.energy_j, two_layers.hbm_bytes, two_layers.flops))))
-
 
 def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tuple[Graph, dict[str, int]]:
     from vnpu.frontends.torch import import_exported, to_core_aten
@@ -132,6 +124,11 @@ class LLMSession:
         self._uploaded: set[int] = set()
         self.compile_s = 0.0
         self.export_s = 0.0
+
+    @property
+    def programs(self) -> dict[tuple[str, int], Program]:
+        """Compiled programs by (phase, KV slots read): ("prefill", S) and ("decode", bucket)."""
+        return dict(self._programs)
 
     # -- compilation ----------------------------------------------------------------------
     def graph(self, seq: int) -> Graph:
@@ -480,7 +477,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         gen = sess.generate(ids, max_new_tokens)
         prefill, decode = gen.prefill, gen.decode
         tokens = gen.tokens.tolist()
-        programs = len(sess._programs)
+        programs = len(sess.programs)
         layers = spec.num_layers
         walls.update(export_s=sess.export_s, compile_s=sess.compile_s, simulate_s=gen.wall_s)
         fallback = sess.fallback_ops
@@ -490,7 +487,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap)
         sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False)
         prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
-        programs = len(sess._programs)
+        programs = len(sess.programs)
         walls.update(export_s=sess.export_s, compile_s=sess.compile_s)
         fallback = sess.fallback_ops
         tokens = []
@@ -530,4 +527,4 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
            "chips_needed", "collective_seconds",
-           "ModelTooLargeError", "OutOfMemoryError"]
+           "ModelTooLargeError", "extrapolate_layers", "kv_bytes", "model_memory"]

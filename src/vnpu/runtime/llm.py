@@ -388,9 +388,13 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType) -> tuple[in
     """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation."""
     from vnpu.workloads.llm_zoo import build_llm
 
-    model = build_llm(spec, device="meta")
-    params = {id(p): p for p in model.parameters()}
-    w = sum(p.numel() for p in params.values()) * dtype.itemsize
+    def count(layers: int) -> int:
+        model = build_llm(spec, device="meta", num_layers=layers)
+        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+    # layers are identical: count a 1- and a 2-layer instantiation instead of the whole model
+    p1, p2 = count(1), count(2)
+    w = (p1 + (spec.num_layers - 1) * (p2 - p1)) * dtype.itemsize
     return w, kv_bytes(spec, batch, capacity, dtype)
 
 

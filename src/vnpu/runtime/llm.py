@@ -143,22 +143,24 @@ class LLMSession:
                 self._layout(g)
         return self._graphs[seq]
 
-    def _stored(self, nbytes: int, dt: DType) -> int:
-        return nbytes // dt.itemsize * (self.dtype.itemsize if dt.is_float else dt.itemsize)
-
     def _layout(self, g: Graph) -> None:
-        """Fixed offsets for the weights and the KV cache, shared by every program."""
+        """Fixed offsets for the weights and the KV cache, shared by every program. Taken from
+        the optimized graph, so that weights the compiler rewrites (merged Q/K/V and gate/up
+        matrices, named after their members) are shared too and replaced ones take no space."""
+        from vnpu.compiler.lower import optimize
+
         pinned: dict[str, int] = {}
         top = 0
+        g = optimize(g, self.dtype)
         for c in g.constants():
             if c.name in g.weight_names and c.name not in pinned:
                 pinned[c.name] = top
-                n = self._stored(c.type.nbytes, c.dtype)
+                n = c.type.nbytes  # already in the program's dtype
                 self.weight_bytes += n
                 top = _align(top + n)
         for v, _ in g.state:
             pinned[v.name] = top
-            n = self._stored(v.type.nbytes, v.dtype)
+            n = v.type.nbytes
             self.kv_bytes += n
             top = _align(top + n)
         self.pinned = pinned

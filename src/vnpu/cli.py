@@ -485,14 +485,16 @@ def compare(
     chips: Annotated[str, typer.Option("--chips", help="comma-separated chip presets or .toml paths",
                                        metavar="A,B,...")] = "vnpu-v1,h20",
     model: Annotated[str, typer.Option("--model", help="LLM name (see vnpu generate)", metavar="MODEL")] = "qwen3-32b",
-    prompt_len: Annotated[int, typer.Option("--prompt-len", metavar="N")] = 2048,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="M")] = 128,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", metavar="N")] = 512,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="M")] = 32,
     batch: Annotated[int, typer.Option("--batch", "-b", metavar="B")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE")] = "bf16",
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="PATH")] = None,
 ) -> None:
     """Serve one LLM on several chips (timing only) and print TTFT, TPOT, tokens/s and energy per
-    token side by side. Each chip gets the fewest chips of its kind that hold the model."""
+    token side by side. Each chip gets the fewest chips of its kind that hold the model.
+    (GPU-like presets have many small cores: their prefill programs have many more
+    instructions, so long prompts take minutes to simulate.)"""
     import json
 
     from vnpu.runtime.llm import chips_needed

@@ -334,7 +334,8 @@ def _moe_route(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
 @register("moe_ffn", "moe")
 def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """x [T, H], the moe_route schedule, gate_up [E, 2I, H], down [E, H, I] -> per routed slot
-    down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x[t]: [T*K + 1, H] (last row: pad dump)."""
+    down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x[t]: [T*K + 1, H] (last row: pad dump),
+    and a scratch output [tiles, rows, I]: the activations between the two matmuls."""
     x, tile_e, tile_tok, tile_slot, gu, dn = ins
     t, h = x.shape
     e, i2, h2 = gu.shape
@@ -342,7 +343,8 @@ def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise IRTypeError(f"moe_ffn: expert weights {gu}, {dn} do not match hidden size {h}")
     if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
         raise IRTypeError("moe_ffn: inconsistent routing tables")
-    return [TensorType((attrs["slots"] + 1, h), _same_dtype("moe_ffn", [x, gu, dn]))]
+    dt = _same_dtype("moe_ffn", [x, gu, dn])
+    return [TensorType((attrs["slots"] + 1, h), dt), TensorType(tile_tok.shape + (i2 // 2,), dt)]
 
 
 @register("rms_norm", "norm")

@@ -68,7 +68,7 @@ class _Vec:
         self.ops: list[VecOp] = []
 
     def __call__(self, op: str, dst: SramRef, *srcs: SramRef | float, **attrs: object) -> None:
-        self.ops.append(VecOp(op, dst, tuple(srcs), tuple(sorted(attrs.items()))))
+        self.ops.append(VecOp(op, dst, tuple(srcs), tuple(sorted(attrs.items())) if attrs else ()))
 
     def emit(self, waits: list, signal: int) -> None:
         self.ops[0].waits = tuple(waits)

@@ -6,15 +6,16 @@ engine into tiles of R rows: each tile has one expert, and each row a token and 
 routing can need (ir.ops.moe_tiles): at batch-1 decode exactly the K routed experts; for a
 long prefill about T*K/R + E in the worst case.
 
-moe_ffn: per tile, on the core that owns it (round-robin):
-    DMA     X rows of the tile's tokens, gathered per H-chunk (DmaGather by token index);
-            each expert-weight chunk gathered from the [E, ...] weight tensors by the tile's
-            expert id (so only the routed experts' weights are read);
-    matrix  gate, up = X @ Wg^T, X @ Wu^T per I-chunk; later y = act @ Wd^T per H-chunk;
-    vector  act = silu(gate) * up (kept in scratchpad, never stored); y -> output dtype;
-    DMA     y rows scattered to their slots (DmaScatter), pad rows to the dump row T*K.
+moe_ffn: two launches, their work items (tile, chunk) spread over the cores so that even
+a single routed tile (batch-1 decode) keeps every core streaming weights:
+    1. per (tile, I-chunk): X rows of the tile's tokens gathered per H-chunk (DmaGather by
+       token index); the expert's gate and up rows of the chunk gathered from the [E, ...]
+       weights by the tile's expert id (only routed experts' weights are read); gate, up =
+       X @ Wg^T, X @ Wu^T on the array; act = silu(gate) * up -> the scratch output;
+    2. per (tile, H-chunk): act of the tile loaded, the expert's down block gathered by id,
+       y = act @ Wd^T, rows scattered to their slots (DmaScatter; pad rows to the dump row).
 The importer then combines out[t] = sum_k w[t,k] * y[t*K + k] with the existing kernels.
-Weight chunks and accumulators are double-buffered so gathers overlap the matmuls.
+Weight chunks, operands and accumulators are double-buffered so gathers overlap the matmuls.
 """
 from __future__ import annotations
 
@@ -60,129 +61,162 @@ def _expert_block(w: HbmRef, r0: int, rn: int, c0: int, cn: int) -> HbmRef:
     return HbmRef(w.offset + (r0 * st[1] + c0 * st[2]) * w.dtype.itemsize, w.dtype, (w.shape[0], rn, cn), st)
 
 
+def _chunk(total: int, limit: int, want_items: int) -> int:
+    """A chunk width <= limit giving about `want_items` chunks (at least 32 wide)."""
+    return max(1, min(limit, total, max(32, -(-total // max(want_items, 1)))))
+
+
 @kernel("moe_ffn")
-def moe_ffn_kernel(ctx: KernelContext) -> KernelLaunch:
+def moe_ffn_kernel(ctx: KernelContext) -> list[KernelLaunch]:
+    """Two launches, each spread over the cores by (tile, chunk) work items:
+    1. gate/up + activation per (tile, I-chunk): act -> the scratch output [NT, R, I];
+    2. down projection per (tile, H-chunk), rows scattered to their slots."""
     x, tile_e, tile_tok, tile_slot, gu, dn = ctx.inputs
-    y = ctx.outputs[0]
+    y, act = ctx.outputs
     T, H = x.shape
     NT, R = tile_tok.shape
     I = dn.shape[2]
     dt = ctx.dtype
-    isz = dt.itemsize
-    kt = min(H, 256)  # H-chunk of the gate/up reduction
-    nt = min(I, 128)  # I-chunk (gate/up outputs; the down reduction's chunk)
-    ht = min(H, 256)  # H-chunk of the down outputs
+    cap = ctx.chip.core.scratchpad.bytes
+    kt = min(H, 256)
+    nt = _chunk(I, 128, -(-ctx.cores // NT))
+    ht = _chunk(H, 256, -(-ctx.cores // NT))
     kcs = [(k0, min(kt, H - k0)) for k0 in range(0, H, kt)]
     ics = [(i0, min(nt, I - i0)) for i0 in range(0, I, nt)]
     hcs = [(h0, min(ht, H - h0)) for h0 in range(0, H, ht)]
-    cap = ctx.chip.core.scratchpad.bytes
-    fixed = (2 * max(nt * kt, ht * nt) * isz + 4 * R * nt * 4 + R * nt * 4 + 2 * R * ht * 4 + 2 * R * ht * y.dtype.itemsize
-             + len(ics) * R * nt * isz + 2 * (2 * R + 1) * 8 + 64 * 64)
-    x_bufs = 2 if fixed + 2 * R * H * isz <= cap else 1
-    if fixed + x_bufs * R * H * isz > cap:
+    isz = dt.itemsize
+    need1 = 2 * R * H * isz + 2 * nt * kt * isz + 2 * 2 * R * nt * 4 + R * nt * 4 + 2 * R * nt * isz + 64 * 64
+    need2 = 2 * R * I * isz + 2 * ht * nt * isz + 2 * R * ht * 4 + 2 * R * ht * y.dtype.itemsize + 64 * 64
+    if max(need1, need2) > cap:
         raise KernelError(f"moe_ffn: a tile of {R} rows x hidden {H} does not fit the {cap}-byte scratchpad")
-    per_core: list[list[int]] = [[] for _ in range(ctx.cores)]
-    for t in range(NT):
-        per_core[t % ctx.cores].append(t)
+    items1 = [(t, ic) for t in range(NT) for ic in range(len(ics))]
+    items2 = [(t, hc) for t in range(NT) for hc in range(len(hcs))]
+    launches = [_gate_up_launch(ctx, items1, ics, kcs), _down_launch(ctx, items2, ics, hcs)]
+    flops = 2 * NT * R * 3 * H * I
+    experts_read = min(gu.shape[0], y.shape[0] - 1)  # at most one read of each routed expert
+    launches[0].flops = flops * 2 // 3
+    launches[1].flops = flops // 3
+    launches[0].min_hbm_bytes = experts_read * 2 * H * I * isz + T * H * x.dtype.itemsize
+    launches[1].min_hbm_bytes = experts_read * H * I * isz + y.numel * y.dtype.itemsize
+    return launches
+
+
+def _tables(b: CoreBuilder, ref: HbmRef, t: int, n: int, dst: SramRef, **kw: object) -> None:
+    b.emit(DmaLoad(HbmRef(ref.offset + t * (ref.strides[0] if ref.shape else 1) * 8, DType.int64, (n,), (1,)), dst, **kw))
+
+
+def _spread(items: list, cores: int) -> list[list]:
+    per: list[list] = [[] for _ in range(cores)]
+    for i, it in enumerate(items):
+        per[i % cores].append(it)
+    return per
+
+
+def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list) -> KernelLaunch:
+    x, tile_e, tile_tok, _, gu, _ = ctx.inputs
+    act = ctx.outputs[1]
+    R = act.shape[1]
+    I = act.shape[2]
+    dt = ctx.dtype
+    nt = max(n for _, n in ics)
+    kt = max(n for _, n in kcs)
     streams = []
-    for tiles in per_core:
+    for mine in _spread(items, ctx.cores):
         b = CoreBuilder(ctx.chip)
-        if not tiles:
+        if not mine:
             streams.append(b.finish())
             continue
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
-        ttok = [b.alloc(DType.int64, (R,)) for _ in range(2)]
-        tslot = [b.alloc(DType.int64, (R,)) for _ in range(2)]
-        xb = [[b.alloc(dt, (R, kn)) for _, kn in kcs] for _ in range(x_bufs)]
-        wb = [b.alloc(dt, (max(nt * kt, ht * nt),)) for _ in range(2)]
-        accg = [b.alloc(F32, (R, nt)) for _ in range(2)]
-        accu = [b.alloc(F32, (R, nt)) for _ in range(2)]
+        tt = [b.alloc(DType.int64, (R,)) for _ in range(2)]
+        xb = [[b.alloc(dt, (R, kn)) for _, kn in kcs] for _ in range(2)]
+        wb = [b.alloc(dt, (nt, kt)) for _ in range(2)]
+        ag = [b.alloc(F32, (R, nt)) for _ in range(2)]
+        au = [b.alloc(F32, (R, nt)) for _ in range(2)]
         tmp = b.alloc(F32, (R, nt))
-        act = [b.alloc(dt, (R, n)) for _, n in ics]
-        accd = [b.alloc(F32, (R, ht)) for _ in range(2)]
-        outb = [b.alloc(y.dtype, (R, ht)) for _ in range(2)]
-        TL, XL, GB, MM, VD, SC = (b.sem() for _ in range(6))
-        j = 0  # matmuls (and weight gathers) so far
-        nv = 0  # vector groups so far
-        nsc = 0  # scatters so far
-        cg = 0  # gate/up chunks so far (accumulator parity)
-        cd = 0  # down chunks so far
-        act_done: list[int] = []  # VD value after each gate/up chunk's activation
-        cast_done: list[int] = []  # VD value after each down chunk's cast
-        sc_end: list[int] = []  # SC value after each tile's last scatter
-        gu_end: list[int] = []  # MM value after each tile's last gate/up matmul
-        down_end: list[int] = []
-        for li, tg in enumerate(tiles):
+        ob = [b.alloc(dt, (R, nt)) for _ in range(2)]
+        TL, XL, GB, MM, VD, ST = (b.sem() for _ in range(6))
+        j = 0
+        mm_end: list[int] = []
+        for li, (t, ic) in enumerate(mine):
             s = li % 2
-            w = ((SC, sc_end[li - 2]),) if li >= 2 else ()
-            b.emit(DmaLoad(HbmRef(tile_e.offset + tg * tile_e.strides[0] * 8, DType.int64, (1,), (1,)), te[s], waits=w))
-            b.emit(DmaLoad(HbmRef(tile_tok.offset + tg * tile_tok.strides[0] * 8, DType.int64, (R,), (1,)), ttok[s]))
-            b.emit(DmaLoad(HbmRef(tile_slot.offset + tg * tile_slot.strides[0] * 8, DType.int64, (R,), (1,)), tslot[s],
-                           signal=TL))
-            xs = xb[li % x_bufs]
-            xw = [(TL, li + 1)]
-            if li >= x_bufs:
-                xw.append((MM, gu_end[li - x_bufs]))
+            i0, inn = ics[ic]
+            _tables(b, tile_e, t, 1, te[s], waits=((MM, mm_end[li - 2]),) if li >= 2 else ())
+            _tables(b, tile_tok, t, R, tt[s], signal=TL)
             for ci, (k0, kn) in enumerate(kcs):
-                b.emit(DmaGather(_rows(x, k0, kn), ttok[s], xs[ci], waits=tuple(xw) if ci == 0 else (), signal=XL))
-
-            def matmul(a: SramRef, table: HbmRef, bshape: tuple[int, int], acc: SramRef, accumulate: bool,
-                       extra: list) -> None:
-                nonlocal j
-                gw = [(MM, j - 1)] if j >= 2 else []
-                wt = SramRef(wb[j % 2].offset, dt, bshape)
-                b.emit(DmaGather(table, te[s], wt, waits=tuple(gw), signal=GB))
-                b.emit(MatMul(a, wt, acc, accumulate, waits=tuple([(GB, j + 1)] + extra), signal=MM, trans_b=True))
-                j += 1
-
-            # gate/up per I-chunk, then the activation into the scratchpad
-            for ii, (i0, inn) in enumerate(ics):
-                p = cg % 2
-                ag, au = sub_ref(accg[p], (R, inn)), sub_ref(accu[p], (R, inn))
-                for which, acc, row0 in (("g", ag, i0), ("u", au, I + i0)):
-                    for ci, (k0, kn) in enumerate(kcs):
-                        extra = []
-                        if ci == 0 and which == "g":
-                            extra.append((XL, len(kcs) * (li + 1)))
-                            if cg >= 2:
-                                extra.append((VD, act_done[cg - 2]))
-                        matmul(xs[ci], _expert_block(gu, row0, inn, k0, kn), (inn, kn), acc, ci > 0, extra)
-                vw = [(MM, j)]
-                if ii == 0 and down_end:
-                    vw.append((MM, down_end[-1]))
-                t_ = sub_ref(tmp, (R, inn))
-                b.emit(VecOp("silu", t_, (ag,), waits=tuple(vw)))
-                b.emit(VecOp("mul", act[ii], (t_, au), signal=VD))
-                nv += 1
-                act_done.append(nv)
-                cg += 1
-            gu_end.append(j)
-            # down projection per H-chunk, scattered to the slots
-            for hi, (h0, hn) in enumerate(hcs):
-                p = cd % 2
-                ad = sub_ref(accd[p], (R, hn))
-                for ii, (i0, inn) in enumerate(ics):
-                    extra = []
-                    if ii == 0:
-                        extra.append((VD, act_done[-1]))
-                        if cd >= 2:
-                            extra.append((VD, cast_done[cd - 2]))
-                    matmul(act[ii], _expert_block(dn, h0, hn, i0, inn), (hn, inn), ad, ii > 0, extra)
-                vw = [(MM, j)] + ([(SC, cd - 1)] if cd >= 2 else [])
-                ot = sub_ref(outb[p], (R, hn))
-                b.emit(VecOp("identity", ot, (ad,), waits=tuple(vw), signal=VD))
-                nv += 1
-                cast_done.append(nv)
-                b.emit(DmaScatter(ot, tslot[s], _rows(y, h0, hn), waits=((VD, nv),), signal=SC))
-                nsc += 1
-                cd += 1
-            down_end.append(j)
-            sc_end.append(nsc)
+                b.emit(DmaGather(_rows(x, k0, kn), tt[s], xb[s][ci], waits=((TL, li + 1),) if ci == 0 else (),
+                                 signal=XL))
+            g_acc, u_acc = sub_ref(ag[s], (R, inn)), sub_ref(au[s], (R, inn))
+            for acc, row0 in ((g_acc, i0), (u_acc, I + i0)):
+                for ci, (k0, kn) in enumerate(kcs):
+                    wt = SramRef(wb[j % 2].offset, dt, (inn, kn))
+                    gw = ([(MM, j - 1)] if j >= 2 else []) + ([(TL, li + 1)] if ci == 0 and acc is g_acc else [])
+                    b.emit(DmaGather(_expert_block(gu, row0, inn, k0, kn), te[s], wt, waits=tuple(gw), signal=GB))
+                    w = [(GB, j + 1)]
+                    if ci == 0 and acc is g_acc:
+                        w.append((XL, len(kcs) * (li + 1)))
+                        if li >= 2:
+                            w.append((VD, li - 1))  # accumulators of item li-2 consumed
+                    b.emit(MatMul(xb[s][ci], wt, acc, ci > 0, waits=tuple(w), signal=MM, trans_b=True))
+                    j += 1
+            mm_end.append(j)
+            t_, o_ = sub_ref(tmp, (R, inn)), sub_ref(ob[s], (R, inn))
+            b.emit(VecOp("silu", t_, (g_acc,), waits=((MM, j),) + (((ST, li - 1),) if li >= 2 else ())))
+            b.emit(VecOp("mul", o_, (t_, u_acc), signal=VD))
+            dst = HbmRef(act.offset + (t * act.strides[0] + i0 * act.strides[2]) * act.dtype.itemsize, act.dtype,
+                         (R, inn), (act.strides[1], act.strides[2]))
+            b.emit(DmaStore(o_, dst, waits=((VD, li + 1),), signal=ST))
         streams.append(b.finish())
-    flops = 2 * NT * R * 3 * H * I
-    experts_read = min(gu.shape[0], y.shape[0] - 1)  # at most one read of each routed expert
-    min_bytes = experts_read * 3 * H * I * isz + T * H * x.dtype.itemsize + y.numel * y.dtype.itemsize
-    return KernelLaunch(ctx.node.name, "moe", ["moe_ffn"], streams, flops, min_bytes, dt)
+    return KernelLaunch(f"{ctx.node.name}_gate_up", "moe", ["moe_gate_up", "silu", "mul"], streams, 0, 0, dt)
 
 
-__all__ = ["moe_route_kernel", "moe_ffn_kernel"]
+def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list) -> KernelLaunch:
+    _, _, _, tile_slot, _, dn = ctx.inputs
+    tile_e = ctx.inputs[1]
+    y, act = ctx.outputs
+    R = act.shape[1]
+    dt = ctx.dtype
+    nt = max(n for _, n in ics)
+    ht = max(n for _, n in hcs)
+    streams = []
+    for mine in _spread(items, ctx.cores):
+        b = CoreBuilder(ctx.chip)
+        if not mine:
+            streams.append(b.finish())
+            continue
+        te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
+        ts = [b.alloc(DType.int64, (R,)) for _ in range(2)]
+        ab = [[b.alloc(dt, (R, n)) for _, n in ics] for _ in range(2)]
+        wb = [b.alloc(dt, (ht, nt)) for _ in range(2)]
+        acc = [b.alloc(F32, (R, ht)) for _ in range(2)]
+        ob = [b.alloc(y.dtype, (R, ht)) for _ in range(2)]
+        TL, AL, GB, MM, VD, SC = (b.sem() for _ in range(6))
+        j = 0
+        mm_end: list[int] = []
+        for li, (t, hc) in enumerate(mine):
+            s = li % 2
+            h0, hn = hcs[hc]
+            w0 = ((MM, mm_end[li - 2]),) if li >= 2 else ()
+            _tables(b, tile_e, t, 1, te[s], waits=w0 + (((SC, li - 1),) if li >= 2 else ()))
+            _tables(b, tile_slot, t, R, ts[s], signal=TL)
+            for ii, (i0, inn) in enumerate(ics):
+                src = HbmRef(act.offset + (t * act.strides[0] + i0 * act.strides[2]) * act.dtype.itemsize, act.dtype,
+                             (R, inn), (act.strides[1], act.strides[2]))
+                b.emit(DmaLoad(src, ab[s][ii], signal=AL))
+            a_t = sub_ref(acc[s], (R, hn))
+            for ii, (i0, inn) in enumerate(ics):
+                wt = SramRef(wb[j % 2].offset, dt, (hn, inn))
+                gw = ([(MM, j - 1)] if j >= 2 else []) + ([(TL, li + 1)] if ii == 0 else [])
+                b.emit(DmaGather(_expert_block(dn, h0, hn, i0, inn), te[s], wt, waits=tuple(gw), signal=GB))
+                w = [(GB, j + 1)]
+                if ii == 0:
+                    w.append((AL, len(ics) * (li + 1)))
+                    if li >= 2:
+                        w.append((VD, li - 1))
+                b.emit(MatMul(ab[s][ii], wt, a_t, ii > 0, waits=tuple(w), signal=MM, trans_b=True))
+                j += 1
+            mm_end.append(j)
+            o_ = sub_ref(ob[s], (R, hn))
+            b.emit(VecOp("identity", o_, (a_t,), waits=((MM, j),) + (((SC, li - 1),) if li >= 2 else ()), signal=VD))
+            b.emit(DmaScatter(o_, ts[s], _rows(y, h0, hn), waits=((VD, li + 1),), signal=SC))
+        streams.append(b.finish())
+    return KernelLaunch(f"{ctx.node.name}_down", "moe", ["moe_down"], streams, 0, 0, dt)

@@ -12,10 +12,10 @@ Each step's program writes the new keys/values into the cache in place (index_wr
 picks the greedy next token on chip (argmax) and returns it with the last logits.
 
 Big models are evaluated timing-only from `meta`-device instantiations. Decoder layers
-are identical, so the session compiles and simulates a 1-layer and a 2-layer model and
-extrapolates: T(L layers) = T1 + (L - 1) * (T2 - T1) for time, energy and traffic (the
-steady-state shortcut; exact when layers are identical and kernels do not overlap, which
-holds here because kernels run back to back).
+are identical, so the session compiles and simulates a 2-layer model and extrapolates:
+T(L layers) = T(2 layers) + (L - 2) * T(second layer's kernels), for time, energy and
+traffic (the steady-state shortcut; exact when layers are identical and kernels do not
+overlap, which holds here because kernels run back to back).
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ import torch
 from vnpu.chip import DEFAULT_CHIP, load_chip
 from vnpu.chip.schema import Chip
 from vnpu.compiler.lower import compile_graph
-from vnpu.compiler.memory import OutOfMemoryError
 from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph
 from vnpu.isa.program import Program
@@ -78,13 +77,6 @@ class PhaseCost:
     @classmethod
     def of(cls, p: Profile) -> "PhaseCost":
         return cls(p.seconds, p.energy.total_j, float(p.hbm_bytes), float(p.flops))
-
-    def extrapolate(self, two_layers: "PhaseCost", layers: int) -> "PhaseCost":
-        """self: the 1-layer model's cost; two_layers: the 2-layer model's."""
-        f = layers - 1
-        return PhaseCost(*(a + f * (b - a) for a, b in zip(
-            (self.seconds, self.energy_j, self.hbm_bytes, self.flops),
-            (two_layers.seconds, two_layers.energy_j, two_layers.hbm_bytes, two_layers.flops))))
 
 
 def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tuple[Graph, dict[str, int]]:
@@ -133,6 +125,11 @@ class LLMSession:
         self.compile_s = 0.0
         self.export_s = 0.0
 
+    @property
+    def programs(self) -> dict[tuple[str, int], Program]:
+        """Compiled programs by (phase, KV slots read): ("prefill", S) and ("decode", bucket)."""
+        return dict(self._programs)
+
     # -- compilation ----------------------------------------------------------------------
     def graph(self, seq: int) -> Graph:
         if seq not in self._graphs:
@@ -146,22 +143,24 @@ class LLMSession:
                 self._layout(g)
         return self._graphs[seq]
 
-    def _stored(self, nbytes: int, dt: DType) -> int:
-        return nbytes // dt.itemsize * (self.dtype.itemsize if dt.is_float else dt.itemsize)
-
     def _layout(self, g: Graph) -> None:
-        """Fixed offsets for the weights and the KV cache, shared by every program."""
+        """Fixed offsets for the weights and the KV cache, shared by every program. Taken from
+        the optimized graph, so that weights the compiler rewrites (merged Q/K/V and gate/up
+        matrices, named after their members) are shared too and replaced ones take no space."""
+        from vnpu.compiler.lower import optimize
+
         pinned: dict[str, int] = {}
         top = 0
+        g = optimize(g, self.dtype)
         for c in g.constants():
             if c.name in g.weight_names and c.name not in pinned:
                 pinned[c.name] = top
-                n = self._stored(c.type.nbytes, c.dtype)
+                n = c.type.nbytes  # already in the program's dtype
                 self.weight_bytes += n
                 top = _align(top + n)
         for v, _ in g.state:
             pinned[v.name] = top
-            n = self._stored(v.type.nbytes, v.dtype)
+            n = v.type.nbytes
             self.kv_bytes += n
             top = _align(top + n)
         self.pinned = pinned
@@ -243,19 +242,57 @@ class LLMSession:
         return Generation(np.stack(tokens, axis=1), np.stack(all_logits, axis=1), steps[0], steps[1:],
                           time.perf_counter() - t0)
 
-    def step_costs(self, prompt_len: int, max_new_tokens: int) -> tuple[PhaseCost, list[PhaseCost]]:
-        """Timing-only: the prefill's cost and each decode step's (one simulation per bucket)."""
+    def step_costs(self, prompt_len: int, max_new_tokens: int,
+                   layers: int | None = None) -> tuple[PhaseCost, list[PhaseCost]]:
+        """Timing-only: the prefill's cost and each decode step's (one simulation per bucket).
+        With `layers`, each cost is extrapolated from this (2-layer) model to that many layers."""
         z = np.zeros((self.batch, prompt_len), np.int64)
-        prefill = PhaseCost.of(self.run(self.prefill_program(prompt_len), z, np.arange(prompt_len))[2])
+
+        def cost(prog: Program, ids: np.ndarray, pos: np.ndarray) -> PhaseCost:
+            prof = self.run(prog, ids, pos)[2]
+            return PhaseCost.of(prof) if layers is None else extrapolate_layers(prof, prog, self.chip, layers)
+
+        prefill = cost(self.prefill_program(prompt_len), z, np.arange(prompt_len))
         by_bucket: dict[int, PhaseCost] = {}
         out = []
         for i in range(max_new_tokens - 1):
             pos = prompt_len + i
             bk = decode_bucket(pos, self.capacity)
             if bk not in by_bucket:
-                by_bucket[bk] = PhaseCost.of(self.run(self.decode_program(pos), z[:, :1], np.array([pos]))[2])
+                by_bucket[bk] = cost(self.decode_program(pos), z[:, :1], np.array([pos]))
             out.append(by_bucket[bk])
         return prefill, out
+
+
+def repeated_block(sigs: list) -> tuple[int, int]:
+    """(start, length) of the longest run of launches repeated right after itself: in a
+    2-layer decoder program, one layer's kernels (P + X + X + E)."""
+    n_all = len(sigs)
+    for n in range(n_all // 2, 0, -1):
+        for start in range(n_all - 2 * n + 1):
+            if sigs[start:start + n] == sigs[start + n:start + 2 * n]:
+                return start, n
+    raise ValueError("no repeated layer found in the program")
+
+
+def extrapolate_layers(prof: Profile, prog: Program, chip: Chip, layers: int) -> PhaseCost:
+    """The cost of an L-layer model from its 2-layer program's run: the whole run plus (L - 2)
+    times the second layer's kernels (found as the repeated block of launches), counted from
+    kernel start to the next kernel's start (launch gaps included). Exact for identical
+    layers, since kernels run back to back without overlap."""
+    sigs = [(l.kind, tuple(l.ops), l.flops) for l in prog.launches]
+    start, n = repeated_block(sigs)
+    ks = prof.kernels
+    gap = chip.kernel_launch_us * 1e-6 * chip.clock_hz
+    starts = [k.start_cycle for k in ks] + [prof.cycles + gap]
+    block = ks[start + n:start + 2 * n]
+    cycles = starts[start + 2 * n] - starts[start + n]
+    busy = sum(k.cycles for k in block)
+    energy = sum(k.energy_j for k in block) + chip.energy.static_w * (cycles - busy) / chip.clock_hz
+    extra = layers - 2
+    return PhaseCost(prof.seconds + extra * cycles / chip.clock_hz, prof.energy.total_j + extra * energy,
+                     prof.hbm_bytes + extra * sum(k.hbm_bytes for k in block),
+                     prof.flops + extra * sum(k.flops for k in block))
 
 
 @dataclass
@@ -282,7 +319,7 @@ class GenerationReport:
     tokens_per_s: float  # generated tokens / (prefill + decode time)
     decode_tokens_per_s: float  # batch / tpot
     decode_hbm_utilization: float  # decode steps' HBM bytes / (decode time x peak bandwidth)
-    decode_bandwidth_bound_fraction: float  # (weights + KV bytes read) / bandwidth / decode time
+    decode_bandwidth_bound_fraction: float  # (weights a step reads + KV bytes read) / bandwidth / decode time
     energy_per_token_j: float
     total_energy_j: float
     weight_bytes: int  # whole model (all chips)
@@ -353,10 +390,25 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType) -> tuple[in
     """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation."""
     from vnpu.workloads.llm_zoo import build_llm
 
-    model = build_llm(spec, device="meta")
-    params = {id(p): p for p in model.parameters()}
-    w = sum(p.numel() for p in params.values()) * dtype.itemsize
+    def count(layers: int) -> int:
+        model = build_llm(spec, device="meta", num_layers=layers)
+        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+    # layers are identical: count a 1- and a 2-layer instantiation instead of the whole model
+    p1, p2 = count(1), count(2)
+    w = (p1 + (spec.num_layers - 1) * (p2 - p1)) * dtype.itemsize
     return w, kv_bytes(spec, batch, capacity, dtype)
+
+
+def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType) -> int:
+    """Weight bytes one decode step must read: all of a dense model; for an MoE model the
+    non-expert weights plus at most batch x top-k routed experts per layer."""
+    c = spec.config
+    if spec.family != "qwen3_moe":
+        return weight_bytes
+    e, k = c["num_experts"], c["num_experts_per_tok"]
+    expert = 3 * c["hidden_size"] * c["moe_intermediate_size"] * dtype.itemsize
+    return weight_bytes - spec.num_layers * expert * (e - min(e, batch * k))
 
 
 def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
@@ -366,13 +418,13 @@ def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
     return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
 
 
-def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
+def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
                  dtype: str | DType) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
     of the weights and KV cache (with 5% left for activations)."""
     from vnpu.workloads.llm_zoo import get_llm
 
-    spec, chip_, dt = get_llm(model), load_chip(chip), DType(dtype)
+    spec, chip_, dt = get_llm(model) if isinstance(model, str) else model, load_chip(chip), DType(dtype)
     cap = _capacity(prompt_len, max_new_tokens)
     n = 1
     while n <= 64:
@@ -387,7 +439,7 @@ def chips_needed(model: str, prompt_len: int, max_new_tokens: int, batch: int, c
     return math.ceil((w + kv) / (chip_.hbm.bytes * 0.95))
 
 
-def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
+def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
              prompt: np.ndarray | None = None, chips: int = 1) -> GenerationReport:
     """Runs greedy generation of a zoo LLM on the chip and reports serving metrics.
@@ -399,7 +451,8 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     """
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm, prompt_ids
 
-    full = get_llm(model)
+    full = get_llm(model) if isinstance(model, str) else model  # a zoo name, or an LLMSpec
+    model = full.name
     chip_ = load_chip(chip)
     dt = DType(dtype)
     if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
@@ -414,7 +467,7 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     cap = _capacity(prompt_len, max_new_tokens)
     w_bytes, kv_total = model_memory(spec, batch, cap, dt)
     if w_bytes + kv_total > chip_.hbm.bytes:
-        need = chips_needed(model, prompt_len, max_new_tokens, batch, chip_, dt)
+        need = chips_needed(full, prompt_len, max_new_tokens, batch, chip_, dt)
         raise ModelTooLargeError(
             f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB per chip on {chips} chip(s) "
             f"(weights {w_bytes / 2**30:.1f} GiB, KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} "
@@ -430,26 +483,19 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         gen = sess.generate(ids, max_new_tokens)
         prefill, decode = gen.prefill, gen.decode
         tokens = gen.tokens.tolist()
-        programs = len(sess._programs)
+        programs = len(sess.programs)
         layers = spec.num_layers
         walls.update(export_s=sess.export_s, compile_s=sess.compile_s, simulate_s=gen.wall_s)
         fallback = sess.fallback_ops
         mode = "functional"
     else:
-        costs = []
-        programs = 0
-        fallback = {}
-        for n_layers in (1, 2):
-            step = DecoderStep(build_llm(spec, device="meta", num_layers=n_layers), batch, cap)
-            sess = LLMSession(step, chip_, dt, batch, name=f"{model}_l{n_layers}", functional=False)
-            costs.append(sess.step_costs(prompt_len, max_new_tokens))
-            programs = len(sess._programs)
-            walls["export_s"] = walls.get("export_s", 0.0) + sess.export_s
-            walls["compile_s"] = walls.get("compile_s", 0.0) + sess.compile_s
-            fallback = sess.fallback_ops
         layers = spec.num_layers
-        prefill = costs[0][0].extrapolate(costs[1][0], layers)
-        decode = [a.extrapolate(b, layers) for a, b in zip(costs[0][1], costs[1][1])]
+        step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap)
+        sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False)
+        prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
+        programs = len(sess.programs)
+        walls.update(export_s=sess.export_s, compile_s=sess.compile_s)
+        fallback = sess.fallback_ops
         tokens = []
         mode = "timing-only (layers extrapolated)"
         if chips > 1:  # every chip runs its share at once; then the all-reduces; energy of all chips
@@ -473,7 +519,8 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     util = sum(d.hbm_bytes for d in decode) / (dec_s * bw) if dec_s else 0.0
     # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
     buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
-    bound_s = sum((w_bytes + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
+    w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt)
+    bound_s = sum((w_read + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
     bound = bound_s / dec_s if dec_s else 0.0
     return GenerationReport(
         model=model, chip=chip_.name, dtype=dt.value, batch=batch, prompt_len=prompt_len,
@@ -486,4 +533,4 @@ def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
            "chips_needed", "collective_seconds",
-           "ModelTooLargeError", "OutOfMemoryError"]
+           "ModelTooLargeError", "extrapolate_layers", "kv_bytes", "model_memory"]

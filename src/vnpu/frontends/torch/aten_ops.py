@@ -547,7 +547,9 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
     rows = min(MOE_ROWS_MAX, 1 << max(0, math.ceil(t * k / e) - 1).bit_length())
     route = cx.g.add_node("moe_route", [idx], {"experts": e, "rows": rows}, name=f"{cx.node.name}_route")
     tile_e, tile_tok, tile_slot = route.outputs
-    y = cx.emit("moe_ffn", [x, tile_e, tile_tok, tile_slot, gate_up, down], {"slots": t * k})
+    ffn = cx.g.add_node("moe_ffn", [x, tile_e, tile_tok, tile_slot, gate_up, down], {"slots": t * k},
+                        name=f"{cx.node.name}_ffn")
+    y = ffn.outputs[0]  # outputs[1] is the kernel's scratch (activations between its two launches)
     y = cx.emit("slice", [y], {"axis": 0, "start": 0, "end": t * k, "step": 1})
     y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
     wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})

@@ -212,10 +212,36 @@ def _foldable(node: fx.Node, vals: list[Value]) -> bool:
     return out_bytes <= max(MAX_FOLD_GROWTH * in_bytes, 1 << 20)
 
 
+def _weight_fold_name(g: Graph, node: fx.Node, args: Any, kwargs: Any) -> str | None:
+    """A name for a constant folded from weights only (e.g. permute(W) of a Linear), derived
+    from its inputs and the op, so that every graph exported from the same module names the
+    same folded weight alike (programs sharing a device keep one copy); None otherwise."""
+    import hashlib
+
+    vals = _values_in((args, kwargs))
+    g_names: list[str] = []
+    for v in vals:
+        if v.name not in g.weight_names:
+            return None
+        g_names.append(v.name)
+    desc = repr((op_name(node.target), _map((args, kwargs), lambda o: o.name if isinstance(o, Value) else o)))
+    return f"{g_names[0]}_{op_name(node.target).split('.')[0]}_{hashlib.sha1(desc.encode()).hexdigest()[:8]}"
+
+
 def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    wname = _weight_fold_name(cx.g, node, args, kwargs) if _values_in((args, kwargs)) else None
+    out = _fold_values(cx, node, args, kwargs, wname or node.name)
+    if wname is not None:  # the result is a weight too
+        for v in _values_in(out):
+            if v.is_const:
+                cx.g.weight_names.add(v.name)
+    return out
+
+
+def _fold_values(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any, name: str) -> Any:
     if cx.shape_only:  # stand-ins in, stand-ins out: shapes from the tracer's metadata
         def fake(o: Any) -> Any:
-            return _const_value(cx.g, node.name, o) if isinstance(o, torch.Tensor) else o
+            return _const_value(cx.g, name, o) if isinstance(o, torch.Tensor) else o
         val = node.meta.get("val")
         if isinstance(val, (tuple, list)):
             return type(val)(fake(v.to("meta") if isinstance(v, torch.Tensor) else v) for v in val)
@@ -230,7 +256,7 @@ def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
         out = node.target(*_map(args, to_t), **_map(kwargs, to_t))  # type: ignore[operator]
 
     def to_v(o: Any) -> Any:
-        return cx.g.add_const(node.name, torch_to_numpy(o), torch_to_dtype(o.dtype)) if isinstance(o, torch.Tensor) else o
+        return cx.g.add_const(name, torch_to_numpy(o), torch_to_dtype(o.dtype)) if isinstance(o, torch.Tensor) else o
 
     return _map(out, to_v) if isinstance(out, (tuple, list)) else to_v(out)
 

@@ -4,7 +4,7 @@
 
 For each model, in one process: compile once, then time (best of --repeat, fresh Device each)
 - timing-only with the steady-state shortcut: launches with equal timing keys (identical
-  layers) are simulated once (sim/device.py, isa/program.timing_key);
+  layers) are simulated once (sim/device.py, compiler/lower.kernel_timing_key);
 - the full event simulation of every launch (the shortcut off), as the reference;
 and print both wall times, their ratio, and that both give the same cycles. Goal: < 1 s each.
 """

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+
+import numpy as np
 
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
-from vnpu.ir.graph import Graph
+from vnpu.ir.graph import Graph, Node
 from vnpu.ir.ops import OPS
 from vnpu.ir.verify import verify
-from vnpu.isa.program import HostLaunch, KernelLaunch, Program, timing_key
+from vnpu.isa.instructions import HbmRef
+from vnpu.isa.program import HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, materialize_views, plan_memory
@@ -34,6 +38,32 @@ def optimize(graph: Graph, dtype: DType) -> Graph:
     materialize_views(g)
     verify(g)
     return g
+
+
+def _attr_key(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple((k, _attr_key(x)) for k, x in sorted(v.items(), key=lambda kv: str(kv[0])))
+    if isinstance(v, (list, tuple)):
+        return tuple(_attr_key(x) for x in v)
+    if isinstance(v, np.ndarray):
+        flat = v.reshape(-1) if v.size <= 1 << 16 else np.concatenate([v.reshape(-1)[:4096], v.reshape(-1)[-4096:]])
+        return ("array", v.shape, v.strides, str(v.dtype), hashlib.blake2b(np.ascontiguousarray(flat).tobytes(),
+                                                                           digest_size=16).hexdigest())
+    return repr(v)
+
+
+def kernel_timing_key(node: Node, refs: list[HbmRef], scalars: list[float | None], dtype: DType) -> str:
+    """What a kernel's instruction streams, and so its timing, depend on: the op, its
+    attributes, the shapes, strides and dtypes of its operands, which operands share an
+    address, its immediates and the precision; not where in HBM the operands live. Each
+    launch starts on an idle chip after a barrier, so launches with equal keys (a
+    transformer's identical layers, a ResNet stage's repeated blocks) take the same cycles
+    and timing-only runs simulate one of them (sim/device.py). Distinct operands are assumed
+    not to overlap partially (views of one buffer would have to coincide tile for tile)."""
+    alias: dict[int, int] = {}
+    operands = tuple((r.shape, r.strides, r.dtype.value, alias.setdefault(r.offset, len(alias))) for r in refs)
+    key = (node.op, _attr_key(node.attrs), operands, tuple(scalars), dtype.value)
+    return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
 
 def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
@@ -67,8 +97,9 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
                    for v in n.inputs]
         ctx = KernelContext(chip, dtype, n, ins, outs, scalars)
         res = fn(ctx)  # a kernel may take several launches (e.g. split attention and its combine)
-        for launch in res if isinstance(res, list) else [res]:
-            launch.timing_key = timing_key(launch)
+        key = kernel_timing_key(n, ins + outs, scalars, dtype)
+        for i, launch in enumerate(res if isinstance(res, list) else [res]):
+            launch.timing_key = f"{key}:{i}"
             launches.append(launch)
     consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
     prog = Program(

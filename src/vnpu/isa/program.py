@@ -1,14 +1,13 @@
 """A compiled Program: kernel launches over per-core instruction streams, plus the HBM map."""
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vnpu.dtypes import DType
-from vnpu.isa.instructions import CoreStream, HbmRef, SramRef
+from vnpu.isa.instructions import CoreStream, HbmRef
 
 
 @dataclass
@@ -22,41 +21,10 @@ class KernelLaunch:
     flops: int = 0
     min_hbm_bytes: int = 0  # compulsory traffic: inputs read once + outputs written once
     dtype: DType = DType.fp32  # compute dtype, selects the matrix rate
-    # Launches with equal keys take the same time (see timing_key); set by the compiler.
+    # Launches with equal keys take the same time (compiler.lower.kernel_timing_key sets it).
     timing_key: str | None = None
 
 
-def _shape_only(v: Any, hbm_ids: dict[int, int]) -> Any:
-    """An instruction field with addresses dropped: what its cost can depend on. HBM offsets
-    become their order of first appearance in the launch, which keeps which views repeat (L2
-    hits) without the absolute addresses."""
-    if isinstance(v, HbmRef):
-        return ("H", hbm_ids.setdefault(v.offset, len(hbm_ids)), v.shape, v.strides, v.dtype.value)
-    if isinstance(v, SramRef):
-        return ("S", v.shape, v.dtype.value)
-    if isinstance(v, tuple):
-        return tuple(_shape_only(x, hbm_ids) for x in v)
-    if isinstance(v, np.ndarray):
-        return ("A", v.shape, str(v.dtype))
-    return v
-
-
-def timing_key(launch: KernelLaunch) -> str:
-    """A digest of everything the timing of a launch depends on: per core and queue, each
-    instruction's type, shapes, strides, dtypes, byte overrides, flags and waits/signals,
-    and which HBM views repeat, but not the HBM or scratchpad addresses themselves. Each launch starts on an idle chip after a
-    barrier, so launches with equal keys (a transformer's identical layers, a ResNet
-    stage's repeated blocks) take the same cycles and timing-only runs simulate one of them."""
-    h = hashlib.blake2b(digest_size=16)
-    hbm_ids: dict[int, int] = {}
-    h.update(repr((launch.kind, launch.dtype.value, launch.flops, launch.min_hbm_bytes)).encode())
-    for cs in launch.cores:
-        h.update(repr(("core", cs.semaphores)).encode())
-        for q, instrs in cs.queues.items():
-            h.update(repr((q, len(instrs))).encode())
-            for ins in instrs:
-                h.update(repr((type(ins).__name__,) + tuple(_shape_only(getattr(ins, f.name), hbm_ids) for f in fields(ins))).encode())
-    return h.hexdigest()
 
 
 @dataclass

@@ -16,16 +16,6 @@ def _is_ew(n: Node) -> bool:
     return OPS[n.op].kind == "elementwise"
 
 
-def _users(g: Graph) -> dict[int, list[Node]]:
-    return g.users()
-
-
-def _replace_uses(g: Graph, old: Value, new: Value) -> None:
-    for n in g.nodes:
-        n.inputs = [new if v is old else v for v in n.inputs]
-    g.outputs = [new if v is old else v for v in g.outputs]
-
-
 def _scalar_like(v: Value) -> bool:
     return v.type.numel == 1
 
@@ -42,7 +32,7 @@ def sink_reshapes(g: Graph) -> int:
     matmul, so that bias, activation and residual fuse into the matmul's epilogue
     (Linear layers on 3-D inputs reshape to 2-D around the matmul)."""
     changed = 0
-    users = _users(g)
+    users = g.users()
     out_ids = {id(v) for v in g.outputs}
     new_nodes: list[Node] = list(g.nodes)
     for n in list(g.nodes):
@@ -154,7 +144,7 @@ def fuse_epilogues(g: Graph) -> int:
         cur = acc
         members: list[Node] = []
         while True:
-            users = _users(g).get(id(cur), [])
+            users = g.users().get(id(cur), [])
             if len(users) != 1 or any(cur is o for o in g.outputs):
                 break
             u = users[0]
@@ -188,7 +178,7 @@ def fuse_epilogues(g: Graph) -> int:
 
 def fuse_elementwise(g: Graph) -> int:
     """Groups chains of elementwise nodes into fused_elementwise nodes (singletons too)."""
-    users = _users(g)
+    users = g.users()
     out_ids = {id(v) for v in g.outputs}
     group_of: dict[int, int] = {}  # node id -> group index
     groups: list[list[Node]] = []

@@ -16,17 +16,6 @@ import numpy as np
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only
 
 
-def _users(g: Graph) -> dict[int, list[Node]]:
-    return g.users()
-
-
-def _replace_uses(g: Graph, old: Value, new: Value) -> None:
-    for n in g.nodes:
-        n.inputs = [new if v is old else v for v in n.inputs]
-    g.outputs = [new if v is old else v for v in g.outputs]
-    g.state = [(a, new if b is old else b) for a, b in g.state]
-
-
 def _single_use(g: Graph, users: dict[int, list[Node]], v: Value) -> bool:
     return len(users.get(id(v), [])) == 1 and not any(v is o for o in g.outputs)
 
@@ -35,7 +24,7 @@ def drop_noop_casts(g: Graph) -> int:
     n_drop = 0
     for n in list(g.nodes):
         if n.op == "cast" and n.inputs[0].dtype == n.output.dtype:
-            _replace_uses(g, n.output, n.inputs[0])
+            g.replace_uses(n.output, n.inputs[0])
             g.nodes.remove(n)
             n_drop += 1
     return n_drop
@@ -57,7 +46,7 @@ def fuse_rms_norm(g: Graph) -> int:
         if sq is None or sq.op != "mul" or sq.inputs[0] is not sq.inputs[1] or list(red.attrs["axes"]) != [rank - 1]:
             continue
         a = sq.inputs[0]
-        users = _users(g)
+        users = g.users()
         chain = [sq, red]
         if not _single_use(g, users, sq.output) or not _single_use(g, users, red.output):
             continue
@@ -109,7 +98,7 @@ def fuse_rope(g: Graph) -> int:
     for add in list(g.nodes):
         if add not in g.nodes or add.op != "add":
             continue
-        users = _users(g)
+        users = g.users()
         muls = [v.producer for v in add.inputs]
         if any(m is None or m.op != "mul" or not _single_use(g, users, m.output) for m in muls):
             continue
@@ -153,7 +142,7 @@ def fuse_rope(g: Graph) -> int:
         for m in chain:
             g.nodes.remove(m)
         # the two half slices are views; drop them when nothing else reads them
-        users = _users(g)
+        users = g.users()
         for m in list(g.nodes):
             if m.op == "slice" and m.inputs[0] is x and not users.get(id(m.output)) and not any(m.output is o for o in g.outputs):
                 g.nodes.remove(m)
@@ -166,7 +155,7 @@ def fuse_norm_into_rope(g: Graph) -> int:
     (Qwen3's per-head q/k norms feed RoPE directly): one kernel and one HBM round trip less."""
     count = 0
     for rope in [n for n in g.nodes if n.op == "rope" and "norm_eps" not in n.attrs]:
-        users = _users(g)
+        users = g.users()
         chain: list[Node] = []
         v = rope.inputs[0]
         while v.producer is not None and v.producer.op == "permute" and _single_use(g, users, v):
@@ -204,7 +193,7 @@ def merge_sibling_matmuls(g: Graph) -> int:
     A matmul whose result feeds a constant (bias) add is left alone: merged, its bias would
     no longer fuse into the matmul's epilogue and would cost a kernel of its own (BERT's
     Q/K/V), which is more than the merge saves."""
-    users = _users(g)
+    users = g.users()
 
     def feeds_bias_add(v: Value) -> bool:  # through reshape views, as an epilogue would fuse it
         for u in users.get(id(v), ()):

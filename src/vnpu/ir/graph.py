@@ -175,6 +175,13 @@ class Graph:
                 seen.setdefault(id(v), v)
         return list(seen.values())
 
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Every use of `old` (node inputs, graph outputs, state updates) becomes `new`."""
+        for n in self.nodes:
+            n.inputs = [new if v is old else v for v in n.inputs]
+        self.outputs = [new if v is old else v for v in self.outputs]
+        self.state = [(a, new if b is old else b) for a, b in self.state]
+
     def users(self) -> dict[int, list[Node]]:
         out: dict[int, list[Node]] = {}
         for n in self.nodes:

@@ -243,39 +243,39 @@ class Device:
                 c = self._instr_cost(ins, dtype)
                 info = cache[id(ins)] = (ins, *c, PREPARERS[type(ins)](ins, hbm, sram) if functional else None)
             _, kind_i, traffic, cyc, m, vo, sb, l2key, prep = info
-            if kind_i == 0 and l2key is not None and l2key in l2:
-                # L2 hit: a view this kernel already loaded or stored; the shared L2 port, not HBM
-                l2.move_to_end(l2key)
-                h0 = start if start > l2_free else l2_free
-                l2_free = h0 + traffic / l2_bpc
+            if kind_i <= 1:
+                # DMA over a channel shared by all cores, first come first served: the L2 port for
+                # a load of a view this kernel already moved (a hit), else HBM
+                if kind_i == 0 and l2key is not None and l2key in l2:
+                    l2.move_to_end(l2key)
+                    h0 = start if start > l2_free else l2_free
+                    l2_free = chan_end = h0 + traffic / l2_bpc
+                    land = l2_lat
+                    l2_hit += traffic
+                    l2key = None  # already resident
+                else:
+                    h0 = start if start > hbm_free else hbm_free
+                    hbm_free = chan_end = h0 + traffic / hbm_bpc
+                    land = lat
+                    hbm_b += traffic
+                    if kind_i == 0:
+                        hbm_rd += traffic
                 xfer_end = start + cyc
-                if l2_free > xfer_end:
-                    xfer_end = l2_free
+                if chan_end > xfer_end:
+                    xfer_end = chan_end
                 occupy = xfer_end - start
-                done = xfer_end + l2_lat
+                done = xfer_end + land  # requests are pipelined: the engine moves on before data lands
                 if done < retired[qi]:  # a queue retires in order: a hit behind a miss waits for it
                     done = retired[qi]
                 retired[qi] = done
-                l2_hit += traffic
-            elif kind_i <= 1:  # DMA: the HBM channel is shared by all cores, first come first served
-                h0 = start if start > hbm_free else hbm_free
-                hbm_free = h0 + traffic / hbm_bpc
-                xfer_end = start + cyc
-                if hbm_free > xfer_end:
-                    xfer_end = hbm_free
-                occupy = xfer_end - start
-                done = xfer_end + lat  # requests are pipelined: the engine moves on before data lands
-                if done < retired[qi]:
-                    done = retired[qi]
-                retired[qi] = done
-                hbm_b += traffic
-                if kind_i == 0:
-                    hbm_rd += traffic
                 if l2key is not None and traffic <= l2_cap:  # allocate (reads and writes), evict LRU
-                    l2[l2key] = traffic
-                    l2_used += traffic
-                    while l2_used > l2_cap:
-                        l2_used -= l2.popitem(last=False)[1]
+                    if l2key in l2:  # a store over a resident view
+                        l2.move_to_end(l2key)
+                    else:
+                        l2[l2key] = traffic
+                        l2_used += traffic
+                        while l2_used > l2_cap:
+                            l2_used -= l2.popitem(last=False)[1]
             else:
                 occupy = cyc
                 done = start + cyc

@@ -27,7 +27,7 @@ import math
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
+from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
 
 F32 = DType.fp32
 ROWS_MAX = 128  # query rows (G * sq) per unit, at most
@@ -322,10 +322,7 @@ def _combine(ctx: KernelContext, part: HbmRef, out: HbmRef, splits: int) -> Kern
     assert tuple(out.strides) == (S * HQ * DV, HQ * DV, DV, 1), "attention writes a contiguous output"
     ps = part.strides
     streams = []
-    per_core: list[list[tuple[int, int]]] = [[] for _ in range(ctx.cores)]
-    for i, t in enumerate(tiles):
-        per_core[i % ctx.cores].append(t)
-    for core_tiles in per_core:
+    for core_tiles in deal_round_robin(tiles, ctx.cores):
         cb = CoreBuilder(ctx.chip)
         if core_tiles:
             ob_ = cb.alloc(F32, (splits, r_t, DV))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
@@ -11,6 +11,7 @@ from vnpu.isa.instructions import CoreStream, HbmRef, Instr, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
 
 SRAM_ALIGN = 64
+T = TypeVar("T")
 
 
 class KernelError(RuntimeError):
@@ -137,6 +138,11 @@ def expr_temps(b: CoreBuilder, expr: Expr, shape: tuple[int, ...]) -> list[SramR
     steps = expr.steps or (Step("identity", (0,)),)
     dts = expr.step_dtypes or tuple(DType.fp32 for _ in steps)
     return [b.alloc(temp_dtype(dts[i]), shape) for i in range(len(steps) - 1)]
+
+
+def deal_round_robin(items: list[T], cores: int) -> list[list[T]]:
+    """Item i goes to core i % cores: neighbouring tiles run at the same time on different cores."""
+    return [items[c::cores] for c in range(cores)]
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, KernelContext, sub_ref
+from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, sub_ref
 
 RESERVE_BYTES = 1024  # scratchpad kept free for alignment slack
 
@@ -108,9 +108,7 @@ def emit_fold_stream(ctx: KernelContext, a: HbmRef, b: HbmRef, out: HbmRef, flop
         groups = [[(k0, m0) for k0 in range(0, k, r)] for m0 in range(0, m, c)]
         t_len = n
     chunk = stream_chunk(chip.core.scratchpad.bytes, r, c, t_len, isz, df)
-    per_core: list[list[tuple[int, int]]] = [[] for _ in range(chip.cores)]
-    for gi, g in enumerate(groups):
-        per_core[gi % chip.cores].extend(g)
+    per_core = [[f for g in dealt for f in g] for dealt in deal_round_robin(groups, chip.cores)]
 
     streams = []
     for folds in per_core:

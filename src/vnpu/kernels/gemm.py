@@ -17,7 +17,7 @@ from vnpu.dtypes import DType
 from vnpu.isa import cost
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, Expr, KernelContext, emit_expr, expr_temps, sub_ref
+from vnpu.kernels.base import CoreBuilder, Expr, KernelContext, deal_round_robin, emit_expr, expr_temps, sub_ref
 
 
 @dataclass
@@ -174,12 +174,9 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
     dt = ctx.dtype
     out_dt = ctx.outputs[0].dtype
     n_epi = len(epi_scalars)
-    per_core: list[list[GemmTile]] = [[] for _ in range(chip.cores)]
-    for i, t in enumerate(tiles):
-        per_core[i % chip.cores].append(t)
     streams = []
     mt_max, kt_max, nt_max = tiling.mt, tiling.kt, tiling.nt
-    for core_tiles in per_core:
+    for core_tiles in deal_round_robin(tiles, chip.cores):
         b = CoreBuilder(chip)
         if not core_tiles:
             streams.append(b.finish())

@@ -12,7 +12,7 @@ import math
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref
+from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
 
 
 def _rows_view(ref: HbmRef, r0: int, rn: int, width: int) -> HbmRef:
@@ -42,11 +42,8 @@ def topk_kernel(ctx: KernelContext) -> KernelLaunch:
         return _chunked_topk(ctx, x, vals, idxs, k, rows, n)
     p = max(1, min(rows, int(cap * 0.9) // per_row, math.ceil(rows / ctx.cores)))
     tiles = [(r0, min(p, rows - r0)) for r0 in range(0, rows, p)]
-    per_core: list[list[tuple[int, int]]] = [[] for _ in range(ctx.cores)]
-    for i, t in enumerate(tiles):
-        per_core[i % ctx.cores].append(t)
     streams = []
-    for core_tiles in per_core:
+    for core_tiles in deal_round_robin(tiles, ctx.cores):
         b = CoreBuilder(ctx.chip)
         if not core_tiles:
             streams.append(b.finish())

@@ -481,6 +481,14 @@ def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool 
     return cx.emit("index_write", [x, idx, cx.cast(values, x.dtype)], {"axis": ax})
 
 
+@aten("index_copy.default", "index_copy_.default")
+def _index_copy(cx: Cx, x: Value, dim: int, index: Value, source: Value) -> Value | None:
+    """x.index_copy(dim, index, source): the ATen-level form of a KV-cache append."""
+    indices: list = [None] * x.type.rank
+    indices[_dim(dim, x.type.rank)] = index
+    return _index_put(cx, x, indices, source)
+
+
 @aten("causal_attention.default")
 def _causal_attention(cx: Cx, q: Value, k: Value, v: Value, q_pos: Value, scale: float) -> Value:
     return cx.emit("attention", [q, k, v, q_pos], {"scale": float(scale)})

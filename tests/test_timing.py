@@ -400,3 +400,34 @@ def test_identical_launches_share_one_simulation():
     assert [k.start_cycle for k in fast.kernels] == pytest.approx([k.start_cycle for k in full.kernels], rel=1e-12)
     assert fast.cycles == pytest.approx(full.cycles, rel=1e-12)
     assert fast.busy == pytest.approx(full.busy, rel=1e-12)
+
+
+def test_timing_only_compile_lowers_identical_layers_once():
+    """compile_graph(timing_only=True) lowers each distinct kernel once and shares its
+    instruction streams with identical layers (also across programs through kernel_cache);
+    the simulated time equals the fully lowered program's, and functional runs are refused."""
+    from vnpu.compiler.lower import compile_graph
+    from vnpu.sim.device import Device
+
+    chip = round_chip(cores=2)
+    g = Graph("chain")
+    x = g.add_input("x", TensorType((16, 32), F32))
+    h = x
+    for i in range(3):
+        w = g.add_input(f"w{i}", TensorType((32, 32), F32))
+        h = g.add_node("matmul", [h, w]).output
+    g.outputs = [h]
+    full, _ = compile_graph(g, chip, "fp32")
+    cache: dict = {}
+    lean, _ = compile_graph(g, chip, "fp32", timing_only=True, kernel_cache=cache)
+    assert [l.name for l in lean.launches] == [l.name for l in full.launches]
+    assert lean.launches[0].cores is lean.launches[1].cores is lean.launches[2].cores
+    assert len({id(l.cores) for l in full.launches}) == 3
+    t_full = Device(chip, full.hbm_bytes, functional=False).run(full, trace=True)  # trace: no memo, all simulated
+    t_lean = Device(chip, lean.hbm_bytes, functional=False).run(lean, trace=True)
+    assert t_lean.cycles == pytest.approx(t_full.cycles, rel=1e-12)
+    assert [k.cycles for k in t_lean.kernels] == pytest.approx([k.cycles for k in t_full.kernels], rel=1e-12)
+    again, _ = compile_graph(g, chip, "fp32", timing_only=True, kernel_cache=cache)  # a second program
+    assert again.launches[0].cores is lean.launches[0].cores
+    with pytest.raises(ValueError, match="timing-only"):
+        Device(chip, lean.hbm_bytes, functional=True).run(lean)

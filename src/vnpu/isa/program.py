@@ -62,6 +62,7 @@ class Program:
     state: list[tuple[str, HbmRef]] = field(default_factory=list)  # persistent buffers updated in place (KV cache)
     state_init: list[tuple[HbmRef, np.ndarray]] = field(default_factory=list)  # their contents before the first run
     weight_names: list[str] = field(default_factory=list)  # constants that are model weights (shared by name)
+    timing_only: bool = False  # identical kernels share instruction streams: no functional runs
 
     def user_inputs(self) -> list[tuple[str, HbmRef]]:
         """The inputs a caller passes on each run (persistent state is not among them)."""

@@ -80,14 +80,14 @@ class PhaseCost:
 
 
 def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tuple[Graph, dict[str, int]]:
-    from vnpu.frontends.torch import import_exported, to_core_aten
+    from vnpu.frontends.torch import export_aten, import_exported
 
     dev = next(step.parameters()).device
     ids = torch.zeros(batch, seq, dtype=torch.int64, device=dev)
     pos = torch.arange(seq, dtype=torch.int64, device=dev)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = to_core_aten(torch.export.export(step, (ids, pos)))
+        ep = export_aten(step, (ids, pos))
         res = import_exported(ep, name)
     return res.graph, res.fallback_ops
 
@@ -114,6 +114,7 @@ class LLMSession:
         self.functional = functional
         self._graphs: dict[int, Graph] = {}
         self._programs: dict[tuple[str, int], Program] = {}
+        self._kernels: dict = {}  # timing-only: kernels lowered so far, shared across programs
         self.fallback_ops: dict[str, int] = {}
         self.pinned: dict[str, int] | None = None
         self.shared_bytes = 0
@@ -171,7 +172,8 @@ class LLMSession:
         if key not in self._programs:
             g = _with_attention_attrs(self.graph(seq), kv_len=kv_len, prefill=phase == "prefill")
             t0 = time.perf_counter()
-            prog, _ = compile_graph(g, self.chip, self.dtype, pinned=self.pinned, base=self.top)
+            prog, _ = compile_graph(g, self.chip, self.dtype, pinned=self.pinned, base=self.top,
+                                    timing_only=not self.functional, kernel_cache=self._kernels)
             self.compile_s += time.perf_counter() - t0
             self.top = _align(prog.hbm_bytes)
             self._programs[key] = prog

@@ -68,6 +68,9 @@ class Device:
             return self._run(program, trace)
 
     def _run(self, program: Program, trace: bool) -> Profile:
+        if self.functional and getattr(program, "timing_only", False):
+            raise ValueError(f"this program was compiled timing-only (identical kernels share instruction streams): "
+                             "run it on a Device(functional=False), or compile it without timing_only")
         chip = self.chip
         prof = Profile(chip=chip.name, clock_hz=chip.clock_hz, cores=chip.cores,
                        peak_flops_per_cycle=2 * chip.peak_macs_per_cycle(program.dtype) if chip.supports(program.dtype) else 0)

@@ -30,7 +30,7 @@ from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
 
 F32 = DType.fp32
-ROWS_MAX = 128  # query rows (G * sq) per unit, at most
+ROWS_MAX = 512  # query rows (G * sq) per unit, at most (bigger Q tiles reload each K/V block less)
 BLOCK_K = 128  # keys per KV block, at most
 KV_BUFFERS = 3  # K/V blocks in flight per core: a block's load latency hides behind two blocks of matmuls
 
@@ -40,8 +40,9 @@ def attention_tiles(capacity: int, g: int, s: int, kv_len: int, d: int, dv: int,
     """(query rows per head sq, keys per block bk, K/V buffers): the largest tiles whose
     buffers fit the scratchpad (GPU-like chips have ~200 KiB, vnpu-v1 2 MiB)."""
     isz, osz = dt.itemsize, out_dt.itemsize
-    for rows_max, bk_max, nbuf in ((ROWS_MAX, BLOCK_K, KV_BUFFERS), (64, 128, 3), (64, 64, 3), (32, 64, 2),
-                                   (16, 64, 2), (16, 32, 2), (8, 32, 2), (1, 16, 2)):
+    for rows_max, bk_max, nbuf in ((ROWS_MAX, BLOCK_K, KV_BUFFERS), (256, BLOCK_K, KV_BUFFERS), (128, BLOCK_K, KV_BUFFERS),
+                                   (64, 128, 3), (64, 64, 3), (32, 64, 2), (16, 64, 2), (16, 32, 2), (8, 32, 2),
+                                   (1, 16, 2)):
         sq = max(1, min(s, rows_max // g))
         bk = min(bk_max, kv_len)
         r = g * sq

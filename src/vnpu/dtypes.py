@@ -29,7 +29,7 @@ class DType(str, Enum):
 
     @property
     def itemsize(self) -> int:
-        return _NUMPY[self].itemsize
+        return self._itemsize  # type: ignore[attr-defined]  # set below, once per member
 
     @property
     def is_float(self) -> bool:
@@ -52,6 +52,8 @@ _NUMPY: dict[DType, np.dtype] = {
     DType.int4: np.dtype(ml_dtypes.int4),
     DType.bool: np.dtype(np.bool_),
 }
+for _m in DType:  # the simulator asks every operand its itemsize: a plain attribute, not a dict lookup
+    _m._itemsize = _NUMPY[_m].itemsize
 
 
 def from_numpy(dt: np.dtype) -> DType:

@@ -9,6 +9,7 @@ completes. Without the right wait, a consumer runs early and reads stale data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 from typing import Union
 
 from vnpu.dtypes import DType
@@ -27,10 +28,7 @@ class HbmRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return prod(self.shape)
 
     def contiguous_run(self) -> int:
         """Bytes in the innermost contiguous run (what one DMA burst sequence covers)."""
@@ -64,10 +62,7 @@ class SramRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return prod(self.shape)
 
     @property
     def nbytes(self) -> int:

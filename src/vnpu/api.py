@@ -139,9 +139,13 @@ def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
 
 
 def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1, chip: str | Chip = DEFAULT_CHIP,
-             dtype: str | DType = "bf16", timing_only: bool | None = None) -> Any:
-    """Greedy generation of a zoo LLM on the chip (see vnpu.runtime.llm.generate): returns a
-    GenerationReport with tokens, ttft_s, tpot_s, tokens_per_s, energy_per_token_j and memory."""
+             dtype: str | DType = "bf16", timing_only: bool | None = None, top_k: int | None = None,
+             temperature: float = 1.0, seed: int = 0) -> Any:
+    """Generation of a zoo LLM on the chip (see vnpu.runtime.llm.generate), greedy or, with
+    top_k, top-k sampling at `temperature` (Gumbel noise from np.random.default_rng(seed)):
+    returns a GenerationReport with tokens, ttft_s, tpot_s, tokens_per_s, energy_per_token_j
+    and memory."""
     from vnpu.runtime.llm import generate as _generate
 
-    return _generate(model, prompt_len, max_new_tokens, batch, chip, dtype, timing_only)
+    return _generate(model, prompt_len, max_new_tokens, batch, chip, dtype, timing_only, top_k=top_k,
+                     temperature=temperature, seed=seed)

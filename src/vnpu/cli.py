@@ -7,13 +7,14 @@
                                     (MODEL: a zoo name, a .onnx file, a .keras file or a SavedModel directory)
     vnpu import-topology FILE.csv --scale-config FILE.cfg [--gemm] [--json OUT]
                                     rerun a SCALE-Sim study: per-layer cycles
-    vnpu generate LLM [options]     greedy LLM generation on the chip: TTFT, TPOT, tokens/s, energy
+    vnpu generate LLM [options]     LLM generation on the chip (greedy, or --top-k sampling): TTFT, TPOT,
+                                    tokens/s, energy
     vnpu compare --chips A,B --model LLM   the same generation on several chips, side by side
     vnpu version
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
 or model file, dynamic input dims without --input-shape, missing extra, unsupported dtype,
-model too large for the chip, unsupported ops under --strict).
+model too large for the chip, unsupported ops under --strict, bad sampling options).
 Errors are one line on stderr, `error: ...`, without a traceback.
 """
 from __future__ import annotations
@@ -436,10 +437,16 @@ def generate(
                                                              "small variants)")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics (and tokens) here",
                                                       metavar="PATH")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="sample each token from the K most likely (on the chip, "
+                                                       "Gumbel-max); 0: greedy", metavar="K")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature (with --top-k)",
+                                               metavar="T")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the host's sampling noise (with --top-k)",
+                                      metavar="S")] = 0,
 ) -> None:
-    """Greedy generation of a zoo LLM on the chip: prefill and decode programs with the KV cache
-    resident in simulated HBM. Reports time to first token, time per output token, tokens/s,
-    decode HBM utilization, KV-cache and weight memory, and energy per token."""
+    """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
+    with the KV cache resident in simulated HBM. Reports time to first token, time per output
+    token, tokens/s, decode HBM utilization, KV-cache and weight memory, and energy per token."""
     import json
 
     from vnpu.runtime.llm import ModelTooLargeError
@@ -453,17 +460,24 @@ def generate(
                      ("--chips", chips)):
         if val < 1:
             _die(f"{opt} must be a positive integer, got {val}")
+    if top_k < 0:
+        _die(f"--top-k must be 0 (greedy) or a positive integer, got {top_k}")
+    if not temperature > 0 or temperature == float("inf"):
+        _die(f"--temperature must be a positive number, got {temperature}")
     _check_output(json_path, "--json")
     c = _chip(chip)
     try:
-        get_llm(model)
+        spec = get_llm(model)
     except UnknownLLMError as e:
         _die(e)
+    if top_k > spec.config["vocab_size"]:
+        _die(f"--top-k {top_k} exceeds {model}'s vocabulary of {spec.config['vocab_size']} tokens")
     err, out = _console(stderr=True), _console()
     where = f"{chips} x {c.name}" if chips > 1 else c.name
     try:
         with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {where} ({dt_name})"):
-            rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips)
+            rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips,
+                               top_k=top_k or None, temperature=temperature, seed=seed)
     except ModelTooLargeError as e:
         _die(e)
     except (ValueError, MemoryError) as e:

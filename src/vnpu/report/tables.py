@@ -240,13 +240,16 @@ def workloads_table(workloads: Iterable[Any]) -> Table:
 
 
 def generation_table(rep: Any) -> Table:
-    """`vnpu generate`: serving metrics of one greedy generation (a runtime.llm.GenerationReport)."""
+    """`vnpu generate`: serving metrics of one generation (a runtime.llm.GenerationReport)."""
     t = Table(title=f"vnpu generate · {rep.model} on {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
               title_style="bold", pad_edge=False)
     t.add_column("metric", style="bold cyan", no_wrap=True)
     t.add_column("value")
     t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
                      f"{rep.dtype} · {rep.mode}")
+    top_k = getattr(rep, "top_k", None)
+    t.add_row("sampling", "greedy (argmax on the chip)" if top_k is None else
+              f"top-{top_k} at temperature {rep.temperature:g} (Gumbel-max on the chip), seed {rep.seed}")
     t.add_row("time to first token", fmt.seconds(rep.ttft_s))
     t.add_row("time per output token", fmt.seconds(rep.tpot_s))
     t.add_row("tokens/s", f"{rep.tokens_per_s:,.1f} overall · {rep.decode_tokens_per_s:,.1f} in decode")

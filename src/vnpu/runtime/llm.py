@@ -9,7 +9,9 @@ One `LLMSession` holds, on one simulated device,
   program serves every step in its bucket (positions are a runtime input; nothing is
   recompiled per token). Buckets: four per octave of length (decode_bucket).
 Each step's program writes the new keys/values into the cache in place (index_write),
-picks the greedy next token on chip (argmax) and returns it with the last logits.
+picks the next token on chip and returns it with the last logits: greedy (argmax), or top-k
+sampling (topk, then Gumbel-max over the candidates with noise the host draws from a seeded
+numpy Generator and passes as a third input, then a gather of the chosen id).
 
 Big models are evaluated timing-only from `meta`-device instantiations. Decoder layers
 are identical, so the session compiles and simulates a 2-layer model and extrapolates:
@@ -85,9 +87,12 @@ def _export_step(step: torch.nn.Module, batch: int, seq: int, name: str) -> tupl
     dev = next(step.parameters()).device
     ids = torch.zeros(batch, seq, dtype=torch.int64, device=dev)
     pos = torch.arange(seq, dtype=torch.int64, device=dev)
+    args: tuple = (ids, pos)
+    if getattr(step, "top_k", None) is not None:  # sampling: the host's Gumbel noise is a third input
+        args += (torch.zeros(batch, step.top_k, dtype=torch.float32, device=dev),)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = export_aten(step, (ids, pos))
+        ep = export_aten(step, args)
         res = import_exported(ep, name)
     return res.graph, res.fallback_ops
 
@@ -205,24 +210,44 @@ class LLMSession:
                     self._device.write(ref, np.zeros(ref.shape, ref.dtype.np))
                 break
 
-    def run(self, prog: Program, input_ids: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, Profile]:
+    @property
+    def top_k(self) -> int | None:
+        """Candidates the step samples from (None: greedy)."""
+        return getattr(self.step, "top_k", None)
+
+    def run(self, prog: Program, input_ids: np.ndarray, positions: np.ndarray,
+            noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Profile]:
+        """One program run: (next tokens [B], logits [B, V], profile). A sampling step (top_k set)
+        takes `noise`, Gumbel noise [B, top_k] (zeros when None: timing-only runs)."""
         dev = self._dev()
         if self.functional and id(prog) not in self._uploaded:
             for ref, data in prog.constants:
                 dev.write(ref, data)
             self._uploaded.add(id(prog))
         user = prog.user_inputs()
-        if len(user) != 2:
-            raise RuntimeError(f"decoder program has inputs {[n for n, _ in user]}; expected input_ids and positions")
+        want = ["input_ids", "positions"] + (["noise"] if self.top_k is not None else [])
+        if len(user) != len(want):
+            raise RuntimeError(f"decoder program has inputs {[n for n, _ in user]}; expected {', '.join(want)}")
         dev.write(user[0][1], input_ids.astype(user[0][1].dtype.np))
         dev.write(user[1][1], positions.astype(user[1][1].dtype.np))
+        if self.top_k is not None:
+            ref = user[2][1]
+            if noise is None:
+                noise = np.zeros(ref.shape, np.float32)
+            if tuple(noise.shape) != tuple(ref.shape):
+                raise ValueError(f"noise of shape {tuple(noise.shape)}; the sampling step takes {tuple(ref.shape)}")
+            dev.write(ref, noise.astype(ref.dtype.np))
         prof = dev.run(prog)
         if not self.functional:
             return np.zeros(0), np.zeros(0), prof
         return dev.read(prog.outputs[0]), dev.read(prog.outputs[1]).astype(np.float32), prof
 
-    def generate(self, prompt: np.ndarray, max_new_tokens: int) -> "Generation":
-        """Greedy generation: prefill, then one decode program run per new token."""
+    def generate(self, prompt: np.ndarray, max_new_tokens: int, seed: int = 0) -> "Generation":
+        """Prefill, then one decode program run per new token. Greedy, or (a sampling step) top-k
+        sampling on the chip with Gumbel noise [B, top_k] drawn for each new token in turn from
+        np.random.default_rng(seed) (workloads.llm_zoo.gumbel_noise)."""
+        from vnpu.workloads.llm_zoo import gumbel_noise
+
         prompt = np.asarray(prompt, dtype=np.int64)
         b, s = prompt.shape
         if b != self.batch:
@@ -230,14 +255,20 @@ class LLMSession:
         if s + max_new_tokens - 1 > self.capacity:
             raise ValueError(f"{s} prompt + {max_new_tokens} new tokens exceed the KV-cache capacity {self.capacity}")
         self.reset()
+        rng = np.random.default_rng(seed)
+        k = self.top_k
+
+        def noise() -> np.ndarray | None:
+            return None if k is None else gumbel_noise(rng, b, k)
+
         t0 = time.perf_counter()
-        tok, logits, prof = self.run(self.prefill_program(s), prompt, np.arange(s))
+        tok, logits, prof = self.run(self.prefill_program(s), prompt, np.arange(s), noise())
         tokens = [tok]
         all_logits = [logits]
         steps = [PhaseCost.of(prof)]
         for i in range(max_new_tokens - 1):
             pos = s + i
-            tok, logits, prof = self.run(self.decode_program(pos), tok.reshape(b, 1), np.array([pos]))
+            tok, logits, prof = self.run(self.decode_program(pos), tok.reshape(b, 1), np.array([pos]), noise())
             tokens.append(tok)
             all_logits.append(logits)
             steps.append(PhaseCost.of(prof))
@@ -246,8 +277,9 @@ class LLMSession:
 
     def step_costs(self, prompt_len: int, max_new_tokens: int,
                    layers: int | None = None) -> tuple[PhaseCost, list[PhaseCost]]:
-        """Timing-only: the prefill's cost and each decode step's (one simulation per bucket).
-        With `layers`, each cost is extrapolated from this (2-layer) model to that many layers."""
+        """Timing-only: the prefill's cost and each decode step's (one simulation per bucket; a
+        sampling step gets zero noise). With `layers`, each cost is extrapolated from this
+        (2-layer) model to that many layers."""
         z = np.zeros((self.batch, prompt_len), np.int64)
 
         def cost(prog: Program, ids: np.ndarray, pos: np.ndarray) -> PhaseCost:
@@ -332,6 +364,10 @@ class GenerationReport:
     wall_s: dict[str, float] = field(default_factory=dict)
     fallback_ops: dict[str, int] = field(default_factory=dict)
     chips: int = 1
+    sampling: str = "greedy"  # "greedy" or "top-k" (Gumbel-max on the chip over the top_k logits)
+    top_k: int | None = None  # candidates sampled from (None: greedy)
+    temperature: float = 1.0
+    seed: int = 0  # np.random.default_rng seed of the host's Gumbel noise
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -443,15 +479,18 @@ def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, c
 
 def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
-             prompt: np.ndarray | None = None, chips: int = 1) -> GenerationReport:
-    """Runs greedy generation of a zoo LLM on the chip and reports serving metrics.
+             prompt: np.ndarray | None = None, chips: int = 1, top_k: int | None = None, temperature: float = 1.0,
+             seed: int = 0) -> GenerationReport:
+    """Runs generation of a zoo LLM on the chip and reports serving metrics: greedy, or with
+    `top_k` (0 or None: greedy) top-k sampling at `temperature` on the chip, its Gumbel noise
+    drawn by the host from np.random.default_rng(seed).
 
     Functional (real tokens) for the small zoo variants; timing-only (meta-device weights,
     layers extrapolated from 1- and 2-layer programs) for the big ones, or when asked.
     chips > 1 (timing-only): each chip runs its tensor/expert-parallel share of the model
     (shard_spec) and steps add the chip-to-chip all-reduces (collective_seconds).
     """
-    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm, prompt_ids
+    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, check_sampling, get_llm, prompt_ids
 
     full = get_llm(model) if isinstance(model, str) else model  # a zoo name, or an LLMSpec
     model = full.name
@@ -459,6 +498,8 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     dt = DType(dtype)
     if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
         raise ValueError("prompt_len, max_new_tokens, batch and chips must be positive")
+    top_k = top_k or None  # 0: greedy
+    check_sampling(top_k, temperature, full.config["vocab_size"])
     if chips > 1 and chip_.chip_link is None:
         raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
@@ -479,10 +520,10 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     walls: dict[str, float] = {}
     if not timing_only:
         m = build_llm(spec)
-        step = DecoderStep(m, batch, cap)
+        step = DecoderStep(m, batch, cap, top_k, temperature)
         sess = LLMSession(step, chip_, dt, batch, name=model)
         ids = prompt if prompt is not None else prompt_ids(spec.config["vocab_size"], batch, prompt_len).numpy()
-        gen = sess.generate(ids, max_new_tokens)
+        gen = sess.generate(ids, max_new_tokens, seed)
         prefill, decode = gen.prefill, gen.decode
         tokens = gen.tokens.tolist()
         programs = len(sess.programs)
@@ -492,7 +533,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         mode = "functional"
     else:
         layers = spec.num_layers
-        step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap)
+        step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap, top_k, temperature)
         sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False)
         prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
         programs = len(sess.programs)
@@ -530,7 +571,8 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         tokens_per_s=n_tok / total_s if total_s else 0.0, decode_tokens_per_s=batch / tpot if tpot else 0.0,
         decode_hbm_utilization=util, decode_bandwidth_bound_fraction=bound, energy_per_token_j=energy / n_tok,
         total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
-        layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips)
+        layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips,
+        sampling="greedy" if top_k is None else "top-k", top_k=top_k, temperature=float(temperature), seed=int(seed))
 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",

@@ -13,15 +13,18 @@ plugged through its own extension points:
 - attention is the registered implementation "vnpu" (`vnpu::causal_attention`, masked by
   the query positions: no mask tensor is built);
 - MoE experts are the registered experts implementation "vnpu" (`vnpu::moe_experts`).
-The step returns the greedy next token (argmax on the chip) and the last position's logits.
+The step returns the next token picked on the chip (greedy argmax, or top-k sampling with
+host-drawn Gumbel noise) and the last position's logits.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -229,6 +232,21 @@ def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def check_sampling(top_k: int | None, temperature: float, vocab_size: int) -> None:
+    """ValueError (one line) unless top_k is None or 1..vocab_size and temperature is positive."""
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+
+
+def gumbel_noise(rng: np.random.Generator, batch: int, k: int) -> np.ndarray:
+    """Standard Gumbel noise [batch, k] float32, -log(-log(U)) with U uniform in (0, 1) drawn from
+    a numpy Generator: the chip's sampling randomness, supplied by the host each step."""
+    u = np.maximum(rng.random((batch, k)), np.finfo(np.float64).tiny)  # random() may return exactly 0
+    return (-np.log(-np.log(u))).astype(np.float32)
+
+
 # -- one generation step with a static KV cache in module buffers -------------------------------
 class _BufferCache:
     """The transformers cache protocol over DecoderStep's buffers: writes the step's keys and
@@ -254,14 +272,23 @@ class DecoderStep(nn.Module):
     """forward(input_ids [B, S], positions int64 [S]) -> (next_token int64 [B], logits [B, V]).
 
     Runs the model over S new tokens at absolute `positions`, appending their keys and
-    values to the cache buffers (capacity tokens per sequence), and picks the greedy next
-    token from the last position's logits.
+    values to the cache buffers (capacity tokens per sequence), and picks the next token
+    from the last position's logits: greedy (argmax) by default.
+
+    With `top_k`, forward takes a third input `noise` float32 [B, top_k], standard Gumbel
+    noise drawn by the host, and samples on the chip: the top-k logits and their ids
+    (torch.topk), then the candidate maximizing logit / temperature + noise (Gumbel-max: a
+    draw from softmax(top-k logits / temperature)), then its id (torch.gather).
     """
 
-    def __init__(self, model: nn.Module, batch: int, capacity: int):
+    def __init__(self, model: nn.Module, batch: int, capacity: int, top_k: int | None = None,
+                 temperature: float = 1.0):
         super().__init__()
         self.model = model
         cfg = model.config
+        check_sampling(top_k, temperature, cfg.vocab_size)
+        self.top_k = None if top_k is None else int(top_k)
+        self.temperature = float(temperature)
         hkv = cfg.num_key_value_heads
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         dev = next(model.parameters()).device
@@ -271,7 +298,8 @@ class DecoderStep(nn.Module):
             self.register_buffer(f"k_cache_{i}", torch.zeros(batch, hkv, capacity, hd, dtype=dt, device=dev))
             self.register_buffer(f"v_cache_{i}", torch.zeros(batch, hkv, capacity, hd, dtype=dt, device=dev))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, s = input_ids.shape
         cache = _BufferCache(self, positions)
         pos_ids = positions.unsqueeze(0).expand(b, s)
@@ -279,11 +307,17 @@ class DecoderStep(nn.Module):
                                position_ids=pos_ids, cache=cache, use_cache=False)
         last = out.last_hidden_state[:, -1, :]
         logits = self.model.lm_head(last)
-        return torch.argmax(logits, dim=-1), logits
+        if self.top_k is None:
+            return torch.argmax(logits, dim=-1), logits
+        if noise is None:
+            raise ValueError("a sampling DecoderStep (top_k set) takes Gumbel noise [B, top_k] as its third input")
+        vals, idx = torch.topk(logits, self.top_k, dim=-1)
+        choice = torch.argmax(vals / self.temperature + noise, dim=-1, keepdim=True)
+        return torch.gather(idx, -1, choice).squeeze(-1), logits
 
     def kv_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if "_cache_" in n)
 
 
 __all__ = ["LLMSpec", "SPECS", "get_llm", "list_llms", "build_llm", "DecoderStep", "prompt_ids",
-           "UnknownLLMError", "register_implementations"]
+           "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise"]

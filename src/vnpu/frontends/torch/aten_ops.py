@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from vnpu.dtypes import DType, torch_to_dtype
@@ -316,6 +317,21 @@ def _index(cx: Cx, x: Value, indices: list) -> Value | None:
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].dtype == DType.bool:
         return None
     return cx.emit("gather", [x, live[0][1]], {"axis": live[0][0]})
+
+
+@aten("gather.default")
+def _gather_along(cx: Cx, x: Value, dim: int, index: Value, *, sparse_grad: bool = False) -> Value | None:
+    """torch.gather along the last axis (sampling picks each row's chosen candidate id): x's rows
+    flattened into one vector, each index offset by its row's start, then the gather kernel on axis 0."""
+    r = x.type.rank
+    if (_dim(dim, r) != r - 1 or not isinstance(index, Value) or index.type.rank != r
+            or tuple(index.shape[:-1]) != tuple(x.shape[:-1])):
+        return None
+    n = x.shape[-1]
+    rows = math.prod(x.shape[:-1])
+    flat = cx.emit("reshape", [x], {"shape": [rows * n]})
+    starts = cx.const((np.arange(rows, dtype=np.int64) * n).reshape(tuple(index.shape[:-1]) + (1,)), index.dtype)
+    return cx.emit("gather", [flat, cx.emit("add", [index, starts])], {"axis": 0})
 
 
 # -- views and data movement -----------------------------------------------------------------

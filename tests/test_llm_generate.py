@@ -29,7 +29,7 @@ def _session(name: str, dtype: str, capacity: int = 64) -> LLMSession:
     return LLMSession(DecoderStep(build_llm(spec), BATCH, capacity), load_chip("vnpu-v1"), DType(dtype), BATCH, name)
 
 
-@pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny", "qwen3-moe-tiny"])
+@pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny", "qwen3-moe-tiny", "llama-3.1-tiny"])
 def test_greedy_tokens_match_hf_generate_fp32(name: str) -> None:
     spec = get_llm(name)
     ids = prompt_ids(spec.config["vocab_size"], BATCH, PROMPT)

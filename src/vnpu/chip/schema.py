@@ -72,8 +72,13 @@ class HBM(_Strict):
 
 
 class Link(_Strict):
-    bandwidth_gbs: PositiveFloat
-    latency_us: PositiveFloat
+    bandwidth_gbs: PositiveFloat = Field(description="a chip's aggregate rate on this link, GB/s (1e9 bytes)")
+    latency_us: PositiveFloat = Field(description="per transfer, µs (a ring collective pays it every step)")
+    energy_pj_per_byte: PositiveFloat | None = Field(
+        None,
+        description="pJ per byte carried end to end (both ends' SerDes/PHY and any switch hop on the way); "
+        "None: not given, no link energy counted",
+    )
 
 
 class Energy(_Strict):

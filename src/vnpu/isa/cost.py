@@ -106,13 +106,54 @@ def hbm_traffic_bytes(chip: Chip, footprint: int, contiguous_run: int) -> int:
     return footprint * burst // contiguous_run
 
 
-def allreduce_seconds(chip: Chip, nbytes: float, chips: int) -> float:
-    """Ring all-reduce of an nbytes tensor over `chips` chips on the chip-to-chip link:
-    2 (n - 1) steps, each moving nbytes / n per chip and paying the link latency."""
-    if chips <= 1:
-        return 0.0
+def _chip_link(chip: Chip):
     link = chip.chip_link
     if link is None:
         raise ValueError(f"{chip.name} has no chip_link: it cannot be used in a multi-chip configuration")
-    steps = 2 * (chips - 1)
-    return steps * (nbytes / chips / (link.bandwidth_gbs * 1e9) + link.latency_us * 1e-6)
+    return link
+
+
+# Collectives over `chip_link`. Its bandwidth is a chip's own aggregate rate into the scale-up
+# fabric (NVLink to NVSwitch, an HCCS full mesh), each direction; latency is paid per step.
+
+
+def reduce_scatter_seconds(chip: Chip, nbytes: float, chips: int) -> float:
+    """Ring reduce-scatter of an nbytes tensor: n - 1 steps, each moving one nbytes / n chunk
+    per chip and paying the link latency. Each chip ends with its reduced nbytes / n."""
+    if chips <= 1:
+        return 0.0
+    link = _chip_link(chip)
+    return (chips - 1) * (nbytes / chips / (link.bandwidth_gbs * 1e9) + link.latency_us * 1e-6)
+
+
+def all_gather_seconds(chip: Chip, nbytes: float, chips: int) -> float:
+    """Ring all-gather of an nbytes tensor (each chip holds nbytes / n of it): n - 1 steps
+    of one chunk per chip, like the reduce-scatter."""
+    return reduce_scatter_seconds(chip, nbytes, chips)
+
+
+def allreduce_seconds(chip: Chip, nbytes: float, chips: int) -> float:
+    """Ring all-reduce of an nbytes tensor over `chips` chips on the chip-to-chip link:
+    2 (n - 1) steps, each moving nbytes / n per chip and paying the link latency (a
+    reduce-scatter, then an all-gather)."""
+    return reduce_scatter_seconds(chip, nbytes, chips) + all_gather_seconds(chip, nbytes, chips)
+
+
+def alltoall_seconds(chip: Chip, nbytes_per_chip: float, chips: int) -> float:
+    """All-to-all where every chip sends nbytes_per_chip, split evenly over the other n - 1
+    chips (the bytes it keeps are not counted in nbytes_per_chip).
+
+    Direct (full-bisection) model: nbytes_per_chip / bandwidth + one link latency. The n - 1
+    transfers of a chip go out at once, each at bandwidth / (n - 1), which is what a switched
+    fabric (NVLink through NVSwitch) or a full mesh with one link per peer (HCCS in an 8-NPU
+    server) gives, and what NCCL's all-to-all (all sends and receives posted together) does;
+    balanced traffic means each chip also receives nbytes_per_chip, so ingress does not bind
+    either. The other common model, pairwise exchange in n - 1 steps of nbytes / (n - 1) each
+    paying the latency, has the same bandwidth term on a switched fabric and n - 2 more
+    latencies: it is the schedule of a fabric that can only reach one peer at a time at full
+    rate, which these chips' links are not (and on a full mesh it would use one link in n - 1).
+    """
+    if chips <= 1:
+        return 0.0
+    link = _chip_link(chip)
+    return nbytes_per_chip / (link.bandwidth_gbs * 1e9) + link.latency_us * 1e-6

@@ -368,6 +368,13 @@ class GenerationReport:
     top_k: int | None = None  # candidates sampled from (None: greedy)
     temperature: float = 1.0
     seed: int = 0  # np.random.default_rng seed of the host's Gumbel noise
+    # multi-chip runs (zero / empty on one chip): chip-to-chip collectives (step_collectives)
+    moe_collective: str = ""  # MoE expert-parallel schedule taken, e.g. "prefill all-to-all, decode all-reduce"
+    prefill_comm_s: float = 0.0  # link time in the prefill (included in ttft_s)
+    decode_comm_s: float = 0.0  # link time per decode step, mean (included in tpot_s)
+    link_bytes: float = 0.0  # bytes sent chip to chip over the whole generation, all chips
+    link_bytes_per_token: float = 0.0  # link_bytes / generated tokens
+    link_energy_j: float = 0.0  # link_bytes x chip_link.energy_pj_per_byte (included in total_energy_j)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -409,14 +416,75 @@ def shard_spec(spec: Any, chips: int) -> Any:
     return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
 
 
-def collective_seconds(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType) -> float:
-    """Chip-to-chip time of one step on `chips` chips: two all-reduces of the [B*S, H]
-    activations per layer (after attention's output projection and after the MLP / experts)
-    and one of the sampled candidates (B values and ids per chip)."""
-    from vnpu.isa.cost import allreduce_seconds
+@dataclass
+class StepCollectives:
+    """Chip-to-chip traffic of one step (prefill or decode) of a model served on several chips."""
 
-    act = batch * tokens * spec.config["hidden_size"] * dtype.itemsize
-    return 2 * spec.num_layers * allreduce_seconds(chip, act, chips) + allreduce_seconds(chip, batch * 16 * chips, chips)
+    seconds: float  # time on the links (the step waits for it: no overlap with compute)
+    link_bytes: float  # bytes sent chip to chip, summed over the chips
+    moe_schedule: str = ""  # MoE models: "all-reduce" or "all-to-all", whichever is cheaper
+    alternative_seconds: float = 0.0  # MoE models: the schedule not taken
+
+
+MOE_ALLREDUCE, MOE_ALLTOALL = "all-reduce", "all-to-all"
+
+
+def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType,
+                     candidates: int = 1) -> StepCollectives:
+    """The collectives of one step of the full model `spec` on `chips` chips (tensor-parallel
+    attention, as `shard_spec` splits it), over T = batch x tokens tokens of hidden size H.
+
+    Dense models: two ring all-reduces of the [T, H] activations per layer (after attention's
+    output projection and after the MLP).
+    MoE models (each chip holding num_experts / n experts), the cheaper of two schedules:
+    - all-reduce: after attention's all-reduce every chip holds all T tokens, runs its local
+      experts on those routed to them, and the expert outputs are all-reduced: 2 all-reduces
+      of [T, H] per layer, like a dense model;
+    - all-to-all: attention's partial outputs are reduce-scattered (each chip keeps ceil(T/n)
+      tokens), each token's hidden state is dispatched to the chips holding its top-k experts
+      (all-to-all: min(k, n) (n - 1) / n remote copies per token under balanced routing, one
+      per chip however many of its experts that chip holds), the expert outputs are combined
+      back by a second all-to-all of the same size (each chip returns one weighted sum per
+      token), and the tokens are all-gathered before the next layer's attention.
+    Ring collectives pay 2 (n - 1) latencies an all-reduce; the direct all-to-all pays one
+    (isa.cost.alltoall_seconds), so the all-to-all schedule wins unless its chunks round up
+    badly (T not a multiple of n, or T < n in decode) and the link latency is small. The
+    time is the slowest chip's (ceil(T/n) tokens); the bytes are what all chips send.
+    Both: one all-reduce of the sampled candidates (each chip's best `candidates` of its share of
+    the vocabulary: 1 for greedy, k for top-k sampling; value and id, 16 B each per sequence)."""
+    from vnpu.isa.cost import all_gather_seconds, allreduce_seconds, alltoall_seconds, reduce_scatter_seconds
+
+    n, layers = chips, spec.num_layers
+    if n <= 1:
+        return StepCollectives(0.0, 0.0)
+    hidden = spec.config["hidden_size"] * dtype.itemsize  # one token's activations
+    t = batch * tokens
+    act = t * hidden
+    ring = 2 * (n - 1) / n  # bytes a chip sends in a ring all-reduce, per byte of the tensor
+    cand = batch * 16 * candidates * n
+    sample_s, sample_b = allreduce_seconds(chip, cand, n), n * ring * cand
+    ar_s = 2 * layers * allreduce_seconds(chip, act, n)
+    ar_b = 2 * layers * n * ring * act
+    if spec.family != "qwen3_moe":
+        return StepCollectives(ar_s + sample_s, ar_b + sample_b)
+    k = spec.config["num_experts_per_tok"]
+    copies = min(k, n) * (n - 1) / n  # remote chips a token's hidden state goes to
+    per_chip = math.ceil(t / n)  # tokens a chip owns between the reduce-scatter and the all-gather
+    padded = n * per_chip * hidden  # the [T, H] tensor cut in n chunks of whole tokens
+    a2a_s = layers * (reduce_scatter_seconds(chip, padded, n) + all_gather_seconds(chip, padded, n)
+                      + 2 * alltoall_seconds(chip, per_chip * copies * hidden, n))
+    a2a_b = layers * (2 * (n - 1) * act + 2 * t * copies * hidden)
+    if a2a_s < ar_s:
+        return StepCollectives(a2a_s + sample_s, a2a_b + sample_b, MOE_ALLTOALL, ar_s + sample_s)
+    return StepCollectives(ar_s + sample_s, ar_b + sample_b, MOE_ALLREDUCE, a2a_s + sample_s)
+
+
+def collective_seconds(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType) -> float:
+    """Chip-to-chip time of one step of the full model `spec` on `chips` chips
+    (`step_collectives`): for a dense model two all-reduces of the [B*S, H] activations per
+    layer and one of the sampled candidates; for an MoE model the cheaper expert-parallel
+    schedule."""
+    return step_collectives(spec, chip, chips, batch, tokens, dtype).seconds
 
 
 def _capacity(prompt_len: int, max_new_tokens: int) -> int:
@@ -488,7 +556,9 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     Functional (real tokens) for the small zoo variants; timing-only (meta-device weights,
     layers extrapolated from 1- and 2-layer programs) for the big ones, or when asked.
     chips > 1 (timing-only): each chip runs its tensor/expert-parallel share of the model
-    (shard_spec) and steps add the chip-to-chip all-reduces (collective_seconds).
+    (shard_spec) and steps add the chip-to-chip collectives (step_collectives: all-reduces,
+    or for MoE models the cheaper of the all-reduce and all-to-all expert schedules); energy
+    adds static power during them and the bytes they move x chip_link.energy_pj_per_byte.
     """
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, check_sampling, get_llm, prompt_ids
 
@@ -518,6 +588,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
             f"(--chips {need}), or a smaller batch or context.")
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
+    link: dict[str, Any] = {}  # multi-chip collectives' GenerationReport fields
     if not timing_only:
         m = build_llm(spec)
         step = DecoderStep(m, batch, cap, top_k, temperature)
@@ -544,13 +615,24 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         if chips > 1:  # every chip runs its share at once; then the all-reduces; energy of all chips
             mode += f", {chips} chips (tensor/expert parallel)"
 
-            def on_chips(c: PhaseCost, tok: int) -> PhaseCost:
-                comm = collective_seconds(spec, chip_, chips, batch, tok, dt)
-                return PhaseCost(c.seconds + comm, chips * (c.energy_j + chip_.energy.static_w * comm),
+            pj = chip_.chip_link.energy_pj_per_byte or 0.0  # None: the schema gives no link energy
+            pre_comm, dec_comm = (step_collectives(full, chip_, chips, batch, tok, dt, top_k or 1)
+                                  for tok in (prompt_len, 1))
+
+            def on_chips(c: PhaseCost, comm: StepCollectives) -> PhaseCost:
+                return PhaseCost(c.seconds + comm.seconds,
+                                 chips * (c.energy_j + chip_.energy.static_w * comm.seconds)
+                                 + comm.link_bytes * pj * 1e-12,
                                  chips * c.hbm_bytes, chips * c.flops)
 
-            prefill = on_chips(prefill, prompt_len)
-            decode = [on_chips(d, 1) for d in decode]
+            prefill = on_chips(prefill, pre_comm)
+            decode = [on_chips(d, dec_comm) for d in decode]
+            link.update(prefill_comm_s=pre_comm.seconds, decode_comm_s=dec_comm.seconds if decode else 0.0,
+                        link_bytes=pre_comm.link_bytes + len(decode) * dec_comm.link_bytes)
+            link["link_energy_j"] = link["link_bytes"] * pj * 1e-12
+            if full.family == "qwen3_moe":
+                link["moe_collective"] = (f"prefill {pre_comm.moe_schedule}, decode {dec_comm.moe_schedule}"
+                                          if decode else f"prefill {pre_comm.moe_schedule}")
     walls["total_s"] = time.perf_counter() - t0
     dec_s = sum(d.seconds for d in decode)
     tpot = dec_s / len(decode) if decode else 0.0
@@ -572,9 +654,10 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         decode_hbm_utilization=util, decode_bandwidth_bound_fraction=bound, energy_per_token_j=energy / n_tok,
         total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
         layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips,
-        sampling="greedy" if top_k is None else "top-k", top_k=top_k, temperature=float(temperature), seed=int(seed))
+        sampling="greedy" if top_k is None else "top-k", top_k=top_k, temperature=float(temperature), seed=int(seed),
+        link_bytes_per_token=link.get("link_bytes", 0.0) / n_tok, **link)
 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
-           "chips_needed", "collective_seconds",
+           "chips_needed", "collective_seconds", "step_collectives", "StepCollectives",
            "ModelTooLargeError", "extrapolate_layers", "kv_bytes", "model_memory"]

@@ -72,6 +72,14 @@ SPECS: dict[str, LLMSpec] = {s.name: s for s in (
     LLMSpec("llama-tiny", "llama", _tiny("llama", num_attention_heads=4, num_key_value_heads=1),
             "Llama architecture, 2 layers x 128, 4 query / 1 KV head of 32, vocab 512 (functional runs)",
             functional=True),
+    LLMSpec("llama-3.1-tiny", "llama", _tiny("llama", num_attention_heads=4, num_key_value_heads=1,
+                                            rope_theta=500000.0, rope_scaling=dict(
+                                                rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                high_freq_factor=4.0, original_max_position_embeddings=64)),
+            "Llama-3.1 architecture with its llama3 RoPE scaling, 2 layers x 128, 4 query / 1 KV head of 32, "
+            "vocab 512; original context 64 so that the scaling changes most of the tiny head's frequencies "
+            "(functional runs)",
+            functional=True),
     LLMSpec("qwen3-moe-tiny", "qwen3_moe", _tiny("qwen3_moe"),
             "Qwen3-MoE architecture, 2 layers x 128, 8 experts top-2 of 64, vocab 512 (functional runs)",
             functional=True),
@@ -103,8 +111,12 @@ SPECS: dict[str, LLMSpec] = {s.name: s for s in (
     LLMSpec("llama-3.1-8b", "llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                                           head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                                          tie_word_embeddings=False, rope_theta=500000.0),
-            "Llama-3.1-8B: 32 layers x 4096, 32 Q / 8 KV heads of 128, MLP 14336, vocab 128256 (RoPE scaling omitted)",
+                                          tie_word_embeddings=False, rope_theta=500000.0,
+                                          rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                            high_freq_factor=4.0,
+                                                            original_max_position_embeddings=8192)),
+            "Llama-3.1-8B: 32 layers x 4096, 32 Q / 8 KV heads of 128, MLP 14336, vocab 128256, llama3 RoPE scaling "
+            "(x8 from an 8192 context)",
             "huggingface.co/meta-llama/Llama-3.1-8B config.json"),
 )}
 
@@ -169,7 +181,9 @@ def make_config(spec: LLMSpec, num_layers: int | None = None, attn: str = ATTN_I
     if num_layers is not None:
         cfg["num_hidden_layers"] = num_layers
     theta = cfg.pop("rope_theta", 10000.0)
-    cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+    # `rope_scaling` as in a config.json (e.g. Llama-3.1's rope_type "llama3", factor, low/high_freq_factor,
+    # original_max_position_embeddings): transformers 5 takes these keys inside rope_parameters
+    cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default", **cfg.pop("rope_scaling", {})}
     config = cls(**cfg)
     config._attn_implementation = attn
     if spec.family == "qwen3_moe":

@@ -9,6 +9,7 @@ import numpy as np
 
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
+from vnpu.gcpause import gc_paused
 from vnpu.ir.graph import Graph, Node
 from vnpu.ir.ops import OPS
 from vnpu.ir.verify import verify
@@ -67,6 +68,7 @@ def kernel_timing_key(node: Node, refs: list[HbmRef], scalars: list[float | None
     return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
 
+@gc_paused()
 def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
                   base: int = 0, timing_only: bool = False,
                   kernel_cache: dict[str, tuple[str, list[KernelLaunch]]] | None = None) -> tuple[Program, Graph]:

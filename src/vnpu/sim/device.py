@@ -11,6 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vnpu.chip.schema import Chip
+from vnpu.gcpause import gc_paused
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import HostLaunch, KernelLaunch, Program
@@ -61,6 +62,7 @@ class Device:
         return s
 
     # -- running programs ----------------------------------------------------------------
+    @gc_paused()
     def run(self, program: Program, trace: bool = False) -> Profile:
         # Tile-sized BLAS calls run fastest single-threaded; multi-threaded OpenBLAS spins
         # between thousands of small calls and starves the other core (40x slower here).

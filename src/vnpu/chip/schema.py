@@ -72,7 +72,8 @@ class HBM(_Strict):
 
 
 class Link(_Strict):
-    bandwidth_gbs: PositiveFloat = Field(description="a chip's aggregate rate on this link, GB/s (1e9 bytes)")
+    bandwidth_gbs: PositiveFloat = Field(description="a chip's aggregate rate on this link in one direction (what it can send while it "
+                                          "receives as much), GB/s (1e9 bytes); datasheets often quote both directions summed")
     latency_us: PositiveFloat = Field(description="per transfer, µs (a ring collective pays it every step)")
     energy_pj_per_byte: PositiveFloat | None = Field(
         None,

@@ -262,6 +262,10 @@ def generation_table(rep: Any) -> Table:
     t.add_row("energy", f"{fmt.joules(rep.energy_per_token_j)} per token · {fmt.joules(rep.total_energy_j)} total")
     t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers"
                           + (f" · {rep.chips} chips" if rep.chips > 1 else ""))
+    if rep.chips > 1:
+        t.add_row("chip links", (f"{rep.moe_collective} · " if rep.moe_collective else "")
+                  + f"{fmt.seconds(rep.prefill_comm_s)} in the prefill · {fmt.seconds(rep.decode_comm_s)} per decode step"
+                  f" · {fmt.nbytes(rep.link_bytes_per_token)} per token · {fmt.joules(rep.link_energy_j)} in all")
     if rep.tokens:
         shown = "\n".join(" ".join(map(str, row[:16])) + (" …" if len(row) > 16 else "") for row in rep.tokens[:4])
         t.add_row("tokens", shown)
@@ -285,6 +289,7 @@ def compare_table(reports: list[Any]) -> Table:
         ("tokens/s (overall)", lambda r: f"{r.tokens_per_s:,.1f}"),
         ("tokens/s (decode)", lambda r: f"{r.decode_tokens_per_s:,.1f}"),
         ("energy per token", lambda r: fmt.joules(r.energy_per_token_j)),
+        ("chip-link time per decode step", lambda r: fmt.seconds(r.decode_comm_s) if r.chips > 1 else "—"),
         ("decode HBM utilization", lambda r: fmt.pct(r.decode_hbm_utilization)),
         ("weights + KV cache", lambda r: fmt.nbytes(r.weight_bytes + r.kv_cache_bytes)),
     ]

@@ -108,6 +108,26 @@ def test_sampling_frequencies_match_softmax_of_top_k() -> None:
         assert chi2 < 16.27, (counts, expected)  # chi-square, 3 degrees of freedom, p = 0.001
 
 
+def test_bf16_sampling_keys_keep_fp32_and_match_host_gumbel_max() -> None:
+    """A bf16 program samples exactly as Gumbel-max in fp32 over its bf16 logits: the keys
+    candidates / T + noise are not rounded to bf16 (at logits near 40 bf16 keys are 0.25
+    apart, which made the noise tie and the first candidate win ~3% too often)."""
+    k, temp, vocab, rows = 8, 0.7, 64, 4096
+    # distinct bf16 values near 40 (no ties, so candidate order is unambiguous)
+    base = (40 + 0.25 * torch.randperm(vocab, generator=torch.Generator().manual_seed(3))).reshape(1, vocab)
+    logits = base.repeat(rows, 1)
+    cm = vnpu.compile(_Sampler(k, temp), (logits, torch.zeros(rows, k)), dtype="bf16", strict=True)
+    noise = _gumbel(11, 1, (rows, k))[0]
+    got = np.asarray(cm(logits, torch.from_numpy(noise))).reshape(rows)
+    vals, idx = torch.topk(base[0].to(torch.bfloat16).float(), k)  # the chip's bf16 logits, exactly
+    host = idx.numpy()[np.argmax(vals.numpy()[None, :] / np.float32(temp) + noise, axis=1)]
+    assert (got == host).mean() > 0.999, (got != host).sum()  # ulp-level differences of v / T only
+    p = torch.softmax(vals / temp, -1).numpy()
+    counts = np.array([(got == i).sum() for i in idx.tolist()])
+    chi2 = ((counts - p * rows) ** 2 / (p * rows)).sum()
+    assert chi2 < 24.32, (counts, p * rows)  # chi-square, 7 degrees of freedom, p = 0.001
+
+
 def _cli(*args: str):
     from typer.testing import CliRunner
 

@@ -19,7 +19,7 @@ def set_precision(g: Graph, dtype: DType) -> None:
     """
     if dtype == DType.fp32:
         return
-    seen: set[int] = set()
+    seen: set[int] = selection_keys(g)  # stay fp32
 
     def fix(v: Value) -> None:
         if id(v) in seen:
@@ -44,6 +44,34 @@ def set_precision(g: Graph, dtype: DType) -> None:
             n.attrs["out_types"] = [TensorType(t.shape, dtype) if t.dtype.is_float else t for t in n.attrs["out_types"]]
     for v in g.outputs:
         fix(v)
+
+
+def selection_keys(g: Graph) -> set[int]:
+    """ids of the values that a top-k selects on and that elementwise ops compute on the chip
+    (Gumbel-max sampling's candidates / T + noise), with those ops' float operands that come
+    from outside the chain (the noise input, 1 / T). They keep fp32 storage: rounded to bf16,
+    keys of logits around 40 are 0.25 apart, so the noise's finer differences tie and the
+    first candidate wins (a biased sample). Candidates read straight from the logits (greedy
+    argmax, MoE routing on softmax output) are not affected."""
+    from vnpu.ir.ops import OPS
+
+    producer = {id(o): n for n in g.nodes for o in n.outputs}
+    keep: set[int] = set()
+    stack = [n.inputs[0] for n in g.nodes if n.op == "topk"]
+    while stack:
+        v = stack.pop()
+        p = producer.get(id(v))
+        if id(v) in keep or p is None or OPS[p.op].kind != "elementwise":
+            continue
+        keep.add(id(v))
+        for u in p.inputs:
+            if u.dtype.is_float:
+                if id(u) in producer:
+                    stack.append(u)
+                else:
+                    keep.add(id(u))
+    keep.update(id(n.outputs[0]) for n in g.nodes if n.op == "topk" and id(n.inputs[0]) in keep)  # its values
+    return keep
 
 
 def _insert_before(g: Graph, anchor: Node, op: str, inputs: list[Value], attrs: dict) -> Value:

@@ -19,7 +19,8 @@ from vnpu.sim.functional import moe_schedule
 
 
 def _attention_program(b: int, hq: int, hkv: int, s: int, length: int, d: int, dtype: str = "fp32",
-                       kv_len: int | None = None, causal: bool = True) -> vnpu.CompiledModel:
+                       kv_len: int | None = None, causal: bool = True,
+                       chip: str | vnpu.Chip = "vnpu-v1") -> vnpu.CompiledModel:
     g = Graph("attention")
     q = g.add_input("q", TensorType((b, hq, s, d), DType.fp32))
     k = g.add_input("k", TensorType((b, hkv, length, d), DType.fp32))
@@ -31,7 +32,7 @@ def _attention_program(b: int, hq: int, hkv: int, s: int, length: int, d: int, d
     if kv_len is not None:
         attrs["kv_len"] = kv_len
     g.outputs = [g.add_node("attention", ins, attrs).output]
-    return vnpu.compile_ir(g, dtype=dtype)
+    return vnpu.compile_ir(g, chip, dtype=dtype)
 
 
 def _sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
@@ -60,6 +61,21 @@ def test_attention_matches_sdpa(b: int, hq: int, hkv: int, s: int, d: int, offse
     ref = _sdpa_reference(q, k, v, pos)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hq,s,rows", [(1, 2000, 512), (2, 700, 256)])
+def test_big_query_tiles_match_sdpa(hq: int, s: int, rows: int) -> None:
+    """Long prompts on a one-core chip take the 512- and 256-row Q tiles (G x sq rows)."""
+    from vnpu.kernels.attention import attention_tiles
+
+    chip = vnpu.load_chip("vnpu-v1").model_copy(update={"cores": 1})
+    sq, _, _ = attention_tiles(chip.core.scratchpad.bytes, hq, s, s, 64, 64, DType.fp32, DType.fp32, True, False, 1, 1)
+    assert hq * sq == rows
+    torch.manual_seed(5)
+    q, k, v = torch.randn(1, hq, s, 64), torch.randn(1, 1, s, 64), torch.randn(1, 1, s, 64)
+    pos = torch.arange(s)
+    out = _attention_program(1, hq, 1, s, s, 64, chip=chip)(q, k, v, pos)
+    torch.testing.assert_close(out, _sdpa_reference(q, k, v, pos), atol=2e-5, rtol=1e-4)
 
 
 def test_split_attention_with_fully_masked_splits() -> None:

@@ -32,18 +32,24 @@ from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kern
 F32 = DType.fp32
 ROWS_MAX = 512  # query rows (G * sq) per unit, at most (bigger Q tiles reload each K/V block less)
 BLOCK_K = 128  # keys per KV block, at most
+UNITS_PER_CORE = 4  # work units per core a tile over 128 rows must leave (see attention_tiles)
 KV_BUFFERS = 3  # K/V blocks in flight per core: a block's load latency hides behind two blocks of matmuls
 
 
 def attention_tiles(capacity: int, g: int, s: int, kv_len: int, d: int, dv: int, dt: DType, out_dt: DType,
-                    causal: bool, split: bool) -> tuple[int, int, int]:
+                    causal: bool, split: bool, row_groups: int = 1, cores: int = 1) -> tuple[int, int, int]:
     """(query rows per head sq, keys per block bk, K/V buffers): the largest tiles whose
-    buffers fit the scratchpad (GPU-like chips have ~200 KiB, vnpu-v1 2 MiB)."""
+    buffers fit the scratchpad (GPU-like chips have ~200 KiB, vnpu-v1 2 MiB). Tiles over 128
+    rows are taken only while they leave UNITS_PER_CORE work units per core (`row_groups`
+    = batch x KV heads x splits units per query block): fewer, longer units load-balance
+    causal prefills badly, and short prompts would leave cores idle."""
     isz, osz = dt.itemsize, out_dt.itemsize
     for rows_max, bk_max, nbuf in ((ROWS_MAX, BLOCK_K, KV_BUFFERS), (256, BLOCK_K, KV_BUFFERS), (128, BLOCK_K, KV_BUFFERS),
                                    (64, 128, 3), (64, 64, 3), (32, 64, 2), (16, 64, 2), (16, 32, 2), (8, 32, 2),
                                    (1, 16, 2)):
         sq = max(1, min(s, rows_max // g))
+        if rows_max > 128 and row_groups * math.ceil(s / sq) < UNITS_PER_CORE * cores:
+            continue
         bk = min(bk_max, kv_len)
         r = g * sq
         need = (2 * r * d * isz + nbuf * bk * (d + dv) * isz + 2 * r * bk * 4 + (2 * r * bk * isz if dt != DType.fp32 else 0)
@@ -95,7 +101,7 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
     isz = dt.itemsize
     splits = int(a.get("kv_splits", 1))
     sq, bk, kv_bufs = attention_tiles(ctx.chip.core.scratchpad.bytes, G, S, kv_len, D, DV, dt, out.dtype,
-                                      qpos is not None, splits > 1)
+                                      qpos is not None, splits > 1, B * HKV * splits, ctx.cores)
 
     part = ctx.outputs[1] if splits > 1 else None
     # work units (b, h, s0, sn, first block, blocks, split), balanced greedily over the cores

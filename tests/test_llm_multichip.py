@@ -22,8 +22,8 @@ def _chip(latency_us: float = 1.0):
                                                      energy_pj_per_byte=PJ)})
 
 
-def _moe(hidden: int = 1024, k: int = 2, layers: int = 1) -> LLMSpec:
-    return LLMSpec("moe-test", "qwen3_moe", dict(hidden_size=hidden, num_experts_per_tok=k, num_experts=16,
+def _moe(hidden: int = 1024, k: int = 2, layers: int = 1, experts: int = 16) -> LLMSpec:
+    return LLMSpec("moe-test", "qwen3_moe", dict(hidden_size=hidden, num_experts_per_tok=k, num_experts=experts,
                                                  num_hidden_layers=layers), "made-up MoE for collective costs")
 
 
@@ -45,10 +45,11 @@ def test_dense_step_is_two_allreduces_per_layer() -> None:
     spec = LLMSpec("dense-test", "llama", dict(hidden_size=1024, num_hidden_layers=3), "made-up dense")
     c = step_collectives(spec, _chip(), 4, 2, 5, DType.bf16)
     act = 2 * 5 * 1024 * 2  # [B*S, H] bf16 = 20480 B
-    cand = 2 * 16 * 4  # sampled candidates: 16 B per sequence and chip
-    # ring all-reduce: 6 steps of bytes / 4 + 1 µs; a chip sends 2 (n-1)/n of the tensor, 4 chips
-    assert c.seconds == pytest.approx(6 * (act / 4 / BW + LAT) * 2 * 3 + 6 * (cand / 4 / BW + LAT))
-    assert c.link_bytes == pytest.approx(2 * 3 * 6 * act + 6 * cand)
+    cand = 2 * 16 * 4  # sampled candidates: 16 B per sequence and chip, gathered on every chip
+    # ring all-reduce: 6 steps of bytes / 4 + 1 µs; a chip sends 2 (n-1)/n of the tensor, 4 chips.
+    # ring all-gather of the candidates: 3 steps; each chip sends 3 of the 4 shares
+    assert c.seconds == pytest.approx(6 * (act / 4 / BW + LAT) * 2 * 3 + 3 * (cand / 4 / BW + LAT))
+    assert c.link_bytes == pytest.approx(2 * 3 * 6 * act + 3 * cand)
     assert c.moe_schedule == ""
 
 
@@ -56,39 +57,41 @@ def test_moe_prefill_takes_all_to_all_by_hand() -> None:
     # 512 tokens of hidden 1024 (bf16: 2048 B each), 4 chips, top-2: act = 512 x 2048 = 2^20 B.
     # all-reduce schedule: 2 all-reduces = 12 steps x (2^18 B / 100 GB/s = 2.62144 µs + 1 µs) = 43.457 µs
     # all-to-all schedule: reduce-scatter + all-gather = 6 steps x 3.62144 µs = 21.729 µs, then dispatch and
-    #   combine: each chip owns 128 tokens, each sent to min(2, 4) x 3/4 = 1.5 remote chips on average:
-    #   128 x 1.5 x 2048 = 393216 B = 3.93216 µs + 1 µs, twice = 9.864 µs; total 31.593 µs: all-to-all wins
-    #   (8 latencies instead of 12, and top-2 < 4 chips moves fewer bytes).
-    # both: the candidates' all-reduce, 6 x (16 B / 100 GB/s + 1 µs) = 6.00096 µs
+    #   combine: each chip owns 128 tokens; 16 experts, 4 per chip, top-2 distinct experts uniformly at random:
+    #   a given other chip holds neither with probability C(12,2)/C(16,2) = 66/120, so a token goes to
+    #   3 x 54/120 = 1.35 remote chips: 128 x 1.35 x 2048 = 353894.4 B = 3.538944 µs + 1 µs, twice = 9.077888 µs;
+    #   total 30.806528 µs: all-to-all wins (8 latencies instead of 12, and fewer bytes).
+    # both: the candidates' all-gather (16 B per chip, 64 B gathered), 3 x (16 B / 100 GB/s + 1 µs) = 3.00048 µs
     c = step_collectives(_moe(), _chip(), 4, 1, 512, DType.bf16)
-    sample = 6 * (16 / BW + LAT)
+    sample = 3 * (16 / BW + LAT)
     assert c.moe_schedule == "all-to-all"
-    assert c.seconds == pytest.approx(31.59296e-6 + sample)
+    assert c.seconds == pytest.approx(30.806528e-6 + sample)
     assert c.alternative_seconds == pytest.approx(43.45728e-6 + sample)
-    # bytes, all chips: reduce-scatter and all-gather 3 x 2^20 each, dispatch + combine 2 x 512 x 1.5 x 2048,
-    # candidates 4 chips x 6/4 x 64 B
-    assert c.link_bytes == pytest.approx(6 * 2**20 + 3145728 + 384)
+    # bytes, all chips: reduce-scatter and all-gather 3 x 2^20 each, dispatch + combine 2 x 512 x 1.35 x 2048,
+    # candidates 3 x 64 B
+    assert c.link_bytes == pytest.approx(6 * 2**20 + 2831155.2 + 192)
 
 
 def test_moe_schedule_depends_on_latency_when_chunks_round_up() -> None:
-    # 9 tokens over 8 chips, top-8 (every token reaches all 8 chips: 7 remote copies), hidden 2048 B.
+    # 9 tokens over 8 chips, 8 experts (one per chip), top-8: every token reaches all 8 chips, 7 remote
+    # copies (C(7,8) = 0). Hidden 2048 B.
     # all-reduce: 2 x 14 steps of 9 x 2048 / 8 = 2304 B (23.04 ns at 100 GB/s)
     # all-to-all: a chip owns ceil(9/8) = 2 tokens: reduce-scatter + all-gather 14 steps of 4096 B (40.96 ns),
     #   dispatch + combine 2 x 2 x 7 x 2048 = 2 x 28672 B (286.72 ns each)
     # with a 1 ns latency: all-reduce 28 x 24.04 ns = 673.1 ns < all-to-all 14 x 41.96 + 2 x 287.72 = 1162.9 ns
     # with a 1 µs latency: all-reduce 28.645 µs > all-to-all 16 latencies + 1.147 µs = 17.147 µs
-    spec = _moe(k=8)
+    spec = _moe(k=8, experts=8)
     fast = step_collectives(spec, _chip(latency_us=0.001), 8, 9, 1, DType.bf16)
     assert fast.moe_schedule == "all-reduce"
-    sample = 14 * (9 * 16 * 8 / 8 / BW + 1e-9)
+    sample = 7 * (9 * 16 * 8 / 8 / BW + 1e-9)  # all-gather of 9 sequences x 16 B x 8 chips
     assert fast.seconds == pytest.approx(28 * (2304 / BW + 1e-9) + sample)
     assert fast.alternative_seconds == pytest.approx(14 * (4096 / BW + 1e-9) + 2 * (28672 / BW + 1e-9) + sample)
     slow = step_collectives(spec, _chip(), 8, 9, 1, DType.bf16)
     assert slow.moe_schedule == "all-to-all"
-    assert slow.seconds - 14 * (9 * 16 * 8 / 8 / BW + LAT) == pytest.approx(17.14688e-6)
+    assert slow.seconds - 7 * (9 * 16 * 8 / 8 / BW + LAT) == pytest.approx(17.14688e-6)
     # the bytes are what the chips really send, not the padded chunks: 2 x 7 x 9 x 2048 for the ring
-    # collectives, 2 x 9 x 7 x 2048 for dispatch and combine, 8 x 14/8 x 9 x 16 x 8 for the candidates
-    assert slow.link_bytes == pytest.approx(2 * 7 * 9 * 2048 + 2 * 9 * 7 * 2048 + 14 * 9 * 16 * 8)
+    # collectives, 2 x 9 x 7 x 2048 for dispatch and combine, 7 x 9 x 16 x 8 for the candidates
+    assert slow.link_bytes == pytest.approx(2 * 7 * 9 * 2048 + 2 * 9 * 7 * 2048 + 7 * 9 * 16 * 8)
 
 
 def test_multichip_generation_reports_link_time_bytes_and_energy() -> None:

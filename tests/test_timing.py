@@ -406,7 +406,7 @@ def test_timing_only_compile_lowers_identical_layers_once():
     """compile_graph(timing_only=True) lowers each distinct kernel once and shares its
     instruction streams with identical layers (also across programs through kernel_cache);
     the simulated time equals the fully lowered program's, and functional runs are refused."""
-    from vnpu.compiler.lower import compile_graph
+    from vnpu.compiler.lower import CompileError, KernelCache, compile_graph
     from vnpu.sim.device import Device
 
     chip = round_chip(cores=2)
@@ -418,7 +418,7 @@ def test_timing_only_compile_lowers_identical_layers_once():
         h = g.add_node("matmul", [h, w]).output
     g.outputs = [h]
     full, _ = compile_graph(g, chip, "fp32")
-    cache: dict = {}
+    cache = KernelCache()
     lean, _ = compile_graph(g, chip, "fp32", timing_only=True, kernel_cache=cache)
     assert [l.name for l in lean.launches] == [l.name for l in full.launches]
     assert lean.launches[0].cores is lean.launches[1].cores is lean.launches[2].cores
@@ -431,3 +431,35 @@ def test_timing_only_compile_lowers_identical_layers_once():
     assert again.launches[0].cores is lean.launches[0].cores
     with pytest.raises(ValueError, match="timing-only"):
         Device(chip, lean.hbm_bytes, functional=True).run(lean)
+    with pytest.raises(CompileError, match="another chip"):  # a cache serves one chip
+        compile_graph(g, round_chip(cores=4), "fp32", timing_only=True, kernel_cache=cache)
+
+
+def test_timing_only_compile_shares_multi_launch_kernels():
+    """Two identical decode attentions, each lowered to a key-split launch and its combine:
+    the second reuses both launches under its own names, and times exactly as lowered anew."""
+    import math
+
+    from vnpu.chip import load_chip
+    from vnpu.compiler.lower import compile_graph
+    from vnpu.sim.device import Device
+
+    chip = load_chip("vnpu-v1")
+    g = Graph("two_decodes")
+    outs = []
+    for i in range(2):
+        q = g.add_input(f"q{i}", TensorType((1, 4, 1, 64), F32))
+        k = g.add_input(f"k{i}", TensorType((1, 2, 1000, 64), F32))
+        v = g.add_input(f"v{i}", TensorType((1, 2, 1000, 64), F32))
+        p = g.add_input(f"p{i}", TensorType((1,), DType.int64))
+        outs.append(g.add_node("attention", [q, k, v, p], {"scale": 1 / math.sqrt(64)}, name=f"att{i}").output)
+    g.outputs = outs
+    full, _ = compile_graph(g, chip, "bf16")
+    lean, _ = compile_graph(g, chip, "bf16", timing_only=True)
+    names = [l.name for l in full.launches]
+    assert len(names) == 4 and any("combine" in n for n in names)  # split + combine per attention
+    assert [l.name for l in lean.launches] == names
+    assert lean.launches[2].cores is lean.launches[0].cores and lean.launches[3].cores is lean.launches[1].cores
+    t_full = Device(chip, full.hbm_bytes, functional=False).run(full, trace=True)
+    t_lean = Device(chip, lean.hbm_bytes, functional=False).run(lean, trace=True)
+    assert [k.cycles for k in t_lean.kernels] == pytest.approx([k.cycles for k in t_full.kernels], rel=1e-12)

@@ -451,7 +451,7 @@ def generate(
 
     from vnpu.runtime.llm import ModelTooLargeError
     from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+    from vnpu.workloads.llm_zoo import UnknownLLMError, check_sampling, get_llm
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
@@ -462,16 +462,16 @@ def generate(
             _die(f"{opt} must be a positive integer, got {val}")
     if top_k < 0:
         _die(f"--top-k must be 0 (greedy) or a positive integer, got {top_k}")
-    if not temperature > 0 or temperature == float("inf"):
-        _die(f"--temperature must be a positive number, got {temperature}")
     _check_output(json_path, "--json")
     c = _chip(chip)
     try:
         spec = get_llm(model)
     except UnknownLLMError as e:
         _die(e)
-    if top_k > spec.config["vocab_size"]:
-        _die(f"--top-k {top_k} exceeds {model}'s vocabulary of {spec.config['vocab_size']} tokens")
+    try:
+        check_sampling(top_k or None, temperature, spec.config["vocab_size"], seed)
+    except ValueError as e:
+        _die(e)
     err, out = _console(stderr=True), _console()
     where = f"{chips} x {c.name}" if chips > 1 else c.name
     try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,15 @@ from vnpu.compiler.patterns import rewrite_llm_patterns
 
 class CompileError(RuntimeError):
     pass
+
+
+@dataclass
+class KernelCache:
+    """Kernels lowered by timing-only compiles, by timing key (-> the first node's name and its
+    launches), for the programs of one chip (the key does not name the chip)."""
+
+    chip_fingerprint: str = ""
+    lowered: dict[str, tuple[str, list[KernelLaunch]]] = field(default_factory=dict)
 
 
 def chip_fingerprint(chip: Chip) -> str:
@@ -71,7 +80,7 @@ def kernel_timing_key(node: Node, refs: list[HbmRef], scalars: list[float | None
 @gc_paused()
 def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
                   base: int = 0, timing_only: bool = False,
-                  kernel_cache: dict[str, tuple[str, list[KernelLaunch]]] | None = None) -> tuple[Program, Graph]:
+                  kernel_cache: KernelCache | None = None) -> tuple[Program, Graph]:
     """`pinned`/`base`: see memory.plan_memory (programs sharing weights and state on one device).
 
     `timing_only`: a node whose timing key was lowered before (an identical layer) reuses that
@@ -92,8 +101,12 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         raise CompileError(str(e)) from None
     plan = plan_memory(g, chip.hbm.bytes, chip.name, pinned, base)
     launches: list[KernelLaunch | HostLaunch] = []
-    # timing key -> (node, launches), when timing_only
-    lowered: dict[str, tuple[str, list[KernelLaunch]]] = kernel_cache if kernel_cache is not None else {}
+    cache = kernel_cache if kernel_cache is not None else KernelCache()
+    fingerprint = chip_fingerprint(chip)
+    if cache.chip_fingerprint and cache.chip_fingerprint != fingerprint:
+        raise CompileError(f"kernel_cache holds kernels lowered for another chip; use one KernelCache per chip ({chip.name})")
+    cache.chip_fingerprint = fingerprint
+    lowered = cache.lowered  # timing key -> (first node's name, its launches), when timing_only
     for n in g.nodes:
         kind = OPS[n.op].kind
         if kind == "view":
@@ -122,7 +135,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         lowered[key] = (n.name, res)
     consts = [(plan.refs[id(c)], c.data) for c in g.constants()]
     prog = Program(
-        chip_name=chip.name, chip_fingerprint=chip_fingerprint(chip), dtype=dtype, launches=launches,
+        chip_name=chip.name, chip_fingerprint=fingerprint, dtype=dtype, launches=launches,
         hbm_bytes=plan.total_bytes, inputs=[plan.refs[id(v)] for v in g.inputs],
         outputs=[plan.refs[id(v)] for v in g.outputs], constants=consts,
         input_names=[v.name for v in g.inputs], output_names=[v.name for v in g.outputs],

@@ -32,7 +32,7 @@ import torch
 
 from vnpu.chip import DEFAULT_CHIP, load_chip
 from vnpu.chip.schema import Chip
-from vnpu.compiler.lower import compile_graph
+from vnpu.compiler.lower import KernelCache, compile_graph
 from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph
 from vnpu.isa.program import Program
@@ -119,7 +119,7 @@ class LLMSession:
         self.functional = functional
         self._graphs: dict[int, Graph] = {}
         self._programs: dict[tuple[str, int], Program] = {}
-        self._kernels: dict = {}  # timing-only: kernels lowered so far, shared across programs
+        self._kernels = KernelCache()  # timing-only: kernels lowered so far, shared across programs
         self.fallback_ops: dict[str, int] = {}
         self.pinned: dict[str, int] | None = None
         self.shared_bytes = 0
@@ -233,6 +233,9 @@ class LLMSession:
         if self.top_k is not None:
             ref = user[2][1]
             if noise is None:
+                if self.functional:
+                    raise ValueError("this sampling step needs noise: Gumbel noise [batch, top_k] "
+                                     "(workloads.llm_zoo.gumbel_noise); zeros are only for timing-only runs")
                 noise = np.zeros(ref.shape, np.float32)
             if tuple(noise.shape) != tuple(ref.shape):
                 raise ValueError(f"noise of shape {tuple(noise.shape)}; the sampling step takes {tuple(ref.shape)}")
@@ -397,7 +400,7 @@ def shard_spec(spec: Any, chips: int) -> Any:
         problems.append(f"{c['num_attention_heads']} attention heads")
     if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
         problems.append(f"{c['num_key_value_heads']} KV heads")
-    if spec.family == "qwen3_moe":
+    if spec.is_moe:
         if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
             problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
     elif c["intermediate_size"] % chips:
@@ -408,7 +411,7 @@ def shard_spec(spec: Any, chips: int) -> Any:
     c["num_attention_heads"] //= chips
     c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
     c["vocab_size"] = -(-c["vocab_size"] // chips)
-    if spec.family == "qwen3_moe":
+    if spec.is_moe:
         c["num_experts"] //= chips
         c["num_experts_per_tok"] //= chips
     else:
@@ -442,16 +445,18 @@ def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int,
       of [T, H] per layer, like a dense model;
     - all-to-all: attention's partial outputs are reduce-scattered (each chip keeps ceil(T/n)
       tokens), each token's hidden state is dispatched to the chips holding its top-k experts
-      (all-to-all: min(k, n) (n - 1) / n remote copies per token under balanced routing, one
-      per chip however many of its experts that chip holds), the expert outputs are combined
+      (all-to-all: one copy per remote chip however many of its experts that chip holds; under
+      uniform routing of k distinct experts out of E, (n - 1) (1 - C(E - E/n, k) / C(E, k))
+      remote chips per token, e.g. 4.67 of 7 for Qwen3-235B on 8 chips), the expert outputs are combined
       back by a second all-to-all of the same size (each chip returns one weighted sum per
       token), and the tokens are all-gathered before the next layer's attention.
     Ring collectives pay 2 (n - 1) latencies an all-reduce; the direct all-to-all pays one
     (isa.cost.alltoall_seconds), so the all-to-all schedule wins unless its chunks round up
     badly (T not a multiple of n, or T < n in decode) and the link latency is small. The
     time is the slowest chip's (ceil(T/n) tokens); the bytes are what all chips send.
-    Both: one all-reduce of the sampled candidates (each chip's best `candidates` of its share of
-    the vocabulary: 1 for greedy, k for top-k sampling; value and id, 16 B each per sequence)."""
+    Both: one ring all-gather of the sampled candidates (each chip's best `candidates` of its
+    share of the vocabulary: 1 for greedy, k for top-k sampling; value and id, 16 B each per
+    sequence), after which every chip picks the same token."""
     from vnpu.isa.cost import all_gather_seconds, allreduce_seconds, alltoall_seconds, reduce_scatter_seconds
 
     n, layers = chips, spec.num_layers
@@ -461,14 +466,14 @@ def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int,
     t = batch * tokens
     act = t * hidden
     ring = 2 * (n - 1) / n  # bytes a chip sends in a ring all-reduce, per byte of the tensor
-    cand = batch * 16 * candidates * n
-    sample_s, sample_b = allreduce_seconds(chip, cand, n), n * ring * cand
+    cand = batch * 16 * candidates * n  # the gathered candidates, every chip's share
+    sample_s, sample_b = all_gather_seconds(chip, cand, n), (n - 1) * cand
     ar_s = 2 * layers * allreduce_seconds(chip, act, n)
     ar_b = 2 * layers * n * ring * act
-    if spec.family != "qwen3_moe":
+    if not spec.is_moe:
         return StepCollectives(ar_s + sample_s, ar_b + sample_b)
-    k = spec.config["num_experts_per_tok"]
-    copies = min(k, n) * (n - 1) / n  # remote chips a token's hidden state goes to
+    e, k = spec.config["num_experts"], spec.config["num_experts_per_tok"]
+    copies = (n - 1) * (1 - math.comb(e - e // n, k) / math.comb(e, k))  # remote chips a token goes to
     per_chip = math.ceil(t / n)  # tokens a chip owns between the reduce-scatter and the all-gather
     padded = n * per_chip * hidden  # the [T, H] tensor cut in n chunks of whole tokens
     a2a_s = layers * (reduce_scatter_seconds(chip, padded, n) + all_gather_seconds(chip, padded, n)
@@ -477,14 +482,6 @@ def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int,
     if a2a_s < ar_s:
         return StepCollectives(a2a_s + sample_s, a2a_b + sample_b, MOE_ALLTOALL, ar_s + sample_s)
     return StepCollectives(ar_s + sample_s, ar_b + sample_b, MOE_ALLREDUCE, a2a_s + sample_s)
-
-
-def collective_seconds(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType) -> float:
-    """Chip-to-chip time of one step of the full model `spec` on `chips` chips
-    (`step_collectives`): for a dense model two all-reduces of the [B*S, H] activations per
-    layer and one of the sampled candidates; for an MoE model the cheaper expert-parallel
-    schedule."""
-    return step_collectives(spec, chip, chips, batch, tokens, dtype).seconds
 
 
 def _capacity(prompt_len: int, max_new_tokens: int) -> int:
@@ -510,7 +507,7 @@ def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType) 
     """Weight bytes one decode step must read: all of a dense model; for an MoE model the
     non-expert weights plus at most batch x top-k routed experts per layer."""
     c = spec.config
-    if spec.family != "qwen3_moe":
+    if not spec.is_moe:
         return weight_bytes
     e, k = c["num_experts"], c["num_experts_per_tok"]
     expert = 3 * c["hidden_size"] * c["moe_intermediate_size"] * dtype.itemsize
@@ -569,7 +566,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
         raise ValueError("prompt_len, max_new_tokens, batch and chips must be positive")
     top_k = top_k or None  # 0: greedy
-    check_sampling(top_k, temperature, full.config["vocab_size"])
+    check_sampling(top_k, temperature, full.config["vocab_size"], seed)
     if chips > 1 and chip_.chip_link is None:
         raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
@@ -604,7 +601,9 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         mode = "functional"
     else:
         layers = spec.num_layers
-        step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap, top_k, temperature)
+        # a chip samples among its best min(k, its share of the vocabulary); every chip gets them all
+        local_k = None if top_k is None else min(top_k, spec.config["vocab_size"])
+        step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap, local_k, temperature)
         sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False)
         prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
         programs = len(sess.programs)
@@ -616,7 +615,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
             mode += f", {chips} chips (tensor/expert parallel)"
 
             pj = chip_.chip_link.energy_pj_per_byte or 0.0  # None: the schema gives no link energy
-            pre_comm, dec_comm = (step_collectives(full, chip_, chips, batch, tok, dt, top_k or 1)
+            pre_comm, dec_comm = (step_collectives(full, chip_, chips, batch, tok, dt, local_k or 1)
                                   for tok in (prompt_len, 1))
 
             def on_chips(c: PhaseCost, comm: StepCollectives) -> PhaseCost:
@@ -630,7 +629,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
             link.update(prefill_comm_s=pre_comm.seconds, decode_comm_s=dec_comm.seconds if decode else 0.0,
                         link_bytes=pre_comm.link_bytes + len(decode) * dec_comm.link_bytes)
             link["link_energy_j"] = link["link_bytes"] * pj * 1e-12
-            if full.family == "qwen3_moe":
+            if full.is_moe:
                 link["moe_collective"] = (f"prefill {pre_comm.moe_schedule}, decode {dec_comm.moe_schedule}"
                                           if decode else f"prefill {pre_comm.moe_schedule}")
     walls["total_s"] = time.perf_counter() - t0
@@ -659,5 +658,5 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",
-           "chips_needed", "collective_seconds", "step_collectives", "StepCollectives",
+           "chips_needed", "step_collectives", "StepCollectives",
            "ModelTooLargeError", "extrapolate_layers", "kv_bytes", "model_memory"]

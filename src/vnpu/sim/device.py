@@ -70,7 +70,7 @@ class Device:
             return self._run(program, trace)
 
     def _run(self, program: Program, trace: bool) -> Profile:
-        if self.functional and getattr(program, "timing_only", False):
+        if self.functional and getattr(program, "timing_only", False):  # getattr: programs saved before the field
             raise ValueError(f"this program was compiled timing-only (identical kernels share instruction streams): "
                              "run it on a Device(functional=False), or compile it without timing_only")
         chip = self.chip

@@ -54,6 +54,11 @@ class LLMSpec:
     def num_layers(self) -> int:
         return int(self.config["num_hidden_layers"])
 
+    @property
+    def is_moe(self) -> bool:
+        """Mixture-of-experts layers (expert parallel over several chips)."""
+        return self.family == "qwen3_moe"
+
 
 def _tiny(family: str, **over: Any) -> dict[str, Any]:
     base: dict[str, Any] = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -246,12 +251,19 @@ def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def check_sampling(top_k: int | None, temperature: float, vocab_size: int) -> None:
-    """ValueError (one line) unless top_k is None or 1..vocab_size and temperature is positive."""
+def check_sampling(top_k: int | None, temperature: float, vocab_size: int, seed: int = 0) -> None:
+    """ValueError (one line, naming the API argument and the CLI option) unless top_k is None
+    (greedy) or 1..vocab_size, temperature is positive and finite, seed is a non-negative
+    integer, and temperature / seed are left at their defaults when decoding is greedy."""
     if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
+        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
     if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
+        raise ValueError(f"temperature (--temperature) must be a positive number, got {temperature}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed}")
+    if top_k is None and (temperature != 1.0 or seed != 0):
+        raise ValueError("temperature and seed (--temperature, --seed) apply to top-k sampling: "
+                         "give top_k (--top-k K) too, or drop them for greedy decoding")
 
 
 def gumbel_noise(rng: np.random.Generator, batch: int, k: int) -> np.ndarray:

@@ -39,8 +39,11 @@ def export_aten(model: torch.nn.Module, example_inputs: tuple) -> "torch.export.
         from torch.export._trace import _export
     except ImportError:  # pragma: no cover - torch without the one-trace entry point
         _export = None
-    if _export is not None:
-        ep = _export(model, tuple(example_inputs), strict=False, pre_dispatch=False)
+    try:
+        ep = _export(model, tuple(example_inputs), strict=False, pre_dispatch=False) if _export else None
+    except TypeError:  # the private entry point's signature changed: take the public path
+        ep = None
+    if ep is not None:
         from vnpu.frontends.torch import aten_ops  # noqa: F401  (registers the handlers)
         from vnpu.frontends.torch.importer import op_name
 

@@ -331,7 +331,8 @@ def _gather_along(cx: Cx, x: Value, dim: int, index: Value, *, sparse_grad: bool
     rows = math.prod(x.shape[:-1])
     flat = cx.emit("reshape", [x], {"shape": [rows * n]})
     starts = cx.const((np.arange(rows, dtype=np.int64) * n).reshape(tuple(index.shape[:-1]) + (1,)), index.dtype)
-    return cx.emit("gather", [flat, cx.emit("add", [index, starts])], {"axis": 0})
+    at = cx.g.add_node("add", [index, starts], {}, name=f"{cx.node.name}_row_offsets").output
+    return cx.emit("gather", [flat, at], {"axis": 0})
 
 
 # -- views and data movement -----------------------------------------------------------------

@@ -37,6 +37,16 @@ def test_two_chip_greedy_tokens_match_hf_generate(name: str) -> None:
         assert 0 < s.comm_s < s.seconds and s.link_bytes > 0
 
 
+def test_four_chips_share_kv_heads() -> None:
+    """qwen3-tiny on 4 chips: one query head per chip, its 2 KV heads each replicated on 2 chips."""
+    spec = get_llm("qwen3-tiny")
+    ids = prompt_ids(spec.config["vocab_size"], BATCH, PROMPT)
+    with torch.no_grad():
+        ref = build_llm(spec, attn="eager").generate(ids, max_new_tokens=6, do_sample=False)[:, PROMPT:]
+    tokens, _ = tensor_parallel_generate("qwen3-tiny", ids.numpy(), 6, 4, "vnpu-v1", "fp32")
+    np.testing.assert_array_equal(tokens, ref.numpy())
+
+
 @pytest.mark.parametrize("name", ["qwen3-tiny", "llama-tiny", "qwen3-moe-tiny"])
 def test_shard_weights_have_shard_spec_shapes(name: str) -> None:
     """A shard's weights are what the timing-only path times (build_llm(shard_spec(...))),

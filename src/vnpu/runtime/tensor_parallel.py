@@ -72,6 +72,11 @@ class AllReduceGroup:
     def abort(self) -> None:
         self._barrier.abort()
 
+    def reset(self) -> None:
+        """Ready for a new run (after an aborted one), counters zeroed."""
+        self._barrier.reset()
+        self.take_counters()
+
     def take_counters(self) -> tuple[float, float, int]:
         out = (self.comm_s, self.link_bytes, self.collectives)
         self.comm_s, self.link_bytes, self.collectives = 0.0, 0.0, 0
@@ -175,6 +180,7 @@ class TensorParallelSession:
         b, s = prompt.shape
         if b != self.batch:
             raise ValueError(f"prompt batch {b} != session batch {self.batch}")
+        self.group.reset()
         for sess in self.sessions:
             sess.reset()
         steps, toks, logits_all = [], [], []

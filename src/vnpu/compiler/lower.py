@@ -14,7 +14,7 @@ from vnpu.ir.graph import Graph, Node
 from vnpu.ir.ops import OPS
 from vnpu.ir.verify import verify
 from vnpu.isa.instructions import HbmRef
-from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, materialize_views, plan_memory
@@ -100,7 +100,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     except ValueError as e:
         raise CompileError(str(e)) from None
     plan = plan_memory(g, chip.hbm.bytes, chip.name, pinned, base)
-    launches: list[KernelLaunch | HostLaunch] = []
+    launches: list[KernelLaunch | HostLaunch | CollectiveLaunch] = []
     cache = kernel_cache if kernel_cache is not None else KernelCache()
     fingerprint = chip_fingerprint(chip)
     if cache.chip_fingerprint and cache.chip_fingerprint != fingerprint:
@@ -115,6 +115,9 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
         outs = [plan.refs[id(v)] for v in n.outputs]
         if n.op == "host_call":
             launches.append(HostLaunch(n.name, n.attrs["target"], ins, outs, n.attrs.get("payload"), ops=[n.attrs["target"]]))
+            continue
+        if kind == "collective":
+            launches.append(CollectiveLaunch(n.name, n.op, ins, outs, ops=[n.op]))
             continue
         fn = KERNELS.get(n.op)
         if fn is None:

@@ -20,7 +20,7 @@ class IRTypeError(ValueError):
 class OpDef:
     name: str
     infer: Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
-    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused | attention | scatter | topk | moe
+    kind: str  # elementwise | matmul | conv | reduce | norm | pool | gather | view | copy | host | fused | attention | scatter | topk | moe | collective
 
 
 OPS: dict[str, OpDef] = {}
@@ -369,3 +369,11 @@ def _rope(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if broadcast_shapes(x.shape, c.shape, s.shape) != x.shape:
         raise IRTypeError(f"rope: cos {c} / sin {s} do not broadcast to {x}")
     return [TensorType(x.shape, _same_dtype("rope", [x, c, s]))]
+
+
+@register("all_reduce", "collective")
+def _all_reduce(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x -> the sum of x over the chips running this program together (tensor / expert
+    parallelism), on every chip; lowered to a CollectiveLaunch, run by a multi-chip runner."""
+    (x,) = ins
+    return [x]

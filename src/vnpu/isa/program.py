@@ -42,7 +42,22 @@ class HostLaunch:
     min_hbm_bytes: int = 0
 
 
-Launch = KernelLaunch | HostLaunch
+@dataclass
+class CollectiveLaunch:
+    """A chip-to-chip collective (kind "all_reduce": every chip's outputs receive the sum of
+    all chips' inputs). Not a kernel: the Device hands it to its collective executor, which a
+    multi-chip runner (runtime.tensor_parallel) supplies; one chip alone cannot run it."""
+
+    name: str
+    kind: str  # all_reduce
+    inputs: list[HbmRef]
+    outputs: list[HbmRef]
+    ops: list[str] = field(default_factory=list)
+    flops: int = 0
+    min_hbm_bytes: int = 0
+
+
+Launch = KernelLaunch | HostLaunch | CollectiveLaunch
 
 
 @dataclass

@@ -14,11 +14,14 @@ from vnpu.chip.schema import Chip
 from vnpu.gcpause import gc_paused
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
-from vnpu.isa.program import HostLaunch, KernelLaunch, Program
+from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.sim.functional import PREPARERS, hbm_view
 from vnpu.sim.profile import KernelProfile, Profile
 
 HostExecutor = Callable[[HostLaunch, list[np.ndarray]], list[np.ndarray]]
+# (launch, this chip's inputs (empty lists when timing-only), the cycle the chip reaches it)
+#   -> (this chip's outputs, the cycle the collective completes on this chip)
+CollectiveExecutor = Callable[[CollectiveLaunch, list[np.ndarray], float], tuple[list[np.ndarray], float]]
 
 _TRY, _DONE = 0, 1
 _QI = {q: i for i, q in enumerate(QUEUES)}
@@ -31,7 +34,8 @@ class DeadlockError(RuntimeError):
 class Device:
     """One simulated chip. `functional=False` is timing-only: no tensor data is touched."""
 
-    def __init__(self, chip: Chip, hbm_bytes: int, functional: bool = True, host_executor: HostExecutor | None = None):
+    def __init__(self, chip: Chip, hbm_bytes: int, functional: bool = True, host_executor: HostExecutor | None = None,
+                 collective_executor: CollectiveExecutor | None = None):
         if hbm_bytes > chip.hbm.bytes:
             raise MemoryError(f"program needs {hbm_bytes / 2**30:.2f} GiB of HBM; {chip.name} has {chip.hbm.bytes / 2**30:.2f} GiB")
         self.chip = chip
@@ -39,6 +43,9 @@ class Device:
         self.hbm = np.zeros(hbm_bytes, np.uint8) if functional else np.zeros(0, np.uint8)
         self._srams: dict[int, np.ndarray] = {}
         self.host_executor = host_executor
+        # runs CollectiveLaunches (chip-to-chip all-reduces) with the other chips of a multi-chip
+        # runner (runtime.tensor_parallel); None: this device runs alone and refuses them
+        self.collective_executor = collective_executor
         self.trace_events: list[dict] | None = None
         self._lat = cost.hbm_latency_cycles(chip)
         self._l2_lat = cost.l2_latency_cycles(chip)
@@ -82,6 +89,8 @@ class Device:
         for launch in program.launches:
             if isinstance(launch, HostLaunch):
                 kp = self._run_host(launch, t)
+            elif isinstance(launch, CollectiveLaunch):
+                kp = self._run_collective(launch, t)
             elif not self.functional and not trace and launch.timing_key is not None:
                 kp = self._run_kernel_memo(launch, t)
             else:
@@ -139,6 +148,24 @@ class Device:
         kp.memory_bound_cycles = cycles
         if self.trace_events is not None:
             self.trace_events.append(_event(launch.name, "host", -1, "host", t0, cycles, self.chip.clock_hz))
+        return kp
+
+    def _run_collective(self, launch: CollectiveLaunch, t0: float) -> KernelProfile:
+        """Hands a chip-to-chip collective to the collective executor: it gets this chip's
+        inputs and arrival cycle, waits for the other chips, and returns this chip's outputs
+        and the cycle the collective ends (the time in between counts as this launch's)."""
+        if self.collective_executor is None:
+            raise RuntimeError(f"{launch.name} is a chip-to-chip {launch.kind} (the program was compiled for several "
+                               "chips); a single Device cannot run it: run the program through a multi-chip runner "
+                               "(vnpu.runtime.tensor_parallel)")
+        outs, end = self.collective_executor(launch, [self.read(r) for r in launch.inputs] if self.functional else [],
+                                             t0)
+        if self.functional:
+            for ref, val in zip(launch.outputs, outs):
+                self.write(ref, val)
+        kp = KernelProfile(launch.name, "collective", launch.ops, t0, max(end - t0, 0.0), 0, 0, 0, 0, 0, 0)
+        if self.trace_events is not None:
+            self.trace_events.append(_event(launch.name, "link", -1, "collective", t0, kp.cycles, self.chip.clock_hz))
         return kp
 
     def _instr_cost(self, ins, dtype) -> tuple:

@@ -345,5 +345,136 @@ class DecoderStep(nn.Module):
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if "_cache_" in n)
 
 
-__all__ = ["LLMSpec", "SPECS", "get_llm", "list_llms", "build_llm", "DecoderStep", "prompt_ids",
+# -- tensor / expert parallel shards with real weights (runtime.tensor_parallel) -----------------
+class VocabParallelEmbedding(nn.Module):
+    """One chip's rows [lo, lo + V/n) of the token embedding: ids outside them look up row 0 and
+    are zeroed, and the all-reduce over the chips gives every chip the full embedding."""
+
+    def __init__(self, weight: torch.Tensor, lo: int):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.lo = int(lo)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        local = input_ids - self.lo
+        mine = (local >= 0) & (local < self.weight.shape[0])
+        emb = nn.functional.embedding(local * mine, self.weight)
+        return llm_ops.all_reduce(emb * mine.unsqueeze(-1).to(emb.dtype))
+
+
+class LocalExperts(nn.Module):
+    """One chip's experts [lo, lo + E/n) of a routed MoE block, under the global top-k routing
+    (the router is whole on every chip): a token's slots routed to other chips' experts get
+    weight 0 (and local expert 0 as a stand-in id), so the chip adds exactly its own experts'
+    share and the all-reduce over the chips sums the token's k experts."""
+
+    def __init__(self, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, lo: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(gate_up_proj)
+        self.down_proj = nn.Parameter(down_proj)
+        self.lo = int(lo)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        local = top_k_index - self.lo
+        mine = (local >= 0) & (local < self.gate_up_proj.shape[0])
+        return llm_ops.moe_experts(hidden_states, local * mine, top_k_weights * mine.to(top_k_weights.dtype),
+                                   self.gate_up_proj, self.down_proj)
+
+
+def _all_reduce_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    return llm_ops.all_reduce(output)
+
+
+@torch.no_grad()
+def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Module:
+    """Chip `rank`'s part of the model `full` (built from `spec`) served on `chips` chips, with
+    the full model's weights: the config is `runtime.llm.shard_spec`'s (the shapes the
+    timing-only path times), and `vnpu::all_reduce` sums the partial results over the chips.
+
+    - attention (tensor parallel): this rank's query heads (q_proj rows, o_proj columns) and the
+      KV heads they use (k/v_proj rows; replicated on several chips when there are fewer KV
+      heads than chips); q/k norms whole; all-reduce after o_proj;
+    - dense MLP: gate/up rows and down columns of this rank's slice of the intermediate size;
+      all-reduce after down_proj;
+    - MoE (expert parallel): this rank's experts; the router whole (E x H, unlike shard_spec's
+      E/n rows): every chip computes the global top-k and runs the chosen experts it holds
+      (LocalExperts), so the routing is exactly the full model's, not shard_spec's balanced
+      top-(k/n) of its own experts; all-reduce after the block;
+    - embedding: this rank's vocabulary rows, a masked lookup and an all-reduce
+      (VocabParallelEmbedding); LM head: the same vocabulary rows (the runner takes the greedy
+      token over all chips' logits);
+    - norms and rotary tables whole. Biases of o_proj / down_proj (none in the zoo) stay on rank 0.
+    """
+    from vnpu.runtime.llm import shard_spec
+
+    if not 0 <= rank < chips:
+        raise ValueError(f"rank {rank} outside 0..{chips - 1}")
+    sspec = shard_spec(spec, chips)
+    c, sc = spec.config, sspec.config
+    if spec.family == "qwen3_moe" and c.get("mlp_only_layers"):
+        raise NotImplementedError("dense MLP layers in an MoE model are not sharded")
+    m = build_llm(sspec)
+    hd = sc["head_dim"]
+    hq, hkv = c["num_attention_heads"], c["num_key_value_heads"]
+    lq, lkv = sc["num_attention_heads"], sc["num_key_value_heads"]
+    group = hq // hkv
+    q0 = rank * lq
+    kv0 = q0 // group  # the KV head of this rank's first query head
+    qrows = slice(q0 * hd, (q0 + lq) * hd)
+    kvrows = slice(kv0 * hd, (kv0 + lkv) * hd)
+
+    def put(dst: torch.Tensor, src: torch.Tensor) -> None:
+        if dst.shape != src.shape:
+            raise ValueError(f"shard weight {tuple(dst.shape)} != slice {tuple(src.shape)}")
+        dst.copy_(src)
+
+    for lf, ls in zip(full.model.layers, m.model.layers):
+        af, as_ = lf.self_attn, ls.self_attn
+        for name, rows in (("q_proj", qrows), ("k_proj", kvrows), ("v_proj", kvrows)):
+            put(getattr(as_, name).weight, getattr(af, name).weight[rows])
+            if getattr(af, name).bias is not None:
+                put(getattr(as_, name).bias, getattr(af, name).bias[rows])
+        put(as_.o_proj.weight, af.o_proj.weight[:, qrows])
+        if af.o_proj.bias is not None:
+            put(as_.o_proj.bias, af.o_proj.bias if rank == 0 else torch.zeros_like(af.o_proj.bias))
+        for name in ("q_norm", "k_norm"):
+            if hasattr(af, name):
+                put(getattr(as_, name).weight, getattr(af, name).weight)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            put(getattr(ls, name).weight, getattr(lf, name).weight)
+        as_.o_proj.register_forward_hook(_all_reduce_output)
+        mf, ms = lf.mlp, ls.mlp
+        if hasattr(mf, "experts"):
+            el = sc["num_experts"]
+            lo = rank * el
+            ms.gate = type(mf.gate)(full.config)  # the whole router: global top-k
+            put(ms.gate.weight, mf.gate.weight)
+            ms.experts = LocalExperts(mf.experts.gate_up_proj[lo:lo + el].clone(),
+                                      mf.experts.down_proj[lo:lo + el].clone(), lo)
+        else:
+            inter = sc["intermediate_size"]
+            rows = slice(rank * inter, (rank + 1) * inter)
+            put(ms.gate_proj.weight, mf.gate_proj.weight[rows])
+            put(ms.up_proj.weight, mf.up_proj.weight[rows])
+            put(ms.down_proj.weight, mf.down_proj.weight[:, rows])
+            if mf.down_proj.bias is not None:
+                put(ms.down_proj.bias, mf.down_proj.bias if rank == 0 else torch.zeros_like(mf.down_proj.bias))
+        ms.register_forward_hook(_all_reduce_output)
+    put(m.model.norm.weight, full.model.norm.weight)
+    vs, v = sc["vocab_size"], c["vocab_size"]
+    lo = rank * vs
+
+    def vocab_rows(w: torch.Tensor) -> torch.Tensor:  # rows lo..lo+vs of w, zero past the vocabulary
+        out = torch.zeros(vs, w.shape[1], dtype=w.dtype)
+        part = w[lo:min(lo + vs, v)]
+        out[:part.shape[0]] = part
+        return out
+
+    m.model.embed_tokens = VocabParallelEmbedding(vocab_rows(full.model.embed_tokens.weight), lo)
+    m.lm_head.weight = nn.Parameter(vocab_rows(full.lm_head.weight))
+    return m.eval()
+
+
+__all__ = ["shard_model", "VocabParallelEmbedding", "LocalExperts", "LLMSpec", "SPECS", "get_llm", "list_llms", "build_llm", "DecoderStep", "prompt_ids",
            "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise"]

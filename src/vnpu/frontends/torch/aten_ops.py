@@ -511,6 +511,12 @@ def _causal_attention(cx: Cx, q: Value, k: Value, v: Value, q_pos: Value, scale:
     return cx.emit("attention", [q, k, v, q_pos], {"scale": float(scale)})
 
 
+@aten("all_reduce.default")
+def _all_reduce(cx: Cx, x: Value) -> Value:
+    """vnpu::all_reduce: the sum of x over the chips serving the model (a collective launch)."""
+    return cx.emit("all_reduce", [x])
+
+
 @aten("scaled_dot_product_attention.default")
 def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p: float = 0.0,
           is_causal: bool = False, *, scale: float | None = None, enable_gqa: bool = False) -> Value | None:

@@ -15,6 +15,9 @@ against) and a fake implementation for tracing.
 - ``vnpu::moe_experts(x, top_k_index, top_k_weights, gate_up, down)``: SwiGLU experts
   (x [T, H], gate_up [E, 2I, H], down [E, H, I]); token t's output is
   sum_k w[t,k] * down[e] @ (silu(g) * u) with (g, u) = gate_up[e] @ x[t], e = index[t,k].
+- ``vnpu::all_reduce(x)``: the sum of x over the chips serving a model together (tensor /
+  expert parallelism, runtime.tensor_parallel). On one chip that sum is x itself, which is
+  what eager runs; compiled, it becomes a collective launch that a multi-chip runner executes.
 """
 from __future__ import annotations
 
@@ -66,4 +69,14 @@ def _moe_experts_fake(x: torch.Tensor, top_k_index: torch.Tensor, top_k_weights:
     return torch.empty_like(x)
 
 
-__all__ = ["causal_attention", "moe_experts"]
+@torch.library.custom_op(f"{_LIB}::all_reduce", mutates_args=())
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()  # one chip: the sum over chips is x (a custom op may not return its input)
+
+
+@all_reduce.register_fake
+def _all_reduce_fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+__all__ = ["causal_attention", "moe_experts", "all_reduce"]

@@ -136,7 +136,7 @@ def test_cli_generate_json_tokens_match_hf(tmp_path) -> None:
 
 @pytest.mark.parametrize("args,msg", [
     (["generate", "gpt-5"], "unknown LLM"),
-    (["generate", "qwen3-tiny", "--chips", "2", "--functional"], "timing-only"),
+    (["generate", "qwen3-tiny", "--chips", "2", "--top-k", "5"], "greedy only"),
     (["generate", "qwen3-tiny", "--max-new-tokens", "0"], "must be a positive integer"),
     (["generate", "qwen3-235b-a22b"], "needs at least"),
 ])

@@ -96,7 +96,7 @@ def test_moe_schedule_depends_on_latency_when_chunks_round_up() -> None:
 
 def test_multichip_generation_reports_link_time_bytes_and_energy() -> None:
     full, chip, n = get_llm("qwen3-moe-tiny"), _chip(), 2
-    rep = generate(full, prompt_len=16, max_new_tokens=3, batch=1, chip=chip, chips=n)
+    rep = generate(full, prompt_len=16, max_new_tokens=3, batch=1, chip=chip, chips=n, timing_only=True)
     half = generate(shard_spec(full, n), prompt_len=16, max_new_tokens=3, batch=1, chip=chip)
     pre, dec = (step_collectives(full, chip, n, 1, t, DType.bf16) for t in (16, 1))
     assert rep.moe_collective == f"prefill {pre.moe_schedule}, decode {dec.moe_schedule}"

@@ -85,3 +85,25 @@ def test_collective_on_a_single_device_raises() -> None:
     assert sum(isinstance(l, CollectiveLaunch) for l in prog.launches) == 1
     with pytest.raises(RuntimeError, match="multi-chip runner"):
         Device(chip, prog.hbm_bytes).run(prog)
+
+
+def test_cli_generate_on_two_chips_gives_hf_tokens(tmp_path) -> None:
+    """`vnpu generate qwen3-tiny --chips 2` runs functionally: the JSON's tokens are HF's greedy
+    tokens for the same prompt, with the link's time, bytes and energy reported."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vnpu.cli import app
+
+    spec = get_llm("qwen3-tiny")
+    out = tmp_path / "tp.json"
+    res = CliRunner().invoke(app, ["generate", "qwen3-tiny", "--chips", "2", "--dtype", "fp32", "--batch", "2",
+                                   "--prompt-len", str(PROMPT), "--max-new-tokens", "6", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    ids = prompt_ids(spec.config["vocab_size"], 2, PROMPT)
+    with torch.no_grad():
+        ref = build_llm(spec, attn="eager").generate(ids, max_new_tokens=6, do_sample=False)[:, PROMPT:]
+    assert d["tokens"] == ref.tolist() and d["chips"] == 2 and d["mode"].startswith("functional")
+    assert d["decode_comm_s"] > 0 and d["link_bytes"] > 0 and d["link_energy_j"] > 0

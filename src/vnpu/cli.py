@@ -428,7 +428,8 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate", metavar="M")] = 32,
     batch: Annotated[int, typer.Option("--batch", "-b", help="sequences generated together", metavar="B")] = 1,
     chips: Annotated[int, typer.Option("--chips", help="chips to serve on: tensor parallel attention and MLPs, "
-                                                       "expert parallel MoE (timing only)", metavar="C")] = 1,
+                                                       "expert parallel MoE (real tokens for the small models, greedy; "
+                                                       "timing-only for the big ones)", metavar="C")] = 1,
     chip: ChipOpt = DEFAULT_CHIP,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16", metavar="DTYPE")] = "bf16",
     timing_only: Annotated[Optional[bool], typer.Option("--timing-only/--functional",

@@ -432,6 +432,16 @@ class StepCollectives:
 MOE_ALLREDUCE, MOE_ALLTOALL = "all-reduce", "all-to-all"
 
 
+def candidate_exchange(chip: Chip, chips: int, batch: int, candidates: int = 1) -> tuple[float, float]:
+    """(seconds, link bytes) of gathering every chip's sampled candidates on every chip (each
+    chip's best `candidates` of its share of the vocabulary, value and id, 16 B each per
+    sequence): a ring all-gather, after which all chips pick the same token."""
+    from vnpu.isa.cost import all_gather_seconds
+
+    cand = batch * 16 * candidates * chips  # the gathered candidates, every chip's share
+    return all_gather_seconds(chip, cand, chips), (chips - 1) * cand
+
+
 def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int, dtype: DType,
                      candidates: int = 1) -> StepCollectives:
     """The collectives of one step of the full model `spec` on `chips` chips (tensor-parallel
@@ -466,8 +476,7 @@ def step_collectives(spec: Any, chip: Chip, chips: int, batch: int, tokens: int,
     t = batch * tokens
     act = t * hidden
     ring = 2 * (n - 1) / n  # bytes a chip sends in a ring all-reduce, per byte of the tensor
-    cand = batch * 16 * candidates * n  # the gathered candidates, every chip's share
-    sample_s, sample_b = all_gather_seconds(chip, cand, n), (n - 1) * cand
+    sample_s, sample_b = candidate_exchange(chip, n, batch, candidates)
     ar_s = 2 * layers * allreduce_seconds(chip, act, n)
     ar_b = 2 * layers * n * ring * act
     if not spec.is_moe:
@@ -552,10 +561,12 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
 
     Functional (real tokens) for the small zoo variants; timing-only (meta-device weights,
     layers extrapolated from 1- and 2-layer programs) for the big ones, or when asked.
-    chips > 1 (timing-only): each chip runs its tensor/expert-parallel share of the model
-    (shard_spec) and steps add the chip-to-chip collectives (step_collectives: all-reduces,
-    or for MoE models the cheaper of the all-reduce and all-to-all expert schedules); energy
-    adds static power during them and the bytes they move x chip_link.energy_pj_per_byte.
+    chips > 1, functional (small models, greedy): every chip runs its shard of the real weights
+    with all-reduces between them (runtime.tensor_parallel). chips > 1, timing-only: each chip
+    runs its tensor/expert-parallel share of the model (shard_spec) and steps add the
+    chip-to-chip collectives (step_collectives: all-reduces, or for MoE models the cheaper of
+    the all-reduce and all-to-all expert schedules); energy adds static power during them and
+    the bytes they move x chip_link.energy_pj_per_byte.
     """
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, check_sampling, get_llm, prompt_ids
 
@@ -570,9 +581,9 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     if chips > 1 and chip_.chip_link is None:
         raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
-        timing_only = not full.functional or chips > 1
-    if chips > 1 and not timing_only:
-        raise ValueError("multi-chip serving is simulated timing-only; drop --functional or use --chips 1")
+        timing_only = not full.functional
+    if chips > 1 and not timing_only and top_k is not None:
+        raise ValueError("functional multi-chip generation is greedy only: drop --top-k, or add --timing-only")
     spec = shard_spec(full, chips)
     cap = _capacity(prompt_len, max_new_tokens)
     w_bytes, kv_total = model_memory(spec, batch, cap, dt)
@@ -586,7 +597,22 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
     link: dict[str, Any] = {}  # multi-chip collectives' GenerationReport fields
-    if not timing_only:
+    if not timing_only and chips > 1:  # real tokens on several chips
+        from vnpu.runtime.tensor_parallel import TensorParallelSession
+
+        tp = TensorParallelSession(build_llm(full), full, chips, chip_, dt, batch, cap, name=model)
+        ids = prompt if prompt is not None else prompt_ids(full.config["vocab_size"], batch, prompt_len).numpy()
+        t_gen = time.perf_counter()
+        toks, _, steps = tp.generate(ids, max_new_tokens)
+        prefill, decode, tokens, layers = steps[0], steps[1:], toks.tolist(), spec.num_layers
+        programs, fallback = len(tp.sessions[0].programs), tp.sessions[0].fallback_ops
+        walls.update(simulate_s=time.perf_counter() - t_gen)
+        mode = f"functional, {chips} chips (tensor/expert parallel, all-reduces on the chip link)"
+        pj = chip_.chip_link.energy_pj_per_byte or 0.0
+        link.update(prefill_comm_s=prefill.comm_s, decode_comm_s=sum(d.comm_s for d in decode) / max(len(decode), 1),
+                    link_bytes=sum(s.link_bytes for s in steps))
+        link["link_energy_j"] = link["link_bytes"] * pj * 1e-12  # step energies are summed over the chips
+    elif not timing_only:
         m = build_llm(spec)
         step = DecoderStep(m, batch, cap, top_k, temperature)
         sess = LLMSession(step, chip_, dt, batch, name=model)

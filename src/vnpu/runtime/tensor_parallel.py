@@ -41,7 +41,7 @@ from vnpu.dtypes import DType
 from vnpu.gcpause import gc_paused
 from vnpu.isa.cost import allreduce_seconds
 from vnpu.isa.program import CollectiveLaunch
-from vnpu.runtime.llm import LLMSession, PhaseCost, _capacity
+from vnpu.runtime.llm import LLMSession, PhaseCost, _capacity, candidate_exchange
 from vnpu.sim.device import Device
 
 
@@ -160,9 +160,7 @@ class TensorParallelSession:
         tok = np.argmax(logits, axis=-1).astype(np.int64)  # greedy over all chips' vocabulary rows
         comm_s, link_b, ncoll = self.group.take_counters()
         n = self.chips
-        cand = self.batch * 16 * n  # each chip's best (logit, id), 16 B per sequence
-        sample_s = allreduce_seconds(self.chip, cand, n)
-        sample_b = n * 2 * (n - 1) / n * cand
+        sample_s, sample_b = candidate_exchange(self.chip, n, self.batch)  # each chip's best (logit, id)
         pj = self.chip.chip_link.energy_pj_per_byte or 0.0
         profs = [o[2] for o in outs]
         link_b += sample_b

@@ -372,6 +372,16 @@ def test_kernel_launch_overhead_between_kernels():
 
 
 # -- steady-state shortcut: identical launches are simulated once in timing-only mode ----------
+def _matmul_chain(layers: int):
+    """x [16, 32] through `layers` identical [32, 32] matmuls (weights are runtime inputs)."""
+    g = Graph("chain")
+    h = g.add_input("x", TensorType((16, 32), F32))
+    for i in range(layers):
+        w = g.add_input(f"w{i}", TensorType((32, 32), F32))
+        h = g.add_node("matmul", [h, w]).output
+    return g, h
+
+
 def test_identical_launches_share_one_simulation():
     """Three identical matmul layers and one of another shape: timing-only simulates two
     distinct launches, and every kernel's cycles equal the full functional simulation's."""
@@ -379,12 +389,7 @@ def test_identical_launches_share_one_simulation():
     from vnpu.sim.device import Device
 
     chip = round_chip(cores=2)
-    g = Graph("chain")
-    x = g.add_input("x", TensorType((16, 32), F32))
-    h = x
-    for i in range(3):
-        w = g.add_input(f"w{i}", TensorType((32, 32), F32))
-        h = g.add_node("matmul", [h, w]).output
+    g, h = _matmul_chain(3)
     w_last = g.add_input("w_last", TensorType((32, 8), F32))
     g.outputs = [g.add_node("matmul", [h, w_last]).output]
     cm = compile_ir(g, chip, "fp32")
@@ -410,12 +415,7 @@ def test_timing_only_compile_lowers_identical_layers_once():
     from vnpu.sim.device import Device
 
     chip = round_chip(cores=2)
-    g = Graph("chain")
-    x = g.add_input("x", TensorType((16, 32), F32))
-    h = x
-    for i in range(3):
-        w = g.add_input(f"w{i}", TensorType((32, 32), F32))
-        h = g.add_node("matmul", [h, w]).output
+    g, h = _matmul_chain(3)
     g.outputs = [h]
     full, _ = compile_graph(g, chip, "fp32")
     cache = KernelCache()

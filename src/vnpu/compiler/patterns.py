@@ -7,6 +7,8 @@
   (the layer_norm kernel without centring) instead of four or five kernels.
 - `fuse_rope`: x*cos + cat(-x[h:], x[:h])*sin becomes one `rope` node (rotate-half RoPE);
   `fuse_norm_into_rope` folds an RMSNorm feeding it (Qwen3's q/k norms) into that node.
+- `fuse_moe_router`: softmax -> topk(k) [-> w / sum(w)] (Qwen3-MoE / Mixtral routing)
+  becomes one `moe_router` node (weights, expert ids): one kernel instead of four.
 - `drop_noop_casts`: casts to the dtype a value already has.
 """
 from __future__ import annotations
@@ -248,9 +250,51 @@ def merge_sibling_matmuls(g: Graph) -> int:
     return merged
 
 
+def fuse_moe_router(g: Graph) -> int:
+    """softmax(x, last axis) -> topk(k) [-> vals / sum(vals, last axis, keepdim)] becomes one
+    `moe_router` node with outputs (weights, ids). The softmax result must feed only the topk,
+    and with the normalization the top-k values only the sum and the division. The dtypes the
+    chain stores its intermediates in go into the attributes (the kernel rounds to them)."""
+    count = 0
+    for tk in [n for n in g.nodes if n.op == "topk"]:
+        users = g.users()
+        p = tk.inputs[0]
+        sm = p.producer
+        if sm is None or sm.op != "softmax" or sm.attrs.get("log") or not _single_use(g, users, p):
+            continue
+        x = sm.inputs[0]
+        if sm.attrs["axis"] % x.type.rank != x.type.rank - 1 or not x.dtype.is_float:
+            continue
+        vals, ids = tk.outputs
+        chain = [sm, tk]
+        weights = vals
+        attrs = {"k": int(tk.attrs["k"]), "normalize": False, "prob_dtype": p.dtype}
+        vu = users.get(id(vals), [])
+        red = next((u for u in vu if u.op == "reduce"), None)
+        div = next((u for u in vu if u.op == "div"), None)
+        if (len(vu) == 2 and red is not None and div is not None and not any(vals is o for o in g.outputs)
+                and red.attrs.get("kind") == "sum" and red.attrs.get("keepdim")
+                and [a % vals.type.rank for a in red.attrs["axes"]] == [vals.type.rank - 1]
+                and div.inputs[0] is vals and div.inputs[1] is red.output and _single_use(g, users, red.output)
+                and div.output.shape == vals.shape and red.output.dtype.is_float):
+            chain += [red, div]
+            weights = div.output
+            attrs.update(normalize=True, sum_dtype=red.output.dtype)
+        attrs["out_dtype"] = weights.dtype
+        node = Node("moe_router", [x], [weights, ids], attrs, name=f"moe_router_{tk.name}")
+        weights.producer = node
+        ids.producer = node
+        g.nodes[g.nodes.index(sm)] = node
+        for m in chain[1:]:
+            g.nodes.remove(m)
+        count += 1
+    return count
+
+
 def rewrite_llm_patterns(g: Graph) -> None:
     drop_noop_casts(g)
     fuse_rms_norm(g)
     fuse_rope(g)
     fuse_norm_into_rope(g)
+    fuse_moe_router(g)
     merge_sibling_matmuls(g)

@@ -311,6 +311,23 @@ def _topk(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [TensorType(shape, x.dtype), TensorType(shape, DType.int64)]
 
 
+@register("moe_router", "moe")
+def _moe_router(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """MoE routing in one op: p = softmax(logits, last axis) (stored in attrs prob_dtype),
+    the top-k of p (ties: lower index first), and with attrs normalize the top-k weights
+    divided by their sum (the sum stored in attrs sum_dtype): weights [.., k] in attrs
+    out_dtype, int64 expert ids [.., k]. Each intermediate is rounded to the dtype the
+    unfused softmax / topk / sum / div chain stores it in, so the result is the same."""
+    (x,) = ins
+    k = attrs["k"]
+    if not (1 <= k <= x.shape[-1]):
+        raise IRTypeError(f"moe_router: k={k} outside 1..{x.shape[-1]}")
+    if not x.dtype.is_float:
+        raise IRTypeError(f"moe_router: logits must be float, got {x}")
+    shape = x.shape[:-1] + (k,)
+    return [TensorType(shape, DType(attrs.get("out_dtype", x.dtype))), TensorType(shape, DType.int64)]
+
+
 def moe_tiles(tokens_x_k: int, experts: int, rows: int) -> int:
     """Tiles of `rows` routed slots that cover any routing of tokens_x_k slots over `experts`:
     each used expert's slots are padded to whole tiles, so at most

@@ -3,7 +3,8 @@ from vnpu.kernels.base import KERNELS, KernelContext, KernelError
 
 # importing registers each kernel
 from vnpu.kernels import (  # noqa: F401,E402
-    attention, conv2d, copy, elementwise, gather, layer_norm, matmul, moe, pool2d, reduce, rope, scatter, softmax, topk,
+    attention, conv2d, copy, elementwise, gather, layer_norm, matmul, moe, moe_router, pool2d, reduce, rope, scatter,
+    softmax, topk,
 )
 
 __all__ = ["KERNELS", "KernelContext", "KernelError"]

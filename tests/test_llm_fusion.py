@@ -11,6 +11,7 @@ import vnpu
 import vnpu.compiler.patterns as patterns
 from vnpu.chip import load_chip
 from vnpu.dtypes import DType
+from vnpu.ir.graph import TensorType
 
 
 class _Router(torch.nn.Module):
@@ -65,12 +66,15 @@ def _decode_launches(name: str, fuse: bool, monkeypatch) -> list[str]:
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm
 
     if not fuse:
-        monkeypatch.setattr(patterns, "fuse_moe_router", lambda g: 0)
+        _no_fusion(monkeypatch)
     sess = LLMSession(DecoderStep(build_llm(get_llm(name)), 1, 64), load_chip("vnpu-v1"), DType.fp32, 1, name,
                       functional=False)
-    names = [l.name for l in sess.decode_program(5).launches]
+    from vnpu.runtime.llm import repeated_block
+
+    launches = sess.decode_program(5).launches
+    repeated_block([l.timing_key for l in launches])  # layer extrapolation still finds the repeated layer
     monkeypatch.undo()
-    return names
+    return [l.name for l in launches]
 
 
 def test_router_pattern_fires_on_the_qwen3_moe_decode_graph(monkeypatch) -> None:
@@ -80,4 +84,74 @@ def test_router_pattern_fires_on_the_qwen3_moe_decode_graph(monkeypatch) -> None
     routers = [n for n in after if n.startswith("moe_router_")]
     assert len(routers) == layers
     assert not any(n.startswith(("_softmax", "sum_", "div")) for n in after)
-    assert len(before) - len(after) == 3 * layers  # softmax + topk + sum + div -> one kernel
+    assert len([n for n in after if n.startswith("moe_combine_")]) == layers
+    # softmax + topk + sum + div -> one kernel; mul + reduce + residual add -> one kernel
+    assert len(before) - len(after) == (3 + 2) * layers
+
+
+def _no_fusion(monkeypatch) -> None:
+    monkeypatch.setattr(patterns, "fuse_moe_router", lambda g: 0)
+    monkeypatch.setattr(patterns, "fuse_moe_combine", lambda g: 0)
+
+
+def _moe_spec(k: int):
+    from dataclasses import replace
+
+    from vnpu.workloads.llm_zoo import get_llm
+
+    spec = get_llm("qwen3-moe-tiny")
+    return replace(spec, config=dict(spec.config, num_experts_per_tok=k)) if k != spec.config["num_experts_per_tok"] \
+        else spec
+
+
+def _moe_steps(spec, dtype: str, tokens: int, batch: int) -> list[np.ndarray]:
+    """Logits of a prefill over `tokens` tokens and one decode step."""
+    from vnpu.runtime.llm import LLMSession
+    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, prompt_ids
+
+    sess = LLMSession(DecoderStep(build_llm(spec), batch, 32), load_chip("vnpu-v1"), DType(dtype), batch, spec.name)
+    ids = prompt_ids(spec.config["vocab_size"], batch, tokens).numpy()
+    nxt, logits, _ = sess.run(sess.prefill_program(tokens), ids, np.arange(tokens))
+    _, logits2, _ = sess.run(sess.decode_program(tokens), nxt[:, None], np.array([tokens]))
+    kinds = {l.name.split("_")[1] for p in sess.programs.values() for l in p.launches if l.name.startswith("moe_")}
+    return [logits, logits2, kinds]
+
+
+@pytest.mark.parametrize("dtype,k", [("fp32", 2), ("bf16", 2), ("bf16", 8)])
+def test_fused_moe_layers_bit_identical_to_unfused(dtype: str, k: int, monkeypatch) -> None:
+    """Router and combine fused (prefill: 2 x 7 tokens over 32 cores; decode: 2 tokens) give
+    the very logits of the unfused kernels."""
+    spec = _moe_spec(k)
+    fused = _moe_steps(spec, dtype, 7, 2)
+    _no_fusion(monkeypatch)
+    plain = _moe_steps(spec, dtype, 7, 2)
+    assert {"router", "combine"} <= fused[2] and not {"router", "combine"} & plain[2]
+    for a, b in zip(fused[:2], plain[:2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_moe_combine_matches_the_weighted_sum() -> None:
+    """The combine kernel alone against numpy: sum_k w * y + r (fp32, several items per core)."""
+    from vnpu.compiler.lower import compile_graph
+    from vnpu.ir.graph import Graph, Node
+    from vnpu.sim.device import Device
+
+    rng = np.random.default_rng(0)
+    t, k, h = 70, 3, 200
+    g = Graph("combine")
+    y = g.add_input("y", TensorType((t, k, h), DType.fp32))
+    w = g.add_input("w", TensorType((t, k, 1), DType.fp32))
+    r = g.add_input("r", TensorType((t, 1, h), DType.fp32))
+    n = g.add_node("moe_combine", [y, w, r], {"mul_dtype": DType.fp32, "sum_dtype": DType.fp32,
+                                             "out_dtype": DType.fp32})
+    g.outputs = [n.output]
+    prog, _ = compile_graph(g, load_chip("vnpu-v1"), DType.fp32)
+    yv, wv, rv = (rng.standard_normal(v.shape).astype(np.float32) for v in (y, w, r))
+    dev = Device(load_chip("vnpu-v1"), prog.hbm_bytes)
+    for ref, data in prog.constants:
+        dev.write(ref, data)
+    for ref, data in zip(prog.inputs, (yv, wv, rv)):
+        dev.write(ref, data)
+    dev.run(prog)
+    out = dev.read(prog.outputs[0])
+    np.testing.assert_allclose(out, (yv * wv).sum(1) + rv[:, 0], rtol=1e-5, atol=1e-5)

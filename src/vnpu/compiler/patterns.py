@@ -9,6 +9,8 @@
   `fuse_norm_into_rope` folds an RMSNorm feeding it (Qwen3's q/k norms) into that node.
 - `fuse_moe_router`: softmax -> topk(k) [-> w / sum(w)] (Qwen3-MoE / Mixtral routing)
   becomes one `moe_router` node (weights, expert ids): one kernel instead of four.
+- `fuse_moe_combine`: the weighted top-k sum of the expert outputs, sum_k(y * w) [+ residual],
+  becomes one `moe_combine` node: one kernel instead of three.
 - `drop_noop_casts`: casts to the dtype a value already has.
 """
 from __future__ import annotations
@@ -291,10 +293,68 @@ def fuse_moe_router(g: Graph) -> int:
     return count
 
 
+def _view_base(v: Value) -> Value:
+    while v.producer is not None and v.producer.op in ("reshape", "slice"):
+        v = v.producer.inputs[0]
+    return v
+
+
+def fuse_moe_combine(g: Graph) -> int:
+    """sum(y * w, axis 1) [-> reshape -> + r] over the expert outputs y [T, K, H] of a moe_ffn
+    node and the routing weights w [T, K, 1] becomes one `moe_combine` node (with the residual
+    add folded in when the sum feeds only it). The dtypes of the product and of the sum go into
+    the attributes: the kernel rounds to them as the unfused kernels store them."""
+    count = 0
+    for red in [n for n in g.nodes if n.op == "reduce"]:
+        users = g.users()
+        a = red.attrs
+        mv = red.inputs[0]
+        mul = mv.producer
+        if (a.get("kind") != "sum" or a.get("keepdim") or [x % 3 for x in a["axes"]] != [1] or mv.type.rank != 3
+                or mul is None or mul.op != "mul" or not _single_use(g, users, mv) or not mv.dtype.is_float):
+            continue
+        y, w = mul.inputs
+        if y.shape[-1] == 1 and w.shape[-1] != 1:
+            y, w = w, y
+        t, k, h = mv.shape
+        if (y.shape != (t, k, h) or w.shape != (t, k, 1) or not y.dtype.is_float or not w.dtype.is_float
+                or _view_base(y).producer is None or _view_base(y).producer.op != "moe_ffn"):
+            continue
+        out = red.output
+        chain = [mul, red]
+        ins = [y, w]
+        attrs = {"mul_dtype": mv.dtype, "sum_dtype": out.dtype, "out_dtype": out.dtype}
+        final = out
+        if _single_use(g, users, out):
+            rs = users[id(out)][0]
+            if rs.op == "reshape" and rs.output.type.numel == t * h and _single_use(g, users, rs.output):
+                add = users[id(rs.output)][0]
+                if add.op == "add" and len(add.inputs) == 2:
+                    r = add.inputs[1] if add.inputs[0] is rs.output else add.inputs[0]
+                    if (r is not rs.output and r.shape == rs.output.shape == add.output.shape
+                            and r.dtype.is_float and not r.is_const):
+                        chain += [rs, add]
+                        ins.append(r)
+                        attrs["out_dtype"] = add.output.dtype
+                        final = add.output
+        if final is not out:
+            attrs["out_shape"] = list(final.shape)
+        node = Node("moe_combine", ins, [final], attrs, name=f"moe_combine_{red.name}")
+        final.producer = node
+        new = [node]
+        pos = g.nodes.index(chain[-1])
+        g.nodes[pos:pos + 1] = new
+        for m in chain[:-1]:
+            g.nodes.remove(m)
+        count += 1
+    return count
+
+
 def rewrite_llm_patterns(g: Graph) -> None:
     drop_noop_casts(g)
     fuse_rms_norm(g)
     fuse_rope(g)
     fuse_norm_into_rope(g)
     fuse_moe_router(g)
+    fuse_moe_combine(g)
     merge_sibling_matmuls(g)

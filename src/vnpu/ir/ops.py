@@ -5,6 +5,7 @@ broadcast NumPy-style and require equal input dtypes (frontends insert `cast`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -326,6 +327,24 @@ def _moe_router(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
         raise IRTypeError(f"moe_router: logits must be float, got {x}")
     shape = x.shape[:-1] + (k,)
     return [TensorType(shape, DType(attrs.get("out_dtype", x.dtype))), TensorType(shape, DType.int64)]
+
+
+@register("moe_combine", "moe")
+def _moe_combine(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """The weighted top-k sum of the expert outputs: y [T, K, H], w [T, K, 1] [, residual r
+    with T*H elements] -> sum_k(y * w) [+ r] as [T, H] (or attrs out_shape, T*H elements). y * w is rounded to attrs mul_dtype
+    and the sum to attrs sum_dtype before the residual add, as the unfused mul / reduce / add
+    kernels store them."""
+    y, w = ins[:2]
+    t, k, h = y.shape
+    if w.shape != (t, k, 1):
+        raise IRTypeError(f"moe_combine: weights {w} do not match the expert outputs {y}")
+    if len(ins) > 2 and ins[2].numel != t * h:
+        raise IRTypeError(f"moe_combine: residual {ins[2]} is not [{t}, {h}]")
+    shape = tuple(attrs.get("out_shape", (t, h)))
+    if math.prod(shape) != t * h:
+        raise IRTypeError(f"moe_combine: out_shape {shape} does not hold [{t}, {h}]")
+    return [TensorType(shape, DType(attrs.get("out_dtype", y.dtype)))]
 
 
 def moe_tiles(tokens_x_k: int, experts: int, rows: int) -> int:

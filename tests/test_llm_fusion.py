@@ -85,13 +85,31 @@ def test_router_pattern_fires_on_the_qwen3_moe_decode_graph(monkeypatch) -> None
     assert len(routers) == layers
     assert not any(n.startswith(("_softmax", "sum_", "div")) for n in after)
     assert len([n for n in after if n.startswith("moe_combine_")]) == layers
-    # softmax + topk + sum + div -> one kernel; mul + reduce + residual add -> one kernel
-    assert len(before) - len(after) == (3 + 2) * layers
+    assert len([n for n in after if n.startswith("rope_")]) == len([n for n in after if n.startswith("index_copy")]) \
+        == layers  # q and k RoPE in one launch, K and V appends in one launch
+    # softmax + topk + sum + div -> one kernel; mul + reduce + residual add -> one kernel; two sibling pairs
+    assert len(before) - len(after) == (3 + 2 + 2) * layers
 
 
 def _no_fusion(monkeypatch) -> None:
     monkeypatch.setattr(patterns, "fuse_moe_router", lambda g: 0)
     monkeypatch.setattr(patterns, "fuse_moe_combine", lambda g: 0)
+    monkeypatch.setattr(patterns, "group_sibling_kernels", lambda g: 0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sibling_launches_bit_identical_on_a_dense_decoder(dtype: str, monkeypatch) -> None:
+    """qwen3-tiny (dense): q/k RoPE and K/V appends grouped, prefill and decode logits unchanged."""
+    from vnpu.workloads.llm_zoo import get_llm
+
+    spec = get_llm("qwen3-tiny")
+    fused = _moe_steps(spec, dtype, 7, 2, prefix=("rope", "index"))
+    _no_fusion(monkeypatch)
+    plain = _moe_steps(spec, dtype, 7, 2, prefix=("rope", "index"))
+    assert sum(n.count("+") for n in fused[2]) == 2 * spec.num_layers * 2  # per layer and program: 2 groups
+    assert not any("+" in n for n in plain[2])
+    for a, b in zip(fused[:2], plain[:2]):
+        np.testing.assert_array_equal(a, b)
 
 
 def _moe_spec(k: int):
@@ -104,7 +122,7 @@ def _moe_spec(k: int):
         else spec
 
 
-def _moe_steps(spec, dtype: str, tokens: int, batch: int) -> list[np.ndarray]:
+def _moe_steps(spec, dtype: str, tokens: int, batch: int, prefix: tuple[str, ...] = ()) -> list:
     """Logits of a prefill over `tokens` tokens and one decode step."""
     from vnpu.runtime.llm import LLMSession
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, prompt_ids
@@ -113,6 +131,9 @@ def _moe_steps(spec, dtype: str, tokens: int, batch: int) -> list[np.ndarray]:
     ids = prompt_ids(spec.config["vocab_size"], batch, tokens).numpy()
     nxt, logits, _ = sess.run(sess.prefill_program(tokens), ids, np.arange(tokens))
     _, logits2, _ = sess.run(sess.decode_program(tokens), nxt[:, None], np.array([tokens]))
+    if prefix:
+        return [logits, logits2, [l.name for p in sess.programs.values() for l in p.launches
+                                  if l.name.startswith(prefix)]]
     kinds = {l.name.split("_")[1] for p in sess.programs.values() for l in p.launches if l.name.startswith("moe_")}
     return [logits, logits2, kinds]
 

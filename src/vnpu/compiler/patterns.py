@@ -11,12 +11,15 @@
   becomes one `moe_router` node (weights, expert ids): one kernel instead of four.
 - `fuse_moe_combine`: the weighted top-k sum of the expert outputs, sum_k(y * w) [+ residual],
   becomes one `moe_combine` node: one kernel instead of three.
+- `group_sibling_kernels` (compiler/siblings.py): neighbouring q/k RoPE and K/V cache appends
+  share one kernel launch.
 - `drop_noop_casts`: casts to the dtype a value already has.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from vnpu.compiler.siblings import group_sibling_kernels
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only
 
 
@@ -358,3 +361,4 @@ def rewrite_llm_patterns(g: Graph) -> None:
     fuse_moe_router(g)
     fuse_moe_combine(g)
     merge_sibling_matmuls(g)
+    group_sibling_kernels(g)

@@ -46,6 +46,8 @@ def register(name: str, kind: str):
 def infer_types(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if op not in OPS:
         raise IRTypeError(f"unknown IR op {op!r}")
+    if "siblings" in attrs:  # a kernel group's leader (compiler/siblings.py): its own inputs come first
+        ins = ins[:attrs["own_inputs"]]
     return OPS[op].infer(ins, attrs)
 
 

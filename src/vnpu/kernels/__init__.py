@@ -7,4 +7,10 @@ from vnpu.kernels import (  # noqa: F401,E402
     softmax, topk,
 )
 
+from vnpu.kernels.group import grouped  # noqa: E402
+
+_RAW = dict(KERNELS)
+for _op, _fn in _RAW.items():  # every kernel can lead or follow a kernel group (compiler/siblings.py)
+    KERNELS[_op] = grouped(_fn, _RAW)
+
 __all__ = ["KERNELS", "KernelContext", "KernelError"]

@@ -87,8 +87,10 @@ def test_router_pattern_fires_on_the_qwen3_moe_decode_graph(monkeypatch) -> None
     assert len([n for n in after if n.startswith("moe_combine_")]) == layers
     assert len([n for n in after if n.startswith("rope_")]) == len([n for n in after if n.startswith("index_copy")]) \
         == layers  # q and k RoPE in one launch, K and V appends in one launch
-    # softmax + topk + sum + div -> one kernel; mul + reduce + residual add -> one kernel; two sibling pairs
-    assert len(before) - len(after) == (3 + 2 + 2) * layers
+    assert not any(n.endswith("_route") for n in after)  # the expert schedule comes from the router kernel
+    # softmax + topk + sum + div + moe_route -> one kernel; mul + reduce + residual add -> one kernel;
+    # two sibling pairs
+    assert len(before) - len(after) == (4 + 2 + 2) * layers
 
 
 def _no_fusion(monkeypatch) -> None:
@@ -127,7 +129,7 @@ def _moe_steps(spec, dtype: str, tokens: int, batch: int, prefix: tuple[str, ...
     from vnpu.runtime.llm import LLMSession
     from vnpu.workloads.llm_zoo import DecoderStep, build_llm, prompt_ids
 
-    sess = LLMSession(DecoderStep(build_llm(spec), batch, 32), load_chip("vnpu-v1"), DType(dtype), batch, spec.name)
+    sess = LLMSession(DecoderStep(build_llm(spec), batch, 64), load_chip("vnpu-v1"), DType(dtype), batch, spec.name)
     ids = prompt_ids(spec.config["vocab_size"], batch, tokens).numpy()
     nxt, logits, _ = sess.run(sess.prefill_program(tokens), ids, np.arange(tokens))
     _, logits2, _ = sess.run(sess.decode_program(tokens), nxt[:, None], np.array([tokens]))
@@ -138,14 +140,15 @@ def _moe_steps(spec, dtype: str, tokens: int, batch: int, prefix: tuple[str, ...
     return [logits, logits2, kinds]
 
 
-@pytest.mark.parametrize("dtype,k", [("fp32", 2), ("bf16", 2), ("bf16", 8)])
-def test_fused_moe_layers_bit_identical_to_unfused(dtype: str, k: int, monkeypatch) -> None:
-    """Router and combine fused (prefill: 2 x 7 tokens over 32 cores; decode: 2 tokens) give
-    the very logits of the unfused kernels."""
+@pytest.mark.parametrize("dtype,k,tokens", [("fp32", 2, 7), ("bf16", 2, 7), ("bf16", 8, 7), ("fp32", 2, 40)])
+def test_fused_moe_layers_bit_identical_to_unfused(dtype: str, k: int, tokens: int, monkeypatch) -> None:
+    """Router (with the expert schedule) and combine fused give the very logits of the unfused
+    kernels: prefill of 2 x 7 tokens (router on one core) or 2 x 40 (router on all cores, then
+    the schedule's own launch), and a decode step of 2 tokens."""
     spec = _moe_spec(k)
-    fused = _moe_steps(spec, dtype, 7, 2)
+    fused = _moe_steps(spec, dtype, tokens, 2)
     _no_fusion(monkeypatch)
-    plain = _moe_steps(spec, dtype, 7, 2)
+    plain = _moe_steps(spec, dtype, tokens, 2)
     assert {"router", "combine"} <= fused[2] and not {"router", "combine"} & plain[2]
     for a, b in zip(fused[:2], plain[:2]):
         np.testing.assert_array_equal(a, b)

@@ -7,8 +7,9 @@
   (the layer_norm kernel without centring) instead of four or five kernels.
 - `fuse_rope`: x*cos + cat(-x[h:], x[:h])*sin becomes one `rope` node (rotate-half RoPE);
   `fuse_norm_into_rope` folds an RMSNorm feeding it (Qwen3's q/k norms) into that node.
-- `fuse_moe_router`: softmax -> topk(k) [-> w / sum(w)] (Qwen3-MoE / Mixtral routing)
-  becomes one `moe_router` node (weights, expert ids): one kernel instead of four.
+- `fuse_moe_router`: softmax -> topk(k) [-> w / sum(w)] [-> moe_route] (Qwen3-MoE / Mixtral
+  routing) becomes one `moe_router` node (weights, expert ids [, the expert schedule]): one
+  kernel instead of five.
 - `fuse_moe_combine`: the weighted top-k sum of the expert outputs, sum_k(y * w) [+ residual],
   becomes one `moe_combine` node: one kernel instead of three.
 - `group_sibling_kernels` (compiler/siblings.py): neighbouring q/k RoPE and K/V cache appends
@@ -292,6 +293,14 @@ def fuse_moe_router(g: Graph) -> int:
         g.nodes[g.nodes.index(sm)] = node
         for m in chain[1:]:
             g.nodes.remove(m)
+        iu = g.users().get(id(ids), [])
+        if len(iu) == 1 and iu[0].op == "moe_route" and ids.type.rank == 2 and not any(ids is o for o in g.outputs):
+            route = iu[0]  # the schedule from the ids while they are in scratchpad
+            node.attrs["route"] = dict(route.attrs)
+            node.outputs = node.outputs + route.outputs
+            for o in route.outputs:
+                o.producer = node
+            g.nodes.remove(route)
         count += 1
     return count
 

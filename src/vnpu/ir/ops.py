@@ -320,7 +320,8 @@ def _moe_router(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
     the top-k of p (ties: lower index first), and with attrs normalize the top-k weights
     divided by their sum (the sum stored in attrs sum_dtype): weights [.., k] in attrs
     out_dtype, int64 expert ids [.., k]. Each intermediate is rounded to the dtype the
-    unfused softmax / topk / sum / div chain stores it in, so the result is the same."""
+    unfused softmax / topk / sum / div chain stores it in, so the result is the same.
+    With attrs route (moe_route's attributes), also the moe_route schedule of the ids."""
     (x,) = ins
     k = attrs["k"]
     if not (1 <= k <= x.shape[-1]):
@@ -328,7 +329,10 @@ def _moe_router(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
     if not x.dtype.is_float:
         raise IRTypeError(f"moe_router: logits must be float, got {x}")
     shape = x.shape[:-1] + (k,)
-    return [TensorType(shape, DType(attrs.get("out_dtype", x.dtype))), TensorType(shape, DType.int64)]
+    out = [TensorType(shape, DType(attrs.get("out_dtype", x.dtype))), TensorType(shape, DType.int64)]
+    if "route" in attrs:  # the moe_route schedule of the ids as three more outputs
+        out += _moe_route([out[1]], attrs["route"])
+    return out
 
 
 @register("moe_combine", "moe")

@@ -22,6 +22,7 @@ import numpy as np
 
 from vnpu.compiler.siblings import group_sibling_kernels
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only
+from vnpu.ir.ops import OPS
 
 
 def _single_use(g: Graph, users: dict[int, list[Node]], v: Value) -> bool:
@@ -282,7 +283,9 @@ def fuse_moe_router(g: Graph) -> int:
                 and red.attrs.get("kind") == "sum" and red.attrs.get("keepdim")
                 and [a % vals.type.rank for a in red.attrs["axes"]] == [vals.type.rank - 1]
                 and div.inputs[0] is vals and div.inputs[1] is red.output and _single_use(g, users, red.output)
-                and div.output.shape == vals.shape and red.output.dtype.is_float):
+                and div.output.shape == vals.shape and red.output.dtype.is_float
+                # an elementwise reader could have fused with the division (one rounding, not two)
+                and not any(OPS[u.op].kind in ("elementwise", "fused") for u in users.get(id(div.output), []))):
             chain += [red, div]
             weights = div.output
             attrs.update(normalize=True, sum_dtype=red.output.dtype)

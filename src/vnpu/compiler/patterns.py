@@ -7,13 +7,22 @@
   (the layer_norm kernel without centring) instead of four or five kernels.
 - `fuse_rope`: x*cos + cat(-x[h:], x[:h])*sin becomes one `rope` node (rotate-half RoPE);
   `fuse_norm_into_rope` folds an RMSNorm feeding it (Qwen3's q/k norms) into that node.
+- `fuse_moe_router`: softmax -> topk(k) [-> w / sum(w)] [-> moe_route] (Qwen3-MoE / Mixtral
+  routing) becomes one `moe_router` node (weights, expert ids [, the expert schedule]): one
+  kernel instead of five.
+- `fuse_moe_combine`: the weighted top-k sum of the expert outputs, sum_k(y * w) [+ residual],
+  becomes one `moe_combine` node: one kernel instead of three.
+- `group_sibling_kernels` (compiler/siblings.py): neighbouring q/k RoPE and K/V cache appends
+  share one kernel launch.
 - `drop_noop_casts`: casts to the dtype a value already has.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from vnpu.compiler.siblings import group_sibling_kernels
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only
+from vnpu.ir.ops import OPS
 
 
 def _single_use(g: Graph, users: dict[int, list[Node]], v: Value) -> bool:
@@ -248,9 +257,120 @@ def merge_sibling_matmuls(g: Graph) -> int:
     return merged
 
 
+def fuse_moe_router(g: Graph) -> int:
+    """softmax(x, last axis) -> topk(k) [-> vals / sum(vals, last axis, keepdim)] becomes one
+    `moe_router` node with outputs (weights, ids). The softmax result must feed only the topk,
+    and with the normalization the top-k values only the sum and the division. The dtypes the
+    chain stores its intermediates in go into the attributes (the kernel rounds to them)."""
+    count = 0
+    for tk in [n for n in g.nodes if n.op == "topk"]:
+        users = g.users()
+        p = tk.inputs[0]
+        sm = p.producer
+        if sm is None or sm.op != "softmax" or sm.attrs.get("log") or not _single_use(g, users, p):
+            continue
+        x = sm.inputs[0]
+        if sm.attrs["axis"] % x.type.rank != x.type.rank - 1 or not x.dtype.is_float:
+            continue
+        vals, ids = tk.outputs
+        chain = [sm, tk]
+        weights = vals
+        attrs = {"k": int(tk.attrs["k"]), "normalize": False, "prob_dtype": p.dtype}
+        vu = users.get(id(vals), [])
+        red = next((u for u in vu if u.op == "reduce"), None)
+        div = next((u for u in vu if u.op == "div"), None)
+        if (len(vu) == 2 and red is not None and div is not None and not any(vals is o for o in g.outputs)
+                and red.attrs.get("kind") == "sum" and red.attrs.get("keepdim")
+                and [a % vals.type.rank for a in red.attrs["axes"]] == [vals.type.rank - 1]
+                and div.inputs[0] is vals and div.inputs[1] is red.output and _single_use(g, users, red.output)
+                and div.output.shape == vals.shape and red.output.dtype.is_float
+                # an elementwise reader could have fused with the division (one rounding, not two)
+                and not any(OPS[u.op].kind in ("elementwise", "fused") for u in users.get(id(div.output), []))):
+            chain += [red, div]
+            weights = div.output
+            attrs.update(normalize=True, sum_dtype=red.output.dtype)
+        attrs["out_dtype"] = weights.dtype
+        node = Node("moe_router", [x], [weights, ids], attrs, name=f"moe_router_{tk.name}")
+        weights.producer = node
+        ids.producer = node
+        g.nodes[g.nodes.index(sm)] = node
+        for m in chain[1:]:
+            g.nodes.remove(m)
+        iu = g.users().get(id(ids), [])
+        if len(iu) == 1 and iu[0].op == "moe_route" and ids.type.rank == 2 and not any(ids is o for o in g.outputs):
+            route = iu[0]  # the schedule from the ids while they are in scratchpad
+            node.attrs["route"] = dict(route.attrs)
+            node.outputs = node.outputs + route.outputs
+            for o in route.outputs:
+                o.producer = node
+            g.nodes.remove(route)
+        count += 1
+    return count
+
+
+def _view_base(v: Value) -> Value:
+    while v.producer is not None and v.producer.op in ("reshape", "slice"):
+        v = v.producer.inputs[0]
+    return v
+
+
+def fuse_moe_combine(g: Graph) -> int:
+    """sum(y * w, axis 1) [-> reshape -> + r] over the expert outputs y [T, K, H] of a moe_ffn
+    node and the routing weights w [T, K, 1] becomes one `moe_combine` node (with the residual
+    add folded in when the sum feeds only it). The dtypes of the product and of the sum go into
+    the attributes: the kernel rounds to them as the unfused kernels store them."""
+    count = 0
+    for red in [n for n in g.nodes if n.op == "reduce"]:
+        users = g.users()
+        a = red.attrs
+        mv = red.inputs[0]
+        mul = mv.producer
+        if (a.get("kind") != "sum" or a.get("keepdim") or [x % 3 for x in a["axes"]] != [1] or mv.type.rank != 3
+                or mul is None or mul.op != "mul" or not _single_use(g, users, mv) or not mv.dtype.is_float):
+            continue
+        y, w = mul.inputs
+        if y.shape[-1] == 1 and w.shape[-1] != 1:
+            y, w = w, y
+        t, k, h = mv.shape
+        if (y.shape != (t, k, h) or w.shape != (t, k, 1) or not y.dtype.is_float or not w.dtype.is_float
+                or _view_base(y).producer is None or _view_base(y).producer.op != "moe_ffn"):
+            continue
+        out = red.output
+        chain = [mul, red]
+        ins = [y, w]
+        attrs = {"mul_dtype": mv.dtype, "sum_dtype": out.dtype, "out_dtype": out.dtype}
+        final = out
+        if _single_use(g, users, out):
+            rs = users[id(out)][0]
+            if rs.op == "reshape" and rs.output.type.numel == t * h and _single_use(g, users, rs.output):
+                add = users[id(rs.output)][0]
+                if add.op == "add" and len(add.inputs) == 2:
+                    r = add.inputs[1] if add.inputs[0] is rs.output else add.inputs[0]
+                    if (r is not rs.output and r.shape == rs.output.shape == add.output.shape
+                            and r.dtype.is_float and not r.is_const):
+                        chain += [rs, add]
+                        ins.append(r)
+                        attrs["out_dtype"] = add.output.dtype
+                        final = add.output
+        if final is not out:
+            attrs["out_shape"] = list(final.shape)
+        node = Node("moe_combine", ins, [final], attrs, name=f"moe_combine_{red.name}")
+        final.producer = node
+        new = [node]
+        pos = g.nodes.index(chain[-1])
+        g.nodes[pos:pos + 1] = new
+        for m in chain[:-1]:
+            g.nodes.remove(m)
+        count += 1
+    return count
+
+
 def rewrite_llm_patterns(g: Graph) -> None:
     drop_noop_casts(g)
     fuse_rms_norm(g)
     fuse_rope(g)
     fuse_norm_into_rope(g)
+    fuse_moe_router(g)
+    fuse_moe_combine(g)
     merge_sibling_matmuls(g)
+    group_sibling_kernels(g)

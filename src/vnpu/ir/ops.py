@@ -5,6 +5,7 @@ broadcast NumPy-style and require equal input dtypes (frontends insert `cast`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +46,8 @@ def register(name: str, kind: str):
 def infer_types(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if op not in OPS:
         raise IRTypeError(f"unknown IR op {op!r}")
+    if "siblings" in attrs:  # a kernel group's leader (compiler/siblings.py): its own inputs come first
+        ins = ins[:attrs["own_inputs"]]
     return OPS[op].infer(ins, attrs)
 
 
@@ -309,6 +312,45 @@ def _topk(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise IRTypeError(f"topk: k={k} outside 1..{x.shape[-1]}")
     shape = x.shape[:-1] + (k,)
     return [TensorType(shape, x.dtype), TensorType(shape, DType.int64)]
+
+
+@register("moe_router", "moe")
+def _moe_router(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """MoE routing in one op: p = softmax(logits, last axis) (stored in attrs prob_dtype),
+    the top-k of p (ties: lower index first), and with attrs normalize the top-k weights
+    divided by their sum (the sum stored in attrs sum_dtype): weights [.., k] in attrs
+    out_dtype, int64 expert ids [.., k]. Each intermediate is rounded to the dtype the
+    unfused softmax / topk / sum / div chain stores it in, so the result is the same.
+    With attrs route (moe_route's attributes), also the moe_route schedule of the ids."""
+    (x,) = ins
+    k = attrs["k"]
+    if not (1 <= k <= x.shape[-1]):
+        raise IRTypeError(f"moe_router: k={k} outside 1..{x.shape[-1]}")
+    if not x.dtype.is_float:
+        raise IRTypeError(f"moe_router: logits must be float, got {x}")
+    shape = x.shape[:-1] + (k,)
+    out = [TensorType(shape, DType(attrs.get("out_dtype", x.dtype))), TensorType(shape, DType.int64)]
+    if "route" in attrs:  # the moe_route schedule of the ids as three more outputs
+        out += _moe_route([out[1]], attrs["route"])
+    return out
+
+
+@register("moe_combine", "moe")
+def _moe_combine(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """The weighted top-k sum of the expert outputs: y [T, K, H], w [T, K, 1] [, residual r
+    with T*H elements] -> sum_k(y * w) [+ r] as [T, H] (or attrs out_shape, T*H elements). y * w is rounded to attrs mul_dtype
+    and the sum to attrs sum_dtype before the residual add, as the unfused mul / reduce / add
+    kernels store them."""
+    y, w = ins[:2]
+    t, k, h = y.shape
+    if w.shape != (t, k, 1):
+        raise IRTypeError(f"moe_combine: weights {w} do not match the expert outputs {y}")
+    if len(ins) > 2 and ins[2].numel != t * h:
+        raise IRTypeError(f"moe_combine: residual {ins[2]} is not [{t}, {h}]")
+    shape = tuple(attrs.get("out_shape", (t, h)))
+    if math.prod(shape) != t * h:
+        raise IRTypeError(f"moe_combine: out_shape {shape} does not hold [{t}, {h}]")
+    return [TensorType(shape, DType(attrs.get("out_dtype", y.dtype)))]
 
 
 def moe_tiles(tokens_x_k: int, experts: int, rows: int) -> int:

@@ -78,20 +78,24 @@ def moe_ffn_kernel(ctx: KernelContext) -> list[KernelLaunch]:
     I = dn.shape[2]
     dt = ctx.dtype
     cap = ctx.chip.core.scratchpad.bytes
-    kt = min(H, 256)
+    kt = min(H, KT_GATE_UP)
     nt = _chunk(I, 128, -(-ctx.cores // NT))
     ht = _chunk(H, 256, -(-ctx.cores // NT))
+    kd = min(I, KT_DOWN) if KT_DOWN else nt
     kcs = [(k0, min(kt, H - k0)) for k0 in range(0, H, kt)]
     ics = [(i0, min(nt, I - i0)) for i0 in range(0, I, nt)]
+    dcs = [(i0, min(kd, I - i0)) for i0 in range(0, I, kd)]
     hcs = [(h0, min(ht, H - h0)) for h0 in range(0, H, ht)]
     isz = dt.itemsize
     need1 = 2 * R * H * isz + 2 * nt * kt * isz + 2 * 2 * R * nt * 4 + R * nt * 4 + 2 * R * nt * isz + 64 * 64
-    need2 = 2 * R * I * isz + 2 * ht * nt * isz + 2 * R * ht * 4 + 2 * R * ht * y.dtype.itemsize + 64 * 64
+    need2 = 2 * R * I * isz + 2 * ht * kd * isz + 2 * R * ht * 4 + 2 * R * ht * y.dtype.itemsize + 64 * 64
     if max(need1, need2) > cap:
         raise KernelError(f"moe_ffn: a tile of {R} rows x hidden {H} does not fit the {cap}-byte scratchpad")
     items1 = [(t, ic) for t in range(NT) for ic in range(len(ics))]
     items2 = [(t, hc) for t in range(NT) for hc in range(len(hcs))]
-    launches = [_gate_up_launch(ctx, items1, ics, kcs), _down_launch(ctx, items2, ics, hcs)]
+    depth1 = _depth(nt * kt * isz, cap - need1)
+    depth2 = _depth(ht * kd * isz, cap - need2)
+    launches = [_gate_up_launch(ctx, items1, ics, kcs, depth1), _down_launch(ctx, items2, dcs, hcs, depth2)]
     flops = 2 * NT * R * 3 * H * I
     experts_read = min(gu.shape[0], y.shape[0] - 1)  # at most one read of each routed expert
     launches[0].flops = flops * 2 // 3
@@ -105,6 +109,25 @@ def _tables(b: CoreBuilder, ref: HbmRef, t: int, n: int, dst: SramRef, **kw: obj
     b.emit(DmaLoad(HbmRef(ref.offset + t * (ref.strides[0] if ref.shape else 1) * 8, DType.int64, (n,), (1,)), dst, **kw))
 
 
+# bytes of expert weight chunks in flight per core: at batch-1 decode the weight stream is all
+# there is, and with two small chunks in flight each core waited out the HBM latency per chunk
+WEIGHTS_IN_FLIGHT = 256 * 1024
+# Contraction chunk of the gate/up matmuls, and of the down matmuls (None: the gate/up's
+# I-chunk). Each MatMul instruction pays the array's preload and skew once
+# (isa.cost.matmul_cycles); at batch-1 decode (one row per tile) that is most of its time, and
+# 1024 / 256 take the Qwen3-235B 8-chip shard's expert matmuls from 18.9k / 10.1k cycles to
+# 14.8k / 7.0k. Not the default: other chunks group the fp32 accumulation differently, so the
+# results change in the last bits.
+KT_GATE_UP: int = 256
+KT_DOWN: int | None = None
+
+
+def _depth(chunk_bytes: int, spare: int) -> int:
+    """Weight chunk buffers per core (gathers in flight): 2..16, and only what fits the
+    scratchpad's `spare` bytes beyond two."""
+    return max(2, min(16, WEIGHTS_IN_FLIGHT // max(chunk_bytes, 1), 2 + spare // max(chunk_bytes, 1)))
+
+
 def _spread(items: list, cores: int) -> list[list]:
     per: list[list] = [[] for _ in range(cores)]
     for i, it in enumerate(items):
@@ -112,7 +135,7 @@ def _spread(items: list, cores: int) -> list[list]:
     return per
 
 
-def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list) -> KernelLaunch:
+def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth: int) -> KernelLaunch:
     x, tile_e, tile_tok, _, gu, _ = ctx.inputs
     act = ctx.outputs[1]
     R = act.shape[1]
@@ -129,7 +152,7 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list) -> Ke
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         tt = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         xb = [[b.alloc(dt, (R, kn)) for _, kn in kcs] for _ in range(2)]
-        wb = [b.alloc(dt, (nt, kt)) for _ in range(2)]
+        wb = [b.alloc(dt, (nt, kt)) for _ in range(depth)]
         ag = [b.alloc(F32, (R, nt)) for _ in range(2)]
         au = [b.alloc(F32, (R, nt)) for _ in range(2)]
         tmp = b.alloc(F32, (R, nt))
@@ -148,8 +171,9 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list) -> Ke
             g_acc, u_acc = sub_ref(ag[s], (R, inn)), sub_ref(au[s], (R, inn))
             for acc, row0 in ((g_acc, i0), (u_acc, I + i0)):
                 for ci, (k0, kn) in enumerate(kcs):
-                    wt = SramRef(wb[j % 2].offset, dt, (inn, kn))
-                    gw = ([(MM, j - 1)] if j >= 2 else []) + ([(TL, li + 1)] if ci == 0 and acc is g_acc else [])
+                    wt = SramRef(wb[j % depth].offset, dt, (inn, kn))
+                    gw = (([(MM, j - depth + 1)] if j >= depth else [])
+                          + ([(TL, li + 1)] if ci == 0 and acc is g_acc else []))
                     b.emit(DmaGather(_expert_block(gu, row0, inn, k0, kn), te[s], wt, waits=tuple(gw), signal=GB))
                     w = [(GB, j + 1)]
                     if ci == 0 and acc is g_acc:
@@ -169,7 +193,7 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list) -> Ke
     return KernelLaunch(f"{ctx.node.name}_gate_up", "moe", ["moe_gate_up", "silu", "mul"], streams, 0, 0, dt)
 
 
-def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list) -> KernelLaunch:
+def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: int) -> KernelLaunch:
     _, _, _, tile_slot, _, dn = ctx.inputs
     tile_e = ctx.inputs[1]
     y, act = ctx.outputs
@@ -186,7 +210,7 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list) -> Kerne
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         ts = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         ab = [[b.alloc(dt, (R, n)) for _, n in ics] for _ in range(2)]
-        wb = [b.alloc(dt, (ht, nt)) for _ in range(2)]
+        wb = [b.alloc(dt, (ht, nt)) for _ in range(depth)]
         acc = [b.alloc(F32, (R, ht)) for _ in range(2)]
         ob = [b.alloc(y.dtype, (R, ht)) for _ in range(2)]
         TL, AL, GB, MM, VD, SC = (b.sem() for _ in range(6))
@@ -204,8 +228,8 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list) -> Kerne
                 b.emit(DmaLoad(src, ab[s][ii], signal=AL))
             a_t = sub_ref(acc[s], (R, hn))
             for ii, (i0, inn) in enumerate(ics):
-                wt = SramRef(wb[j % 2].offset, dt, (hn, inn))
-                gw = ([(MM, j - 1)] if j >= 2 else []) + ([(TL, li + 1)] if ii == 0 else [])
+                wt = SramRef(wb[j % depth].offset, dt, (hn, inn))
+                gw = ([(MM, j - depth + 1)] if j >= depth else []) + ([(TL, li + 1)] if ii == 0 else [])
                 b.emit(DmaGather(_expert_block(dn, h0, hn, i0, inn), te[s], wt, waits=tuple(gw), signal=GB))
                 w = [(GB, j + 1)]
                 if ii == 0:

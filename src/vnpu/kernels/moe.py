@@ -114,12 +114,12 @@ def _tables(b: CoreBuilder, ref: HbmRef, t: int, n: int, dst: SramRef, **kw: obj
 WEIGHTS_IN_FLIGHT = 256 * 1024
 # Contraction chunk of the gate/up matmuls, and of the down matmuls (None: the gate/up's
 # I-chunk). Each MatMul instruction pays the array's preload and skew once
-# (isa.cost.matmul_cycles); at batch-1 decode (one row per tile) that is most of its time, and
-# 1024 / 256 take the Qwen3-235B 8-chip shard's expert matmuls from 18.9k / 10.1k cycles to
-# 14.8k / 7.0k. Not the default: other chunks group the fp32 accumulation differently, so the
-# results change in the last bits.
-KT_GATE_UP: int = 256
-KT_DOWN: int | None = None
+# (isa.cost.matmul_cycles); at batch-1 decode (one row per tile) that is most of its time:
+# 1024 / 256 instead of 256 / the I-chunk take the Qwen3-235B 8-chip shard's expert matmuls
+# from 18.9k / 10.1k cycles to 14.8k / 7.0k (the fp32 accumulation is grouped differently:
+# results moved in the last bits only).
+KT_GATE_UP: int = 1024
+KT_DOWN: int | None = 256
 
 
 def _depth(chunk_bytes: int, spare: int) -> int:

@@ -178,3 +178,34 @@ def test_moe_combine_matches_the_weighted_sum() -> None:
     dev.run(prog)
     out = dev.read(prog.outputs[0])
     np.testing.assert_allclose(out, (yv * wv).sum(1) + rv[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_sibling_kernels_that_overflow_the_scratchpad_launch_apart() -> None:
+    """Two independent RoPEs whose tiles each fill most of a small scratchpad (as a long prefill's
+    do on the GPU profiles) cannot share a core's scratchpad: the group lowers to two launches,
+    and each output is still x * cos + rotate_half(x) * sin."""
+    from vnpu.ir.graph import Graph
+
+    base = load_chip("vnpu-v1")
+    core = base.core.model_copy(update={"scratchpad": base.core.scratchpad.model_copy(update={"bytes": 96 * 1024})})
+    chip = base.model_copy(update={"cores": 1, "core": core})
+    g = Graph("two_ropes")
+    f32 = DType.fp32
+    c = g.add_input("cos", TensorType((64, 64), f32))
+    s = g.add_input("sin", TensorType((64, 64), f32))
+    xs = [g.add_input(f"x{i}", TensorType((1, 4, 64, 64), f32)) for i in range(2)]
+    g.outputs = [g.add_node("rope", [x, c, s], {}).output for x in xs]
+    cm = vnpu.compile_ir(g, chip, "fp32")
+    ropes = [l for l in cm.program.launches if "rope" in l.ops]
+    assert len(ropes) == 2 and any("+rope" in l.name for l in ropes)  # grouped, then launched apart
+    torch.manual_seed(3)
+    cos, sin = torch.randn(64, 64), torch.randn(64, 64)
+    x0, x1 = torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64)
+    out = cm(cos, sin, x0, x1)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1] // 2
+        return x * cos + torch.cat([-x[..., h:], x[..., :h]], -1) * sin
+
+    torch.testing.assert_close(out[0], rope(x0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], rope(x1), atol=1e-5, rtol=1e-5)

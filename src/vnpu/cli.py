@@ -509,7 +509,7 @@ def compare(
     """Serve one LLM on several chips (timing only) and print TTFT, TPOT, tokens/s and energy per
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
     (GPU-like presets have many small cores: their prefill programs have many more
-    instructions, so long prompts take minutes to simulate.)"""
+    instructions; a 2048-token prompt takes about a minute to simulate on h20.)"""
     import json
 
     from vnpu.runtime.llm import chips_needed

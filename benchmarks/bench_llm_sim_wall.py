@@ -11,7 +11,9 @@ Each round runs, as fresh processes and back to back (this machine is shared and
             -- the issue's goal: <= 10 s wall.
 It prints each round, the best and median of each, generate - floor (vnpu's own work, with
 model building), and the phases generate reports in its JSON (export, compile, total of
-export + compile + simulate).
+export + compile + simulate). A pure-Python reference loop timed first says how fast the
+machine is at the time (the same loop took 205 ms on this 2-core machine at its quickest, and
+up to 290 ms when the host was busy).
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def reference_loop_ms() -> float:
+    """Best of 3 of a fixed pure-Python loop, in a fresh process each time."""
+    code = ("import time; t = time.perf_counter(); sum(i * i for i in range(3_000_000)); "
+            "print(time.perf_counter() - t)")
+    return 1e3 * min(float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                          text=True).stdout) for _ in range(3))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -42,6 +52,7 @@ def main() -> None:
     runs = {"qwen3-32b": ["--prompt-len", "2048", "--max-new-tokens", "128", "--chips", "4"]}
     if args.also_235b:
         runs["qwen3-235b-a22b"] = ["--prompt-len", "512", "--max-new-tokens", "16", "--chips", "8"]
+    print(f"machine speed: reference loop {reference_loop_ms():.0f} ms", flush=True)
     out = Path(tempfile.mkdtemp()) / "gen.json"
     floor: list[float] = []
     walls: dict[str, list[float]] = {m: [] for m in runs}

@@ -10,14 +10,15 @@ once at import time with `onnx.reference`. A node with no entry runs on the host
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from vnpu.dtypes import DType
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError, require
+from vnpu.frontends.registry import Handler, ImportResult, registrar
 from vnpu.ir.graph import Graph, TensorType, Value
 
 MIN_OPSET = 13
@@ -90,25 +91,8 @@ class OnnxContext:
         return [int(i) for i in np.asarray(v.data).reshape(-1)]
 
 
-Handler = Callable[..., Any]
 ONNX: dict[str, Handler] = {}
-
-
-def onnx_op(*op_types: str):
-    """Registers the lowering of ONNX op types, e.g. @onnx_op("Conv")."""
-    def deco(fn: Handler) -> Handler:
-        for t in op_types:
-            ONNX[t] = fn
-        return fn
-    return deco
-
-
-@dataclass
-class ImportResult:
-    graph: Graph
-    fallback_ops: dict[str, int] = field(default_factory=dict)
-    folded: int = 0
-    opset: int = 0
+onnx_op = registrar(ONNX)  # registers the lowering of ONNX op types, e.g. @onnx_op("Conv")
 
 
 # -- loading and checking ----------------------------------------------------------------
@@ -262,22 +246,21 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
                                      "earlier node provides")
         ins = [env[i] if i else None for i in node.input]
         present = [v for v in ins if v is not None]
-        attrs = _attrs(node)
         out: Any = None
         is_default = node.domain in ("", "ai.onnx")
         has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
         all_const = all(v.is_const for v in present)
         if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
             out = _fold(cx, node, ins, opset)
-            res.folded += 1
             # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
             # cheaper to compute on the chip than to store as a weight, when there is a lowering
             in_bytes = sum(v.type.nbytes for v in present)
             if node.op_type in ONNX and sum(v.type.nbytes for v in out) > max(MAX_FOLD_GROWTH * in_bytes, 1 << 20):
                 out = None
-                res.folded -= 1
+            else:
+                res.folded += 1
         if out is None and is_default and not has_subgraph and node.op_type in ONNX:
-            out = ONNX[node.op_type](cx, ins, attrs)
+            out = ONNX[node.op_type](cx, ins, _attrs(node))
         if out is None:
             out = _host_call(cx, node, ins, opset)
             bucket = unsupported if strict else res.fallback_ops

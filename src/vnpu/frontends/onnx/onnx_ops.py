@@ -193,12 +193,6 @@ def _cast_like(cx: Cx, ins: Ins, attrs: dict) -> Value:
 
 
 # -- linear algebra ---------------------------------------------------------------------------
-def _transpose2d(cx: Cx, w: Value) -> Value:
-    if w.is_const:  # weights are stored transposed once, at import time (PyTorch's permute(W) folds too)
-        return cx.g.add_const(w.name + "_t", np.ascontiguousarray(np.asarray(w.data).T), w.dtype)
-    return cx.emit("permute", [w], {"perm": [1, 0]})
-
-
 @onnx_op("MatMul")
 def _matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     a, b = ins
@@ -225,9 +219,9 @@ def _gemm(cx: Cx, ins: Ins, attrs: dict) -> Value:
     a, b = ins[0], ins[1]
     c = ins[2] if len(ins) > 2 else None
     if attrs.get("transA", 0):
-        a = _transpose2d(cx, a)
+        a = _transpose(cx, [a], {"perm": [1, 0]})  # a constant is stored transposed once
     if attrs.get("transB", 0):
-        b = _transpose2d(cx, b)
+        b = _transpose(cx, [b], {"perm": [1, 0]})
     y = cx.emit("matmul", [a, b])
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     if alpha != 1:

@@ -24,13 +24,13 @@ def _other(n: Node, v: Value) -> Value | None:
     return b if a is v else a if b is v else None
 
 
-def _gelu_input(g: Graph, final: Node, producers: dict[int, Node]) -> Value | None:
+def _gelu_input(final: Node) -> Value | None:
     """x when `final` computes 0.5 * x * (1 + erf(x / sqrt(2))), in any association order."""
     if final.op != "mul":
         return None
 
     def prod(v: Value) -> Node | None:
-        return producers.get(id(v))
+        return v.producer
 
     def scaled(u: Value, sign: float) -> Value | None:  # x / sqrt2 (sign 1) or -x / sqrt2 (sign -1) -> x
         un = prod(u)
@@ -95,10 +95,9 @@ def _gelu_input(g: Graph, final: Node, producers: dict[int, Node]) -> Value | No
 
 
 def lift_gelu(g: Graph) -> int:
-    producers = {id(o): n for n in g.nodes for o in n.outputs}
     count = 0
     for n in g.nodes:
-        x = _gelu_input(g, n, producers)
+        x = _gelu_input(n)
         if x is not None:
             n.op, n.inputs, n.attrs = "gelu", [x], {}
             count += 1
@@ -106,11 +105,10 @@ def lift_gelu(g: Graph) -> int:
 
 
 class _Producers:
-    def __init__(self, g: Graph):
-        self.of = {id(o): n for n in g.nodes for o in n.outputs}
+    """The node that computes a value, when it is one of some ops (Value.producer, filtered)."""
 
     def op(self, v: Value, *ops: str) -> Node | None:
-        n = self.of.get(id(v))
+        n = v.producer
         return n if n is not None and n.op in ops else None
 
 
@@ -230,7 +228,7 @@ def _shift_beta(p: _Producers, t: Value, mean: Value, s: Value) -> Value | None 
 
 
 def lift_layer_norm(g: Graph) -> int:
-    p = _Producers(g)
+    p = _Producers()
     count = 0
     for n in g.nodes:
         parts = _layer_norm_parts(p, n)

@@ -181,7 +181,3 @@ def _freeze_captures(proto: Any, fn: Any, sig: list[Any]) -> None:
             proto.graph.initializer.append(numpy_helper.from_array(np.asarray(values[i.name].numpy()), i.name))
             proto.graph.input.remove(i)
 
-
-def input_names(proto: Any) -> list[str]:
-    inits = {t.name for t in proto.graph.initializer}
-    return [i.name for i in proto.graph.input if i.name not in inits]

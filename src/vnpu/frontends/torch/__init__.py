@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from vnpu.frontends.torch.importer import (ATEN, FallbackWarning, ImportResult, UnsupportedOpError,
-                                           constant_placeholders, import_fx)
+                                           constant_placeholders, import_fx, op_name)
 
 
 def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs: dict | None = None,
@@ -45,7 +45,6 @@ def export_aten(model: torch.nn.Module, example_inputs: tuple) -> "torch.export.
         ep = None
     if ep is not None:
         from vnpu.frontends.torch import aten_ops  # noqa: F401  (registers the handlers)
-        from vnpu.frontends.torch.importer import op_name
 
         ops = {op_name(n.target) for n in ep.graph.nodes
                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)}

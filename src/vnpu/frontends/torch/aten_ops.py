@@ -192,8 +192,6 @@ def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Valu
                   eps: float) -> tuple | None:
     if not (mean.is_const and var.is_const and (w is None or w.is_const) and (b is None or b.is_const)):
         return None
-    import numpy as np
-
     scale = 1.0 / np.sqrt(var.data.astype(np.float64) + eps)
     if w is not None:
         scale = scale * w.data
@@ -522,8 +520,6 @@ def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p
           is_causal: bool = False, *, scale: float | None = None, enable_gqa: bool = False) -> Value | None:
     """Without a mask: the fused attention kernel (is_causal: query i sees keys 0..i, PyTorch's
     top-left alignment). With a mask: softmax(q k^T * scale + mask) v on matmul/softmax kernels."""
-    import numpy as np
-
     if dropout_p != 0.0 or q.type.rank != 4 or k.type.rank != 4:
         return None
     s = float(scale) if scale is not None else q.shape[-1] ** -0.5

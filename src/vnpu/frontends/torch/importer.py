@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
+from vnpu.frontends.registry import Handler, ImportResult, registrar
 from vnpu.ir.graph import Graph, TensorType, Value, shape_only_array
 
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
@@ -70,24 +71,8 @@ class ImportContext:
         return self.const(x, dtype)
 
 
-Handler = Callable[..., Any]
 ATEN: dict[str, Handler] = {}
-
-
-def aten(*names: str):
-    """Registers the lowering of ATen overloads, e.g. @aten("addmm.default")."""
-    def deco(fn: Handler) -> Handler:
-        for n in names:
-            ATEN[n] = fn
-        return fn
-    return deco
-
-
-@dataclass
-class ImportResult:
-    graph: Graph
-    fallback_ops: dict[str, int] = field(default_factory=dict)
-    folded: int = 0
+aten = registrar(ATEN)  # registers the lowering of ATen overloads, e.g. @aten("addmm.default")
 
 
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -176,11 +161,11 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
         if vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals)):
-            env[node] = _fold(cx, node, args, kwargs)
+            env[node] = _fold(cx, node, args, kwargs, vals)
             res.folded += 1
             continue
         if not vals and isinstance(node.target, torch._ops.OpOverload) and isinstance(node.meta.get("val"), torch.Tensor):
-            env[node] = _fold(cx, node, args, kwargs)  # factory ops: full, arange, zeros...
+            env[node] = _fold(cx, node, args, kwargs, [])  # factory ops: full, arange, zeros...
             res.folded += 1
             continue
         handler = ATEN.get(name_)
@@ -212,24 +197,21 @@ def _foldable(node: fx.Node, vals: list[Value]) -> bool:
     return out_bytes <= max(MAX_FOLD_GROWTH * in_bytes, 1 << 20)
 
 
-def _weight_fold_name(g: Graph, node: fx.Node, args: Any, kwargs: Any) -> str | None:
+def _weight_fold_name(g: Graph, node: fx.Node, vals: list[Value], args: Any, kwargs: Any) -> str | None:
     """A name for a constant folded from weights only (e.g. permute(W) of a Linear), derived
     from its inputs and the op, so that every graph exported from the same module names the
     same folded weight alike (programs sharing a device keep one copy); None otherwise."""
     import hashlib
 
-    vals = _values_in((args, kwargs))
-    g_names: list[str] = []
-    for v in vals:
-        if v.name not in g.weight_names:
-            return None
-        g_names.append(v.name)
+    if not all(v.name in g.weight_names for v in vals):
+        return None
     desc = repr((op_name(node.target), _map((args, kwargs), lambda o: o.name if isinstance(o, Value) else o)))
-    return f"{g_names[0]}_{op_name(node.target).split('.')[0]}_{hashlib.sha1(desc.encode()).hexdigest()[:8]}"
+    return f"{vals[0].name}_{op_name(node.target).split('.')[0]}_{hashlib.sha1(desc.encode()).hexdigest()[:8]}"
 
 
-def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
-    wname = _weight_fold_name(cx.g, node, args, kwargs) if _values_in((args, kwargs)) else None
+def _fold(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any, vals: list[Value]) -> Any:
+    """The node evaluated at import; `vals` its Value operands (all constants)."""
+    wname = _weight_fold_name(cx.g, node, vals, args, kwargs) if vals else None
     out = _fold_values(cx, node, args, kwargs, wname or node.name)
     if wname is not None:  # the result is a weight too
         for v in _values_in(out):

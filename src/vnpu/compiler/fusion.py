@@ -51,9 +51,8 @@ def sink_reshapes(g: Graph) -> int:
             for bi, o in enumerate(n.inputs):
                 if bi == ai:
                     new_inputs.append(x)
-                elif (_scalar_like(o) and o.type.rank <= x.type.rank) or (
-                        o.shape[-1:] == r.shape[-1:] == x.shape[-1:] and all(d == 1 for d in o.shape[:-1])
-                        and o.type.rank <= x.type.rank):
+                elif o.type.rank <= x.type.rank and (_scalar_like(o) or (
+                        o.shape[-1:] == r.shape[-1:] == x.shape[-1:] and all(d == 1 for d in o.shape[:-1]))):
                     new_inputs.append(o)
                 elif o.shape == r.shape:
                     base = _reshape_base(o)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from vnpu.compiler.siblings import group_sibling_kernels
-from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only
+from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
 from vnpu.ir.ops import OPS
 
 
@@ -228,7 +228,7 @@ def merge_sibling_matmuls(g: Graph) -> int:
         dt = ws[0].dtype
         shape = (k, sum(widths))
         if any(is_shape_only(w.data) for w in ws):
-            data = np.broadcast_to(np.zeros((), dt.np), shape)
+            data = shape_only_array(shape, dt)
         else:
             data = np.ascontiguousarray(np.concatenate([w.data for w in ws], axis=1))
         name = g._fresh("cat_" + "_".join(w.name for w in ws))

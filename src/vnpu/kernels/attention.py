@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 
 from vnpu.dtypes import DType
-from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
+from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, SramRef
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
+from vnpu.kernels.stream import VecSeq
 
 F32 = DType.fp32
 ROWS_MAX = 512  # query rows (G * sq) per unit, at most (bigger Q tiles reload each K/V block less)
@@ -65,23 +66,6 @@ def _mat(ref: HbmRef, lead: tuple[int, ...], r0: int, rn: int) -> HbmRef:
     st = ref.strides
     off = sum(i * s for i, s in zip(lead, st[:2])) + r0 * st[2]
     return HbmRef(ref.offset + off * ref.dtype.itemsize, ref.dtype, (rn, ref.shape[3]), (st[2], st[3]))
-
-
-class _Vec:
-    """Vector instructions of one step: the first takes `waits`, the last `signal`."""
-
-    def __init__(self, b: CoreBuilder):
-        self.b = b
-        self.ops: list[VecOp] = []
-
-    def __call__(self, op: str, dst: SramRef, *srcs: SramRef | float, **attrs: object) -> None:
-        self.ops.append(VecOp(op, dst, tuple(srcs), tuple(sorted(attrs.items())) if attrs else ()))
-
-    def emit(self, waits: list, signal: int) -> None:
-        self.ops[0].waits = tuple(waits)
-        self.ops[-1].signal = signal
-        for o in self.ops:
-            self.b.emit(o)
 
 
 @kernel("attention")
@@ -215,7 +199,7 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             first = j == first_step[ui]
             s = sub_ref(sb[j % 2], (r, bn))
             mm, ll, al, tt = (sub_ref(x, (r, 1)) for x in (m[ui % 2], lsum[ui % 2], alpha[j % 2], tmp))
-            vs = _Vec(cb)
+            vs = VecSeq()
             vs("mul", s, s, scale)
             if qpos is not None:
                 ki = sub_ref(kidx, (bn,))
@@ -245,20 +229,20 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             if pb is not sb:
                 vs("identity", sub_ref(pb[j % 2], (r, bn)), s)
             w = [(QK, j + 1)] + ([(PV, j - 1)] if j >= 2 else [])
-            vs.emit(w, SM)
+            vs.emit(cb, w, SM)
 
         def update(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
             o = sub_ref(ob[ui % 2], (r, DV))
             p_ = sub_ref(pvb[j % 2], (r, DV))
-            vs = _Vec(cb)
+            vs = VecSeq()
             if j == first_step[ui]:
                 vs("identity", o, p_)
             else:
                 vs("mul", o, o, sub_ref(alpha[j % 2], (r, 1)))
                 vs("add", o, o, p_)
-            vs.emit([(PV, j + 1)], OU)
+            vs.emit(cb, [(PV, j + 1)], OU)
             if j == last_step[ui]:
                 finish(ui)
 
@@ -269,11 +253,11 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             if part is not None:  # this split's unnormalized O, max and sum, staged for the combine pass
                 po, pm, pl = (sub_ref(x[ui % 2], shp) for x, shp in ((stage_o, (r, DV)), (stage_m, (r, 1)),
                                                                      (stage_l, (r, 1))))
-                vs = _Vec(cb)
+                vs = VecSeq()
                 vs("identity", po, sub_ref(ob[ui % 2], (r, DV)))
                 vs("identity", pm, sub_ref(m[ui % 2], (r, 1)))
                 vs("identity", pl, ll)
-                vs.emit([(ST, 3 * G * (ui - 1))] if ui >= 2 else [], FIN)
+                vs.emit(cb, [(ST, 3 * G * (ui - 1))] if ui >= 2 else [], FIN)
                 pst = part.strides
                 for g in range(G):
                     base = sp * pst[0] + b * pst[1] + s0 * pst[2] + (h * G + g) * pst[3]
@@ -284,10 +268,10 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                                          signal=ST))
                 return
             ot = sub_ref(outb[ui % 2], (r, DV))
-            vs = _Vec(cb)
+            vs = VecSeq()
             vs("reciprocal", tt, ll)
             vs("mul", ot, sub_ref(ob[ui % 2], (r, DV)), tt)
-            vs.emit([(ST, G * (ui - 1))] if ui >= 2 else [], FIN)
+            vs.emit(cb, [(ST, G * (ui - 1))] if ui >= 2 else [], FIN)
             for g in range(G):
                 src = SramRef(ot.offset + g * sn * DV * out.dtype.itemsize, out.dtype, (sn, DV))
                 st = out.strides
@@ -348,7 +332,7 @@ def _combine(ctx: KernelContext, part: HbmRef, out: HbmRef, splits: int) -> Kern
                 cb.emit(DmaLoad(view(DV, 1), m_t))
                 cb.emit(DmaLoad(view(DV + 1, 1), l_t, signal=LD))
                 x_t, a_t, r_t_ = sub_ref(mx, (1, rn, 1)), sub_ref(acc, (1, rn, DV)), sub_ref(res, (1, rn, DV))
-                vs = _Vec(cb)
+                vs = VecSeq()
                 vs("reduce_max", x_t, m_t, axis=0)
                 vs("sub", m_t, m_t, x_t)
                 vs("exp", m_t, m_t)  # w_i
@@ -358,7 +342,7 @@ def _combine(ctx: KernelContext, part: HbmRef, out: HbmRef, splits: int) -> Kern
                 vs("reduce_sum", a_t, o_t, axis=0)
                 vs("reciprocal", x_t, x_t)
                 vs("mul", r_t_, a_t, x_t)
-                vs.emit([(LD, t + 1)] + ([(ST, t)] if t >= 1 else []), CP)
+                vs.emit(cb, [(LD, t + 1)] + ([(ST, t)] if t >= 1 else []), CP)
                 dst = HbmRef(out.offset + r0 * DV * out.dtype.itemsize, out.dtype, (1, rn, DV), (0, DV, 1))
                 cb.emit(DmaStore(r_t_, dst, waits=((CP, t + 1),), signal=ST))
         streams.append(cb.finish())

@@ -109,23 +109,19 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
         w = pr[0] if has_w and pr else None
         bias = pr[-1] if has_b and pr else None
         v = VecSeq()
-        if ps == 0 and rms:
-            v("mul", sq, xs, xs)
+        if ps == 0:
+            centred = xs  # RMSNorm: no centring
+            if not rms:
+                v("reduce_sum", mean, xs, **ra)
+                v("mul", mean, mean, 1.0 / D)
+                v("sub", xc, xs, mean)
+                centred = xc
+            v("mul", sq, centred, centred)
             v("reduce_sum", m2, sq, **ra)
             v("mul", m2, m2, 1.0 / D)
             v("add", m2, m2, eps)
             v("rsqrt", m2, m2)
-            scale_shift(v, xs, out_t, m2, w, bias)
-        elif ps == 0:
-            v("reduce_sum", mean, xs, **ra)
-            v("mul", mean, mean, 1.0 / D)
-            v("sub", xc, xs, mean)
-            v("mul", sq, xc, xc)
-            v("reduce_sum", m2, sq, **ra)
-            v("mul", m2, m2, 1.0 / D)
-            v("add", m2, m2, eps)
-            v("rsqrt", m2, m2)
-            scale_shift(v, xc, out_t, m2, w, bias)
+            scale_shift(v, centred, out_t, m2, w, bias)
         elif ps == 1:
             if rt.chunk == 0:
                 state["n"] = n_b

@@ -23,7 +23,7 @@ from vnpu.dtypes import DType
 from vnpu.ir.ops import moe_tiles
 from vnpu.isa.instructions import DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, KernelContext, KernelError, kernel, sub_ref
+from vnpu.kernels.base import CoreBuilder, KernelContext, KernelError, deal_round_robin, kernel, sub_ref
 
 F32 = DType.fp32
 
@@ -128,13 +128,6 @@ def _depth(chunk_bytes: int, spare: int) -> int:
     return max(2, min(16, WEIGHTS_IN_FLIGHT // max(chunk_bytes, 1), 2 + spare // max(chunk_bytes, 1)))
 
 
-def _spread(items: list, cores: int) -> list[list]:
-    per: list[list] = [[] for _ in range(cores)]
-    for i, it in enumerate(items):
-        per[i % cores].append(it)
-    return per
-
-
 def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth: int) -> KernelLaunch:
     x, tile_e, tile_tok, _, gu, _ = ctx.inputs
     act = ctx.outputs[1]
@@ -144,7 +137,7 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
     nt = max(n for _, n in ics)
     kt = max(n for _, n in kcs)
     streams = []
-    for mine in _spread(items, ctx.cores):
+    for mine in deal_round_robin(items, ctx.cores):
         b = CoreBuilder(ctx.chip)
         if not mine:
             streams.append(b.finish())
@@ -202,7 +195,7 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: i
     nt = max(n for _, n in ics)
     ht = max(n for _, n in hcs)
     streams = []
-    for mine in _spread(items, ctx.cores):
+    for mine in deal_round_robin(items, ctx.cores):
         b = CoreBuilder(ctx.chip)
         if not mine:
             streams.append(b.finish())

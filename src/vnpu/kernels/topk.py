@@ -75,9 +75,8 @@ def _chunked_topk(ctx: KernelContext, x: HbmRef, vals: HbmRef, idxs: HbmRef, k: 
     cw = max(k, min(n, int(cap * 0.35) // x.dtype.itemsize))
     chunks = [(c0, min(cw, n - c0)) for c0 in range(0, n, cw)]
     streams = []
-    for core in range(ctx.cores):
+    for my_rows in deal_round_robin(list(range(rows)), ctx.cores):
         b = CoreBuilder(ctx.chip)
-        my_rows = list(range(core, rows, ctx.cores))
         if not my_rows:
             streams.append(b.finish())
             continue

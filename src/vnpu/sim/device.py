@@ -78,7 +78,7 @@ class Device:
 
     def _run(self, program: Program, trace: bool) -> Profile:
         if self.functional and getattr(program, "timing_only", False):  # getattr: programs saved before the field
-            raise ValueError(f"this program was compiled timing-only (identical kernels share instruction streams): "
+            raise ValueError("this program was compiled timing-only (identical kernels share instruction streams): "
                              "run it on a Device(functional=False), or compile it without timing_only")
         chip = self.chip
         prof = Profile(chip=chip.name, clock_hz=chip.clock_hz, cores=chip.cores,
@@ -179,16 +179,12 @@ class Device:
         elif isinstance(ins, DmaStore):
             fp = cost.hbm_traffic_bytes(chip, ins.dst.footprint_bytes(), ins.dst.contiguous_run())
             r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes, (ins.dst.offset, ins.dst.shape, ins.dst.strides))
-        elif isinstance(ins, DmaGather):
+        elif isinstance(ins, (DmaGather, DmaScatter)):  # whole rows at runtime indices, a burst each at least
+            tile = ins.dst if isinstance(ins, DmaGather) else ins.src
             rows = ins.index.numel
-            row_bytes = max(ins.dst.nbytes // max(rows, 1), 1)
+            row_bytes = max(tile.nbytes // max(rows, 1), 1)
             fp = rows * max(row_bytes, chip.hbm.burst_bytes)
-            r = (0, fp, fp / self._dma_bpc, 0, 0, ins.dst.nbytes + ins.index.nbytes, None)
-        elif isinstance(ins, DmaScatter):
-            rows = ins.index.numel
-            row_bytes = max(ins.src.nbytes // max(rows, 1), 1)
-            fp = rows * max(row_bytes, chip.hbm.burst_bytes)
-            r = (1, fp, fp / self._dma_bpc, 0, 0, ins.src.nbytes + ins.index.nbytes, None)
+            r = (0 if isinstance(ins, DmaGather) else 1, fp, fp / self._dma_bpc, 0, 0, tile.nbytes + ins.index.nbytes, None)
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
             n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]

@@ -18,18 +18,14 @@ import warnings
 from pathlib import Path
 
 import vnpu
-from vnpu.ir.graph import Graph, TensorType
+from bench_gemm_peak import gemm_graph
 from vnpu.dtypes import DType
 
 HERE = Path(__file__).resolve().parent
 
 
 def _gemm_model(s: int):
-    g = Graph(f"gemm{s}")
-    a = g.add_input("a", TensorType((s, s), DType.bf16))
-    b = g.add_input("b", TensorType((s, s), DType.bf16))
-    g.outputs = [g.add_node("matmul", [a, b]).output]
-    return vnpu.compile_ir(g, "h200", "bf16")
+    return vnpu.compile_ir(gemm_graph(s, s, s, DType.bf16), "h200", "bf16")
 
 
 def _zoo_model(name: str, batch: int, seq: int | None):

@@ -35,8 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     models = {"resnet50": lambda: get_workload("resnet50").build(1), "bert-base (seq 512)": lambda: build_bert_base(1, 512)}
-    print(f"| model | launches | distinct timing keys | instructions | timing-only s | full event sim s | speed-up | "
-          f"same cycles | simulated latency |")
+    print("| model | launches | distinct timing keys | instructions | timing-only s | full event sim s | speed-up | "
+          "same cycles | simulated latency |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, build in models.items():
         model, inputs = build()

@@ -156,7 +156,7 @@ def test_fused_moe_layers_bit_identical_to_unfused(dtype: str, k: int, tokens: i
 def test_moe_combine_matches_the_weighted_sum() -> None:
     """The combine kernel alone against numpy: sum_k w * y + r (fp32, several items per core)."""
     from vnpu.compiler.lower import compile_graph
-    from vnpu.ir.graph import Graph, Node
+    from vnpu.ir.graph import Graph
     from vnpu.sim.device import Device
 
     rng = np.random.default_rng(0)

@@ -19,8 +19,7 @@ def compile_ir(graph: Graph, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType
     dt = DType(dtype)
     output_dtypes = [v.dtype for v in graph.outputs]
     program, optimized = compile_graph(graph, chip_, dt)
-    state = {id(v) for v, _ in graph.state}
-    info = ModelInfo(name or graph.name, dt, [v.shape for v in graph.inputs if id(v) not in state], output_dtypes,
+    info = ModelInfo(name or graph.name, dt, [r.shape for _, r in program.user_inputs()], output_dtypes,
                      dict(fallback_ops or {}),
                      str(optimized))
     return CompiledModel(program, chip_, info)

@@ -84,6 +84,16 @@ def _chip(name_or_path: str) -> Chip:
         _die(e)
 
 
+def _write_json(path: Path, data: Any) -> None:
+    """Writes a --json output, or fails with one line naming the path."""
+    import json
+
+    try:
+        path.write_text(json.dumps(data, indent=1))
+    except OSError as e:
+        _die(f"cannot write {path}: {e.strerror or e}")
+
+
 def _check_output(path: Path | None, option: str) -> None:
     """Fail before the (possibly long) run when an output path cannot be written."""
     if path is None:
@@ -272,9 +282,7 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
             source.build(batch)
         with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
             cm = source.compile(chip, dt, strict)
-    except MissingExtraError as e:
-        raise _Fail(f"{e}") from None
-    except model_errors() as e:
+    except (MissingExtraError, *model_errors()) as e:
         raise _Fail(f"{e}") from None
     except UnsupportedOpError as e:
         ops = ", ".join(f"{op} (x{n}{': ' + ', '.join(e.nodes[op][:3]) if e.nodes.get(op) else ''})"
@@ -376,8 +384,6 @@ def import_topology(
     The .cfg becomes one R x C array with SCALE-Sim's dataflow, fold-by-fold timing and
     mapping (docs/timing.md); each layer is compiled and simulated in timing-only mode.
     """
-    import json
-
     from vnpu.chip.scalesim_cfg import read_scalesim_cfg
     from vnpu.frontends.scalesim import TopologyError
     from vnpu.topology_study import run_scalesim_study
@@ -412,10 +418,7 @@ def import_topology(
         out.print("[dim]the .cfg asks SCALE-Sim for CALC bandwidth (no stalls); vnpu prices memory at its "
                   "Bandwidth figure, so compare compute cycles[/]")
     if json_path is not None:
-        try:
-            json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
-        except OSError as e:
-            _die(f"cannot write {json_path}: {e.strerror or e}")
+        _write_json(json_path, [r.as_dict() for r in rows])
 
 
 # -- vnpu generate -------------------------------------------------------------------------
@@ -448,9 +451,6 @@ def generate(
     """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
     token, tokens/s, decode HBM utilization, KV-cache and weight memory, and energy per token."""
-    import json
-
-    from vnpu.runtime.llm import ModelTooLargeError
     from vnpu.runtime.llm import generate as llm_generate
     from vnpu.workloads.llm_zoo import UnknownLLMError, check_sampling, get_llm
 
@@ -479,18 +479,13 @@ def generate(
         with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {where} ({dt_name})"):
             rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips,
                                top_k=top_k or None, temperature=temperature, seed=seed)
-    except ModelTooLargeError as e:
-        _die(e)
-    except (ValueError, MemoryError) as e:
+    except (ValueError, MemoryError) as e:  # bad options; ModelTooLargeError (a MemoryError) names the chips needed
         _die(e)
     from vnpu.report.tables import generation_table
 
     out.print(generation_table(rep))
     if json_path is not None:
-        try:
-            json_path.write_text(json.dumps(rep.to_dict(), indent=1))
-        except OSError as e:
-            _die(f"cannot write {json_path}: {e.strerror or e}")
+        _write_json(json_path, rep.to_dict())
         err.print(f"[green]✓[/] metrics → {escape(str(json_path))}")
 
 
@@ -510,8 +505,6 @@ def compare(
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
     (GPU-like presets have many small cores: their prefill programs have many more
     instructions; a 2048-token prompt takes about a minute to simulate on h20.)"""
-    import json
-
     from vnpu.runtime.llm import chips_needed
     from vnpu.runtime.llm import generate as llm_generate
     from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
@@ -544,10 +537,7 @@ def compare(
 
     out.print(compare_table(reports))
     if json_path is not None:
-        try:
-            json_path.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
-        except OSError as e:
-            _die(f"cannot write {json_path}: {e.strerror or e}")
+        _write_json(json_path, [r.to_dict() for r in reports])
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

@@ -8,7 +8,7 @@ once.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vnpu.chip.scalesim_cfg import chip_from_scalesim, read_scalesim_cfg
@@ -74,7 +74,7 @@ def run_topology(layers: list[TopologyLayer], chip: Chip) -> list[LayerTiming]:
         key = (layer.m, layer.n, layer.k, layer.im2col)
         if key not in cache:
             cache[key] = time_layer(layer, chip)
-        out.append(LayerTiming(**{**cache[key].as_dict(), "layer": layer.name, "kind": layer.kind}))
+        out.append(replace(cache[key], layer=layer.name, kind=layer.kind))
     return out
 
 

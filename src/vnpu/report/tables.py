@@ -247,7 +247,7 @@ def generation_table(rep: Any) -> Table:
     t.add_column("value")
     t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
                      f"{rep.dtype} · {rep.mode}")
-    top_k = getattr(rep, "top_k", None)
+    top_k = rep.top_k
     t.add_row("sampling", "greedy (argmax on the chip)" if top_k is None else
               f"top-{top_k} at temperature {rep.temperature:g} (Gumbel-max on the chip), seed {rep.seed}")
     t.add_row("time to first token", fmt.seconds(rep.ttft_s))

@@ -39,6 +39,7 @@ from vnpu.isa.program import Program
 from vnpu.runtime.host import execute_host
 from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
+from vnpu.workloads.llm_zoo import shard_spec
 
 ALIGN = 256
 MIN_BUCKET = 64
@@ -122,9 +123,6 @@ class LLMSession:
         self._kernels = KernelCache()  # timing-only: kernels lowered so far, shared across programs
         self.fallback_ops: dict[str, int] = {}
         self.pinned: dict[str, int] | None = None
-        self.shared_bytes = 0
-        self.weight_bytes = 0
-        self.kv_bytes = 0
         self.top = 0
         self._device: Device | None = None
         self._uploaded: set[int] = set()
@@ -161,16 +159,12 @@ class LLMSession:
         for c in g.constants():
             if c.name in g.weight_names and c.name not in pinned:
                 pinned[c.name] = top
-                n = c.type.nbytes  # already in the program's dtype
-                self.weight_bytes += n
-                top = _align(top + n)
+                top = _align(top + c.type.nbytes)  # already in the program's dtype
         for v, _ in g.state:
             pinned[v.name] = top
-            n = v.type.nbytes
-            self.kv_bytes += n
-            top = _align(top + n)
+            top = _align(top + v.type.nbytes)
         self.pinned = pinned
-        self.shared_bytes = self.top = top
+        self.top = top
 
     def program(self, phase: str, seq: int, kv_len: int) -> Program:
         key = (phase, kv_len)
@@ -204,11 +198,10 @@ class LLMSession:
 
     def reset(self) -> None:
         """Empties the KV cache (positions past a sequence's length are masked anyway)."""
-        if self._device is not None and self.functional:
-            for prog in self._programs.values():
-                for _, ref in prog.state:
-                    self._device.write(ref, np.zeros(ref.shape, ref.dtype.np))
-                break
+        prog = next(iter(self._programs.values()), None)  # every program shares the state's place
+        if self._device is not None and self.functional and prog is not None:
+            for _, ref in prog.state:
+                self._device.write(ref, np.zeros(ref.shape, ref.dtype.np))
 
     @property
     def top_k(self) -> int | None:
@@ -381,42 +374,6 @@ class GenerationReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def shard_spec(spec: Any, chips: int) -> Any:
-    """One chip's part of a model served on `chips` chips, as a model of its own (its shapes
-    are what a timing-only run needs): tensor parallel attention (query heads split; KV heads
-    split, or replicated when fewer than the chips), dense MLPs split along the intermediate
-    size, MoE experts split over the chips (expert parallel, each chip routing its share
-    k / chips of every token's experts: balanced routing), embedding and LM head split along
-    the vocabulary."""
-    from dataclasses import replace
-
-    if chips == 1:
-        return spec
-    c = dict(spec.config)
-    problems = []
-    if c["num_attention_heads"] % chips:
-        problems.append(f"{c['num_attention_heads']} attention heads")
-    if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
-        problems.append(f"{c['num_key_value_heads']} KV heads")
-    if spec.is_moe:
-        if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
-            problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
-    elif c["intermediate_size"] % chips:
-        problems.append(f"MLP width {c['intermediate_size']}")
-    if problems:
-        raise ValueError(f"{spec.name} cannot be split evenly over {chips} chips ({', '.join(problems)})")
-    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    c["num_attention_heads"] //= chips
-    c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
-    c["vocab_size"] = -(-c["vocab_size"] // chips)
-    if spec.is_moe:
-        c["num_experts"] //= chips
-        c["num_experts_per_tok"] //= chips
-    else:
-        c["intermediate_size"] //= chips
-    return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
 
 
 @dataclass

@@ -28,7 +28,6 @@ Greedy decoding only (no top-k sampling) for now.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -151,10 +150,9 @@ class TensorParallelSession:
                 raise
 
         futs = [pool.submit(one, r) for r in range(self.chips)]
-        errors = [f.exception() for f in futs]
-        real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
-        if real or any(errors):
-            raise (real or [e for e in errors if e is not None])[0]
+        errors = [e for e in (f.exception() for f in futs) if e is not None]
+        if errors:  # the failing chip's error, not the barrier it broke for the others
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         outs = [f.result() for f in futs]
         logits = np.concatenate([o[1] for o in outs], axis=-1)[:, :self.vocab]
         tok = np.argmax(logits, axis=-1).astype(np.int64)  # greedy over all chips' vocabulary rows

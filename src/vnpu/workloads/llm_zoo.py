@@ -70,6 +70,12 @@ def _tiny(family: str, **over: Any) -> dict[str, Any]:
     return base
 
 
+def _qwen3(**over: Any) -> dict[str, Any]:
+    """What every Qwen3 model card (config.json) shares, with the model's own sizes."""
+    return dict(vocab_size=151936, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, rope_theta=1000000.0) | over
+
+
 SPECS: dict[str, LLMSpec] = {s.name: s for s in (
     LLMSpec("qwen3-tiny", "qwen3", _tiny("qwen3"),
             "Qwen3 architecture, 2 layers x 128, 4 query / 2 KV heads of 32, vocab 512 (functional runs)",
@@ -88,29 +94,21 @@ SPECS: dict[str, LLMSpec] = {s.name: s for s in (
     LLMSpec("qwen3-moe-tiny", "qwen3_moe", _tiny("qwen3_moe"),
             "Qwen3-MoE architecture, 2 layers x 128, 8 experts top-2 of 64, vocab 512 (functional runs)",
             functional=True),
-    LLMSpec("qwen3-0.6b", "qwen3", dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                                        head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                                        tie_word_embeddings=True, rope_theta=1000000.0),
+    LLMSpec("qwen3-0.6b", "qwen3", _qwen3(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                          num_attention_heads=16, num_key_value_heads=8, tie_word_embeddings=True),
             "Qwen3-0.6B: 28 layers x 1024, 16 Q / 8 KV heads of 128, MLP 3072, vocab 151936, tied embeddings",
             "huggingface.co/Qwen/Qwen3-0.6B config.json"),
-    LLMSpec("qwen3-8b", "qwen3", dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-                                      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                                      head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                                      tie_word_embeddings=False, rope_theta=1000000.0),
+    LLMSpec("qwen3-8b", "qwen3", _qwen3(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                                        num_attention_heads=32, num_key_value_heads=8),
             "Qwen3-8B: 36 layers x 4096, 32 Q / 8 KV heads of 128, MLP 12288, vocab 151936",
             "huggingface.co/Qwen/Qwen3-8B config.json"),
-    LLMSpec("qwen3-32b", "qwen3", dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600,
-                                       num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
-                                       head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                                       tie_word_embeddings=False, rope_theta=1000000.0),
+    LLMSpec("qwen3-32b", "qwen3", _qwen3(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
+                                         num_attention_heads=64, num_key_value_heads=8),
             "Qwen3-32B: 64 layers x 5120, 64 Q / 8 KV heads of 128, MLP 25600, vocab 151936",
             "huggingface.co/Qwen/Qwen3-32B config.json"),
-    LLMSpec("qwen3-235b-a22b", "qwen3_moe", dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-                                                 moe_intermediate_size=1536, num_experts=128, num_experts_per_tok=8,
-                                                 norm_topk_prob=True, num_hidden_layers=94, num_attention_heads=64,
-                                                 num_key_value_heads=4, head_dim=128, max_position_embeddings=40960,
-                                                 rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=1000000.0),
+    LLMSpec("qwen3-235b-a22b", "qwen3_moe", _qwen3(hidden_size=4096, intermediate_size=12288, moe_intermediate_size=1536,
+                                                   num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+                                                   num_hidden_layers=94, num_attention_heads=64, num_key_value_heads=4),
             "Qwen3-235B-A22B: 94 MoE layers x 4096, 128 experts top-8 of 1536, 64 Q / 4 KV heads of 128",
             "huggingface.co/Qwen/Qwen3-235B-A22B config.json"),
     LLMSpec("llama-3.1-8b", "llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -131,10 +129,6 @@ def get_llm(name: str) -> LLMSpec:
         return SPECS[name]
     except (KeyError, TypeError):
         raise UnknownLLMError(f"unknown LLM {name!r}; valid names: {', '.join(SPECS)}") from None
-
-
-def list_llms() -> list[LLMSpec]:
-    return list(SPECS.values())
 
 
 # -- transformers extension points -------------------------------------------------------
@@ -341,9 +335,6 @@ class DecoderStep(nn.Module):
         choice = torch.argmax(vals / self.temperature + noise, dim=-1, keepdim=True)
         return torch.gather(idx, -1, choice).squeeze(-1), logits
 
-    def kv_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if "_cache_" in n)
-
 
 # -- tensor / expert parallel shards with real weights (runtime.tensor_parallel) -----------------
 class VocabParallelEmbedding(nn.Module):
@@ -386,10 +377,46 @@ def _all_reduce_output(module: nn.Module, args: Any, output: torch.Tensor) -> to
     return llm_ops.all_reduce(output)
 
 
+def shard_spec(spec: LLMSpec, chips: int) -> LLMSpec:
+    """One chip's part of a model served on `chips` chips, as a model of its own (its shapes
+    are what a timing-only run needs): tensor parallel attention (query heads split; KV heads
+    split, or replicated when fewer than the chips), dense MLPs split along the intermediate
+    size, MoE experts split over the chips (expert parallel, each chip routing its share
+    k / chips of every token's experts: balanced routing), embedding and LM head split along
+    the vocabulary."""
+    from dataclasses import replace
+
+    if chips == 1:
+        return spec
+    c = dict(spec.config)
+    problems = []
+    if c["num_attention_heads"] % chips:
+        problems.append(f"{c['num_attention_heads']} attention heads")
+    if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
+        problems.append(f"{c['num_key_value_heads']} KV heads")
+    if spec.is_moe:
+        if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
+            problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
+    elif c["intermediate_size"] % chips:
+        problems.append(f"MLP width {c['intermediate_size']}")
+    if problems:
+        raise ValueError(f"{spec.name} cannot be split evenly over {chips} chips ({', '.join(problems)})")
+    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    c["num_attention_heads"] //= chips
+    c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
+    c["vocab_size"] = -(-c["vocab_size"] // chips)
+    if spec.is_moe:
+        c["num_experts"] //= chips
+        c["num_experts_per_tok"] //= chips
+    else:
+        c["intermediate_size"] //= chips
+    return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
+
+
 @torch.no_grad()
 def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Module:
     """Chip `rank`'s part of the model `full` (built from `spec`) served on `chips` chips, with
-    the full model's weights: the config is `runtime.llm.shard_spec`'s (the shapes the
+    the full model's weights: the config is `shard_spec`'s (the shapes the
     timing-only path times), and `vnpu::all_reduce` sums the partial results over the chips.
 
     - attention (tensor parallel): this rank's query heads (q_proj rows, o_proj columns) and the
@@ -406,7 +433,6 @@ def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Mod
       token over all chips' logits);
     - norms and rotary tables whole. Biases of o_proj / down_proj (none in the zoo) stay on rank 0.
     """
-    from vnpu.runtime.llm import shard_spec
 
     if not 0 <= rank < chips:
         raise ValueError(f"rank {rank} outside 0..{chips - 1}")
@@ -476,5 +502,5 @@ def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Mod
     return m.eval()
 
 
-__all__ = ["shard_model", "VocabParallelEmbedding", "LocalExperts", "LLMSpec", "SPECS", "get_llm", "list_llms", "build_llm", "DecoderStep", "prompt_ids",
+__all__ = ["shard_spec", "shard_model", "VocabParallelEmbedding", "LocalExperts", "LLMSpec", "SPECS", "get_llm", "build_llm", "DecoderStep", "prompt_ids",
            "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise"]

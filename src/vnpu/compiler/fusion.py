@@ -215,11 +215,7 @@ def fuse_elementwise(g: Graph) -> int:
         final = members[-1].output
         node = Node("fused_elementwise", list(chain.operands), [final],
                     {"expr": expr, "out_type": final.type}, name=members[-1].name if len(members) == 1 else f"fused_{members[-1].name}")
-        final.producer = node
-        pos = g.nodes.index(members[-1])
-        g.nodes[pos] = node
-        for m in members[:-1]:
-            g.nodes.remove(m)
+        g.splice(node, members[-1], members[:-1])
         count += 1
     return count
 

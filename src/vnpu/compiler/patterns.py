@@ -87,10 +87,7 @@ def fuse_rms_norm(g: Graph) -> int:
         node = Node("rms_norm", [a] + ([weight] if weight is not None else []), [out],
                     {"eps": eps, "axis_count": 1, "has_weight": weight is not None, "has_bias": False, "rms": True},
                     name=f"rms_norm_{out.name}")
-        out.producer = node
-        g.nodes[g.nodes.index(last)] = node
-        for m in chain[:-1]:
-            g.nodes.remove(m)
+        g.splice(node, last, chain[:-1])
         count += 1
     return count
 
@@ -146,10 +143,7 @@ def fuse_rope(g: Graph) -> int:
             continue
         out = add.output
         node = Node("rope", [x, cos, sin], [out], {}, name=f"rope_{out.name}")
-        out.producer = node
-        g.nodes[g.nodes.index(add)] = node
-        for m in chain:
-            g.nodes.remove(m)
+        g.splice(node, add, chain)
         # the two half slices are views; drop them when nothing else reads them
         users = g.users()
         for m in list(g.nodes):
@@ -291,11 +285,7 @@ def fuse_moe_router(g: Graph) -> int:
             attrs.update(normalize=True, sum_dtype=red.output.dtype)
         attrs["out_dtype"] = weights.dtype
         node = Node("moe_router", [x], [weights, ids], attrs, name=f"moe_router_{tk.name}")
-        weights.producer = node
-        ids.producer = node
-        g.nodes[g.nodes.index(sm)] = node
-        for m in chain[1:]:
-            g.nodes.remove(m)
+        g.splice(node, sm, chain[1:])
         iu = g.users().get(id(ids), [])
         if len(iu) == 1 and iu[0].op == "moe_route" and ids.type.rank == 2 and not any(ids is o for o in g.outputs):
             route = iu[0]  # the schedule from the ids while they are in scratchpad
@@ -355,12 +345,7 @@ def fuse_moe_combine(g: Graph) -> int:
         if final is not out:
             attrs["out_shape"] = list(final.shape)
         node = Node("moe_combine", ins, [final], attrs, name=f"moe_combine_{red.name}")
-        final.producer = node
-        new = [node]
-        pos = g.nodes.index(chain[-1])
-        g.nodes[pos:pos + 1] = new
-        for m in chain[:-1]:
-            g.nodes.remove(m)
+        g.splice(node, chain[-1], chain[:-1])
         count += 1
     return count
 

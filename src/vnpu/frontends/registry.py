@@ -4,9 +4,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vnpu.ir.graph import Graph
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph, Value
 
 Handler = Callable[..., Any]
+
+
+class LoweringContext:
+    """What the frontends' lowering contexts share: a graph being built and emit(); cast() on it."""
+
+    g: Graph
+
+    def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
+        raise NotImplementedError
+
+    def cast(self, v: Value, dtype: DType) -> Value:
+        """`v` in `dtype`: a constant converted at import, a runtime value through a cast node."""
+        if v.dtype == dtype:
+            return v
+        if v.is_const:
+            return self.g.add_const(v.name, v.data.astype(dtype.np), dtype)  # type: ignore[union-attr]
+        return self.emit("cast", [v], {"dtype": dtype})
 
 
 def registrar(table: dict[str, Handler]) -> Callable[..., Callable[[Handler], Handler]]:

@@ -182,6 +182,16 @@ class Graph:
         self.outputs = [new if v is old else v for v in self.outputs]
         self.state = [(a, new if b is old else b) for a, b in self.state]
 
+    def splice(self, node: Node, at: Node, removed: list[Node]) -> None:
+        """A rewrite of a chain of nodes into one: `node` (built on existing values, its outputs
+        the chain's results) takes `at`'s place, the nodes in `removed` leave the graph, and
+        `node` becomes the producer of its outputs."""
+        for o in node.outputs:
+            o.producer = node
+        self.nodes[self.nodes.index(at)] = node
+        for m in removed:
+            self.nodes.remove(m)
+
     def users(self) -> dict[int, list[Node]]:
         out: dict[int, list[Node]] = {}
         for n in self.nodes:

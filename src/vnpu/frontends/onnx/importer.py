@@ -18,7 +18,7 @@ import numpy as np
 
 from vnpu.dtypes import DType
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError, require
-from vnpu.frontends.registry import Handler, ImportResult, registrar
+from vnpu.frontends.registry import Handler, ImportResult, LoweringContext, registrar
 from vnpu.ir.graph import Graph, TensorType, Value
 
 MIN_OPSET = 13
@@ -58,7 +58,7 @@ def dtype_to_onnx(dt: DType) -> int:
 
 
 @dataclass
-class OnnxContext:
+class OnnxContext(LoweringContext):
     """What a handler sees: the graph being built and the node being lowered."""
 
     g: Graph
@@ -75,13 +75,6 @@ class OnnxContext:
 
     def const(self, data: Any, dtype: DType) -> Value:
         return self.g.add_const("c", np.asarray(data).astype(dtype.np), dtype)
-
-    def cast(self, v: Value, dtype: DType) -> Value:
-        if v.dtype == dtype:
-            return v
-        if v.is_const:
-            return self.g.add_const(v.name, v.data.astype(dtype.np), dtype)  # type: ignore[union-attr]
-        return self.emit("cast", [v], {"dtype": dtype})
 
     def ints(self, v: Value | None) -> list[int] | None:
         """A constant integer tensor input (shape, axes, pads...) as a list; None when absent

@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
-from vnpu.frontends.registry import Handler, ImportResult, registrar
+from vnpu.frontends.registry import Handler, ImportResult, LoweringContext, registrar
 from vnpu.ir.graph import Graph, TensorType, Value, shape_only_array
 
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
@@ -30,7 +30,7 @@ def op_name(target: Any) -> str:
 
 
 @dataclass
-class ImportContext:
+class ImportContext(LoweringContext):
     g: Graph
     node: fx.Node | None = None
     shape_only: bool = False  # weights are shape-only stand-ins (meta-device model)
@@ -56,13 +56,6 @@ class ImportContext:
         if isinstance(val, (tuple, list)):
             val = val[0]
         return torch_to_dtype(val.dtype)
-
-    def cast(self, v: Value, dtype: DType) -> Value:
-        if v.dtype == dtype:
-            return v
-        if v.is_const:
-            return self.g.add_const(v.name, v.data.astype(dtype.np), dtype)  # type: ignore[union-attr]
-        return self.emit("cast", [v], {"dtype": dtype})
 
     def tensor(self, x: Any, dtype: DType) -> Value:
         """A Value for a tensor argument or a Python scalar, in `dtype`."""

@@ -18,6 +18,18 @@ class LoweringContext:
     def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
         raise NotImplementedError
 
+    def pow_by_constant(self, x: Value, p: float) -> Value:
+        """x ** p for a constant exponent, as the cheapest op that computes it."""
+        if p == 2:
+            return self.emit("mul", [x, x])
+        if p == 0.5:
+            return self.emit("sqrt", [x])
+        if p == -0.5:
+            return self.emit("rsqrt", [x])
+        if p == 1:
+            return x
+        return self.emit("pow_scalar", [x], {"exponent": float(p)})
+
     def cast(self, v: Value, dtype: DType) -> Value:
         """`v` in `dtype`: a constant converted at import, a runtime value through a cast node."""
         if v.dtype == dtype:

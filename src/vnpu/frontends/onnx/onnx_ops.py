@@ -61,16 +61,7 @@ def _mod(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 def _pow(cx: Cx, ins: Ins, attrs: dict) -> Value:
     x, e = ins
     if e.is_const and e.type.numel == 1 and x.dtype.is_float:
-        p = float(np.asarray(e.data, np.float64).reshape(-1)[0])
-        if p == 2:
-            return cx.emit("mul", [x, x])
-        if p == 0.5:
-            return cx.emit("sqrt", [x])
-        if p == -0.5:
-            return cx.emit("rsqrt", [x])
-        if p == 1:
-            return x
-        return cx.emit("pow_scalar", [x], {"exponent": p})
+        return cx.pow_by_constant(x, float(np.asarray(e.data, np.float64).reshape(-1)[0]))
     return cx.emit("pow", [x, cx.cast(e, x.dtype)])
 
 

@@ -82,15 +82,7 @@ def _div_mode(cx: Cx, a: Any, b: Any, *, rounding_mode: str | None = None) -> Va
 
 @aten("pow.Tensor_Scalar")
 def _pow_scalar(cx: Cx, x: Value, e: float) -> Value:
-    if e == 2:
-        return cx.emit("mul", [x, x])
-    if e == 0.5:
-        return cx.emit("sqrt", [x])
-    if e == -0.5:
-        return cx.emit("rsqrt", [x])
-    if e == 1:
-        return x
-    return cx.emit("pow_scalar", [x], {"exponent": float(e)})
+    return cx.pow_by_constant(x, e)
 
 
 def _unary(ir_op: str):

@@ -49,7 +49,19 @@ class ArtifactError(ValueError):
 
 
 # Tags of the tree. Every container is tagged, so decoding never guesses what a list meant.
-_LIST, _TUPLE, _DICT, _OBJ, _DTYPE, _ARRAY, _HBM, _SRAM, _SHAPE_ONLY = range(9)
+_LIST, _TUPLE, _DICT, _OBJ, _DTYPE, _ARRAY, _HBM, _SRAM, _SHAPE_ONLY, _INSTR = range(10)
+
+# Instructions are most of a program (80k in BERT-base): each is stored as a flat row whose
+# fields are coded by their declared type, refs as table indices, so decoding one is a few
+# list lookups rather than a recursive walk. Field kinds, from the dataclass annotations:
+_INSTRUCTIONS = (DmaLoad, DmaGather, DmaScatter, DmaStore, MatMul, VecOp)
+_REF_H, _REF_S, _PRIM, _WAITS, _OPERANDS, _GENERIC = range(6)
+_KIND_OF_ANNOTATION = {"HbmRef": _REF_H, "SramRef": _REF_S, "int": _PRIM, "bool": _PRIM, "str": _PRIM,
+                       "tuple[Wait, ...]": _WAITS, "tuple[Operand, ...]": _OPERANDS}
+
+
+def _field_kinds(cls: type) -> list[int]:
+    return [_KIND_OF_ANNOTATION.get(str(f.type), _GENERIC) for f in dataclasses.fields(cls)]
 
 
 def _allowed() -> dict[str, type]:
@@ -74,6 +86,7 @@ class _Encoder:
         self.sram: dict[SramRef, int] = {}
         self.arrays: list[tuple[np.ndarray, DType]] = []
         self.allowed = set(_allowed().values())
+        self.instr_kinds = {c: _field_kinds(c) for c in _INSTRUCTIONS}
 
     def enc(self, x: Any) -> Any:
         t = type(x)
@@ -110,6 +123,24 @@ class _Encoder:
             return [_ARRAY, len(self.arrays) - 1]
         if isinstance(x, np.generic):  # NumPy scalars in attributes: plain Python numbers
             return self.enc(x.item())
+        if t in self.instr_kinds:
+            i = self.types.setdefault(t, len(self.types))
+            row: list[Any] = [_INSTR, i]
+            for f, kind in zip(_fields(t), self.instr_kinds[t]):
+                v = getattr(x, f)
+                if kind == _REF_H:
+                    row.append(self.enc(v)[1])
+                elif kind == _REF_S:
+                    row.append(self.enc(v)[1])
+                elif kind == _PRIM:
+                    row.append(v)
+                elif kind == _WAITS:
+                    row.append([n for w in v for n in w])
+                elif kind == _OPERANDS:  # a scratchpad tile as its index, a scalar boxed
+                    row.append([self.enc(o)[1] if type(o) is SramRef else [o] for o in v])
+                else:
+                    row.append(self.enc(v))
+            return row
         if t in self.allowed:
             i = self.types.setdefault(t, len(self.types))
             return [_OBJ, i, *(self.enc(getattr(x, f)) for f in _fields(t))]
@@ -198,6 +229,32 @@ class _Decoder:
                     for o, d, s, st in header["hbm_refs"]]
         self.sram = [SramRef(int(o), self.dtypes[d], tuple(map(int, s))) for o, d, s in header["sram_refs"]]
         self.arrays = arrays
+        self.kinds = {c: _field_kinds(c) for c in self.types if c in _INSTRUCTIONS}
+
+    def instr(self, row: list) -> Any:
+        cls = self.types[row[1]]
+        kinds = self.kinds.get(cls)
+        if kinds is None or len(row) != len(kinds) + 2:
+            raise ArtifactError(f"{self.where}: a malformed instruction row (corrupt file)")
+        vals = []
+        hbm, sram = self.hbm, self.sram
+        for v, kind in zip(row[2:], kinds):
+            if kind == _REF_S:
+                vals.append(sram[v])
+            elif kind == _PRIM:
+                if type(v) not in (int, bool, str):
+                    raise ArtifactError(f"{self.where}: a {type(v).__name__} where {cls.__name__} holds a number (corrupt file)")
+                vals.append(v)
+            elif kind == _WAITS:
+                it = iter(v)
+                vals.append(tuple(zip(it, it)))
+            elif kind == _REF_H:
+                vals.append(hbm[v])
+            elif kind == _OPERANDS:
+                vals.append(tuple(sram[o] if type(o) is int else _scalar(o[0]) for o in v))
+            else:
+                vals.append(self.dec(v))
+        return cls(*vals)
 
     def dec(self, x: Any) -> Any:
         if not isinstance(x, list):
@@ -209,8 +266,12 @@ class _Decoder:
             return self.hbm[x[1]]
         if tag == _SRAM:
             return self.sram[x[1]]
+        if tag == _INSTR:
+            return self.instr(x)
         if tag == _OBJ:
             cls = self.types[x[1]]
+            if cls in self.kinds:
+                raise ArtifactError(f"{self.where}: an instruction stored as a plain object (corrupt file)")
             vals = [self.dec(v) for v in x[2:]]
             return cls(*vals)
         if tag == _LIST:
@@ -229,14 +290,33 @@ class _Decoder:
         raise ArtifactError(f"{self.where}: unknown tag {tag!r} in the program tree (corrupt file)")
 
 
-def _read_array(where: str, name: str, data: bytes, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:
+def _scalar(v: Any) -> float | int:
+    if type(v) not in (int, float):
+        raise ArtifactError(f"a {type(v).__name__} where an instruction takes a number (corrupt file)")
+    return v
+
+
+def _read_array(where: str, name: str, data: bytearray, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:
+    """The array in an .npy member, as a view of `data` (no copy). Only NumPy's header is
+    parsed; an object dtype (a pickle inside the .npy) or a header that disagrees with the
+    program's declared dtype, shape or the member's size is refused."""
+    head = io.BytesIO(bytes(data[:1 << 16]))
     try:
-        a = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
+        version = np.lib.format.read_magic(head)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        got_shape, fortran, got_dtype = read_header(head)
+    except (ValueError, SyntaxError, TypeError) as e:
         raise ArtifactError(f"{where}: {name} is not a plain array ({e}). Recompile the model.") from None
+    if got_dtype.hasobject:
+        raise ArtifactError(f"{where}: {name} holds Python objects (a pickle), which vnpu never loads. Recompile the model.")
     stored = np.dtype(f"u{dtype.np.itemsize}") if dtype.np.type.__module__.startswith("ml_dtypes") else dtype.np
-    if a.dtype != stored or tuple(a.shape) != shape:
-        raise ArtifactError(f"{where}: {name} holds {a.dtype}{list(a.shape)}, the program says {dtype.value}{list(shape)}")
+    if got_dtype != stored or tuple(got_shape) != shape or fortran:
+        raise ArtifactError(f"{where}: {name} holds {got_dtype}{list(got_shape)}, the program says {dtype.value}{list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - head.tell() != count * stored.itemsize:
+        raise ArtifactError(f"{where}: {name} has {len(data) - head.tell()} data bytes; a {dtype.value}{list(shape)} "
+                            f"array needs {count * stored.itemsize}. Recompile the model.")
+    a = np.frombuffer(data, stored, count, head.tell()).reshape(shape)
     return a.view(dtype.np) if stored != dtype.np else a
 
 
@@ -283,9 +363,12 @@ def read_artifact(path: str | Path, need_info: bool = True) -> tuple[dict, Progr
             raise ArtifactError(f"{path} unpacks to {total / 2**30:.2f} GiB, more than half the host's available "
                                 f"memory ({avail / 2**30:.2f} GiB); load it on a larger machine.")
 
-        def member(name: str) -> bytes:
+        def member(name: str) -> bytearray:
             try:
-                data = z.read(name)
+                data = bytearray(infos[name].file_size)  # sizes were checked above; one copy, writable
+                with z.open(name) as f:
+                    if f.readinto(data) != len(data) or f.read(1):
+                        raise EOFError("the member is shorter or longer than the zip says")
             except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
                 raise ArtifactError(f"{path} is corrupt: cannot read {name} ({e}). Recompile it.") from None
             if hashlib.sha256(data).hexdigest() != members[name].get("sha256"):
@@ -315,9 +398,6 @@ def read_artifact(path: str | Path, need_info: bool = True) -> tuple[dict, Progr
     return manifest, program, info
 
 
-_INSTRUCTIONS = (DmaLoad, DmaGather, DmaScatter, DmaStore, MatMul, VecOp)
-
-
 def verify_program(program: Program, chip: Chip, where: str = "program") -> None:
     """Bounds-checks every memory reference of a decoded program: HBM views inside its image,
     scratchpad tiles inside a core's scratchpad, the launches' core counts within the chip, and
@@ -341,7 +421,12 @@ def _verify(program: Program, chip: Chip) -> None:
     if not isinstance(hbm, int) or hbm < 0:
         raise _Bad(f"HBM image size {hbm!r}")
 
+    seen_hbm: set[HbmRef] = set()
+    seen_sram: set[SramRef] = set()
+
     def check_hbm(r: Any) -> None:
+        if r in seen_hbm:
+            return
         if not isinstance(r, HbmRef) or r.offset < 0 or any(d < 0 for d in r.shape) or len(r.shape) != len(r.strides):
             raise _Bad(f"malformed HBM reference {r!r}")
         if r.numel == 0:
@@ -350,10 +435,14 @@ def _verify(program: Program, chip: Chip) -> None:
         hi = r.offset + (sum(s * (d - 1) for d, s in zip(r.shape, r.strides) if s > 0) + 1) * r.dtype.itemsize
         if lo < 0 or hi > hbm:
             raise _Bad(f"HBM reference [{lo}, {hi}) outside the program's {hbm}-byte image")
+        seen_hbm.add(r)
 
     def check_sram(r: Any) -> None:
+        if r in seen_sram:
+            return
         if not isinstance(r, SramRef) or r.offset < 0 or any(d < 0 for d in r.shape) or r.offset + r.nbytes > spad:
             raise _Bad(f"scratchpad reference {r!r} outside the {spad}-byte scratchpad")
+        seen_sram.add(r)
 
     for ref in program.inputs + program.outputs:
         check_hbm(ref)

@@ -419,3 +419,16 @@ def _all_reduce(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
     parallelism), on every chip; lowered to a CollectiveLaunch, run by a multi-chip runner."""
     (x,) = ins
     return [x]
+
+
+# -- grouped matmul for transformers' MoE path (lead) -------------------------------------------
+@register("moe_matmul", "moe")
+def _moe_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x [T, K], the moe_route schedule, w [E, N, K] -> per routed slot w[e] @ x[token]:
+    [slots + 1, N] (last row: the pad rows' dump). One projection of a grouped MoE matmul."""
+    x, tile_e, tile_tok, tile_slot, w = ins
+    if x.rank != 2 or w.rank != 3 or w.shape[2] != x.shape[1]:
+        raise IRTypeError(f"moe_matmul: weights {w} do not match the rows {x} (w is [experts, out, in])")
+    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
+        raise IRTypeError("moe_matmul: inconsistent routing tables")
+    return [TensorType((attrs["slots"] + 1, w.shape[1]), _same_dtype("moe_matmul", [x, w]))]

@@ -573,3 +573,51 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
     y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
     wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
     return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})
+
+
+# -- transformers' own MoE experts path: sort, histc, cumsum, grouped_mm (lead) ----------------------
+@aten("histc.default")
+def _histc(cx: Cx, x: Value, bins: int = 100, min: float = 0.0, max: float = 0.0) -> Value | None:
+    """Counts per bin, as torch computes them on the CPU: bin = floor((x - min) * bins / (max - min)),
+    x == max in the last bin, values outside [min, max] dropped. A one-hot compare against the bin
+    ids summed over the elements (vector engine), so nothing data-dependent is left."""
+    if max <= min or not x.dtype.is_float:
+        return None  # min == max takes the data's range: data-dependent edges
+    flat = cx.emit("reshape", [cx.cast(x, DType.fp32)], {"shape": [x.type.numel, 1]})
+    lo, hi = cx.const(float(min), DType.fp32), cx.const(float(max), DType.fp32)
+    pos = cx.emit("div", [cx.emit("mul", [cx.emit("sub", [flat, lo]), cx.const(float(bins), DType.fp32)]),
+                          cx.const(float(max - min), DType.fp32)])
+    b = cx.emit("minimum", [cx.emit("floor", [pos]), cx.const(float(bins - 1), DType.fp32)])
+    valid = cx.emit("and", [cx.emit("ge", [flat, lo]), cx.emit("le", [flat, hi])])
+    ids = cx.const(np.arange(bins, dtype=np.float32).reshape(1, bins), DType.fp32)
+    hit = cx.emit("and", [cx.emit("eq", [b, ids]), valid])
+    counts = cx.emit("reduce", [cx.cast(hit, DType.fp32)], {"kind": "sum", "axes": [0], "keepdim": False})
+    return cx.cast(counts, cx.out_dtype())
+
+
+@aten("grouped_mm_fallback.default")
+def _grouped_mm(cx: Cx, x: Value, w: Value, offs: Value) -> Value | None:
+    """transformers::grouped_mm_fallback: rows of x [S, K], sorted by expert, times their group's
+    w [E, K, N]; offs [E] the groups' cumulative ends. Each row's expert (the offsets at or before
+    it) goes through moe_route into the grouped-matmul schedule, and moe_matmul runs only the
+    routed experts' weights; rows past offs[-1] (expert-parallel sentinels) come out zero, as in
+    the reference loop."""
+    if x.type.rank != 2 or w.type.rank != 3 or offs.type.rank != 1:
+        return None
+    s, k = x.shape
+    e, _, n = w.shape
+    if s == 0:
+        return None
+    rows_i = cx.const(np.arange(s, dtype=np.int64).reshape(s, 1), DType.int64)
+    ends = cx.emit("reshape", [cx.cast(offs, DType.int64)], {"shape": [1, e]})
+    before = cx.cast(cx.emit("le", [ends, rows_i]), DType.fp32)  # [S, E]: groups ending at or before row i
+    expert = cx.cast(cx.emit("reduce", [before], {"kind": "sum", "axes": [1], "keepdim": True}), DType.int64)
+    expert = cx.emit("minimum", [expert, cx.const(np.int64(e - 1), DType.int64)])
+    rows = min(MOE_ROWS_MAX, 1 << max(0, math.ceil(s / e) - 1).bit_length())
+    route = cx.g.add_node("moe_route", [expert], {"experts": e, "rows": rows}, name=f"{cx.node.name}_route")
+    w_enk = cx.emit("permute", [cx.cast(w, x.dtype)], {"perm": [0, 2, 1]})
+    mm = cx.g.add_node("moe_matmul", [x, *route.outputs, w_enk], {"slots": s}, name=cx.node.name)
+    y = cx.emit("slice", [mm.outputs[0]], {"axis": 0, "start": 0, "end": s, "step": 1})
+    last = cx.emit("slice", [ends], {"axis": 1, "start": e - 1, "end": e, "step": 1})
+    inside = cx.emit("lt", [rows_i, last])
+    return cx.emit("where", [inside, y, cx.const(np.zeros((), x.dtype.np), x.dtype)])

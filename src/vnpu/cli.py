@@ -36,6 +36,8 @@ from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
 
 RUN_DTYPES = ("fp32", "bf16")
+MAX_COMPARE_CHIPS = 16  # chips compared side by side in one table
+MAX_CHIP_FILE_BYTES = 1 << 20  # a chip .toml is a few KiB; anything past 1 MiB is not one
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
@@ -78,10 +80,20 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _chip(name_or_path: str) -> Chip:
+    path = Path(name_or_path)
     try:
+        if path.is_dir():
+            _die(f"chip file {path} is a directory; give a chip .toml file or a preset name")
+        if path.is_file() and path.stat().st_size > MAX_CHIP_FILE_BYTES:
+            _die(f"chip file {path} is {path.stat().st_size:,} bytes; a chip file is at most "
+                 f"{MAX_CHIP_FILE_BYTES:,} bytes of TOML")
         return load_chip(name_or_path)
     except ChipError as e:
         _die(e)
+    except UnicodeDecodeError:
+        _die(f"chip file {path} is not text (not UTF-8); a chip file is TOML")
+    except OSError as e:
+        _die(f"cannot read chip file {path}: {e.strerror or e}")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -452,27 +464,24 @@ def generate(
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
     token, tokens/s, decode HBM utilization, KV-cache and weight memory, and energy per token."""
     from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, check_sampling, get_llm
+    from vnpu.workloads.llm_zoo import UnknownLLMError, check_generation, check_sampling, get_llm
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
         _die(f"unsupported dtype {dtype!r}; vnpu generate takes {' or '.join(RUN_DTYPES)}")
-    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch),
-                     ("--chips", chips)):
-        if val < 1:
-            _die(f"{opt} must be a positive integer, got {val}")
     if top_k < 0:
         _die(f"--top-k must be 0 (greedy) or a positive integer, got {top_k}")
-    _check_output(json_path, "--json")
-    c = _chip(chip)
     try:
         spec = get_llm(model)
     except UnknownLLMError as e:
         _die(e)
-    try:
+    try:  # every size before anything is built: context, batch, chips, sampling
+        check_generation(spec, prompt_len, max_new_tokens, batch, chips)
         check_sampling(top_k or None, temperature, spec.config["vocab_size"], seed)
     except ValueError as e:
         _die(e)
+    _check_output(json_path, "--json")
+    c = _chip(chip)
     err, out = _console(stderr=True), _console()
     where = f"{chips} x {c.name}" if chips > 1 else c.name
     try:
@@ -507,20 +516,23 @@ def compare(
     instructions; a 2048-token prompt takes about a minute to simulate on h20.)"""
     from vnpu.runtime.llm import chips_needed
     from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+    from vnpu.workloads.llm_zoo import UnknownLLMError, check_generation, get_llm, valid_chip_counts
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
         _die(f"unsupported dtype {dtype!r}; vnpu compare takes {' or '.join(RUN_DTYPES)}")
-    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch)):
-        if val < 1:
-            _die(f"{opt} must be a positive integer, got {val}")
     names = [n.strip() for n in chips.split(",") if n.strip()]
     if not names:
         _die("--chips: give at least one chip")
+    if len(names) > MAX_COMPARE_CHIPS:
+        _die(f"--chips lists {len(names)} chips; compare takes at most {MAX_COMPARE_CHIPS}")
     try:
-        get_llm(model)
+        spec = get_llm(model)
     except UnknownLLMError as e:
+        _die(e)
+    try:
+        check_generation(spec, prompt_len, max_new_tokens, batch)
+    except ValueError as e:
         _die(e)
     _check_output(json_path, "--json")
     chip_objs = [_chip(n) for n in names]
@@ -529,6 +541,8 @@ def compare(
     for c in chip_objs:
         try:
             n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name)
+            if n not in valid_chip_counts(spec):  # more than the model splits over: generate says what fits
+                n = max(valid_chip_counts(spec))
             with _quiet_warnings(), _step(err, f"{model} on {n} x {c.name}"):
                 reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n))
         except (ValueError, MemoryError) as e:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -38,11 +39,50 @@ from vnpu.dtypes import DType
 RUN_DTYPES = ("fp32", "bf16")
 MAX_COMPARE_CHIPS = 16  # chips compared side by side in one table
 MAX_CHIP_FILE_BYTES = 1 << 20  # a chip .toml is a few KiB; anything past 1 MiB is not one
+MAX_STUDY_FILE_BYTES = 16 << 20  # SCALE-Sim topology / .cfg files
+MAX_STUDY_LAYERS = 100_000
+MAX_STUDY_FOLDS = 1 << 20  # per layer: ~1 min of simulation (16384 folds take ~1 s)
+MAX_BANDWIDTH_WORDS = 1e6
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """Click's usage errors (a malformed number, an unknown option, a missing argument) as one
+    `error:` line with exit code 2, like every other bad input, instead of a usage block."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:  # typer 0.29 carries its own copy of click
+            from typer._click import exceptions as cx
+        except ImportError:  # pragma: no cover - typer on the click package
+            from click import exceptions as cx
+
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except cx.NoArgsIsHelpError as e:
+            if not standalone_mode:
+                raise
+            e.show()
+            sys.exit(e.exit_code)
+        except cx.ClickException as e:
+            if not standalone_mode:
+                raise
+            hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+            typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
     name="vnpu",
+    cls=_OneLineErrors,
     help="vnpu: a simulated AI inference chip, its compiler from PyTorch and its simulator.",
     no_args_is_help=True,
     add_completion=False,
@@ -253,6 +293,8 @@ def run(
     dt = DType(dt_name)
     if batch < 1:
         _die(f"--batch must be a positive integer, got {batch}")
+    if top < 0:
+        _die(f"--top must be 0 or a positive integer (kernels listed individually), got {top}")
     _check_output(json_path, "--json")
     _check_output(trace_path, "--trace")
     c = _chip(chip)
@@ -285,13 +327,14 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
     from vnpu.report.numerics import compare
     from vnpu.run_sources import model_errors
     from vnpu.report.trace import timing_trace, write_trace
+    from vnpu.sim.device import HostMemoryError
 
     out, err = _console(), _console(stderr=True)
 
     workload = source
     try:
         with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
-            source.build(batch)
+            source.build(batch, chip)
         with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
             cm = source.compile(chip, dt, strict)
     except (MissingExtraError, *model_errors()) as e:
@@ -334,6 +377,8 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
             eager_s = s_eager.seconds
             numerics = compare(outs, ref, dt)
             numerics.reference = source.reference_label
+    except HostMemoryError as e:  # the simulated HBM image fits the chip, not this host
+        raise _Fail(f"{workload.name} (batch {batch}, {dt.value}): {e}") from None
     except MemoryError as e:  # the simulated HBM image does not fit the chip
         raise _Fail(f"{workload.name} (batch {batch}, {dt.value}) is too large for {chip.name}: {e}") from None
     assert profile is not None
@@ -396,19 +441,44 @@ def import_topology(
     The .cfg becomes one R x C array with SCALE-Sim's dataflow, fold-by-fold timing and
     mapping (docs/timing.md); each layer is compiled and simulated in timing-only mode.
     """
-    from vnpu.chip.scalesim_cfg import read_scalesim_cfg
-    from vnpu.frontends.scalesim import TopologyError
-    from vnpu.topology_study import run_scalesim_study
+    import math
+
+    from vnpu.chip.scalesim_cfg import WORD_BYTES, chip_from_scalesim, read_scalesim_cfg
+    from vnpu.compiler import CompileError
+    from vnpu.frontends.scalesim import TopologyError, read_topology
+    from vnpu.topology_study import run_topology, spatio_temporal
 
     _check_output(json_path, "--json")
-    if bandwidth is not None and bandwidth <= 0:
-        _die(f"--bandwidth must be positive, got {bandwidth}")
+    if bandwidth is not None and not (0 < bandwidth <= MAX_BANDWIDTH_WORDS):
+        _die(f"--bandwidth must be a positive number of words per cycle up to {MAX_BANDWIDTH_WORDS:g}, got {bandwidth}")
+    for what, path in (("topology", topology), ("--scale-config", scale_config)):
+        if path.is_file() and path.stat().st_size > MAX_STUDY_FILE_BYTES:
+            _die(f"{what} {path} is {path.stat().st_size:,} bytes; vnpu reads study files of at most "
+                 f"{MAX_STUDY_FILE_BYTES:,} bytes")
     t0 = time.perf_counter()
     try:
         arch = read_scalesim_cfg(scale_config)
-        chip, rows = run_scalesim_study(topology, scale_config, gemm, bandwidth)
+        chip = chip_from_scalesim(arch, bandwidth)
+        layers = read_topology(topology, gemm)
+        if len(layers) > MAX_STUDY_LAYERS:
+            _die(f"{topology} has {len(layers):,} layers (depthwise layers count once per channel); "
+                 f"a study takes at most {MAX_STUDY_LAYERS:,}")
+        mx = chip.core.matrix
+        for layer in layers:  # sizes before anything is compiled
+            operands = (layer.m * layer.k + layer.k * layer.n + layer.m * layer.n) * WORD_BYTES
+            sr, sc, _ = spatio_temporal(layer, mx.dataflow)
+            folds = math.ceil(sr / mx.rows) * math.ceil(sc / mx.cols)
+            if operands > chip.hbm.bytes:
+                _die(f"{topology}: layer {layer.name} (M={layer.m}, N={layer.n}, K={layer.k}) needs "
+                     f"{operands / 2**30:.1f} GiB of operands; the study's memory holds {chip.hbm.bytes / 2**30:.0f} GiB")
+            if folds > MAX_STUDY_FOLDS:
+                _die(f"{topology}: layer {layer.name} (M={layer.m}, N={layer.n}, K={layer.k}) takes {folds:,} folds "
+                     f"of the {mx.rows}x{mx.cols} array; a layer may take at most {MAX_STUDY_FOLDS:,}")
+        rows = run_topology(layers, chip)
     except (ChipError, TopologyError) as e:
         _die(e)
+    except CompileError as e:
+        _die(f"cannot compile a layer of {topology}: {e}")
     wall = time.perf_counter() - t0
     from rich.table import Table
 

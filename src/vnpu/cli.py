@@ -120,6 +120,9 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _chip(name_or_path: str) -> Chip:
+    if len(name_or_path) > 4096:  # past PATH_MAX: neither a preset name nor a path
+        _die(f"unknown chip {name_or_path[:40]!r}... ({len(name_or_path):,} characters); presets: "
+             f"{', '.join(list_presets())}, or pass a path to a .toml chip file")
     path = Path(name_or_path)
     try:
         if path.is_dir():

@@ -38,13 +38,18 @@ def _in_empty_dir(tmp_path, monkeypatch):
     assert sorted(os.listdir(work)) == [], "a refused command created files in the working directory"
 
 
-def refused(args: list[str], *needles: str) -> str:
-    """Runs the CLI in-process; asserts a clean refusal and returns its error line."""
+def refused(args: list[str], *needles: str, after_steps: bool = False) -> str:
+    """Runs the CLI in-process; asserts a clean refusal and returns its error line. With
+    `after_steps`, the refusal may follow completed `✓ step` lines (a check that needs the
+    compiled program); otherwise the error is all there is on stderr."""
     r = runner.invoke(app, args)
     assert "Traceback" not in r.output, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert r.exit_code == 2, (args, r.exit_code, r.output)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    if after_steps:
+        assert all(ln.startswith("✓ ") for ln in lines[:-1]), r.stderr
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
@@ -407,6 +412,18 @@ def test_functional_device_refuses_an_hbm_image_the_host_cannot_hold():
     with pytest.raises(HostMemoryError, match="--timing-only"):
         Device(chip, 1 << 46, functional=True)
     assert Device(chip, 1 << 46, functional=False).hbm.nbytes == 0
+
+
+def test_run_functional_image_over_host_memory_says_timing_only(monkeypatch):
+    """With the host's available memory pretended to be 64 MiB, a functional `vnpu run mlp` needs
+    more (32 cores x 2 MiB of scratchpad alone are 64 MiB): refused, naming --timing-only; the
+    timing-only run allocates no image and succeeds."""
+    import vnpu.sim.device as device
+
+    monkeypatch.setattr(device, "host_available_bytes", lambda: 64 << 20)
+    refused(["run", "mlp"], "host memory", "--timing-only", after_steps=True)
+    r = runner.invoke(app, ["run", "mlp", "--timing-only"])
+    assert r.exit_code == 0, r.output
 
 
 # -- real subprocesses: one per command, memory bounded ----------------------------------------------

@@ -55,12 +55,16 @@ def host_available_bytes() -> int:
         return 0
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def check_host_memory(nbytes: int, what: str) -> None:
     """HostMemoryError unless `nbytes` fits in HOST_MEMORY_SHARE of the host's available memory."""
     avail = host_available_bytes()
     if avail and nbytes > HOST_MEMORY_SHARE * avail:
-        raise HostMemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB of host memory; the host has "
-                              f"{avail / 2**30:.2f} GiB available (at most {HOST_MEMORY_SHARE:.0%} of it is used): "
+        raise HostMemoryError(f"{what} needs {_size(nbytes)} of host memory; the host has "
+                              f"{_size(avail)} available (at most {HOST_MEMORY_SHARE:.0%} of it is used): "
                               "run it timing-only (--timing-only), or with a smaller batch or input")
 
 
@@ -73,7 +77,7 @@ class Device:
             raise MemoryError(f"program needs {hbm_bytes / 2**30:.2f} GiB of HBM; {chip.name} has {chip.hbm.bytes / 2**30:.2f} GiB")
         if functional:  # the HBM image and the scratchpads the cores may touch live in host memory
             check_host_memory(hbm_bytes + chip.cores * chip.core.scratchpad.bytes,
-                              f"a functional simulation of {hbm_bytes / 2**30:.2f} GiB of {chip.name} HBM")
+                              f"a functional simulation of {_size(hbm_bytes)} of {chip.name} HBM")
         self.chip = chip
         self.functional = functional
         self.hbm = np.zeros(hbm_bytes, np.uint8) if functional else np.zeros(0, np.uint8)

@@ -233,14 +233,18 @@ def test_generate_flags(args, needles):
     refused(["generate", "qwen3-tiny", *args], *needles)
 
 
-def test_generate_kv_cache_too_big_names_what_fits():
-    """Qwen3-8B, bf16, batch 64 x 40002 tokens (a 65536-slot cache): KV = 2 x 36 layers x 64 x 8 heads
-    x 65536 x 128 x 2 B = 576 GiB next to 15.3 GiB of weights on a 96 GiB chip. Free: 80.7 GiB =
-    2**36 x 1.26; one sequence's 65536-slot cache is 9 GiB, so 8 sequences fit; at batch 64, a
-    cache of 8192 slots (72 GiB) fits and 16384 does not: prompts up to 8192 - 2 = 8190."""
-    line = refused(["generate", "qwen3-8b", "--prompt-len", "40000", "--max-new-tokens", "2", "--batch", "64"],
-                   "needs at least 8 chips")
-    assert "prompts of at most 8190 tokens" in line and "a batch of at most 8" in line
+def test_generate_kv_cache_too_big_names_what_fits(tmp_path):
+    """qwen3-tiny (V 512, H 128, MLP 256, 2 layers, 4 Q / 2 KV heads of 32, untied) has
+    2 x 512 x 128 + 2 x (128x128 + 2 x 128x64 + 128x128 + 2 x 32 + 3 x 128x256 + 2 x 128) + 128
+    = 426,752 parameters: 853,504 bytes in bf16. On a chip with 4 MiB of HBM that leaves
+    3,340,800 bytes. A sequence's KV cache is 2 x 2 layers x 2 heads x 32 x 2 B = 512 B a slot;
+    400 + 2 tokens take a 512-slot cache (262,144 B): 12 sequences fit. At batch 64, 64 slots
+    (2 MiB) fit and 128 (4 MiB) do not: prompts of at most 64 - 2 = 62 tokens."""
+    chip = tmp_path / "small.toml"
+    chip.write_text(_edit("bytes = 103079215104", f"bytes = {4 << 20}"))
+    line = refused(["generate", "qwen3-tiny", "--prompt-len", "400", "--max-new-tokens", "2", "--batch", "64",
+                    "--chip", str(chip)], "KV cache", "of HBM")
+    assert "prompts of at most 62 tokens" in line and "a batch of at most 12 " in line, line
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -282,8 +286,11 @@ Dataflow : os
     ("Layer,M,N,K,\ng,4,8,8,\n", CFG.format(r=32), ["--gemm", "--bandwidth", "-1"], ["--bandwidth"]),
     ("Layer,M,N,K,\ng,4,8,8,\n", CFG.format(r=32), ["--gemm", "--bandwidth", "inf"], ["--bandwidth"]),
     ("Layer,M,N,K,\ng,4,8,8,\n", CFG.format(r=32), [], ["expected 8 columns"]),
+    ("name,ih,iw,fh,fw,c,nf,s,\nDPconv,8,8,3,3,10000000,1,1,\n", CFG.format(r=32), [],
+     ["10,000,000 channels", "at most 100,000 layers"]),
 ], ids=["empty-csv", "negative-dim", "malformed-dim", "operands-over-memory", "too-many-folds", "empty-cfg",
-        "huge-array", "malformed-array", "negative-bandwidth", "inf-bandwidth", "conv-csv-without-gemm"])
+        "huge-array", "malformed-array", "negative-bandwidth", "inf-bandwidth", "conv-csv-without-gemm",
+        "depthwise-channels-over-layer-limit"])
 def test_import_topology_refused(csv, cfg, extra, needles, tmp_path):
     t, c = tmp_path / "t.csv", tmp_path / "a.cfg"
     t.write_text(csv)

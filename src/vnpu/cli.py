@@ -40,7 +40,7 @@ RUN_DTYPES = ("fp32", "bf16")
 MAX_COMPARE_CHIPS = 16  # chips compared side by side in one table
 MAX_CHIP_FILE_BYTES = 1 << 20  # a chip .toml is a few KiB; anything past 1 MiB is not one
 MAX_STUDY_FILE_BYTES = 16 << 20  # SCALE-Sim topology / .cfg files
-MAX_STUDY_LAYERS = 100_000
+MAX_STUDY_LAYERS = 100_000  # rows of a GEMM topology (read_topology bounds depthwise expansion alike)
 MAX_STUDY_FOLDS = 1 << 20  # per layer: ~1 min of simulation (16384 folds take ~1 s)
 MAX_BANDWIDTH_WORDS = 1e6
 EXIT_FAIL = 1
@@ -464,8 +464,7 @@ def import_topology(
         chip = chip_from_scalesim(arch, bandwidth)
         layers = read_topology(topology, gemm)
         if len(layers) > MAX_STUDY_LAYERS:
-            _die(f"{topology} has {len(layers):,} layers (depthwise layers count once per channel); "
-                 f"a study takes at most {MAX_STUDY_LAYERS:,}")
+            _die(f"{topology} has {len(layers):,} layers; a study takes at most {MAX_STUDY_LAYERS:,}")
         mx = chip.core.matrix
         for layer in layers:  # sizes before anything is compiled
             operands = (layer.m * layer.k + layer.k * layer.n + layer.m * layer.n) * WORD_BYTES

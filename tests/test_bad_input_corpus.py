@@ -233,6 +233,13 @@ def test_generate_flags(args, needles):
     refused(["generate", "qwen3-tiny", *args], *needles)
 
 
+def test_generate_refusal_leaves_the_json_path_untouched(tmp_path):
+    out = tmp_path / "gen.json"
+    out.write_text("previous")
+    refused(["generate", "qwen3-tiny", "--prompt-len", "10000000", "--json", str(out)], "context of 512")
+    assert out.read_text() == "previous"
+
+
 def test_generate_kv_cache_too_big_names_what_fits(tmp_path):
     """qwen3-tiny (V 512, H 128, MLP 256, 2 layers, 4 Q / 2 KV heads of 32, untied) has
     2 x 512 x 128 + 2 x (128x128 + 2 x 128x64 + 128x128 + 2 x 32 + 3 x 128x256 + 2 x 128) + 128

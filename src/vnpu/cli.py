@@ -14,7 +14,8 @@
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
 or model file, dynamic input dims without --input-shape, missing extra, unsupported dtype,
-model too large for the chip, unsupported ops under --strict, bad sampling options).
+model too large for the chip, unsupported ops under --strict, bad sampling options, a size past
+a limit: see README "Limits"; malformed flags too).
 Errors are one line on stderr, `error: ...`, without a traceback.
 """
 from __future__ import annotations

@@ -414,6 +414,22 @@ def test_generate_api_bad_prompt(prompt, match):
         generate("qwen3-tiny", prompt_len=4, max_new_tokens=2, prompt=prompt)
 
 
+@pytest.mark.parametrize("prompt,new,match", [
+    (np.zeros((1, 4), np.int64), 0, "max_new_tokens must be a positive integer"),
+    (np.zeros((1, 4), np.float32), 2, "integer token ids"),
+    (np.zeros(4, np.int64), 2, "integer token ids"),
+])
+def test_llm_session_generate_refuses(prompt, new, match):
+    from vnpu.chip import load_chip
+    from vnpu.runtime.llm import LLMSession
+    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, get_llm
+
+    sess = LLMSession(DecoderStep(build_llm(get_llm("qwen3-tiny")), 1, 64), load_chip("vnpu-v1"), "fp32", 1)
+    with pytest.raises(ValueError, match=match):
+        sess.generate(prompt, new)
+    assert sess.programs == {}  # refused before anything was compiled
+
+
 def test_functional_device_refuses_an_hbm_image_the_host_cannot_hold():
     """A 64 TiB functional image: refused with the host-memory error, not attempted. Timing-only
     devices of the same size allocate nothing."""

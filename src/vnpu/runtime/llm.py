@@ -244,7 +244,12 @@ class LLMSession:
         np.random.default_rng(seed) (workloads.llm_zoo.gumbel_noise)."""
         from vnpu.workloads.llm_zoo import gumbel_noise
 
-        prompt = np.asarray(prompt, dtype=np.int64)
+        prompt = np.asarray(prompt)
+        if prompt.ndim != 2 or prompt.dtype.kind not in "iu" or prompt.shape[1] < 1:
+            raise ValueError(f"prompt must be integer token ids [batch, length >= 1], got {prompt.dtype} {prompt.shape}")
+        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        prompt = prompt.astype(np.int64)
         b, s = prompt.shape
         if b != self.batch:
             raise ValueError(f"prompt batch {b} != session batch {self.batch}")

@@ -267,8 +267,8 @@ def version(chip: ChipOpt = DEFAULT_CHIP) -> None:
 # -- vnpu run ------------------------------------------------------------------------------
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="workload name (see `vnpu zoo`), .onnx file, .keras file or "
-                                              "SavedModel directory", metavar="MODEL")],
+    model: Annotated[str, typer.Argument(help="workload name (see `vnpu zoo`), .onnx file, .keras file, "
+                                              "SavedModel directory or saved .vnpu artifact", metavar="MODEL")],
     chip: ChipOpt = DEFAULT_CHIP,
     dtype: Annotated[str, typer.Option("--dtype", help="compute dtype: fp32 or bf16", metavar="DTYPE")] = "fp32",
     batch: Annotated[int, typer.Option("--batch", "-b", help="batch size", metavar="N")] = 1,
@@ -312,6 +312,16 @@ def run(
         source = open_source(model, parse_input_shapes(input_shape or []))
     except (UnknownWorkloadError, SourceError) as e:
         _die(e)
+    if source.family == "artifact":  # runs on the chip and at the precision it was compiled for
+        from click.core import ParameterSource
+
+        given = typer.get_current_context().get_parameter_source
+        saved = source.cm
+        if given("chip") != ParameterSource.DEFAULT and c.name != saved.chip.name:
+            _die(f"{model} was compiled for chip {saved.chip.name}, not {c.name}; recompile it for {c.name}")
+        if given("dtype") != ParameterSource.DEFAULT and dt != saved.info.dtype:
+            _die(f"{model} was compiled for {saved.info.dtype.value}, not {dt.value}; recompile it")
+        c, dt = saved.chip, saved.info.dtype
 
     try:
         code = _run(source, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top)
@@ -376,11 +386,12 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
                 outs = cm.run_numpy(source.inputs, trace=trace_path is not None)
             profile = cm.last_profile
             events = getattr(cm, "last_trace", None)
-            with _quiet_warnings(), _step(err, f"running the {source.reference_label} reference") as s_eager:
-                ref = source.reference()
-            eager_s = s_eager.seconds
-            numerics = compare(outs, ref, dt)
-            numerics.reference = source.reference_label
+            if source.reference_label:
+                with _quiet_warnings(), _step(err, f"running the {source.reference_label} reference") as s_eager:
+                    ref = source.reference()
+                eager_s = s_eager.seconds
+                numerics = compare(outs, ref, dt)
+                numerics.reference = source.reference_label
     except HostMemoryError as e:  # the simulated HBM image fits the chip, not this host
         raise _Fail(f"{workload.name} (batch {batch}, {dt.value}): {e}") from None
     except MemoryError as e:  # the simulated HBM image does not fit the chip
@@ -418,7 +429,8 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
         raise _Fail(f"cannot write {e.filename or ''}: {e.strerror or e}") from None
 
     if numerics is None:
-        out.print("[dim]timing only: numerics not checked[/]")
+        out.print("[dim]timing only: numerics not checked[/]" if timing_only else
+                  "[dim]a compiled artifact carries no model to compare with: numerics not checked[/]")
         return 0
     if numerics.passed:
         out.print(f"[bold green]PASS[/] numerics ({dt.value}: {escape(numerics.criterion)})")

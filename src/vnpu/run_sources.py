@@ -54,7 +54,7 @@ def check_input_bytes(shapes: Sequence[tuple[tuple[int, ...], int]], chip: Chip 
 
 def is_model_path(model: str) -> bool:
     p = Path(model)
-    return p.suffix in (".onnx", ".keras", ".h5") or p.is_dir() or ("/" in model and p.exists())
+    return p.suffix in (".onnx", ".keras", ".h5", ".vnpu") or p.is_dir() or ("/" in model and p.exists())
 
 
 def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -281,7 +281,45 @@ def open_source(model: str, input_shapes: Mapping[str, tuple[int, ...]]) -> RunS
         raise SourceError(f"{path}: no such file or directory")
     if path.suffix == ".onnx":
         return OnnxFileSource(path, input_shapes)
+    if path.suffix == ".vnpu":
+        if input_shapes:
+            raise SourceError(f"{path} is compiled for fixed input shapes; --input-shape does not apply")
+        return ArtifactSource(path)
     if path.suffix in (".keras", ".h5") or (path.is_dir() and (path / "saved_model.pb").exists()):
         return TensorFlowSource(path, input_shapes)
     raise SourceError(f"{path}: not a model vnpu can run; give a zoo name (vnpu zoo), a .onnx file, a .keras file "
                       "or a SavedModel directory")
+
+
+class ArtifactSource(RunSource):
+    """A saved `.vnpu` artifact: runs as compiled (its chip, precision and input shapes). It
+    carries no model code, so there is no framework reference to check numerics against."""
+
+    def __init__(self, path: Path):
+        from vnpu.runtime.artifact import ArtifactError
+
+        super().__init__(path.stem, "artifact", f"compiled artifact {path}", "")
+        self.path = path
+        try:
+            self.cm = CompiledModel.load(path)
+        except ArtifactError as e:
+            raise SourceError(str(e)) from None
+
+    def build(self, batch: int, chip: Chip | None = None) -> None:
+        shapes = [ref.shape for _, ref in self.cm.program.user_inputs()]
+        if batch != 1 and any(not s or s[0] != batch for s in shapes):
+            raise SourceError(f"{self.path} is compiled for input shapes {[list(s) for s in shapes]}; "
+                              f"recompile it for batch {batch}")
+        check_input_bytes([(ref.shape, ref.dtype.itemsize) for _, ref in self.cm.program.user_inputs()], chip,
+                          str(self.path))
+        rng = np.random.default_rng(INPUT_SEED)
+        self.inputs = [_random_input(rng, ref.shape, ref.dtype, DEFAULT_INT_BOUND) for _, ref in self.cm.program.user_inputs()]
+
+    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+        if self.cm.info.fallback_ops and strict:
+            ops = ", ".join(sorted(self.cm.info.fallback_ops))
+            raise SourceError(f"--strict: {self.path} runs {ops} on the host CPU")
+        return self.cm
+
+    def reference(self) -> list[np.ndarray]:
+        return []

@@ -147,8 +147,9 @@ def _pool2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     (pt, pb), (pl, pr) = attrs["padding"]
-    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, 1)
-    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, 1)
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, dh)
+    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, dw)
     return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
 
 

@@ -1,6 +1,8 @@
-"""2-D max / average pooling on the vector engine.
+"""2-D max / average / sum pooling on the vector engine.
 
-Padding is explicit (legalize pads with -inf for max, 0 for avg with count_include_pad).
+Padding is explicit (legalize pads with -inf for max, 0 for avg and sum). "sum" is the
+window sum: frontends scale it by a per-window divisor map where the divisor varies
+(count_include_pad=False, ceil_mode), or chain it over axes (3-D pooling).
 Each tile loads one strided window view of the input, [n_t, c_t, oh_t, ow_t, kh, kw] with
 strides [sN, sC, sh*sH, sw*sW, sH, sW], into a [n_t, c_t, oh_t, ow_t, kh*kw] scratchpad
 tile (the DMA engine reads the window box once and expands it), then reduces the last
@@ -23,14 +25,14 @@ def pool2d_kernel(ctx: KernelContext) -> KernelLaunch:
     x, out = ctx.inputs[0], ctx.outputs[0]
     a = ctx.node.attrs
     kind = a["kind"]
-    if kind not in ("max", "avg"):
+    if kind not in ("max", "avg", "sum"):
         raise NotImplementedError(f"pool2d kind {kind!r}")
     sh, sw, dh, dw = _check_attrs(ctx)
     kh, kw = a["kernel"]
     khw = kh * kw
     n, c, oh, ow = out.shape
     sN, sC, sH, sW = x.strides
-    per_elem = 2 * khw * x.dtype.itemsize + 2 * out.dtype.itemsize + (4 if kind == "avg" else 0)
+    per_elem = 2 * khw * x.dtype.itemsize + 2 * out.dtype.itemsize + (4 if kind != "max" else 0)
     tiles = []
     cache: dict[tuple, int] = {}
     for (n0, c0, h0, w0), (tn, tc, th, tw) in box_tiles((n, c, oh, ow), tile_budget(ctx, per_elem, out.numel)):
@@ -46,7 +48,7 @@ def pool2d_kernel(ctx: KernelContext) -> KernelLaunch:
     bufs: dict[str, SramRef] = {}
 
     def setup(b) -> None:
-        if kind == "avg":
+        if kind != "max":
             mx = max((t.out_shape for t in tiles), key=math.prod)
             bufs["sum"] = b.alloc(DType.fp32, mx + (1,))
 
@@ -57,7 +59,7 @@ def pool2d_kernel(ctx: KernelContext) -> KernelLaunch:
         else:
             s = sub_ref(bufs["sum"], shape + (1,))
             b.emit(VecOp("reduce_sum", s, (loaded[0],), waits=waits))
-            b.emit(VecOp("mul", out_t, (sub_ref(s, shape), 1.0 / khw), signal=signal))
+            b.emit(VecOp("mul", out_t, (sub_ref(s, shape), 1.0 / khw if kind == "avg" else 1.0), signal=signal))
 
     flops = out.numel * khw
     min_bytes = x.footprint_bytes() + out.numel * out.dtype.itemsize

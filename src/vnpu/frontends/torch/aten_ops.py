@@ -6,12 +6,14 @@ Python objects otherwise) and returns the result Value(s), or None to fall back 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
 import torch
 
 from vnpu.dtypes import DType, torch_to_dtype
+from vnpu.frontends import spatial
 from vnpu.frontends.torch.importer import ImportContext as Cx, aten
 from vnpu.ir.graph import Value
 
@@ -169,14 +171,15 @@ def _linear(cx: Cx, x: Value, w: Value, bias: Value | None = None) -> Value:
 @aten("convolution.default")
 def _conv(cx: Cx, x: Value, w: Value, bias: Value | None, stride: list, padding: list, dilation: list,
           transposed: bool, output_padding: list, groups: int) -> Value | None:
-    if transposed or x.type.rank != 4:
-        return None  # conv1d/3d and transposed convolutions run on the host
-    attrs = {"stride": tuple(stride), "padding": ((padding[0], padding[0]), (padding[1], padding[1])),
-             "dilation": tuple(dilation), "groups": groups}
-    y = cx.emit("conv2d", [x, w], attrs)
-    if bias is not None:
-        y = cx.emit("add", [y, cx.emit("reshape", [bias], {"shape": [bias.shape[0], 1, 1]})])
-    return y
+    """1-D, 2-D and 3-D convolution and transposed convolution (frontends/spatial.py)."""
+    nd = x.type.rank - 2
+    if not 1 <= nd <= 3:
+        return None
+    stride, dilation = _per_dim(stride, nd), _per_dim(dilation, nd)
+    pads = [(p, p) for p in _per_dim(padding, nd)]
+    if transposed:
+        return spatial.conv_transpose(cx, x, w, bias, stride, pads, dilation, _per_dim(output_padding, nd), groups)
+    return spatial.conv(cx, x, w, bias, stride, pads, dilation, groups)
 
 
 @aten("_native_batch_norm_legit_no_training.default")
@@ -195,7 +198,7 @@ def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Valu
     return (y, mean, var)
 
 
-@aten("native_batch_norm.default", "_native_batch_norm_legit.no_stats")
+@aten("native_batch_norm.default")
 def _bn(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, training: bool, momentum: float,
         eps: float) -> tuple | None:
     if training:
@@ -251,43 +254,46 @@ def _var(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, ke
 
 
 # -- pooling ------------------------------------------------------------------------------
-@aten("max_pool2d_with_indices.default")
+def _per_dim(v: Any, nd: int) -> list[int]:
+    """A per-spatial-dim int list from an int or a 1- or nd-element list."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return [int(t) for t in (v * nd if len(v) == 1 else v)]
+
+
+def _uses_output(cx: Cx, i: int) -> bool:
+    """Whether anything reads output i of the node being lowered (a max pool's indices)."""
+    return any(u.target is operator.getitem and u.args[1] == i and u.users for u in cx.node.users)
+
+
+@aten("max_pool2d_with_indices.default", "max_pool3d_with_indices.default", "max_pool1d_with_indices.default")
 def _max_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, padding: Any = 0, dilation: Any = 1,
               ceil_mode: bool = False) -> tuple | None:
-    k = tuple(kernel) if len(kernel) == 2 else (kernel[0], kernel[0])
-    s = tuple(stride) if stride else k
-    s = s if len(s) == 2 else (s[0], s[0])
-    p = padding if isinstance(padding, (list, tuple)) else [padding, padding]
-    p = p if len(p) == 2 else [p[0], p[0]]
-    d = dilation if isinstance(dilation, (list, tuple)) else [dilation]
-    if ceil_mode or any(v != 1 for v in d):
-        return None
-    y = cx.emit("pool2d", [x], {"kind": "max", "kernel": k, "stride": s, "padding": ((p[0], p[0]), (p[1], p[1]))})
+    nd = len(kernel) if len(kernel) > 1 else x.type.rank - 2
+    if _uses_output(cx, 1) or not 1 <= nd <= 3:
+        return None  # the indices output runs on the host
+    k = _per_dim(kernel, nd)
+    s = _per_dim(stride, nd) if stride else k
+    y = spatial.pool(cx, x, "max", k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd),
+                     bool(ceil_mode))
     return (y, None)
 
 
-@aten("avg_pool2d.default")
+@aten("avg_pool2d.default", "avg_pool3d.default", "avg_pool1d.default")
 def _avg_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, padding: Any = 0, ceil_mode: bool = False,
               count_include_pad: bool = True, divisor_override: Any = None) -> Value | None:
-    k = tuple(kernel) if len(kernel) == 2 else (kernel[0], kernel[0])
-    s = tuple(stride) if stride else k
-    p = padding if isinstance(padding, (list, tuple)) else [padding, padding]
-    p = p if len(p) == 2 else [p[0], p[0]]
-    if ceil_mode or divisor_override or (not count_include_pad and any(p)):
+    nd = len(kernel) if len(kernel) > 1 else x.type.rank - 2
+    if not 1 <= nd <= 3:
         return None
-    return cx.emit("pool2d", [x], {"kind": "avg", "kernel": k, "stride": tuple(s), "padding": ((p[0], p[0]), (p[1], p[1]))})
+    k = _per_dim(kernel, nd)
+    s = _per_dim(stride, nd) if stride else k
+    return spatial.pool(cx, x, "avg", k, s, [(p, p) for p in _per_dim(padding, nd)], None, bool(ceil_mode),
+                        bool(count_include_pad), int(divisor_override) if divisor_override else None)
 
 
-@aten("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default")
+@aten("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool3d.default",
+      "adaptive_avg_pool3d.default", "adaptive_avg_pool1d.default")
 def _adaptive_avg(cx: Cx, x: Value, out_size: list) -> Value | None:
-    h, w = x.shape[2], x.shape[3]
-    oh, ow = out_size
-    if (oh, ow) == (1, 1):
-        return cx.emit("reduce", [x], {"kind": "mean", "axes": [2, 3], "keepdim": True})
-    if h % oh or w % ow:
-        return None
-    k = (h // oh, w // ow)
-    return cx.emit("pool2d", [x], {"kind": "avg", "kernel": k, "stride": k, "padding": ((0, 0), (0, 0))})
+    return spatial.adaptive_pool(cx, x, "avg", list(out_size))
 
 
 # -- gather ----------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
 def _index(cx: Cx, x: Value, indices: list) -> Value | None:
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].dtype == DType.bool:
-        return None
+        return _index_separable(cx, x, indices)
     return cx.emit("gather", [x, live[0][1]], {"axis": live[0][0]})
 
 
@@ -573,3 +579,118 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
     y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
     wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
     return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})
+
+
+# -- spatial ops: conv/pool/norm/interpolate (kernels) --------------------------------------------
+def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
+    """x[..., i0, i1, ...] with several constant index tensors that form an outer product (each
+    varies along its own axis of the broadcast index shape, as reflect / replicate padding and
+    nearest / linear upsampling decompose): one gather per indexed axis."""
+    live = [(a, v) for a, v in enumerate(indices) if v is not None]
+    axes = [a for a, _ in live]
+    if (len(live) < 2 or axes != list(range(axes[0], axes[0] + len(axes)))
+            or not all(isinstance(v, Value) and v.is_const and not v.dtype.is_float and v.dtype != DType.bool
+                       for _, v in live)):
+        return None
+    arrs = np.broadcast_arrays(*(np.asarray(v.data).astype(np.int64) for _, v in live))
+    if arrs[0].ndim != len(live):
+        return None
+    y = x
+    for k, (a, arr) in enumerate(zip(axes, arrs)):
+        vec = np.moveaxis(arr, k, 0).reshape(arr.shape[k], -1)[:, 0]
+        shape = [1] * arr.ndim
+        shape[k] = arr.shape[k]
+        if not np.array_equal(np.broadcast_to(vec.reshape(shape), arr.shape), arr):
+            return None  # not an outer product
+        vec = np.where(vec < 0, vec + x.shape[a], vec)
+        if not np.array_equal(vec, np.arange(x.shape[a])):
+            y = cx.emit("gather", [y, cx.const(vec, DType.int64)], {"axis": a})
+    return y
+
+
+@aten("native_group_norm.default")
+def _native_group_norm(cx: Cx, x: Value, w: Value | None, b: Value | None, n: int, c: int, hxw: int, groups: int,
+                       eps: float) -> tuple:
+    return (spatial.group_norm(cx, x, int(groups), w, b, float(eps)), None, None)
+
+
+@aten("_native_batch_norm_legit.no_stats")
+def _bn_batch_stats(cx: Cx, x: Value, w: Value | None, b: Value | None, training: bool, momentum: float,
+                    eps: float) -> tuple | None:
+    """Batch norm with the batch's own statistics (instance norm decomposes to it on the view
+    [1, N*C, ...]): per channel over the batch and positions, then the affine."""
+    if not training or not x.dtype.is_float:
+        return None
+    y = spatial.normalize_axes(cx, x, [0] + list(range(2, x.type.rank)), float(eps))
+    per_channel = [x.shape[1]] + [1] * (x.type.rank - 2)
+    if w is not None:
+        y = cx.emit("mul", [y, cx.cast(spatial.reshape(cx, w, per_channel), x.dtype)])
+    if b is not None:
+        y = cx.emit("add", [y, cx.cast(spatial.reshape(cx, b, per_channel), x.dtype)])
+    return (y, None, None)
+
+
+def _out_spatial(cx: Cx, nd: int) -> list[int]:
+    return list(cx.meta_type().shape[-nd:])
+
+
+def _scales(scale_factors: Any, nd: int) -> list[float | None]:
+    if scale_factors is None:
+        return [None] * nd
+    sf = list(scale_factors) if isinstance(scale_factors, (list, tuple)) else [scale_factors]
+    return [float(s) if s else None for s in (sf * nd if len(sf) == 1 else sf)]
+
+
+def _upsample_nearest(exact: bool):
+    def h(cx: Cx, x: Value, output_size: Any = None, *scales: Any) -> Value:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]  # .vec: a list; .default: one float per dim
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        idx = {2 + a: spatial.torch_nearest_index(outs[a], x.shape[2 + a], sc[a], exact) for a in range(nd)}
+        return spatial.interpolate(cx, x, "nearest", dict.fromkeys(idx, None), nearest_idx=idx)
+    return h
+
+
+for _d in (1, 2, 3):
+    aten(f"upsample_nearest{_d}d.vec", f"upsample_nearest{_d}d.default")(_upsample_nearest(False))
+    aten(f"_upsample_nearest_exact{_d}d.vec", f"_upsample_nearest_exact{_d}d.default")(_upsample_nearest(True))
+
+
+def _upsample_interp(mode: str):
+    def h(cx: Cx, x: Value, output_size: Any, align_corners: bool, *scales: Any) -> Value:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        srcs = {2 + a: spatial.torch_source_coords(outs[a], x.shape[2 + a], bool(align_corners), sc[a],
+                                                   mode == "cubic") for a in range(nd)}
+        return spatial.interpolate(cx, x, mode, srcs, cubic_a=-0.75)
+    return h
+
+
+aten("upsample_linear1d.vec", "upsample_linear1d.default", "upsample_bilinear2d.vec", "upsample_bilinear2d.default",
+     "upsample_trilinear3d.vec", "upsample_trilinear3d.default")(_upsample_interp("linear"))
+aten("upsample_bicubic2d.vec", "upsample_bicubic2d.default")(_upsample_interp("cubic"))
+
+
+@aten("adaptive_max_pool2d.default", "adaptive_max_pool3d.default", "adaptive_max_pool1d.default")
+def _adaptive_max(cx: Cx, x: Value, out_size: list) -> tuple | None:
+    if _uses_output(cx, 1):
+        return None  # the indices output runs on the host
+    return (spatial.adaptive_pool(cx, x, "max", list(out_size)), None)
+
+
+def _pad_mode(mode: str):
+    def h(cx: Cx, x: Value, pad: list) -> Value:
+        pads = [(0, 0)] * x.type.rank
+        for i in range(len(pad) // 2):
+            pads[x.type.rank - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+        return spatial.pad_mode(cx, x, pads, mode)
+    return h
+
+
+for _d in (1, 2, 3):
+    aten(f"reflection_pad{_d}d.default")(_pad_mode("reflect"))
+    aten(f"replication_pad{_d}d.default")(_pad_mode("replicate"))
+aten("_pad_circular.default")(_pad_mode("circular"))

@@ -60,12 +60,17 @@ def _slice(cx: Cx, x: Value, axis: int, start: int, end: int, step: int = 1) -> 
     return cx.emit("slice", [x], {"axis": axis, "start": start, "end": end, "step": step})
 
 
-def _channel_bias(cx: Cx, y: Value, bias: Value | None, channel_axis: int = 1) -> Value:
+def _bias_column(cx: Cx, bias: Value | None, dtype: DType) -> Value | None:
+    """The bias as [O, 1, 1] for a conv2d output, emitted before the conv so that the add fuses
+    into the conv's epilogue (epilogue operands must exist before the kernel)."""
     if bias is None:
-        return y
-    shape = [bias.type.numel] + [1] * (y.type.rank - channel_axis - 1)
-    b = cx.emit("reshape", [bias], {"shape": shape}) if bias.shape != tuple(shape) else bias
-    return cx.emit("add", [y, cx.cast(b, y.dtype)])
+        return None
+    b = cx.emit("reshape", [bias], {"shape": [bias.type.numel, 1, 1]}) if bias.shape != (bias.type.numel, 1, 1) else bias
+    return cx.cast(b, dtype)
+
+
+def _add_bias(cx: Cx, y: Value, b: Value | None) -> Value:
+    return y if b is None else cx.emit("add", [y, b])
 
 
 def same_pads(auto_pad: str, spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
@@ -86,18 +91,19 @@ def conv(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Sequence[int], 
     """N-d convolution (1 to 3 spatial dims) of x [N, C, *S] with w [O, C/g, *K]."""
     nd = x.type.rank - 2
     w = cx.cast(w, x.dtype)
+    bcol = _bias_column(cx, bias, x.dtype) if nd in (1, 2) else None
     if nd == 1:
         x4 = reshape(cx, x, list(x.shape[:2]) + [1, x.shape[2]])
         w4 = reshape(cx, w, list(w.shape[:2]) + [1, w.shape[2]])
         y = cx.emit("conv2d", [x4, w4], {"stride": (1, int(stride[0])), "padding": ((0, 0), tuple(pads[0])),
                                           "dilation": (1, int(dilation[0])), "groups": int(groups)})
-        y = _channel_bias(cx, y, bias)
+        y = _add_bias(cx, y, bcol)
         return reshape(cx, y, [y.shape[0], y.shape[1], y.shape[3]])
     if nd == 2:
         y = cx.emit("conv2d", [x, w], {"stride": tuple(int(s) for s in stride),
                                         "padding": tuple(tuple(p) for p in pads),
                                         "dilation": tuple(int(d) for d in dilation), "groups": int(groups)})
-        return _channel_bias(cx, y, bias)
+        return _add_bias(cx, y, bcol)
     if nd == 3:
         return _conv3d(cx, x, w, bias, stride, pads, dilation, groups)
     raise ValueError(f"convolution over {nd} spatial dims")
@@ -117,6 +123,7 @@ def _conv3d(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Sequence[int
             taps.append(_const(cx, f"{w.name}_d{k}", np.asarray(w.data)[:, :, k], w.dtype))
         else:
             taps.append(reshape(cx, _slice(cx, w, 2, k, k + 1), list(w.shape[:2]) + list(w.shape[3:])))
+    bcol = _bias_column(cx, bias, x.dtype)
     attrs = {"stride": (int(stride[1]), int(stride[2])), "padding": ((0, 0), (0, 0)),
              "dilation": (int(dilation[1]), int(dilation[2])), "groups": int(groups)}
     images = []
@@ -127,7 +134,7 @@ def _conv3d(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Sequence[int
             planes = _slice(cx, xi, 1, k * dd, k * dd + (od - 1) * sd + 1, sd)  # [C, OD, H, W]
             y = cx.emit("conv2d", [cx.emit("permute", [planes], {"perm": [1, 0, 2, 3]}), taps[k]], attrs)
             if acc is None:
-                acc = _channel_bias(cx, y, bias)  # [OD, O, OH, OW]: the bias fuses into the first tap
+                acc = _add_bias(cx, y, bcol)  # [OD, O, OH, OW]: the bias fuses into the first tap
             else:
                 acc = cx.emit("add", [y, acc])  # fuses as the conv's residual epilogue
         assert acc is not None

@@ -149,13 +149,29 @@ def test_interpolation_is_one_matmul_per_axis() -> None:
     assert sum(getattr(l, "kind", "") == "matmul" for l in cm.program.launches) == 2
 
 
-def test_max_pool_indices_output_falls_back_to_the_host_not_wrong() -> None:
-    m = Fn(lambda x: F.max_pool2d(x, 2, return_indices=True)[1].float())
-    x = torch.randn(1, 2, 6, 6)
-    with pytest.raises(UnsupportedOpError, match="max_pool2d_with_indices"):
+@pytest.mark.parametrize("dims,kw", [
+    (2, dict(kernel_size=2)),
+    (2, dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2), ceil_mode=True)),
+    (1, dict(kernel_size=4, stride=3, padding=2, ceil_mode=True)),
+])
+def test_max_pool_indices_on_chip(dims: int, kw: dict) -> None:
+    pool = F.max_pool2d if dims == 2 else F.max_pool1d
+    m = Fn(lambda x: pool(x, return_indices=True, **kw))
+    torch.manual_seed(3)
+    x = torch.randn((2, 3, 9, 11) if dims == 2 else (2, 3, 13))
+    x[0, 0, 1] = 1.5  # ties: the first maximum in window order wins
+    cm = vnpu.compile(m, (x,), strict=True)
+    (y, idx), (ry, ridx) = cm(x), m(x)
+    assert torch.equal(y, ry)
+    assert idx.dtype == torch.int64 and torch.equal(idx, ridx)
+
+
+def test_max_pool3d_indices_fall_back_to_the_host() -> None:
+    m = Fn(lambda x: F.max_pool3d(x, 2, return_indices=True)[1])
+    x = torch.randn(1, 2, 4, 4, 4)
+    with pytest.raises(UnsupportedOpError, match="max_pool3d_with_indices"):
         vnpu.compile(m, (x,), strict=True)
-    cm = vnpu.compile(m, (x,))
-    assert torch.equal(cm(x), m(x))
+    assert torch.equal(vnpu.compile(m, (x,))(x), m(x))
 
 
 # -- models that need these ops ------------------------------------------------------------------
@@ -288,6 +304,17 @@ ONNX_CASES["Resize-cubic-exclude-outside"] = _resize_case("cubic", "half_pixel",
                                                           cubic_coeff_a=-0.5)
 for _nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
     ONNX_CASES[f"Resize-nearest-{_nm}"] = _resize_case("nearest", "half_pixel", [1, 1, 1.7, 2.5], nearest_mode=_nm)
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                   dict(kernel_shape=[2, 3], strides=[2, 1], ceil_mode=1, dilations=[2, 1])])
+def test_onnx_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
+    x = _a(2, 3, 8, 9)
+    m = _onnx_model("MaxPool", x, {}, n_out=2, **attrs)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    out = vnpu.from_onnx(m, strict=True).run_numpy([x])
+    np.testing.assert_array_equal(out[0], ref[0])
+    np.testing.assert_array_equal(out[1], ref[1])
 
 
 @pytest.mark.parametrize("name", list(ONNX_CASES))

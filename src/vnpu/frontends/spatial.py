@@ -222,17 +222,14 @@ def _pool_pass(cx: Cx, x4: Value, kind: str, kernel: tuple[int, int], stride: tu
     return cx.emit("pool2d", [x4], attrs)
 
 
-def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
-         dilation: Sequence[int] | None = None, ceil_mode: bool = False, count_include_pad: bool = True,
-         divisor_override: int | None = None) -> Value:
-    """N-d max ("max") or average ("avg") pooling with PyTorch's (and ONNX's) semantics."""
+def _pool_geometry(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
+                   dilation: Sequence[int], ceil_mode: bool) -> tuple[Value, list[int], list[tuple[int, int]]]:
+    """Output sizes and the padding that covers every window (the ceil-mode overhang of the last
+    one included; never read for max: -inf); trailing input that no window reads is cropped."""
     nd = x.type.rank - 2
-    dilation = list(dilation or [1] * nd)
     spatial = list(x.shape[2:])
     outs = [pool_out_size(spatial[a], kernel[a], stride[a], pads[a][0], pads[a][1], dilation[a], ceil_mode)
             for a in range(nd)]
-    # padding that covers the ceil-mode overhang of the last window (never read for max: -inf)
-    # (trailing input never read is cropped)
     full_pads = []
     for a in range(nd):
         need = (outs[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
@@ -240,6 +237,49 @@ def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[in
         if hi < 0:
             x = _slice(cx, x, 2 + a, 0, spatial[a] + hi)
         full_pads.append((pads[a][0], pads[a][1] if not ceil_mode and hi >= 0 else max(hi, 0)))
+    return x, outs, full_pads
+
+
+def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
+                          dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool = False
+                          ) -> tuple[Value, Value] | None:
+    """1-D / 2-D max pooling and its int64 indices: flat over each (n, c) plane (PyTorch) or over
+    the whole tensor (ONNX, whole_tensor). The indices come from pool2d's argmax kind with a
+    constant table of each window's tap indices."""
+    nd = x.type.rank - 2
+    if nd not in (1, 2):
+        return None
+    y = pool(cx, x, "max", kernel, stride, pads, dilation, ceil_mode)
+    n, c = x.shape[:2]
+    hw = [1] * (2 - nd) + list(x.shape[2:])
+    k2 = [1] * (2 - nd) + list(kernel)
+    s2 = [1] * (2 - nd) + list(stride)
+    d2 = [1] * (2 - nd) + list(dilation)
+    p2 = [(0, 0)] * (2 - nd) + [tuple(p) for p in pads]
+    x4 = reshape(cx, x, [n, c] + hw)
+    x4, outs, full_pads = _pool_geometry(cx, x4, k2, s2, p2, d2, ceil_mode)
+    rows = np.arange(outs[0])[:, None, None, None] * s2[0] + np.arange(k2[0])[None, None, :, None] * d2[0] - p2[0][0]
+    cols = np.arange(outs[1])[None, :, None, None] * s2[1] + np.arange(k2[1])[None, None, None, :] * d2[1] - p2[1][0]
+    taps = (rows * hw[1] + cols).reshape(outs[0], outs[1], k2[0] * k2[1])
+    if np.abs(taps).max() >= 1 << 24:
+        return None  # beyond fp32's exact integers
+    idx = cx.emit("pool2d", [x4, _const(cx, "pool_taps", taps, DType.fp32)],
+                  {"kind": "argmax", "kernel": tuple(k2), "stride": tuple(s2), "padding": tuple(full_pads),
+                   "dilation": tuple(d2)})
+    if whole_tensor:
+        planes = (np.arange(n * c).reshape(n, c, 1, 1) * (hw[0] * hw[1])).astype(np.int64)
+        idx = cx.emit("add", [idx, _const(cx, "plane_base", planes, DType.int64)])
+    return y, reshape(cx, idx, list(y.shape))
+
+
+def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
+         dilation: Sequence[int] | None = None, ceil_mode: bool = False, count_include_pad: bool = True,
+         divisor_override: int | None = None) -> Value:
+    """N-d max ("max") or average ("avg") pooling with PyTorch's (and ONNX's) semantics."""
+    nd = x.type.rank - 2
+    dilation = list(dilation or [1] * nd)
+    spatial = list(x.shape[2:])
+    x, outs, full_pads = _pool_geometry(cx, x, kernel, stride, pads, dilation, ceil_mode)
     # divisor per output position and axis (average pooling)
     divs = []
     for a in range(nd):

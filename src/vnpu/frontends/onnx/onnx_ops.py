@@ -396,14 +396,18 @@ def _pool(kind: str):
     def h(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         x = ins[0]
         nd = x.type.rank - 2
-        if not 1 <= nd <= 3 or (len(cx.node.output) > 1 and cx.node.output[1]):
-            return None  # MaxPool's indices output: host
+        with_indices = len(cx.node.output) > 1 and bool(cx.node.output[1])
+        if not 1 <= nd <= 3 or (with_indices and attrs.get("storage_order", 0)):
+            return None  # column-major indices: host
         k = [int(v) for v in attrs["kernel_shape"]]
         s = [int(v) for v in attrs.get("strides", [1] * nd)]
         d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
         if kind == "avg" and any(v != 1 for v in d):
             return None
+        if with_indices:  # 1-D / 2-D; 3-D runs on the host
+            return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
+                                                 whole_tensor=True)
         return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
                             bool(attrs.get("count_include_pad", 0)))
     return h

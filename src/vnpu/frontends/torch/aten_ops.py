@@ -269,13 +269,14 @@ def _uses_output(cx: Cx, i: int) -> bool:
 def _max_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, padding: Any = 0, dilation: Any = 1,
               ceil_mode: bool = False) -> tuple | None:
     nd = len(kernel) if len(kernel) > 1 else x.type.rank - 2
-    if _uses_output(cx, 1) or not 1 <= nd <= 3:
-        return None  # the indices output runs on the host
+    if not 1 <= nd <= 3:
+        return None
     k = _per_dim(kernel, nd)
     s = _per_dim(stride, nd) if stride else k
-    y = spatial.pool(cx, x, "max", k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd),
-                     bool(ceil_mode))
-    return (y, None)
+    args = (k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd), bool(ceil_mode))
+    if _uses_output(cx, 1):  # the indices (1-D / 2-D; 3-D runs on the host)
+        return spatial.max_pool_with_indices(cx, x, *args)
+    return (spatial.pool(cx, x, "max", *args), None)
 
 
 @aten("avg_pool2d.default", "avg_pool3d.default", "avg_pool1d.default")

@@ -116,6 +116,8 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "adaptive-max3d": (lambda: nn.AdaptiveMaxPool3d((2, 2, 3)), (1, 2, 4, 6, 7)),
     # padding modes
     "pad-reflect": (lambda: Fn(lambda x: F.pad(x, (1, 2, 2, 1), mode="reflect")), (1, 4, 6, 6)),
+    "unfold": (lambda: nn.Unfold(3, dilation=(1, 2), padding=1, stride=2), (1, 3, 7, 8)),
+    "unfold-2x2": (lambda: nn.Unfold(2), (2, 3, 5, 4)),
     "pad-replicate-3d": (lambda: Fn(lambda x: F.pad(x, (1, 2, 0, 1, 2, 0), mode="replicate")), (1, 2, 4, 5, 6)),
 }
 

@@ -584,9 +584,10 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
 
 # -- spatial ops: conv/pool/norm/interpolate (kernels) --------------------------------------------
 def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
-    """x[..., i0, i1, ...] with several constant index tensors that form an outer product (each
-    varies along its own axis of the broadcast index shape, as reflect / replicate padding and
-    nearest / linear upsampling decompose): one gather per indexed axis."""
+    """x[..., i0, i1, ...] with several constant index tensors that vary along disjoint axes of
+    their broadcast shape B (an outer product: reflect / replicate padding, nearest / linear
+    upsampling and unfold decompose to these): one gather per indexed axis, each with the index
+    reduced to its own axes of B, then a permute of the gathered dims into B's order."""
     live = [(a, v) for a, v in enumerate(indices) if v is not None]
     axes = [a for a, _ in live]
     if (len(live) < 2 or axes != list(range(axes[0], axes[0] + len(axes)))
@@ -594,19 +595,37 @@ def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
                        for _, v in live)):
         return None
     arrs = np.broadcast_arrays(*(np.asarray(v.data).astype(np.int64) for _, v in live))
-    if arrs[0].ndim != len(live):
-        return None
+    bshape = arrs[0].shape
+    owned: list[list[int]] = []  # per index: the axes of B it varies along
+    for arr in arrs:
+        own = [d for d in range(arr.ndim) if arr.shape[d] > 1 and not np.all(arr == np.take(arr, [0], axis=d))]
+        owned.append(own)
+    flat = [d for own in owned for d in own]
+    if len(set(flat)) != len(flat) or any(bshape[d] > 1 and d not in flat for d in range(len(bshape))):
+        return None  # not an outer product
     y = x
-    for k, (a, arr) in enumerate(zip(axes, arrs)):
-        vec = np.moveaxis(arr, k, 0).reshape(arr.shape[k], -1)[:, 0]
-        shape = [1] * arr.ndim
-        shape[k] = arr.shape[k]
-        if not np.array_equal(np.broadcast_to(vec.reshape(shape), arr.shape), arr):
-            return None  # not an outer product
-        vec = np.where(vec < 0, vec + x.shape[a], vec)
-        if not np.array_equal(vec, np.arange(x.shape[a])):
-            y = cx.emit("gather", [y, cx.const(vec, DType.int64)], {"axis": a})
-    return y
+    pos = axes[0]  # where the next indexed axis sits in y
+    for (a, _), arr, own in zip(live, arrs, owned):
+        sub = arr[tuple(slice(None) if d in own else 0 for d in range(arr.ndim))]  # dims `own`, in order
+        sub = np.where(sub < 0, sub + x.shape[a], sub)
+        if sub.ndim == 1 and np.array_equal(sub, np.arange(x.shape[a])):
+            pos += 1
+            continue
+        if sub.ndim == 0:
+            sub = sub.reshape(1)
+            own = []
+        y = cx.emit("gather", [y, cx.const(sub, DType.int64)], {"axis": pos})
+        if not own:  # a scalar index: drop the axis
+            y = cx.emit("reshape", [y], {"shape": list(y.shape[:pos]) + list(y.shape[pos + 1:])})
+        pos += len(own)
+    block = [d for d in flat]  # B's axes in the order the gathers produced them
+    perm_block = sorted(range(len(block)), key=lambda i: block[i])
+    if perm_block != list(range(len(block))):
+        lead = list(range(axes[0]))
+        perm = lead + [axes[0] + i for i in perm_block] + list(range(axes[0] + len(block), y.type.rank))
+        y = cx.emit("permute", [y], {"perm": perm})
+    out = list(x.shape[:axes[0]]) + list(bshape) + list(x.shape[axes[-1] + 1:])
+    return y if tuple(out) == y.shape else cx.emit("reshape", [y], {"shape": out})
 
 
 @aten("native_group_norm.default")

@@ -176,6 +176,28 @@ def test_max_pool3d_indices_fall_back_to_the_host() -> None:
     assert torch.equal(vnpu.compile(m, (x,))(x), m(x))
 
 
+class GridSample(nn.Module):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(x, grid, **self.kw)
+
+
+@pytest.mark.parametrize("kw", [dict(mode="bilinear", padding_mode="zeros", align_corners=False),
+                                dict(mode="bilinear", padding_mode="border", align_corners=True),
+                                dict(mode="nearest", padding_mode="zeros", align_corners=True),
+                                dict(mode="nearest", padding_mode="border", align_corners=False)])
+def test_grid_sample_matches_eager(kw: dict) -> None:
+    torch.manual_seed(4)
+    x, grid = torch.randn(2, 3, 6, 7), torch.rand(2, 5, 4, 2) * 2.4 - 1.2  # some samples outside the image
+    m = GridSample(**kw).eval()
+    cm = vnpu.compile(m, (x, grid), strict=True)
+    out, ref = cm(x, grid), m(x, grid)
+    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+
+
 # -- models that need these ops ------------------------------------------------------------------
 class TinyUNet(nn.Module):
     def __init__(self) -> None:
@@ -317,6 +339,21 @@ def test_onnx_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
     out = vnpu.from_onnx(m, strict=True).run_numpy([x])
     np.testing.assert_array_equal(out[0], ref[0])
     np.testing.assert_array_equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("attrs", [dict(mode="linear", padding_mode="zeros", align_corners=0),
+                                   dict(mode="nearest", padding_mode="border", align_corners=1)])
+def test_onnx_grid_sample_matches_onnxruntime(attrs: dict) -> None:
+    x, grid = _a(1, 2, 5, 6), (RNG.random((1, 4, 3, 2)).astype(np.float32) * 2.4 - 1.2)
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], **attrs)
+    g = helper.make_graph([node], "gs", [helper.make_tensor_value_info("x", T.FLOAT, list(x.shape)),
+                                         helper.make_tensor_value_info("g", T.FLOAT, list(grid.shape))],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [1, 2, 4, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 9
+    (ref,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "g": grid})
+    (out,) = vnpu.from_onnx(m, strict=True).run_numpy([x, grid])
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("name", list(ONNX_CASES))

@@ -493,3 +493,62 @@ def torch_nearest_index(out: int, size: int, scale: float | None, exact: bool = 
     r32 = np.float32(ratio)
     src = np.floor(((o + 0.5) if exact else o).astype(np.float32) * r32)
     return np.minimum(src.astype(np.int64), size - 1)
+
+
+# -- grid sampling -------------------------------------------------------------------------
+def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_corners: bool) -> Value | None:
+    """2-D grid sampling (PyTorch grid_sample / ONNX GridSample), bilinear or nearest, zeros or
+    border padding: the source coordinates and corner weights are elementwise ops on the grid,
+    the corners are runtime-index gathers of x's pixels (x seen as [N*H*W, C] rows), weighted
+    and summed. None for what it does not cover (bicubic, reflection, non-4-D)."""
+    if x.type.rank != 4 or grid.type.rank != 4 or grid.shape[-1] != 2 or mode not in ("bilinear", "nearest") \
+            or padding not in ("zeros", "border") or not x.dtype.is_float:
+        return None
+    n, c, h, w = x.shape
+    _, ho, wo, _ = grid.shape
+    if n * h * w >= 1 << 24:
+        return None  # pixel indices beyond fp32's exact integers
+    dt = x.dtype
+    grid = cx.cast(grid, dt)
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def unnormalize(axis: int, size: int) -> Value:
+        g = reshape(cx, _slice(cx, grid, 3, axis, axis + 1), [n, ho, wo])
+        if align_corners:
+            s = cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k((size - 1) / 2)])
+        else:
+            s = cx.emit("mul", [cx.emit("sub", [cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k(float(size))]), k(1.0)]),
+                                k(0.5)])
+        if padding == "border":
+            s = cx.emit("clamp", [s], {"min": 0.0, "max": float(size - 1)})
+        return s
+
+    ix, iy = unnormalize(0, w), unnormalize(1, h)
+    table = reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
+    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), dt)
+
+    def corner(xi: Value, yi: Value, weight: Value | None) -> Value:
+        ok = cx.emit("and", [cx.emit("and", [cx.emit("ge", [xi, k(0.0)]), cx.emit("le", [xi, k(w - 1.0)])]),
+                             cx.emit("and", [cx.emit("ge", [yi, k(0.0)]), cx.emit("le", [yi, k(h - 1.0)])])])
+        xc = cx.emit("clamp", [xi], {"min": 0.0, "max": float(w - 1)})
+        yc = cx.emit("clamp", [yi], {"min": 0.0, "max": float(h - 1)})
+        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yc, k(float(w))]), xc]), base])
+        rows = cx.emit("gather", [table, cx.cast(flat, DType.int64)], {"axis": 0})  # [N, Ho, Wo, C]
+        wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
+        return cx.emit("mul", [rows, reshape(cx, wt, [n, ho, wo, 1])])
+
+    if mode == "nearest":
+        out = corner(cx.emit("round", [ix]), cx.emit("round", [iy]), None)  # half to even, as nearbyint
+    else:
+        x0, y0 = cx.emit("floor", [ix]), cx.emit("floor", [iy])
+        x1, y1 = cx.emit("add", [x0, k(1.0)]), cx.emit("add", [y0, k(1.0)])
+        wx1, wy1 = cx.emit("sub", [ix, x0]), cx.emit("sub", [iy, y0])
+        wx0, wy0 = cx.emit("sub", [k(1.0), wx1]), cx.emit("sub", [k(1.0), wy1])
+        out = None
+        for xi, yi, wx, wy in ((x0, y0, wx0, wy0), (x1, y0, wx1, wy0), (x0, y1, wx0, wy1), (x1, y1, wx1, wy1)):
+            term = corner(xi, yi, cx.emit("mul", [wx, wy]))
+            out = term if out is None else cx.emit("add", [out, term])
+    assert out is not None
+    return cx.emit("permute", [out], {"perm": [0, 3, 1, 2]})

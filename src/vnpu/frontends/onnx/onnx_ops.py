@@ -784,3 +784,10 @@ def _upsample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     return _resize(cx, [x, None, scales_c], {"mode": "linear" if mode != "nearest" else "nearest",
                                              "coordinate_transformation_mode": "asymmetric",
                                              "nearest_mode": "floor"})
+
+
+@onnx_op("GridSample")
+def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
+    return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
+                               bool(attrs.get("align_corners", 0)))

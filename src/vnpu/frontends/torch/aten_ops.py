@@ -714,3 +714,10 @@ for _d in (1, 2, 3):
     aten(f"reflection_pad{_d}d.default")(_pad_mode("reflect"))
     aten(f"replication_pad{_d}d.default")(_pad_mode("replicate"))
 aten("_pad_circular.default")(_pad_mode("circular"))
+
+
+@aten("grid_sampler_2d.default", "grid_sampler.default")
+def _grid_sampler(cx: Cx, x: Value, grid: Value, interpolation_mode: int, padding_mode: int,
+                  align_corners: bool) -> Value | None:
+    modes, pads = {0: "bilinear", 1: "nearest", 2: "bicubic"}, {0: "zeros", 1: "border", 2: "reflection"}
+    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)], bool(align_corners))

@@ -198,6 +198,28 @@ def test_grid_sample_matches_eager(kw: dict) -> None:
     assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
 
 
+class Bag(nn.Module):
+    def __init__(self, mode: str, offsets: list[int] | None) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 6, mode=mode)
+        self.offsets = offsets
+
+    def forward(self, i: torch.Tensor) -> torch.Tensor:
+        off = torch.tensor(self.offsets) if self.offsets is not None else None
+        return self.bag(i, off)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_embedding_bag_matches_eager(mode: str, ragged: bool) -> None:
+    torch.manual_seed(5)
+    m = Bag(mode, [0, 3, 4, 8] if ragged else None).eval()
+    i = torch.randint(0, 20, (9,)) if ragged else torch.randint(0, 20, (4, 3))
+    cm = vnpu.compile(m, (i,), strict=True)
+    out, ref = cm(i), m(i)
+    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+
+
 # -- models that need these ops ------------------------------------------------------------------
 class TinyUNet(nn.Module):
     def __init__(self) -> None:

@@ -721,3 +721,41 @@ def _grid_sampler(cx: Cx, x: Value, grid: Value, interpolation_mode: int, paddin
                   align_corners: bool) -> Value | None:
     modes, pads = {0: "bilinear", 1: "nearest", 2: "bicubic"}, {0: "zeros", 1: "border", 2: "reflection"}
     return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)], bool(align_corners))
+
+
+@aten("_embedding_bag.default", "_embedding_bag_forward_only.default")
+def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_freq: bool = False, mode: int = 0,
+                   sparse: bool = False, per_sample_weights: Value | None = None, include_last_offset: bool = False,
+                   padding_idx: int = -1) -> tuple | None:
+    """Bags with constant offsets (a 2-D input's fixed-size bags, or offsets known at export): the
+    rows gathered, then each bag reduced: sum / mean as one matmul with a constant [bags, rows]
+    segment matrix, max as a reduction over the bags' rows (a shorter bag repeats its last row)."""
+    if not offsets.is_const or any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
+        return None  # offsets known only at run time: bag boundaries are data
+    n = idx.shape[0]
+    starts = [int(o) for o in np.asarray(offsets.data).reshape(-1)]
+    ends = starts[1:] + [n]
+    if include_last_offset:
+        starts, ends = starts[:-1], ends[:-1]
+    if padding_idx is not None and padding_idx >= 0:
+        return None  # rows equal to padding_idx are skipped: data dependent
+    rows = cx.emit("gather", [w, idx], {"axis": 0})  # [n, D]
+    if per_sample_weights is not None:
+        if int(mode) != 0:
+            return None
+        rows = cx.emit("mul", [rows, cx.emit("reshape", [cx.cast(per_sample_weights, rows.dtype)], {"shape": [n, 1]})])
+    bags = len(starts)
+    if int(mode) in (0, 1):
+        seg = np.zeros((bags, n), np.float32)
+        for b, (s, e) in enumerate(zip(starts, ends)):
+            if e > s:
+                seg[b, s:e] = 1.0 if int(mode) == 0 else 1.0 / (e - s)
+        y = cx.emit("matmul", [cx.const(seg, rows.dtype), rows])
+    else:
+        if any(e <= s for s, e in zip(starts, ends)):
+            return None  # an empty bag's max is 0 in PyTorch
+        lmax = max(e - s for s, e in zip(starts, ends))
+        pick = np.array([[min(s + t, e - 1) for t in range(lmax)] for s, e in zip(starts, ends)], np.int64)
+        g = cx.emit("gather", [rows, cx.const(pick, DType.int64)], {"axis": 0})  # [bags, lmax, D]
+        y = cx.emit("reduce", [g], {"kind": "max", "axes": [1], "keepdim": False})
+    return (y, None, None, None)

@@ -64,6 +64,8 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv1d-depthwise": (lambda: nn.Conv1d(6, 6, 5, padding=2, groups=6), (1, 6, 13)),
     "conv1d-reflect": (lambda: nn.Conv1d(4, 6, 3, padding=1, padding_mode="reflect"), (1, 4, 10)),
     "conv1d-replicate": (lambda: nn.Conv1d(4, 6, 5, padding=2, padding_mode="replicate"), (1, 4, 10)),
+    "conv1d-circular": (lambda: nn.Conv1d(4, 6, 3, padding=1, padding_mode="circular"), (1, 4, 10)),
+    "conv2d-circular": (lambda: nn.Conv2d(3, 4, 3, padding=(2, 1), padding_mode="circular"), (1, 3, 6, 7)),
     "conv2d-reflect": (lambda: nn.Conv2d(3, 5, 3, padding=(1, 2), padding_mode="reflect"), (1, 3, 7, 9)),
     "conv3d": (lambda: nn.Conv3d(4, 6, 3, padding=1), (1, 4, 5, 6, 7)),
     "conv3d-strided-grouped-b2": (lambda: nn.Conv3d(4, 6, (2, 3, 3), stride=(2, 1, 2), dilation=(2, 1, 1), groups=2,
@@ -260,6 +262,25 @@ def test_wav2vec2_feature_encoder_and_transformer_on_chip() -> None:
             return self.m(x).last_hidden_state
 
     _check(Hidden(model), torch.randn(1, 800))
+
+
+def test_whisper_encoder_on_chip() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                     num_mel_bins=16, max_source_positions=20, decoder_layers=1,
+                                     decoder_attention_heads=2, decoder_ffn_dim=64)
+    torch.manual_seed(0)
+    enc = transformers.WhisperModel(cfg).get_encoder().eval()
+
+    class Hidden(nn.Module):
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x).last_hidden_state
+
+    _check(Hidden(enc), torch.randn(1, 16, 40))
 
 
 # -- ONNX ------------------------------------------------------------------------------------------

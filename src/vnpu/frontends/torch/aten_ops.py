@@ -759,3 +759,30 @@ def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_f
         g = cx.emit("gather", [rows, cx.const(pick, DType.int64)], {"axis": 0})  # [bags, lmax, D]
         y = cx.emit("reduce", [g], {"kind": "max", "axes": [1], "keepdim": False})
     return (y, None, None, None)
+
+
+@aten("slice_scatter.default")
+def _slice_scatter(cx: Cx, base: Value, src: Value, dim: int = 0, start: Any = None, end: Any = None,
+                   step: int = 1) -> Value | None:
+    """base with base[start:end] along dim replaced by src (circular padding decomposes to these):
+    a concat of the kept parts of base around src."""
+    d = _dim(dim, base.type.rank)
+    n = base.shape[d]
+    s, e, _ = slice(start, end, step).indices(n)
+    if step != 1:
+        return None
+    e = max(e, s)
+    parts = []
+    if s > 0:
+        parts.append(cx.emit("slice", [base], {"axis": d, "start": 0, "end": s, "step": 1}))
+    parts.append(cx.cast(src, base.dtype))
+    if e < n:
+        parts.append(cx.emit("slice", [base], {"axis": d, "start": e, "end": n, "step": 1}))
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": d})
+
+
+@aten("copy.default")
+def _copy(cx: Cx, dst: Value, src: Value, non_blocking: bool = False) -> Value:
+    """The functional copy_: src broadcast to dst's shape, in dst's dtype."""
+    v = cx.cast(src, dst.dtype)
+    return v if v.shape == dst.shape else cx.emit("expand", [v], {"shape": list(dst.shape)})

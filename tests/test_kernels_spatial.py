@@ -369,6 +369,14 @@ for _mode in ("linear", "cubic"):
     ONNX_CASES[f"Resize-{_mode}-sizes-down"] = _resize_case(_mode, "half_pixel", sizes=[1, 2, 3, 4])
 ONNX_CASES["Resize-cubic-exclude-outside"] = _resize_case("cubic", "half_pixel", [1, 1, 1.6, 2.0], exclude_outside=1,
                                                           cubic_coeff_a=-0.5)
+for _mode in ("nearest", "linear", "cubic"):
+    ONNX_CASES[f"Resize-{_mode}-tf-crop-and-resize"] = ("Resize", (1, 2, 5, 6), {
+        "roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], np.float32), "sc": np.zeros(0, np.float32),
+        "sz": np.array([1, 2, 7, 4], np.int64)}, dict(mode=_mode, coordinate_transformation_mode="tf_crop_and_resize",
+                                                     extrapolation_value=0.5))
+ONNX_CASES["Resize-linear-axes"] = ("Resize", (1, 2, 5, 6), {"roi": np.zeros(0, np.float32),
+                                                            "sc": np.array([1.6, 0.5], np.float32)},
+                                    dict(mode="linear", axes=[2, 3]))
 for _nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
     ONNX_CASES[f"Resize-nearest-{_nm}"] = _resize_case("nearest", "half_pixel", [1, 1, 1.7, 2.5], nearest_mode=_nm)
 

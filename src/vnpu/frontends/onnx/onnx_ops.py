@@ -655,27 +655,49 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     mode = attrs.get("mode", "nearest")
     ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
     if mode not in ("nearest", "linear", "cubic") or ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners",
-                                                                 "asymmetric", "half_pixel_symmetric") \
-            or attrs.get("antialias", 0) or "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        return None  # tf_crop_and_resize, antialiasing: host
+                                                                 "asymmetric", "half_pixel_symmetric",
+                                                                 "tf_crop_and_resize") \
+            or attrs.get("antialias", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return None  # antialiasing: host
     scales_v = ins[2] if len(ins) > 2 else None
     sizes_v = ins[3] if len(ins) > 3 else None
     rank = x.type.rank
+    axes = [_axis(int(a), rank) for a in attrs.get("axes", range(rank))]
     if sizes_v is not None and sizes_v.type.numel:
-        sizes = cx.ints(sizes_v)
-        if sizes is None:
+        given = cx.ints(sizes_v)
+        if given is None:
             return None
+        sizes = list(x.shape)
+        for a, v in zip(axes, given):
+            sizes[a] = v
         scales = [s / d for s, d in zip(sizes, x.shape)]
     elif scales_v is not None and scales_v.is_const and scales_v.type.numel:
-        scales = [float(s) for s in np.asarray(scales_v.data).reshape(-1)]
+        scales = [1.0] * rank
+        for a, v in zip(axes, np.asarray(scales_v.data).reshape(-1)):
+            scales[a] = float(v)
         sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales)]
     else:
         return None
+    roi = None
+    if ctm == "tf_crop_and_resize":
+        roi_v = ins[1] if len(ins) > 1 else None
+        if roi_v is None or not roi_v.is_const:
+            return None
+        r = np.asarray(roi_v.data, np.float32).reshape(-1)  # float32 arithmetic, as onnxruntime: rounding ties agree
+        roi = {a: (r[i], r[i + len(axes)]) for i, a in enumerate(axes)}
     y = x
     for a in range(rank):
-        if sizes[a] == x.shape[a] and scales[a] == 1:
+        if sizes[a] == x.shape[a] and scales[a] == 1 and (roi is None or roi[a] == (0.0, 1.0)):
             continue
-        src = _source_coords(ctm, sizes[a], x.shape[a], scales[a])
+        if roi is not None:  # crop box [start, end] (normalized) resized to sizes[a]
+            lo, hi = roi.get(a, (0.0, 1.0))
+            lo, hi = np.float32(lo), np.float32(hi)
+            o = np.arange(sizes[a], dtype=np.float32)
+            n1 = np.float32(x.shape[a] - 1)
+            src = (lo * n1 + o * (hi - lo) * n1 / np.float32(sizes[a] - 1) if sizes[a] > 1
+                   else np.full(sizes[a], np.float32(0.5) * (lo + hi) * n1)).astype(np.float64)
+        else:
+            src = _source_coords(ctm, sizes[a], x.shape[a], scales[a])
         if mode == "nearest":
             nm = attrs.get("nearest_mode", "round_prefer_floor")
             up = scales[a]
@@ -687,6 +709,10 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         else:  # linear / cubic: one matmul with the constant interpolation matrix (frontends/spatial.py)
             y = spatial.interpolate(cx, y, mode, {a: src}, cubic_a=float(attrs.get("cubic_coeff_a", -0.75)),
                                     exclude_outside=bool(attrs.get("exclude_outside", 0)))
+        if roi is not None and (np.any(src < 0) or np.any(src > x.shape[a] - 1)):
+            outside = ((src < 0) | (src > x.shape[a] - 1)).reshape([-1 if i == a else 1 for i in range(rank)])
+            y = cx.emit("where", [cx.const(outside, DType.bool), cx.const(float(attrs.get("extrapolation_value", 0.0)),
+                                                                          y.dtype), y])
     return y
 
 

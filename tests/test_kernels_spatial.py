@@ -95,6 +95,9 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "bilinear-down": (lambda: Fn(lambda x: I(x, size=(4, 3), mode="bilinear")), (1, 3, 9, 7)),
     "bicubic-x2": (lambda: Fn(lambda x: I(x, scale_factor=2, mode="bicubic")), (1, 3, 5, 5)),
     "bicubic-align-size": (lambda: Fn(lambda x: I(x, size=(9, 7), mode="bicubic", align_corners=True)), (1, 3, 5, 6)),
+    "bilinear-antialias-down": (lambda: Fn(lambda x: I(x, scale_factor=0.5, mode="bilinear", antialias=True)),
+                                (1, 3, 8, 9)),
+    "bicubic-antialias-mixed": (lambda: Fn(lambda x: I(x, size=(3, 7), mode="bicubic", antialias=True)), (1, 3, 10, 5)),
     "trilinear": (lambda: Fn(lambda x: I(x, scale_factor=(2, 1.5, 2), mode="trilinear")), (1, 2, 3, 4, 5)),
     # pooling
     "maxpool1d": (lambda: nn.MaxPool1d(3, 2), (1, 4, 10)),

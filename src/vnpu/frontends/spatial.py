@@ -333,6 +333,11 @@ def _along(cx: Cx, x: Value, axis: int, m: np.ndarray) -> Value:
     return reshape(cx, y, lead + [m.shape[0]] + list(x.shape[axis + 1:]))
 
 
+def interpolate_matrix(cx: Cx, x: Value, axis: int, m: np.ndarray) -> Value:
+    """x resampled along `axis` by the constant [out, in] matrix m (one matmul)."""
+    return _along(cx, x, axis, m)
+
+
 def _windows(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
@@ -552,3 +557,34 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
             out = term if out is None else cx.emit("add", [out, term])
     assert out is not None
     return cx.emit("permute", [out], {"perm": [0, 3, 1, 2]})
+
+
+def antialias_matrix(out: int, size: int, align_corners: bool, scale: float | None, mode: str) -> np.ndarray:
+    """[out, size] weights of PyTorch's antialiased (PIL-style) resampling: a triangle (linear) or
+    a = -0.5 cubic filter stretched by the downscale factor, normalized per output."""
+    if align_corners:
+        ratio = (size - 1) / (out - 1) if out > 1 else 0.0
+    else:
+        ratio = 1.0 / scale if scale else size / out
+    half = 1.0 if mode == "linear" else 2.0
+    support = half * ratio if ratio >= 1.0 else half
+    inv = 1.0 / ratio if ratio >= 1.0 else 1.0
+
+    def filt(t: np.ndarray) -> np.ndarray:
+        t = np.abs(t)
+        if mode == "linear":
+            return np.maximum(1.0 - t, 0.0)
+        a = -0.5
+        return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+    m = np.zeros((out, size))
+    for i in range(out):
+        center = ratio * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), size)
+        j = np.arange(lo, hi)
+        w = filt((j - center + 0.5) * inv)
+        total = w.sum()
+        m[i, lo:hi] = w / total if total else w
+    return m

@@ -32,7 +32,8 @@ def to_core_aten(ep: "torch.export.ExportedProgram") -> "torch.export.ExportedPr
 
 # interpolation ops kept whole by to_core_aten: each is one matmul (or gather) per axis on the chip
 KEPT_WHOLE = ("upsample_bicubic2d", "upsample_linear1d", "upsample_trilinear3d", "upsample_nearest1d",
-              "upsample_nearest3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d")
+              "upsample_nearest3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+              "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
 
 
 def export_aten(model: torch.nn.Module, example_inputs: tuple) -> "torch.export.ExportedProgram":

@@ -786,3 +786,24 @@ def _copy(cx: Cx, dst: Value, src: Value, non_blocking: bool = False) -> Value:
     """The functional copy_: src broadcast to dst's shape, in dst's dtype."""
     v = cx.cast(src, dst.dtype)
     return v if v.shape == dst.shape else cx.emit("expand", [v], {"shape": list(dst.shape)})
+
+
+def _upsample_antialias(mode: str):
+    def h(cx: Cx, x: Value, output_size: Any, align_corners: bool, *scales: Any) -> Value | None:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        if align_corners:
+            return None
+        y = x
+        for a in range(nd):
+            if outs[a] != x.shape[2 + a] or sc[a] not in (None, 1.0):
+                m = spatial.antialias_matrix(outs[a], x.shape[2 + a], False, sc[a], mode)
+                y = spatial.interpolate_matrix(cx, y, 2 + a, m)
+        return y
+    return h
+
+
+aten("_upsample_bilinear2d_aa.vec", "_upsample_bilinear2d_aa.default")(_upsample_antialias("linear"))
+aten("_upsample_bicubic2d_aa.vec", "_upsample_bicubic2d_aa.default")(_upsample_antialias("cubic"))

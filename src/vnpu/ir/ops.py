@@ -143,12 +143,19 @@ def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 
 @register("pool2d", "pool")
 def _pool2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-    (x,) = ins
+    """kinds max / avg / sum, and argmax (int64 indices; a second input: the flat input index of
+    each output's window taps, [OH, OW, kh*kw])."""
+    x = ins[0]
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     (pt, pb), (pl, pr) = attrs["padding"]
-    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, 1)
-    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, 1)
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, dh)
+    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, dw)
+    if attrs["kind"] == "argmax":
+        if len(ins) != 2 or ins[1].shape != (oh, ow, kh * kw):
+            raise IRTypeError(f"pool2d argmax needs window taps [{oh}, {ow}, {kh * kw}], got {ins[1:]}")
+        return [TensorType((x.shape[0], x.shape[1], oh, ow), DType.int64)]
     return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
 
 

@@ -24,7 +24,16 @@ def to_core_aten(ep: "torch.export.ExportedProgram") -> "torch.export.ExportedPr
     as one fused attention kernel (aten_ops lowers the cases it cannot to matmul/softmax)."""
     table = torch.export.default_decompositions()
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    for op in KEPT_WHOLE:  # lowered whole (frontends/spatial.py) rather than as dozens of index/elementwise ops
+        for overload in ("vec", "default"):
+            table.pop(getattr(getattr(torch.ops.aten, op), overload), None)
     return ep.run_decompositions(table)
+
+
+# interpolation ops kept whole by to_core_aten: each is one matmul (or gather) per axis on the chip
+KEPT_WHOLE = ("upsample_bicubic2d", "upsample_linear1d", "upsample_trilinear3d", "upsample_nearest1d",
+              "upsample_nearest3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+              "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
 
 
 def export_aten(model: torch.nn.Module, example_inputs: tuple) -> "torch.export.ExportedProgram":

@@ -6,12 +6,14 @@ Python objects otherwise) and returns the result Value(s), or None to fall back 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
 import torch
 
 from vnpu.dtypes import DType, torch_to_dtype
+from vnpu.frontends import spatial
 from vnpu.frontends.torch.importer import ImportContext as Cx, aten
 from vnpu.ir.graph import Value
 
@@ -169,14 +171,15 @@ def _linear(cx: Cx, x: Value, w: Value, bias: Value | None = None) -> Value:
 @aten("convolution.default")
 def _conv(cx: Cx, x: Value, w: Value, bias: Value | None, stride: list, padding: list, dilation: list,
           transposed: bool, output_padding: list, groups: int) -> Value | None:
-    if transposed or x.type.rank != 4:
-        return None  # conv1d/3d and transposed convolutions run on the host
-    attrs = {"stride": tuple(stride), "padding": ((padding[0], padding[0]), (padding[1], padding[1])),
-             "dilation": tuple(dilation), "groups": groups}
-    y = cx.emit("conv2d", [x, w], attrs)
-    if bias is not None:
-        y = cx.emit("add", [y, cx.emit("reshape", [bias], {"shape": [bias.shape[0], 1, 1]})])
-    return y
+    """1-D, 2-D and 3-D convolution and transposed convolution (frontends/spatial.py)."""
+    nd = x.type.rank - 2
+    if not 1 <= nd <= 3:
+        return None
+    stride, dilation = _per_dim(stride, nd), _per_dim(dilation, nd)
+    pads = [(p, p) for p in _per_dim(padding, nd)]
+    if transposed:
+        return spatial.conv_transpose(cx, x, w, bias, stride, pads, dilation, _per_dim(output_padding, nd), groups)
+    return spatial.conv(cx, x, w, bias, stride, pads, dilation, groups)
 
 
 @aten("_native_batch_norm_legit_no_training.default")
@@ -195,7 +198,7 @@ def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Valu
     return (y, mean, var)
 
 
-@aten("native_batch_norm.default", "_native_batch_norm_legit.no_stats")
+@aten("native_batch_norm.default")
 def _bn(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, training: bool, momentum: float,
         eps: float) -> tuple | None:
     if training:
@@ -251,43 +254,47 @@ def _var(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, ke
 
 
 # -- pooling ------------------------------------------------------------------------------
-@aten("max_pool2d_with_indices.default")
+def _per_dim(v: Any, nd: int) -> list[int]:
+    """A per-spatial-dim int list from an int or a 1- or nd-element list."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return [int(t) for t in (v * nd if len(v) == 1 else v)]
+
+
+def _uses_output(cx: Cx, i: int) -> bool:
+    """Whether anything reads output i of the node being lowered (a max pool's indices)."""
+    return any(u.target is operator.getitem and u.args[1] == i and u.users for u in cx.node.users)
+
+
+@aten("max_pool2d_with_indices.default", "max_pool3d_with_indices.default", "max_pool1d_with_indices.default")
 def _max_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, padding: Any = 0, dilation: Any = 1,
               ceil_mode: bool = False) -> tuple | None:
-    k = tuple(kernel) if len(kernel) == 2 else (kernel[0], kernel[0])
-    s = tuple(stride) if stride else k
-    s = s if len(s) == 2 else (s[0], s[0])
-    p = padding if isinstance(padding, (list, tuple)) else [padding, padding]
-    p = p if len(p) == 2 else [p[0], p[0]]
-    d = dilation if isinstance(dilation, (list, tuple)) else [dilation]
-    if ceil_mode or any(v != 1 for v in d):
+    nd = len(kernel) if len(kernel) > 1 else x.type.rank - 2
+    if not 1 <= nd <= 3:
         return None
-    y = cx.emit("pool2d", [x], {"kind": "max", "kernel": k, "stride": s, "padding": ((p[0], p[0]), (p[1], p[1]))})
-    return (y, None)
+    k = _per_dim(kernel, nd)
+    s = _per_dim(stride, nd) if stride else k
+    args = (k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd), bool(ceil_mode))
+    if _uses_output(cx, 1):  # the indices (1-D / 2-D; 3-D runs on the host)
+        return spatial.max_pool_with_indices(cx, x, *args)
+    return (spatial.pool(cx, x, "max", *args), None)
 
 
-@aten("avg_pool2d.default")
+@aten("avg_pool2d.default", "avg_pool3d.default", "avg_pool1d.default")
 def _avg_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, padding: Any = 0, ceil_mode: bool = False,
               count_include_pad: bool = True, divisor_override: Any = None) -> Value | None:
-    k = tuple(kernel) if len(kernel) == 2 else (kernel[0], kernel[0])
-    s = tuple(stride) if stride else k
-    p = padding if isinstance(padding, (list, tuple)) else [padding, padding]
-    p = p if len(p) == 2 else [p[0], p[0]]
-    if ceil_mode or divisor_override or (not count_include_pad and any(p)):
+    nd = len(kernel) if len(kernel) > 1 else x.type.rank - 2
+    if not 1 <= nd <= 3:
         return None
-    return cx.emit("pool2d", [x], {"kind": "avg", "kernel": k, "stride": tuple(s), "padding": ((p[0], p[0]), (p[1], p[1]))})
+    k = _per_dim(kernel, nd)
+    s = _per_dim(stride, nd) if stride else k
+    return spatial.pool(cx, x, "avg", k, s, [(p, p) for p in _per_dim(padding, nd)], None, bool(ceil_mode),
+                        bool(count_include_pad), int(divisor_override) if divisor_override else None)
 
 
-@aten("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default")
+@aten("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool3d.default",
+      "adaptive_avg_pool3d.default", "adaptive_avg_pool1d.default")
 def _adaptive_avg(cx: Cx, x: Value, out_size: list) -> Value | None:
-    h, w = x.shape[2], x.shape[3]
-    oh, ow = out_size
-    if (oh, ow) == (1, 1):
-        return cx.emit("reduce", [x], {"kind": "mean", "axes": [2, 3], "keepdim": True})
-    if h % oh or w % ow:
-        return None
-    k = (h // oh, w // ow)
-    return cx.emit("pool2d", [x], {"kind": "avg", "kernel": k, "stride": k, "padding": ((0, 0), (0, 0))})
+    return spatial.adaptive_pool(cx, x, "avg", list(out_size))
 
 
 # -- gather ----------------------------------------------------------------------------------
@@ -305,7 +312,7 @@ def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
 def _index(cx: Cx, x: Value, indices: list) -> Value | None:
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].dtype == DType.bool:
-        return None
+        return _index_separable(cx, x, indices)
     return cx.emit("gather", [x, live[0][1]], {"axis": live[0][0]})
 
 
@@ -621,3 +628,230 @@ def _grouped_mm(cx: Cx, x: Value, w: Value, offs: Value) -> Value | None:
     last = cx.emit("slice", [ends], {"axis": 1, "start": e - 1, "end": e, "step": 1})
     inside = cx.emit("lt", [rows_i, last])
     return cx.emit("where", [inside, y, cx.const(np.zeros((), x.dtype.np), x.dtype)])
+
+
+# -- spatial ops: conv/pool/norm/interpolate (kernels) --------------------------------------------
+def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
+    """x[..., i0, i1, ...] with several constant index tensors that vary along disjoint axes of
+    their broadcast shape B (an outer product: reflect / replicate padding, nearest / linear
+    upsampling and unfold decompose to these): one gather per indexed axis, each with the index
+    reduced to its own axes of B, then a permute of the gathered dims into B's order."""
+    live = [(a, v) for a, v in enumerate(indices) if v is not None]
+    axes = [a for a, _ in live]
+    if (len(live) < 2 or axes != list(range(axes[0], axes[0] + len(axes)))
+            or not all(isinstance(v, Value) and v.is_const and not v.dtype.is_float and v.dtype != DType.bool
+                       for _, v in live)):
+        return None
+    arrs = np.broadcast_arrays(*(np.asarray(v.data).astype(np.int64) for _, v in live))
+    bshape = arrs[0].shape
+    owned: list[list[int]] = []  # per index: the axes of B it varies along
+    for arr in arrs:
+        own = [d for d in range(arr.ndim) if arr.shape[d] > 1 and not np.all(arr == np.take(arr, [0], axis=d))]
+        owned.append(own)
+    flat = [d for own in owned for d in own]
+    if len(set(flat)) != len(flat) or any(bshape[d] > 1 and d not in flat for d in range(len(bshape))):
+        return None  # not an outer product
+    y = x
+    pos = axes[0]  # where the next indexed axis sits in y
+    for (a, _), arr, own in zip(live, arrs, owned):
+        sub = arr[tuple(slice(None) if d in own else 0 for d in range(arr.ndim))]  # dims `own`, in order
+        sub = np.where(sub < 0, sub + x.shape[a], sub)
+        if sub.ndim == 1 and np.array_equal(sub, np.arange(x.shape[a])):
+            pos += 1
+            continue
+        if sub.ndim == 0:
+            sub = sub.reshape(1)
+            own = []
+        y = cx.emit("gather", [y, cx.const(sub, DType.int64)], {"axis": pos})
+        if not own:  # a scalar index: drop the axis
+            y = cx.emit("reshape", [y], {"shape": list(y.shape[:pos]) + list(y.shape[pos + 1:])})
+        pos += len(own)
+    block = [d for d in flat]  # B's axes in the order the gathers produced them
+    perm_block = sorted(range(len(block)), key=lambda i: block[i])
+    if perm_block != list(range(len(block))):
+        lead = list(range(axes[0]))
+        perm = lead + [axes[0] + i for i in perm_block] + list(range(axes[0] + len(block), y.type.rank))
+        y = cx.emit("permute", [y], {"perm": perm})
+    out = list(x.shape[:axes[0]]) + list(bshape) + list(x.shape[axes[-1] + 1:])
+    return y if tuple(out) == y.shape else cx.emit("reshape", [y], {"shape": out})
+
+
+@aten("native_group_norm.default")
+def _native_group_norm(cx: Cx, x: Value, w: Value | None, b: Value | None, n: int, c: int, hxw: int, groups: int,
+                       eps: float) -> tuple:
+    return (spatial.group_norm(cx, x, int(groups), w, b, float(eps)), None, None)
+
+
+@aten("_native_batch_norm_legit.no_stats")
+def _bn_batch_stats(cx: Cx, x: Value, w: Value | None, b: Value | None, training: bool, momentum: float,
+                    eps: float) -> tuple | None:
+    """Batch norm with the batch's own statistics (instance norm decomposes to it on the view
+    [1, N*C, ...]): per channel over the batch and positions, then the affine."""
+    if not training or not x.dtype.is_float:
+        return None
+    y = spatial.normalize_axes(cx, x, [0] + list(range(2, x.type.rank)), float(eps))
+    per_channel = [x.shape[1]] + [1] * (x.type.rank - 2)
+    if w is not None:
+        y = cx.emit("mul", [y, cx.cast(spatial.reshape(cx, w, per_channel), x.dtype)])
+    if b is not None:
+        y = cx.emit("add", [y, cx.cast(spatial.reshape(cx, b, per_channel), x.dtype)])
+    return (y, None, None)
+
+
+def _out_spatial(cx: Cx, nd: int) -> list[int]:
+    return list(cx.meta_type().shape[-nd:])
+
+
+def _scales(scale_factors: Any, nd: int) -> list[float | None]:
+    if scale_factors is None:
+        return [None] * nd
+    sf = list(scale_factors) if isinstance(scale_factors, (list, tuple)) else [scale_factors]
+    return [float(s) if s else None for s in (sf * nd if len(sf) == 1 else sf)]
+
+
+def _upsample_nearest(exact: bool):
+    def h(cx: Cx, x: Value, output_size: Any = None, *scales: Any) -> Value:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]  # .vec: a list; .default: one float per dim
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        idx = {2 + a: spatial.torch_nearest_index(outs[a], x.shape[2 + a], sc[a], exact) for a in range(nd)}
+        return spatial.interpolate(cx, x, "nearest", dict.fromkeys(idx, None), nearest_idx=idx)
+    return h
+
+
+for _d in (1, 2, 3):
+    aten(f"upsample_nearest{_d}d.vec", f"upsample_nearest{_d}d.default")(_upsample_nearest(False))
+    aten(f"_upsample_nearest_exact{_d}d.vec", f"_upsample_nearest_exact{_d}d.default")(_upsample_nearest(True))
+
+
+def _upsample_interp(mode: str):
+    def h(cx: Cx, x: Value, output_size: Any, align_corners: bool, *scales: Any) -> Value:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        srcs = {2 + a: spatial.torch_source_coords(outs[a], x.shape[2 + a], bool(align_corners), sc[a],
+                                                   mode == "cubic") for a in range(nd)}
+        return spatial.interpolate(cx, x, mode, srcs, cubic_a=-0.75)
+    return h
+
+
+aten("upsample_linear1d.vec", "upsample_linear1d.default", "upsample_bilinear2d.vec", "upsample_bilinear2d.default",
+     "upsample_trilinear3d.vec", "upsample_trilinear3d.default")(_upsample_interp("linear"))
+aten("upsample_bicubic2d.vec", "upsample_bicubic2d.default")(_upsample_interp("cubic"))
+
+
+@aten("adaptive_max_pool2d.default", "adaptive_max_pool3d.default", "adaptive_max_pool1d.default")
+def _adaptive_max(cx: Cx, x: Value, out_size: list) -> tuple | None:
+    if _uses_output(cx, 1):
+        return None  # the indices output runs on the host
+    return (spatial.adaptive_pool(cx, x, "max", list(out_size)), None)
+
+
+def _pad_mode(mode: str):
+    def h(cx: Cx, x: Value, pad: list) -> Value:
+        pads = [(0, 0)] * x.type.rank
+        for i in range(len(pad) // 2):
+            pads[x.type.rank - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+        return spatial.pad_mode(cx, x, pads, mode)
+    return h
+
+
+for _d in (1, 2, 3):
+    aten(f"reflection_pad{_d}d.default")(_pad_mode("reflect"))
+    aten(f"replication_pad{_d}d.default")(_pad_mode("replicate"))
+aten("_pad_circular.default")(_pad_mode("circular"))
+
+
+@aten("grid_sampler_2d.default", "grid_sampler.default")
+def _grid_sampler(cx: Cx, x: Value, grid: Value, interpolation_mode: int, padding_mode: int,
+                  align_corners: bool) -> Value | None:
+    modes, pads = {0: "bilinear", 1: "nearest", 2: "bicubic"}, {0: "zeros", 1: "border", 2: "reflection"}
+    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)], bool(align_corners))
+
+
+@aten("_embedding_bag.default", "_embedding_bag_forward_only.default")
+def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_freq: bool = False, mode: int = 0,
+                   sparse: bool = False, per_sample_weights: Value | None = None, include_last_offset: bool = False,
+                   padding_idx: int = -1) -> tuple | None:
+    """Bags with constant offsets (a 2-D input's fixed-size bags, or offsets known at export): the
+    rows gathered, then each bag reduced: sum / mean as one matmul with a constant [bags, rows]
+    segment matrix, max as a reduction over the bags' rows (a shorter bag repeats its last row)."""
+    if not offsets.is_const or any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
+        return None  # offsets known only at run time: bag boundaries are data
+    n = idx.shape[0]
+    starts = [int(o) for o in np.asarray(offsets.data).reshape(-1)]
+    ends = starts[1:] + [n]
+    if include_last_offset:
+        starts, ends = starts[:-1], ends[:-1]
+    if padding_idx is not None and padding_idx >= 0:
+        return None  # rows equal to padding_idx are skipped: data dependent
+    rows = cx.emit("gather", [w, idx], {"axis": 0})  # [n, D]
+    if per_sample_weights is not None:
+        if int(mode) != 0:
+            return None
+        rows = cx.emit("mul", [rows, cx.emit("reshape", [cx.cast(per_sample_weights, rows.dtype)], {"shape": [n, 1]})])
+    bags = len(starts)
+    if int(mode) in (0, 1):
+        seg = np.zeros((bags, n), np.float32)
+        for b, (s, e) in enumerate(zip(starts, ends)):
+            if e > s:
+                seg[b, s:e] = 1.0 if int(mode) == 0 else 1.0 / (e - s)
+        y = cx.emit("matmul", [cx.const(seg, rows.dtype), rows])
+    else:
+        if any(e <= s for s, e in zip(starts, ends)):
+            return None  # an empty bag's max is 0 in PyTorch
+        lmax = max(e - s for s, e in zip(starts, ends))
+        pick = np.array([[min(s + t, e - 1) for t in range(lmax)] for s, e in zip(starts, ends)], np.int64)
+        g = cx.emit("gather", [rows, cx.const(pick, DType.int64)], {"axis": 0})  # [bags, lmax, D]
+        y = cx.emit("reduce", [g], {"kind": "max", "axes": [1], "keepdim": False})
+    return (y, None, None, None)
+
+
+@aten("slice_scatter.default")
+def _slice_scatter(cx: Cx, base: Value, src: Value, dim: int = 0, start: Any = None, end: Any = None,
+                   step: int = 1) -> Value | None:
+    """base with base[start:end] along dim replaced by src (circular padding decomposes to these):
+    a concat of the kept parts of base around src."""
+    d = _dim(dim, base.type.rank)
+    n = base.shape[d]
+    s, e, _ = slice(start, end, step).indices(n)
+    if step != 1:
+        return None
+    e = max(e, s)
+    parts = []
+    if s > 0:
+        parts.append(cx.emit("slice", [base], {"axis": d, "start": 0, "end": s, "step": 1}))
+    parts.append(cx.cast(src, base.dtype))
+    if e < n:
+        parts.append(cx.emit("slice", [base], {"axis": d, "start": e, "end": n, "step": 1}))
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": d})
+
+
+@aten("copy.default")
+def _copy(cx: Cx, dst: Value, src: Value, non_blocking: bool = False) -> Value:
+    """The functional copy_: src broadcast to dst's shape, in dst's dtype."""
+    v = cx.cast(src, dst.dtype)
+    return v if v.shape == dst.shape else cx.emit("expand", [v], {"shape": list(dst.shape)})
+
+
+def _upsample_antialias(mode: str):
+    def h(cx: Cx, x: Value, output_size: Any, align_corners: bool, *scales: Any) -> Value | None:
+        nd = x.type.rank - 2
+        sf = scales[0] if len(scales) == 1 and (scales[0] is None or isinstance(scales[0], (list, tuple))) \
+            else [s for s in scales]
+        outs, sc = _out_spatial(cx, nd), _scales(sf if sf else None, nd)
+        if align_corners:
+            return None
+        y = x
+        for a in range(nd):
+            if outs[a] != x.shape[2 + a] or sc[a] not in (None, 1.0):
+                m = spatial.antialias_matrix(outs[a], x.shape[2 + a], False, sc[a], mode)
+                y = spatial.interpolate_matrix(cx, y, 2 + a, m)
+        return y
+    return h
+
+
+aten("_upsample_bilinear2d_aa.vec", "_upsample_bilinear2d_aa.default")(_upsample_antialias("linear"))
+aten("_upsample_bicubic2d_aa.vec", "_upsample_bicubic2d_aa.default")(_upsample_antialias("cubic"))

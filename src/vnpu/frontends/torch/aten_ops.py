@@ -573,3 +573,153 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
     y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
     wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
     return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})
+
+
+# -- elementwise math family and misc (opinfo) ------------------------------------------------
+def _float_in(cx: Cx, x: Value) -> Value:
+    """x in the node's (floating) result dtype: integer inputs of float math are promoted first."""
+    dt = cx.out_dtype()
+    return cx.cast(x, dt) if dt.is_float else x
+
+
+def _math(ir_op: str, **fixed: Any):
+    def h(cx: Cx, x: Value) -> Value:
+        return cx.emit(ir_op, [_float_in(cx, x)], dict(fixed))
+    return h
+
+
+for _name, _op in [("log1p", "log1p"), ("expm1", "expm1"), ("log2", "log2"), ("log10", "log10"), ("exp2", "exp2"),
+                   ("tan", "tan"), ("asin", "asin"), ("acos", "acos"), ("atan", "atan"), ("sinh", "sinh"),
+                   ("cosh", "cosh"), ("asinh", "asinh"), ("acosh", "acosh"), ("atanh", "atanh"),
+                   ("erfinv", "erfinv"), ("erfc", "erfc"), ("trunc", "trunc"), ("fix", "trunc"), ("frac", "frac"),
+                   ("mish", "mish"), ("square", "square"), ("sgn", "sign"), ("selu", "elu")]:
+    if _name == "selu":  # elu with SELU's constants
+        aten("selu.default")(_math("elu", alpha=1.6732632423543772848170429916717, scale=1.0507009873554804934193349852946))
+    else:
+        aten(f"{_name}.default")(_math(_op))
+
+
+def _predicate(ir_op: str):
+    def h(cx: Cx, x: Value) -> Value:
+        if not x.dtype.is_float:  # integers are finite numbers: x == x is all true, x != x all false
+            return cx.emit("eq" if ir_op == "isfinite" else "ne", [x, x])
+        return cx.emit(ir_op, [x])
+    return h
+
+
+for _name in ("isnan", "isinf", "isfinite", "isposinf", "isneginf"):
+    aten(f"{_name}.default")(_predicate(_name))
+
+
+@aten("leaky_relu.default")
+def _leaky_relu(cx: Cx, x: Value, negative_slope: float = 0.01) -> Value:
+    return cx.emit("leaky_relu", [_float_in(cx, x)], {"slope": float(negative_slope)})
+
+
+@aten("elu.default")
+def _elu(cx: Cx, x: Value, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Value:
+    return cx.emit("elu", [_float_in(cx, x)], {"alpha": float(alpha), "scale": float(scale),
+                                                "input_scale": float(input_scale)})
+
+
+@aten("celu.default")
+def _celu(cx: Cx, x: Value, alpha: float = 1.0) -> Value | None:
+    if alpha == 0:
+        return None
+    return cx.emit("elu", [_float_in(cx, x)], {"alpha": float(alpha), "input_scale": 1.0 / float(alpha)})
+
+
+@aten("softplus.default")
+def _softplus(cx: Cx, x: Value, beta: float = 1.0, threshold: float = 20.0) -> Value:
+    return cx.emit("softplus", [_float_in(cx, x)], {"beta": float(beta), "threshold": float(threshold)})
+
+
+@aten("log_sigmoid_forward.default")
+def _log_sigmoid_forward(cx: Cx, x: Value) -> tuple:
+    return (cx.emit("log_sigmoid", [_float_in(cx, x)]), None)  # the second output is backward's buffer
+
+
+@aten("hardshrink.default", "softshrink.default")
+def _shrink(cx: Cx, x: Value, lambd: float = 0.5) -> Value:
+    op = "hardshrink" if cx.node.target._schema.name.endswith("hardshrink") else "softshrink"  # type: ignore[union-attr]
+    return cx.emit(op, [_float_in(cx, x)], {"lambd": float(lambd)})
+
+
+@aten("threshold.default")
+def _threshold(cx: Cx, x: Value, threshold: float, value: float) -> Value | None:
+    if not x.dtype.is_float:
+        return None
+    return cx.emit("threshold", [x], {"threshold": float(threshold), "value": float(value)})
+
+
+@aten("logit.default")
+def _logit(cx: Cx, x: Value, eps: float | None = None) -> Value:
+    return cx.emit("logit", [_float_in(cx, x)], {"eps": None if eps is None else float(eps)})
+
+
+@aten("nan_to_num.default")
+def _nan_to_num(cx: Cx, x: Value, nan: float | None = None, posinf: float | None = None,
+                neginf: float | None = None) -> Value:
+    if not x.dtype.is_float:
+        return x
+    return cx.emit("nan_to_num", [x], {"nan": 0.0 if nan is None else float(nan),
+                                       "posinf": None if posinf is None else float(posinf),
+                                       "neginf": None if neginf is None else float(neginf)})
+
+
+@aten("round.decimals")
+def _round_decimals(cx: Cx, x: Value, *, decimals: int = 0) -> Value:
+    """round(x * 10^d) / 10^d (d < 0: round(x / 10^-d) * 10^-d), half to even, as PyTorch."""
+    x = _float_in(cx, x)
+    if decimals == 0:
+        return cx.emit("round", [x])
+    p = cx.const(10.0 ** abs(decimals), x.dtype)
+    if decimals > 0:
+        return cx.emit("div", [cx.emit("round", [cx.emit("mul", [x, p])]), p])
+    return cx.emit("mul", [cx.emit("round", [cx.emit("div", [x, p])]), p])
+
+
+aten("remainder.Tensor", "remainder.Scalar", "remainder.Scalar_Tensor")(_binary("remainder"))
+aten("pow.Tensor_Tensor")(_binary("pow"))
+aten("floor_divide.default", "floor_divide.Scalar")(_binary("floordiv"))
+
+
+def _float_binary(ir_op: str):
+    """A binary op PyTorch computes in floating point even for integer inputs (atan2, hypot, ...)."""
+    def h(cx: Cx, a: Any, b: Any) -> Value:
+        dt = cx.out_dtype()
+        return cx.emit(ir_op, [cx.tensor(a, dt), cx.tensor(b, dt)])
+    return h
+
+
+for _name in ("atan2", "hypot", "logaddexp", "copysign", "xlogy"):
+    aten(f"{_name}.default", f"{_name}.Tensor", f"{_name}.Scalar_Self", f"{_name}.Scalar_Other", f"{_name}.Scalar")(
+        _float_binary(_name))
+
+
+@aten("pow.Scalar")
+def _pow_scalar_base(cx: Cx, base: Any, e: Value) -> Value:
+    dt = cx.out_dtype()
+    return cx.emit("pow", [cx.tensor(base, dt), cx.tensor(e, dt)])
+
+
+@aten("logical_xor.default", "bitwise_xor.Tensor")
+def _logical_xor(cx: Cx, a: Value, b: Any) -> Value | None:
+    if cx.out_dtype() != DType.bool and "logical" not in cx.node.target._schema.name:  # type: ignore[union-attr]
+        return None  # integer xor: no bitwise vector op
+    return cx.emit("ne", [cx.cast(a, DType.bool), cx.tensor(b, DType.bool)])
+
+
+@aten("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor")
+def _clamp_tensor(cx: Cx, x: Value, lo: Any = None, hi: Any = None) -> Value:
+    """min(max(x, lo), hi) with tensor bounds (NaN in x propagates, lo > hi gives hi, as PyTorch)."""
+    name = cx.node.target._schema.name  # type: ignore[union-attr]
+    if name.endswith("clamp_max"):
+        lo, hi = None, lo
+    dt = cx.out_dtype()
+    y = cx.cast(x, dt)
+    if lo is not None:
+        y = cx.emit("maximum", [y, cx.tensor(lo, dt)])
+    if hi is not None:
+        y = cx.emit("minimum", [y, cx.tensor(hi, dt)])
+    return y

@@ -49,14 +49,14 @@ def _counts(rs: list) -> collections.Counter:
 
 
 def report(results: list, wall: float, samples: int) -> str:
-    cats = H.SEVERITY[::-1] + [H.NOT_EXPORTABLE]
+    cats = H.SEVERITY[::-1] + [H.RANDOM, H.NOT_EXPORTABLE]
     lines = [f"OpInfo: {len(results)} ops with fp32 samples, first {samples} exportable sample(s) each, {wall:.0f} s",
              "", "| family | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     fams = sorted({r.family for r in results})
     for f in fams + ["all"]:
         c = _counts([r for r in results if f == "all" or r.family == f])
         lines.append(f"| {f} | " + " | ".join(str(c[k]) for k in cats) + " |")
-    exp = [r for r in results if r.category != H.NOT_EXPORTABLE]
+    exp = [r for r in results if r.category not in (H.NOT_EXPORTABLE, H.RANDOM)]
     core = [r for r in exp if not H.excluded(r.name)]
     rest = [r for r in exp if H.excluded(r.name)]
     c, cc, cr = _counts(exp), _counts(core), _counts(rest)

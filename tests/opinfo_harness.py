@@ -18,6 +18,7 @@ UNSUPPORTED = "unsupported"
 MISMATCH = "mismatch"
 CRASH = "internal-crash"
 NOT_EXPORTABLE = "not-exportable"
+RANDOM = "nondeterministic"  # eager itself differs between two runs (random or uninitialized output)
 # worst first: an op's category is the worst over its samples
 SEVERITY = [CRASH, MISMATCH, UNSUPPORTED, FALLBACK, PASS]
 
@@ -100,8 +101,12 @@ class SampleModule(torch.nn.Module):
 
 
 def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    import numpy as np
+
     leaves = pytree.tree_leaves(out)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
+    # a program without inputs (factory ops) answers with NumPy arrays
+    return [torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+            for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
 
 
 def close(got: torch.Tensor, ref: torch.Tensor) -> bool:
@@ -178,6 +183,12 @@ def run_sample(op: Any, sample: Any) -> SampleResult:
         with torch.no_grad():
             ref_out = mod(*mod.inputs)
         ref = _flat_outputs(ref_out)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            again = _flat_outputs(mod(*mod.inputs))
+        if op.name.startswith("empty") or op.name.startswith("new_empty") or any(
+                not close(a, r) for a, r in zip(again, ref)):
+            return SampleResult(RANDOM, "eager differs between runs")
         if not ref or any(t.dtype.is_complex for t in ref) or any(t.dtype.is_complex for t in mod.inputs):
             return SampleResult(NOT_EXPORTABLE, "no real tensor output")
         if any(t.is_sparse or t.layout != torch.strided for t in ref + list(mod.inputs)):
@@ -216,19 +227,19 @@ def run_op(op: Any, max_samples: int = 2) -> OpResult:
                 break
             torch.manual_seed(0)
             r = run_sample(op, sample)
-            if r.category == NOT_EXPORTABLE:
+            if r.category in (NOT_EXPORTABLE, RANDOM):
                 if not res.samples:
                     res.samples.append(r)
                 continue
-            if res.samples and res.samples[0].category == NOT_EXPORTABLE:
+            if res.samples and res.samples[0].category in (NOT_EXPORTABLE, RANDOM):
                 res.samples.clear()
             res.samples.append(r)
             tried += 1
     except Exception as e:  # noqa: BLE001 - the sample generator itself failed
-        if not any(s.category != NOT_EXPORTABLE for s in res.samples):
+        if not any(s.category not in (NOT_EXPORTABLE, RANDOM) for s in res.samples):
             res.samples = [SampleResult(NOT_EXPORTABLE, f"samples: {_short(e)}")]
     cats = {s.category for s in res.samples}
-    res.category = next((c for c in SEVERITY if c in cats), NOT_EXPORTABLE)
+    res.category = next((c for c in SEVERITY if c in cats), RANDOM if RANDOM in cats else NOT_EXPORTABLE)
     return res
 
 

@@ -6,13 +6,14 @@ Python objects otherwise) and returns the result Value(s), or None to fall back 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
 import torch
 
 from vnpu.dtypes import DType, torch_to_dtype
-from vnpu.frontends.torch.importer import ImportContext as Cx, aten
+from vnpu.frontends.torch.importer import ImportContext as Cx, aten, op_name
 from vnpu.ir.graph import Value
 
 
@@ -21,6 +22,8 @@ def _dim(d: int, rank: int) -> int:
 
 
 def _dims(ds: Any, rank: int) -> list[int]:
+    if rank == 0:  # a 0-d tensor: dim 0 / -1 names the tensor itself, nothing to reduce
+        return []
     if ds is None:
         return list(range(rank))
     if isinstance(ds, int):
@@ -146,12 +149,14 @@ def _identity(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
 # -- linear algebra ---------------------------------------------------------------------
 @aten("mm.default", "bmm.default", "matmul.default")
 def _mm(cx: Cx, a: Value, b: Value) -> Value:
+    if a.shape and a.shape[-1] == 0:  # an empty contraction: zeros
+        return cx.const(np.zeros(cx.meta_type().shape), cx.out_dtype())
     return cx.emit("matmul", [a, b])
 
 
 @aten("addmm.default")
 def _addmm(cx: Cx, bias: Value, a: Value, b: Value, *, beta: Any = 1, alpha: Any = 1) -> Value:
-    y = cx.emit("matmul", [a, b])
+    y = _mm(cx, a, b)
     if alpha != 1:
         y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
     if beta != 1:
@@ -209,7 +214,16 @@ def _layer_norm(cx: Cx, x: Value, shape: list, w: Value | None, b: Value | None,
     ins = [x] + [v for v in (w, b) if v is not None]
     attrs = {"axis_count": len(shape), "eps": float(eps), "has_weight": w is not None, "has_bias": b is not None}
     y = cx.emit("layer_norm", ins, attrs)
-    return (y, None, None)
+    used = {u.args[1] for u in cx.node.users if u.target is operator.getitem}  # type: ignore[union-attr]
+    if not used & {1, 2}:
+        return (y, None, None)
+    # the saved statistics, when the graph reads them: mean and 1/sqrt(var + eps), keepdim over the normalized dims
+    axes = list(range(x.type.rank - len(shape), x.type.rank))
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    d = cx.emit("sub", [x, mean])
+    var = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "mean", "axes": axes, "keepdim": True})
+    rstd = cx.emit("rsqrt", [cx.emit("add", [var, cx.const(float(eps), x.dtype)])])
+    return (y, mean, rstd)
 
 
 @aten("_softmax.default", "softmax.int")
@@ -227,6 +241,8 @@ def _reduce(kind: str):
         axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
         if kind in ("sum", "mean") and not x.dtype.is_float:
             return None
+        if not axes:  # a 0-d input: the reduction of one element is itself
+            return x
         return cx.emit("reduce", [x], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)})
     return h
 
@@ -247,7 +263,7 @@ def _var(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, ke
     d = cx.emit("sub", [x, mean])
     s = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "sum", "axes": axes, "keepdim": bool(keepdim)})
     corr = 1 if correction is None else correction
-    return cx.emit("div", [s, cx.const(max(n - corr, 1), x.dtype)])
+    return cx.emit("div", [s, cx.const(max(n - corr, 0), x.dtype)])  # n <= correction: 0/0 = NaN, as PyTorch
 
 
 # -- pooling ------------------------------------------------------------------------------
@@ -298,7 +314,13 @@ def _embedding(cx: Cx, w: Value, idx: Value, padding_idx: int = -1, *args: Any) 
 
 @aten("index_select.default")
 def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
-    return cx.emit("gather", [x, idx], {"axis": _dim(dim, x.type.rank)})
+    if x.type.rank == 0:  # a 0-d source is a 1-element vector here
+        x = cx.emit("reshape", [x], {"shape": [1]})
+    if idx.type.rank == 0:  # a 0-d index selects one slice and keeps the dim
+        idx = cx.emit("reshape", [idx], {"shape": [1]})
+    y = cx.emit("gather", [x, idx], {"axis": _dim(dim, x.type.rank)})
+    want = list(cx.meta_type().shape)
+    return y if list(y.shape) == want else cx.emit("reshape", [y], {"shape": want})
 
 
 @aten("index.Tensor")
@@ -723,3 +745,13 @@ def _clamp_tensor(cx: Cx, x: Value, lo: Any = None, hi: Any = None) -> Value:
     if hi is not None:
         y = cx.emit("minimum", [y, cx.tensor(hi, dt)])
     return y
+
+
+@aten("with_effects")
+def _with_effects(cx: Cx, token: Any, op: Any, *args: Any, **kwargs: Any) -> tuple | None:
+    """An effectful op threaded through torch.export's token: run-time checks (linalg's
+    error checks, assertions) have no chip counterpart and are dropped; others fall back."""
+    name = op_name(op) if isinstance(op, torch._ops.OpOverload) else str(op)
+    if name.startswith(("_linalg_check_errors", "_assert", "sym_constrain_range")):
+        return (token, None)
+    return None

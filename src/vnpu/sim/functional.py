@@ -134,6 +134,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
             return np.max(x, axis=ax, keepdims=True)
         if kind == "min":
             return np.min(x, axis=ax, keepdims=True)
+        if kind == "prod":
+            return np.multiply.reduce(x, axis=ax, keepdims=True, dtype=F32 if x.dtype.kind == "f" else None)
     raise NotImplementedError(f"vector op {op!r} has no functional model")
 
 

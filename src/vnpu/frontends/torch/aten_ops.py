@@ -80,6 +80,8 @@ def _div_mode(cx: Cx, a: Any, b: Any, *, rounding_mode: str | None = None) -> Va
         return cx.emit("div", [a_, b_])
     if rounding_mode == "floor":
         return cx.emit("floordiv", [a_, b_])
+    if rounding_mode == "trunc" and a_.dtype.is_float:
+        return cx.emit("trunc", [cx.emit("div", [a_, b_])])
     return None
 
 
@@ -557,24 +559,6 @@ def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p
     return cx.emit("matmul", [probs, v])
 
 
-@aten("topk.default")
-def _topk(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
-    if not largest or _dim(dim, x.type.rank) != x.type.rank - 1:
-        return None
-    n = cx.g.add_node("topk", [x], {"k": int(k)}, name=cx.node.name)
-    return tuple(n.outputs)
-
-
-@aten("argmax.default")
-def _argmax(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value | None:
-    if dim is None or _dim(dim, x.type.rank) != x.type.rank - 1:
-        return None
-    n = cx.g.add_node("topk", [x], {"k": 1}, name=cx.node.name)
-    idx = n.outputs[1]
-    shape = list(idx.shape) if keepdim else list(idx.shape[:-1])
-    return cx.emit("reshape", [idx], {"shape": shape})
-
-
 MOE_ROWS_MAX = 64  # routed rows per grouped-matmul tile
 
 
@@ -755,3 +739,315 @@ def _with_effects(cx: Cx, token: Any, op: Any, *args: Any, **kwargs: Any) -> tup
     if name.startswith(("_linalg_check_errors", "_assert", "sym_constrain_range")):
         return (token, None)
     return None
+
+
+# misc: data movement, reductions and scans lowered onto existing IR ops and kernels
+def _to_last(cx: Cx, x: Value, d: int) -> tuple[Value, list[int] | None]:
+    """x with dim d moved last (materialized: the topk kernel and matmul read whole rows), and
+    the permutation that moves it back (None when d already is last)."""
+    r = x.type.rank
+    if d == r - 1:
+        return x, None
+    perm = [i for i in range(r) if i != d] + [d]
+    y = cx.emit("copy", [cx.emit("permute", [x], {"perm": perm})])
+    back = [0] * r
+    for i, p in enumerate(perm):
+        back[p] = i
+    return y, back
+
+
+def _from_last(cx: Cx, y: Value, back: list[int] | None) -> Value:
+    return y if back is None else cx.emit("permute", [y], {"perm": back})
+
+
+def _index_along(cx: Cx, x: Value, d: int, idx: np.ndarray) -> Value:
+    """x with dim d reindexed by the constant `idx` (a gather along d)."""
+    return cx.emit("gather", [x, cx.const(idx.astype(np.int64), DType.int64)], {"axis": d})
+
+
+@aten("flip.default")
+def _flip(cx: Cx, x: Value, dims: list) -> Value:
+    for d in _dims(dims, x.type.rank):
+        if x.shape[d] > 1:
+            x = _index_along(cx, x, d, np.arange(x.shape[d])[::-1].copy())
+    return x
+
+
+@aten("roll.default")
+def _roll(cx: Cx, x: Value, shifts: Any, dims: Any = ()) -> Value:
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:  # roll of the flattened tensor
+        flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+        y = _roll(cx, flat, shifts[0], [0])
+        return y if y.shape == x.shape else cx.emit("reshape", [y], {"shape": list(x.shape)})
+    for s, d in zip(shifts, dims):
+        d = _dim(d, x.type.rank)
+        n = x.shape[d]
+        if n and s % n:
+            x = _index_along(cx, x, d, (np.arange(n) - s) % n)
+    return x
+
+
+@aten("repeat.default")
+def _repeat(cx: Cx, x: Value, repeats: list) -> Value:
+    """x.repeat(r): x seen as [1, d0, 1, d1, ...], expanded to [r0, d0, r1, d1, ...], merged pairwise."""
+    reps = [int(r) for r in repeats]
+    shape = [1] * (len(reps) - x.type.rank) + list(x.shape)
+    out = [r * d for r, d in zip(reps, shape)]
+    if 0 in out:
+        return cx.const(np.zeros(out), x.dtype)
+    inter = [v for d in shape for v in (1, d)]
+    big = [v for r, d in zip(reps, shape) for v in (r, d)]
+    y = cx.emit("reshape", [x], {"shape": inter})
+    y = cx.emit("expand", [y], {"shape": big})
+    return cx.emit("reshape", [y], {"shape": out})
+
+
+@aten("full_like.default", "zeros_like.default", "ones_like.default", "empty_like.default")
+def _full_like(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
+    """A constant of x's shape (empty_like: zeros; its contents are unspecified)."""
+    name = cx.node.target._schema.name  # type: ignore[union-attr]
+    value = args[0] if name.endswith("full_like") else (1 if name.endswith("ones_like") else 0)
+    t = cx.meta_type()
+    return cx.const(np.full(t.shape, value), t.dtype)
+
+
+@aten("any.dims", "any.dim", "any.default", "all.dims", "all.dim", "all.default")
+def _any_all(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False) -> Value:
+    """any: max of (x != 0) as 0/1; all: its min."""
+    is_any = cx.node.target._schema.name.endswith("any")  # type: ignore[union-attr]
+    nz = cx.cast(x, DType.bool) if x.dtype != DType.bool else x
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    if not axes:
+        return nz
+    f = cx.cast(nz, DType.fp32)
+    r = cx.emit("reduce", [f], {"kind": "max" if is_any else "min", "axes": axes, "keepdim": bool(keepdim)})
+    return cx.cast(r, DType.bool)
+
+
+def _arg_extreme(cx: Cx, x: Value, dim: int | None, keepdim: bool, largest: bool, out: int | None = None) -> Value:
+    """argmax / argmin: the topk (k = 1) kernel along `dim` (min: of -x); ties give the lower index.
+    `out`: which of the node's outputs the indices are (max.dim: 1)."""
+    want = list(cx.meta_type(out).shape)
+    if x.type.rank == 0:
+        return cx.const(np.zeros(want, np.int64), DType.int64)
+    if dim is None:
+        x, d = cx.emit("reshape", [x], {"shape": [x.type.numel]}), 0
+    else:
+        d = _dim(dim, x.type.rank)
+    if not x.dtype.is_float:
+        x = cx.cast(x, DType.fp32)
+    if not largest:
+        x = cx.emit("neg", [x])
+    y, back = _to_last(cx, x, d)
+    idx = cx.g.add_node("topk", [y], {"k": 1}, name=cx.node.name).outputs[1]
+    idx = _from_last(cx, idx, back)
+    return idx if list(idx.shape) == want else cx.emit("reshape", [idx], {"shape": want})
+
+
+@aten("argmax.default", "argmin.default")
+def _argmax_any(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
+    largest = cx.node.target._schema.name.endswith("argmax")  # type: ignore[union-attr]
+    return _arg_extreme(cx, x, dim, keepdim, largest)
+
+
+@aten("max.dim", "min.dim")
+def _max_dim(cx: Cx, x: Value, dim: int, keepdim: bool = False) -> tuple:
+    kind = "max" if cx.node.target._schema.name.endswith("max") else "min"  # type: ignore[union-attr]
+    axes = _dims(dim, x.type.rank)
+    vals = cx.emit("reduce", [x], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)}) if axes else x
+    return (vals, _arg_extreme(cx, x, dim, keepdim, kind == "max", out=1))
+
+
+@aten("max.default", "min.default")
+def _max_all(cx: Cx, x: Value) -> Value:
+    kind = "max" if cx.node.target._schema.name.endswith("max") else "min"  # type: ignore[union-attr]
+    return x if x.type.rank == 0 else cx.emit("reduce", [x], {"kind": kind, "axes": list(range(x.type.rank)),
+                                                              "keepdim": False})
+
+
+def _topk_along(cx: Cx, x: Value, k: int, d: int, largest: bool) -> tuple[Value, Value]:
+    src = x if largest else cx.emit("neg", [x])
+    y, back = _to_last(cx, src, d)
+    n = cx.g.add_node("topk", [y], {"k": int(k)}, name=cx.node.name)
+    vals, idx = n.outputs
+    if not largest:
+        vals = cx.emit("neg", [vals])
+    return _from_last(cx, vals, back), _from_last(cx, idx, back)
+
+
+@aten("topk.default")
+def _topk_any(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
+    """Top-k on any axis (moved last around the kernel), smallest-k as the top-k of -x."""
+    if x.type.rank == 0 or not x.dtype.is_float:
+        return None
+    if k == 0:
+        t0, t1 = cx.meta_type(0), cx.meta_type(1)
+        return (cx.const(np.zeros(t0.shape), t0.dtype), cx.const(np.zeros(t1.shape), t1.dtype))
+    return _topk_along(cx, x, k, _dim(dim, x.type.rank), largest)
+
+
+@aten("sort.default", "sort.stable")
+def _sort(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> tuple | None:
+    """sort as a top-k with k = n (descending), or of -x (ascending); equal values keep index order."""
+    name = cx.node.target._overloadname  # type: ignore[union-attr]
+    if name == "stable":
+        dim, descending = kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:
+        dim = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+    if x.type.rank == 0:
+        return (x, cx.const(np.zeros((), np.int64), DType.int64))
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    d = _dim(dim, x.type.rank)
+    return _topk_along(cx, x, x.shape[d], d, bool(descending))
+
+
+CUMSUM_MAX = 2048  # longest scan lowered as a matmul against a triangular constant
+
+
+@aten("cumsum.default")
+def _cumsum(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
+    """cumsum along d: rows (d moved last) times the upper-triangular ones matrix U[j, i] = (j <= i),
+    one matmul on the matrix engine."""
+    dt = cx.out_dtype()
+    if not dt.is_float or x.type.rank == 0:
+        return None if x.type.rank else cx.cast(x, dt)
+    d = _dim(dim, x.type.rank)
+    n = x.shape[d]
+    if n > CUMSUM_MAX or x.type.numel == 0:
+        return None
+    y, back = _to_last(cx, cx.cast(x, dt), d)
+    tri = cx.const(np.triu(np.ones((n, n), np.float32)), dt)
+    return _from_last(cx, cx.emit("matmul", [y, tri]), back)
+
+
+def _moments(cx: Cx, x: Value, dims: Any, correction: Any, keepdim: bool) -> tuple[Value, Value]:
+    """(var, mean) over dims: mean, then the mean-centred sum of squares / (n - correction)."""
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    n = math.prod(x.shape[a] for a in axes)
+    corr = 1 if correction is None else correction
+    if not axes:
+        return cx.emit("mul", [x, cx.const(0.0 if n > corr else float("nan"), x.dtype)]), x
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    dev = cx.emit("sub", [x, mean])
+    s = cx.emit("reduce", [cx.emit("mul", [dev, dev])], {"kind": "sum", "axes": axes, "keepdim": bool(keepdim)})
+    var = cx.emit("div", [s, cx.const(max(n - corr, 0), x.dtype)])
+    if not keepdim:
+        mean = cx.emit("reshape", [mean], {"shape": list(var.shape)})
+    return var, mean
+
+
+@aten("var_mean.correction", "var_mean.dim")
+def _var_mean(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, keepdim: bool = False) -> tuple:
+    return _moments(cx, x, dims, correction, keepdim)
+
+
+@aten("std.correction", "std.dim")
+def _std(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, keepdim: bool = False) -> Value:
+    return cx.emit("sqrt", [_moments(cx, x, dims, correction, keepdim)[0]])
+
+
+@aten("std_mean.correction")
+def _std_mean(cx: Cx, x: Value, dims: Any = None, *, correction: Any = 1, keepdim: bool = False) -> tuple:
+    var, mean = _moments(cx, x, dims, correction, keepdim)
+    return cx.emit("sqrt", [var]), mean
+
+
+@aten("linalg_vector_norm.default")
+def _vector_norm(cx: Cx, x: Value, ord: float = 2, dim: Any = None, keepdim: bool = False, *,
+                 dtype: Any = None) -> Value | None:
+    """||x||_p over dims: p = 2 (sqrt of sum of squares), 1, inf / -inf (max / min |x|), 0 (count
+    of nonzeros), other p ((sum |x|^p)^(1/p))."""
+    if not x.dtype.is_float:
+        return None
+    axes = _dims(dim if dim not in ([], ()) else None, x.type.rank)
+    a = cx.emit("abs", [x])
+    if not axes:
+        return a if ord != 0 else cx.cast(cx.emit("ne", [x, cx.const(0.0, x.dtype)]), x.dtype)
+    attrs = {"axes": axes, "keepdim": bool(keepdim)}
+    if x.type.numel == 0 and ord in (math.inf, -math.inf):
+        return None
+    if ord == math.inf:
+        return cx.emit("reduce", [a], {"kind": "max", **attrs})
+    if ord == -math.inf:
+        return cx.emit("reduce", [a], {"kind": "min", **attrs})
+    if ord == 0:
+        return cx.emit("reduce", [cx.cast(cx.emit("ne", [x, cx.const(0.0, x.dtype)]), x.dtype)], {"kind": "sum", **attrs})
+    if ord == 1:
+        return cx.emit("reduce", [a], {"kind": "sum", **attrs})
+    if ord == 2:
+        return cx.emit("sqrt", [cx.emit("reduce", [cx.emit("mul", [x, x])], {"kind": "sum", **attrs})])
+    s = cx.emit("reduce", [cx.pow_by_constant(a, float(ord))], {"kind": "sum", **attrs})
+    return cx.pow_by_constant(s, 1.0 / float(ord))
+
+
+@aten("logsumexp.default")
+def _logsumexp(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False) -> Value | None:
+    """log(sum(exp(x - m))) + m with m the max (0 where the max is infinite, as PyTorch)."""
+    x = _float_in(cx, x)
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    if not axes:
+        return x
+    if x.type.numel == 0:
+        return None
+    m = cx.emit("reduce", [x], {"kind": "max", "axes": axes, "keepdim": True})
+    m = cx.emit("where", [cx.emit("isinf", [m]), cx.const(0.0, x.dtype), m])
+    s = cx.emit("reduce", [cx.emit("exp", [cx.emit("sub", [x, m])])], {"kind": "sum", "axes": axes, "keepdim": True})
+    y = cx.emit("add", [cx.emit("log", [s]), m])
+    want = list(cx.meta_type().shape)
+    return y if list(y.shape) == want else cx.emit("reshape", [y], {"shape": want})
+
+
+@aten("prod.dim_int", "prod.default")
+def _prod(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False, *, dtype: Any = None) -> Value | None:
+    if not cx.out_dtype().is_float:
+        return None
+    x = cx.cast(x, cx.out_dtype())
+    axes = _dims(dim, x.type.rank)
+    if not axes:
+        return x
+    return cx.emit("reduce", [x], {"kind": "prod", "axes": axes, "keepdim": bool(keepdim)})
+
+
+@aten("diagonal.default")
+def _diagonal(cx: Cx, x: Value, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Value:
+    """The diagonal of dims (d1, d2), moved last, as a gather from their flattened [.., n1 * n2] view."""
+    r = x.type.rank
+    d1, d2 = _dim(dim1, r), _dim(dim2, r)
+    n1, n2 = x.shape[d1], x.shape[d2]
+    rows = np.arange(max(0, -offset), n1)
+    rows = rows[(rows + offset >= 0) & (rows + offset < n2)]
+    want = list(cx.meta_type().shape)
+    if rows.size == 0:
+        return cx.const(np.zeros(want), x.dtype)
+    rest = [i for i in range(r) if i not in (d1, d2)]
+    y = cx.emit("permute", [x], {"perm": rest + [d1, d2]}) if rest + [d1, d2] != list(range(r)) else x
+    y = cx.emit("reshape", [y], {"shape": [x.shape[i] for i in rest] + [n1 * n2]})
+    return _index_along(cx, y, len(rest), rows * n2 + rows + offset)
+
+
+@aten("copy.default")
+def _copy_into(cx: Cx, dst: Value, src: Value, non_blocking: bool = False) -> Value:
+    """aten.copy(dst, src): src in dst's dtype, broadcast to dst's shape."""
+    y = cx.cast(src, dst.dtype)
+    return y if y.shape == dst.shape else cx.emit("expand", [y], {"shape": list(dst.shape)})
+
+
+@aten("ldexp.Tensor")
+def _ldexp(cx: Cx, x: Value, e: Value) -> Value:
+    dt = cx.out_dtype()
+    return cx.emit("mul", [cx.tensor(x, dt), cx.emit("exp2", [cx.tensor(e, dt)])])
+
+
+@aten("fmax.default", "fmin.default")
+def _fmax(cx: Cx, a: Value, b: Value) -> Value:
+    """maximum / minimum where a NaN operand yields the other one."""
+    a_, b_ = _promote(cx, a, b)
+    is_max = cx.node.target._schema.name.endswith("fmax")  # type: ignore[union-attr]
+    m = cx.emit("maximum" if is_max else "minimum", [a_, b_])
+    if not a_.dtype.is_float:
+        return m
+    return cx.emit("where", [cx.emit("isnan", [a_]), b_, cx.emit("where", [cx.emit("isnan", [b_]), a_, m])])

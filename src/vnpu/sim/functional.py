@@ -102,7 +102,7 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
     if op == "cast":
         x = args[0]
         tgt = np.dtype(out_dtype)
-        if tgt.kind == "f" or x.dtype.kind != "f":
+        if tgt.kind not in "iub" or x.dtype.kind != "f":  # to a float (bf16/fp8 are kind "V"): the store rounds
             return x
         return (np.trunc(x) if tgt.kind in "iu" else x != 0).astype(tgt)  # float -> int truncates like C/PyTorch
     if op == "where":

@@ -338,9 +338,10 @@ def _gather_along(cx: Cx, x: Value, dim: int, index: Value, *, sparse_grad: bool
     """torch.gather along the last axis (sampling picks each row's chosen candidate id): x's rows
     flattened into one vector, each index offset by its row's start, then the gather kernel on axis 0."""
     r = x.type.rank
-    if (_dim(dim, r) != r - 1 or not isinstance(index, Value) or index.type.rank != r
-            or tuple(index.shape[:-1]) != tuple(x.shape[:-1])):
+    if not isinstance(index, Value) or index.type.rank != r or r == 0:
         return None
+    if _dim(dim, r) != r - 1 or tuple(index.shape[:-1]) != tuple(x.shape[:-1]):
+        return _gather_any(cx, x, _dim(dim, r), index)
     n = x.shape[-1]
     rows = math.prod(x.shape[:-1])
     flat = cx.emit("reshape", [x], {"shape": [rows * n]})
@@ -1051,3 +1052,60 @@ def _fmax(cx: Cx, a: Value, b: Value) -> Value:
     if not a_.dtype.is_float:
         return m
     return cx.emit("where", [cx.emit("isnan", [a_]), b_, cx.emit("where", [cx.emit("isnan", [b_]), a_, m])])
+
+
+def _gather_any(cx: Cx, x: Value, d: int, index: Value) -> Value | None:
+    """torch.gather on any dim, index smaller than x anywhere: out[p] = x[p with p[d] = index[p]],
+    a gather from flattened x at index[p] * stride(d) + the offset of p's other coordinates."""
+    if index.type.numel == 0:
+        return cx.const(np.zeros(index.shape), x.dtype)
+    strides = [math.prod(x.shape[i + 1:]) for i in range(x.type.rank)]
+    grid = np.indices(index.shape, dtype=np.int64)
+    base = sum(grid[i] * strides[i] for i in range(x.type.rank) if i != d)
+    flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+    idx = cx.cast(index, DType.int64)
+    if strides[d] != 1:
+        idx = cx.emit("mul", [idx, cx.const(strides[d], DType.int64)])
+    at = cx.emit("add", [idx, cx.const(np.asarray(base, np.int64), DType.int64)])
+    return cx.emit("gather", [flat, at], {"axis": 0})
+
+
+def _shifted(cx: Cx, y: Value, d: int, k: int, fill: float) -> Value:
+    """y shifted k places up dim d, the first k filled with `fill`."""
+    n = y.shape[d]
+    head = cx.emit("slice", [y], {"axis": d, "start": 0, "end": n - k, "step": 1})
+    pads = [(0, 0)] * y.type.rank
+    pads[d] = (k, 0)
+    return cx.emit("pad", [head], {"pads": pads, "value": float(fill)})
+
+
+@aten("cumprod.default")
+def _cumprod(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
+    """An inclusive scan in log2(n) vector steps (Hillis-Steele): y *= y shifted by 1, 2, 4, ... (ones shifted in)."""
+    dt = cx.out_dtype()
+    if not dt.is_float:
+        return None
+    y = cx.cast(x, dt)
+    if y.type.rank == 0 or y.type.numel == 0:
+        return y
+    d = _dim(dim, y.type.rank)
+    k = 1
+    while k < y.shape[d]:
+        y = cx.emit("mul", [y, _shifted(cx, y, d, k, 1.0)])
+        k *= 2
+    return y
+
+
+@aten("kthvalue.default")
+def _kthvalue(cx: Cx, x: Value, k: int, dim: int = -1, keepdim: bool = False) -> tuple | None:
+    """The k-th smallest along dim: the last of the k smallest (topk of -x)."""
+    if not x.dtype.is_float or x.type.rank == 0:
+        return None
+    d = _dim(dim, x.type.rank)
+    vals, idx = _topk_along(cx, x, k, d, largest=False)
+    outs = []
+    for i, v in enumerate((vals, idx)):
+        v = cx.emit("slice", [v], {"axis": d, "start": k - 1, "end": k, "step": 1}) if k > 1 else v
+        want = list(cx.meta_type(i).shape)
+        outs.append(v if list(v.shape) == want else cx.emit("reshape", [v], {"shape": want}))
+    return tuple(outs)

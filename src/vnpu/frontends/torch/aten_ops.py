@@ -238,11 +238,24 @@ def _log_softmax(cx: Cx, x: Value, dim: int, half_to_float: bool = False) -> Val
     return cx.emit("softmax", [x], {"axis": _dim(dim, x.type.rank), "log": True})
 
 
+def _is_bool_valued(x: Value) -> bool:
+    """x holds only 0 and 1: a bool, or an integer cast of one (count_nonzero's sum)."""
+    if x.dtype == DType.bool:
+        return True
+    p = x.producer
+    return p is not None and p.op == "cast" and p.inputs[0].dtype == DType.bool
+
+
 def _reduce(kind: str):
     def h(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Value | None:
         axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
         if kind in ("sum", "mean") and not x.dtype.is_float:
-            return None
+            if not _is_bool_valued(x):
+                return None  # integer sums beyond 2^24 are not exact in the fp32 reduction
+            if not axes:
+                return cx.cast(x, cx.out_dtype())
+            y = cx.emit("reduce", [cx.cast(x, DType.fp32)], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)})
+            return cx.cast(y, cx.out_dtype())
         if not axes:  # a 0-d input: the reduction of one element is itself
             return x
         return cx.emit("reduce", [x], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)})
@@ -496,6 +509,15 @@ def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
 
 
 # -- LLM ops ------------------------------------------------------------------------------------
+def _is_state(cx: Cx, x: Value) -> bool:
+    """x is (a view of) a buffer the graph updates in place: persistent state."""
+    from vnpu.ir.ops import OPS
+
+    while x.producer is not None and OPS[x.producer.op].kind == "view":
+        x = x.producer.inputs[0]
+    return x.producer is None and not x.is_const and x.name in cx.g.state_init
+
+
 @aten("index_put.default", "index_put_.default")
 def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
     """x[..., idx, ...] = values along the one indexed axis (index_copy_ on a KV cache)."""
@@ -503,8 +525,8 @@ def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool 
     if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
         return None
     ax, idx = live[0]
-    if idx.dtype == DType.bool:
-        return None
+    if idx.dtype == DType.bool or not _is_state(cx, x):
+        return None  # in-place writes only into persistent state (a KV cache); other index_puts run on the host
     want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
     if values.shape != want:
         if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
@@ -1109,3 +1131,51 @@ def _kthvalue(cx: Cx, x: Value, k: int, dim: int = -1, keepdim: bool = False) ->
         want = list(cx.meta_type(i).shape)
         outs.append(v if list(v.shape) == want else cx.emit("reshape", [v], {"shape": want}))
     return tuple(outs)
+
+
+@aten("dist.default")
+def _dist(cx: Cx, a: Value, b: Value, p: float = 2) -> Value | None:
+    """||a - b||_p over all elements."""
+    d = cx.emit("sub", list(_promote(cx, a, b)))
+    return _vector_norm(cx, d, float(p))
+
+
+@aten("addmv.default")
+def _addmv(cx: Cx, bias: Value, m: Value, v: Value, *, beta: Any = 1, alpha: Any = 1) -> Value:
+    """beta * bias + alpha * (m @ v): the vector as a one-column matrix."""
+    if m.shape[-1] == 0:
+        y = cx.const(np.zeros(m.shape[0]), m.dtype)
+    else:
+        col = cx.emit("reshape", [v], {"shape": [v.shape[0], 1]})
+        y = cx.emit("reshape", [cx.emit("matmul", [m, col])], {"shape": [m.shape[0]]})
+    if alpha != 1:
+        y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
+    if beta == 0:
+        return y if y.shape == tuple(cx.meta_type().shape) else cx.emit("expand", [y], {"shape": list(cx.meta_type().shape)})
+    if beta != 1:
+        bias = cx.emit("mul", [bias, cx.const(beta, bias.dtype)])
+    return cx.emit("add", [y, bias])
+
+
+@aten("addbmm.default")
+def _addbmm(cx: Cx, bias: Value, a: Value, b: Value, *, beta: Any = 1, alpha: Any = 1) -> Value | None:
+    """beta * bias + alpha * sum_i a[i] @ b[i]."""
+    if a.shape[0] == 0 or a.shape[-1] == 0:
+        return None
+    y = cx.emit("reduce", [cx.emit("matmul", [a, b])], {"kind": "sum", "axes": [0], "keepdim": False})
+    if alpha != 1:
+        y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
+    if beta == 0:
+        return y
+    if beta != 1:
+        bias = cx.emit("mul", [bias, cx.const(beta, bias.dtype)])
+    return cx.emit("add", [y, bias])
+
+
+@aten("angle.default")
+def _angle(cx: Cx, x: Value) -> Value | None:
+    """The angle of a real number: pi below zero, 0 otherwise, NaN for NaN."""
+    if not x.dtype.is_float:
+        return None
+    y = cx.emit("where", [cx.emit("lt", [x, cx.const(0.0, x.dtype)]), cx.const(math.pi, x.dtype), cx.const(0.0, x.dtype)])
+    return cx.emit("where", [cx.emit("isnan", [x]), x, y])

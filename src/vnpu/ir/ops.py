@@ -439,3 +439,36 @@ def _moe_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
     if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
         raise IRTypeError("moe_matmul: inconsistent routing tables")
     return [TensorType((attrs["slots"] + 1, w.shape[1]), _same_dtype("moe_matmul", [x, w]))]
+
+
+# -- elementwise math family (opinfo) --------------------------------------------------------
+# attrs: leaky_relu slope; elu alpha, scale, input_scale (selu / celu are elu with constants);
+# softplus beta, threshold; logit eps (None: no clamp); hardshrink / softshrink lambd;
+# threshold threshold, value; nan_to_num nan, posinf, neginf.
+MATH_UNARY = {
+    "log1p", "expm1", "log2", "log10", "exp2", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "erfinv", "erfc", "trunc", "frac", "leaky_relu", "elu", "softplus", "softsign", "mish", "logit",
+    "hardshrink", "softshrink", "threshold", "nan_to_num", "log_sigmoid", "square",
+}
+MATH_PREDICATES = {"isnan", "isinf", "isfinite", "isposinf", "isneginf"}  # float -> bool
+MATH_BINARY = {"remainder", "atan2", "hypot", "logaddexp", "copysign", "xlogy"}
+UNARY |= MATH_UNARY | MATH_PREDICATES
+BINARY |= MATH_BINARY
+TRANSCENDENTAL |= {
+    "log1p", "expm1", "log2", "log10", "exp2", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "erfinv", "erfc", "elu", "softplus", "mish", "logit", "log_sigmoid", "atan2", "hypot", "logaddexp",
+    "xlogy",
+}
+
+
+def _predicate(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    return [TensorType(x.shape, DType.bool)]
+
+
+for _n in MATH_UNARY:
+    register(_n, "elementwise")(_unary(_n))
+for _n in MATH_PREDICATES:
+    register(_n, "elementwise")(_predicate)
+for _n in MATH_BINARY:
+    register(_n, "elementwise")(_binary(_n))

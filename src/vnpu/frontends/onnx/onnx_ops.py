@@ -55,7 +55,7 @@ onnx_op("Div")(_binary("div", int_ok=False))
 def _mod(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     a, b = _same(cx, ins[0], ins[1])
     # fmod=1 is C fmod (sign of the dividend); fmod=0 is Python's (sign of the divisor) for ints
-    return cx.emit("fmod", [a, b]) if attrs.get("fmod", 0) == 1 else None
+    return cx.emit("fmod" if attrs.get("fmod", 0) == 1 else "remainder", [a, b])
 
 
 @onnx_op("Pow")
@@ -817,3 +817,75 @@ def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
     return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
                                bool(attrs.get("align_corners", 0)))
+
+
+# -- elementwise math family (opinfo) ------------------------------------------------------------
+for _t, _op in [("Tan", "tan"), ("Asin", "asin"), ("Acos", "acos"), ("Atan", "atan"), ("Sinh", "sinh"),
+                ("Cosh", "cosh"), ("Asinh", "asinh"), ("Acosh", "acosh"), ("Atanh", "atanh"), ("Softsign", "softsign"),
+                ("Mish", "mish")]:
+    onnx_op(_t)(_unary(_op))
+
+
+@onnx_op("Selu")
+def _selu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    return cx.emit("elu", [x], {"alpha": alpha, "scale": gamma})
+
+
+@onnx_op("Celu")
+def _celu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    alpha = float(attrs.get("alpha", 1.0))
+    if alpha == 0 or not ins[0].dtype.is_float:
+        return None
+    return cx.emit("elu", [ins[0]], {"alpha": alpha, "input_scale": 1.0 / alpha})
+
+
+@onnx_op("Softplus")
+def _softplus(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    # log(1 + exp(x)); past x = 20 it equals x to fp32 precision (PyTorch's default threshold)
+    return cx.emit("softplus", [ins[0]], {"beta": 1.0, "threshold": 20.0}) if ins[0].dtype.is_float else None
+
+
+@onnx_op("ThresholdedRelu")
+def _thresholded_relu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    if not ins[0].dtype.is_float:
+        return None
+    return cx.emit("threshold", [ins[0]], {"threshold": float(attrs.get("alpha", 1.0)), "value": 0.0})
+
+
+@onnx_op("Shrink")
+def _shrink(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """x - bias above lambd, x + bias below -lambd, 0 between (hardshrink: bias 0; softshrink: bias = lambd)."""
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    if bias == 0:
+        return cx.emit("hardshrink", [x], {"lambd": lambd})
+    if bias == lambd:
+        return cx.emit("softshrink", [x], {"lambd": lambd})
+    zero = cx.const(0.0, x.dtype)
+    lo = cx.emit("where", [cx.emit("lt", [x, cx.const(-lambd, x.dtype)]), cx.emit("add", [x, cx.const(bias, x.dtype)]), zero])
+    return cx.emit("where", [cx.emit("gt", [x, cx.const(lambd, x.dtype)]), cx.emit("sub", [x, cx.const(bias, x.dtype)]), lo])
+
+
+@onnx_op("IsNaN")
+def _isnan(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    return cx.emit("isnan", [ins[0]]) if ins[0].dtype.is_float else None
+
+
+@onnx_op("IsInf")
+def _isinf(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    pos, neg = int(attrs.get("detect_positive", 1)), int(attrs.get("detect_negative", 1))
+    if pos and neg:
+        return cx.emit("isinf", [x])
+    if pos or neg:
+        return cx.emit("isposinf" if pos else "isneginf", [x])
+    return cx.const(np.zeros(x.shape, bool), DType.bool)  # detects neither sign

@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from vnpu.frontends.errors import DataDependentShapeError
 from vnpu.frontends.torch.importer import (ATEN, FallbackWarning, ImportResult, UnsupportedOpError,
                                            constant_placeholders, import_fx, op_name)
 
@@ -70,8 +72,12 @@ def import_exported(ep: "torch.export.ExportedProgram", name: str, strict: bool 
     mutations = {spec.arg.name: mutated[spec.target] for spec in sig.input_specs
                  if spec.kind.name == "BUFFER" and spec.target in mutated}
     weights = {spec.arg.name for spec in sig.input_specs if spec.kind.name in ("PARAMETER", "BUFFER")}
-    return import_fx(ep.graph_module, constant_placeholders(ep), name=name, strict=strict, user_outputs=keep,
-                     mutations=mutations, weight_placeholders=weights - set(mutations))
+    try:
+        return import_fx(ep.graph_module, constant_placeholders(ep), name=name, strict=strict, user_outputs=keep,
+                         mutations=mutations, weight_placeholders=weights - set(mutations))
+    except GuardOnDataDependentSymNode as e:
+        raise DataDependentShapeError(f"{name}: a tensor shape depends on tensor values ({str(e).splitlines()[0]}); "
+                                      "vnpu compiles static shapes: compute that part outside the model") from None
 
 
 def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices: set[int],

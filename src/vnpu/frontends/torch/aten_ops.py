@@ -14,7 +14,7 @@ import torch
 
 from vnpu.dtypes import DType, torch_to_dtype
 from vnpu.frontends import spatial
-from vnpu.frontends.torch.importer import ImportContext as Cx, aten
+from vnpu.frontends.torch.importer import ImportContext as Cx, aten, op_name
 from vnpu.ir.graph import Value
 
 
@@ -23,6 +23,8 @@ def _dim(d: int, rank: int) -> int:
 
 
 def _dims(ds: Any, rank: int) -> list[int]:
+    if rank == 0:  # a 0-d tensor: dim 0 / -1 names the tensor itself, nothing to reduce
+        return []
     if ds is None:
         return list(range(rank))
     if isinstance(ds, int):
@@ -61,7 +63,8 @@ for _name, _op in [("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"
                    ("minimum", "minimum"), ("pow", "pow"), ("eq", "eq"), ("ne", "ne"), ("lt", "lt"), ("le", "le"),
                    ("gt", "gt"), ("ge", "ge"), ("fmod", "fmod"), ("logical_and", "and"), ("logical_or", "or"),
                    ("bitwise_and", "and"), ("bitwise_or", "or")]:
-    aten(f"{_name}.Tensor", f"{_name}.Scalar", f"{_name}.default")(_binary(_op))
+    # pow.Scalar is (Scalar base, Tensor exponent): its own entry (_pow_scalar_base)
+    aten(f"{_name}.Tensor", f"{_name}.default", *([f"{_name}.Scalar"] if _name != "pow" else []))(_binary(_op))
 
 
 @aten("rsub.Scalar", "rsub.Tensor")
@@ -79,6 +82,8 @@ def _div_mode(cx: Cx, a: Any, b: Any, *, rounding_mode: str | None = None) -> Va
         return cx.emit("div", [a_, b_])
     if rounding_mode == "floor":
         return cx.emit("floordiv", [a_, b_])
+    if rounding_mode == "trunc" and a_.dtype.is_float:
+        return cx.emit("trunc", [cx.emit("div", [a_, b_])])
     return None
 
 
@@ -148,12 +153,14 @@ def _identity(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
 # -- linear algebra ---------------------------------------------------------------------
 @aten("mm.default", "bmm.default", "matmul.default")
 def _mm(cx: Cx, a: Value, b: Value) -> Value:
+    if a.shape and a.shape[-1] == 0:  # an empty contraction: zeros
+        return cx.const(np.zeros(cx.meta_type().shape), cx.out_dtype())
     return cx.emit("matmul", [a, b])
 
 
 @aten("addmm.default")
 def _addmm(cx: Cx, bias: Value, a: Value, b: Value, *, beta: Any = 1, alpha: Any = 1) -> Value:
-    y = cx.emit("matmul", [a, b])
+    y = _mm(cx, a, b)
     if alpha != 1:
         y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
     if beta != 1:
@@ -212,7 +219,16 @@ def _layer_norm(cx: Cx, x: Value, shape: list, w: Value | None, b: Value | None,
     ins = [x] + [v for v in (w, b) if v is not None]
     attrs = {"axis_count": len(shape), "eps": float(eps), "has_weight": w is not None, "has_bias": b is not None}
     y = cx.emit("layer_norm", ins, attrs)
-    return (y, None, None)
+    used = {u.args[1] for u in cx.node.users if u.target is operator.getitem}  # type: ignore[union-attr]
+    if not used & {1, 2}:
+        return (y, None, None)
+    # the saved statistics, when the graph reads them: mean and 1/sqrt(var + eps), keepdim over the normalized dims
+    axes = list(range(x.type.rank - len(shape), x.type.rank))
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    d = cx.emit("sub", [x, mean])
+    var = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "mean", "axes": axes, "keepdim": True})
+    rstd = cx.emit("rsqrt", [cx.emit("add", [var, cx.const(float(eps), x.dtype)])])
+    return (y, mean, rstd)
 
 
 @aten("_softmax.default", "softmax.int")
@@ -225,11 +241,26 @@ def _log_softmax(cx: Cx, x: Value, dim: int, half_to_float: bool = False) -> Val
     return cx.emit("softmax", [x], {"axis": _dim(dim, x.type.rank), "log": True})
 
 
+def _is_bool_valued(x: Value) -> bool:
+    """x holds only 0 and 1: a bool, or an integer cast of one (count_nonzero's sum)."""
+    if x.dtype == DType.bool:
+        return True
+    p = x.producer
+    return p is not None and p.op == "cast" and p.inputs[0].dtype == DType.bool
+
+
 def _reduce(kind: str):
     def h(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Value | None:
         axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
         if kind in ("sum", "mean") and not x.dtype.is_float:
-            return None
+            if not _is_bool_valued(x):
+                return None  # integer sums beyond 2^24 are not exact in the fp32 reduction
+            if not axes:
+                return cx.cast(x, cx.out_dtype())
+            y = cx.emit("reduce", [cx.cast(x, DType.fp32)], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)})
+            return cx.cast(y, cx.out_dtype())
+        if not axes:  # a 0-d input: the reduction of one element is itself
+            return x
         return cx.emit("reduce", [x], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)})
     return h
 
@@ -250,7 +281,7 @@ def _var(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, ke
     d = cx.emit("sub", [x, mean])
     s = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "sum", "axes": axes, "keepdim": bool(keepdim)})
     corr = 1 if correction is None else correction
-    return cx.emit("div", [s, cx.const(max(n - corr, 1), x.dtype)])
+    return cx.emit("div", [s, cx.const(max(n - corr, 0), x.dtype)])  # n <= correction: 0/0 = NaN, as PyTorch
 
 
 # -- pooling ------------------------------------------------------------------------------
@@ -305,7 +336,13 @@ def _embedding(cx: Cx, w: Value, idx: Value, padding_idx: int = -1, *args: Any) 
 
 @aten("index_select.default")
 def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
-    return cx.emit("gather", [x, idx], {"axis": _dim(dim, x.type.rank)})
+    if x.type.rank == 0:  # a 0-d source is a 1-element vector here
+        x = cx.emit("reshape", [x], {"shape": [1]})
+    if idx.type.rank == 0:  # a 0-d index selects one slice and keeps the dim
+        idx = cx.emit("reshape", [idx], {"shape": [1]})
+    y = cx.emit("gather", [x, idx], {"axis": _dim(dim, x.type.rank)})
+    want = list(cx.meta_type().shape)
+    return y if list(y.shape) == want else cx.emit("reshape", [y], {"shape": want})
 
 
 @aten("index.Tensor")
@@ -321,9 +358,10 @@ def _gather_along(cx: Cx, x: Value, dim: int, index: Value, *, sparse_grad: bool
     """torch.gather along the last axis (sampling picks each row's chosen candidate id): x's rows
     flattened into one vector, each index offset by its row's start, then the gather kernel on axis 0."""
     r = x.type.rank
-    if (_dim(dim, r) != r - 1 or not isinstance(index, Value) or index.type.rank != r
-            or tuple(index.shape[:-1]) != tuple(x.shape[:-1])):
+    if not isinstance(index, Value) or index.type.rank != r or r == 0:
         return None
+    if _dim(dim, r) != r - 1 or tuple(index.shape[:-1]) != tuple(x.shape[:-1]):
+        return _gather_any(cx, x, _dim(dim, r), index)
     n = x.shape[-1]
     rows = math.prod(x.shape[:-1])
     flat = cx.emit("reshape", [x], {"shape": [rows * n]})
@@ -478,6 +516,15 @@ def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
 
 
 # -- LLM ops ------------------------------------------------------------------------------------
+def _is_state(cx: Cx, x: Value) -> bool:
+    """x is (a view of) a buffer the graph updates in place: persistent state."""
+    from vnpu.ir.ops import OPS
+
+    while x.producer is not None and OPS[x.producer.op].kind == "view":
+        x = x.producer.inputs[0]
+    return x.producer is None and not x.is_const and x.name in cx.g.state_init
+
+
 @aten("index_put.default", "index_put_.default")
 def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
     """x[..., idx, ...] = values along the one indexed axis (index_copy_ on a KV cache)."""
@@ -485,8 +532,8 @@ def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool 
     if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
         return None
     ax, idx = live[0]
-    if idx.dtype == DType.bool:
-        return None
+    if idx.dtype == DType.bool or not _is_state(cx, x):
+        return None  # in-place writes only into persistent state (a KV cache); other index_puts run on the host
     want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
     if values.shape != want:
         if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
@@ -540,24 +587,6 @@ def _sdpa(cx: Cx, q: Value, k: Value, v: Value, attn_mask: Any = None, dropout_p
         scores = cx.emit("add", [scores, cx.cast(attn_mask, q.dtype)])
     probs = cx.emit("softmax", [scores], {"axis": 3, "log": False})
     return cx.emit("matmul", [probs, v])
-
-
-@aten("topk.default")
-def _topk(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
-    if not largest or _dim(dim, x.type.rank) != x.type.rank - 1:
-        return None
-    n = cx.g.add_node("topk", [x], {"k": int(k)}, name=cx.node.name)
-    return tuple(n.outputs)
-
-
-@aten("argmax.default")
-def _argmax(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value | None:
-    if dim is None or _dim(dim, x.type.rank) != x.type.rank - 1:
-        return None
-    n = cx.g.add_node("topk", [x], {"k": 1}, name=cx.node.name)
-    idx = n.outputs[1]
-    shape = list(idx.shape) if keepdim else list(idx.shape[:-1])
-    return cx.emit("reshape", [idx], {"shape": shape})
 
 
 MOE_ROWS_MAX = 64  # routed rows per grouped-matmul tile
@@ -855,3 +884,573 @@ def _upsample_antialias(mode: str):
 
 aten("_upsample_bilinear2d_aa.vec", "_upsample_bilinear2d_aa.default")(_upsample_antialias("linear"))
 aten("_upsample_bicubic2d_aa.vec", "_upsample_bicubic2d_aa.default")(_upsample_antialias("cubic"))
+
+
+# -- elementwise math family and misc (opinfo) ------------------------------------------------
+def _float_in(cx: Cx, x: Value) -> Value:
+    """x in the node's (floating) result dtype: integer inputs of float math are promoted first."""
+    dt = cx.out_dtype()
+    return cx.cast(x, dt) if dt.is_float else x
+
+
+def _math(ir_op: str, **fixed: Any):
+    def h(cx: Cx, x: Value) -> Value:
+        return cx.emit(ir_op, [_float_in(cx, x)], dict(fixed))
+    return h
+
+
+for _name, _op in [("log1p", "log1p"), ("expm1", "expm1"), ("log2", "log2"), ("log10", "log10"), ("exp2", "exp2"),
+                   ("tan", "tan"), ("asin", "asin"), ("acos", "acos"), ("atan", "atan"), ("sinh", "sinh"),
+                   ("cosh", "cosh"), ("asinh", "asinh"), ("acosh", "acosh"), ("atanh", "atanh"),
+                   ("erfinv", "erfinv"), ("erfc", "erfc"), ("trunc", "trunc"), ("fix", "trunc"), ("frac", "frac"),
+                   ("mish", "mish"), ("square", "square"), ("sgn", "sign"), ("selu", "elu")]:
+    if _name == "selu":  # elu with SELU's constants
+        aten("selu.default")(_math("elu", alpha=1.6732632423543772848170429916717, scale=1.0507009873554804934193349852946))
+    else:
+        aten(f"{_name}.default")(_math(_op))
+
+
+def _predicate(ir_op: str):
+    def h(cx: Cx, x: Value) -> Value:
+        if not x.dtype.is_float:  # integers are finite numbers: x == x is all true, x != x all false
+            return cx.emit("eq" if ir_op == "isfinite" else "ne", [x, x])
+        return cx.emit(ir_op, [x])
+    return h
+
+
+for _name in ("isnan", "isinf", "isfinite", "isposinf", "isneginf"):
+    aten(f"{_name}.default")(_predicate(_name))
+
+
+@aten("leaky_relu.default")
+def _leaky_relu(cx: Cx, x: Value, negative_slope: float = 0.01) -> Value:
+    return cx.emit("leaky_relu", [_float_in(cx, x)], {"slope": float(negative_slope)})
+
+
+@aten("elu.default")
+def _elu(cx: Cx, x: Value, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Value:
+    return cx.emit("elu", [_float_in(cx, x)], {"alpha": float(alpha), "scale": float(scale),
+                                                "input_scale": float(input_scale)})
+
+
+@aten("celu.default")
+def _celu(cx: Cx, x: Value, alpha: float = 1.0) -> Value | None:
+    if alpha == 0:
+        return None
+    return cx.emit("elu", [_float_in(cx, x)], {"alpha": float(alpha), "input_scale": 1.0 / float(alpha)})
+
+
+@aten("softplus.default")
+def _softplus(cx: Cx, x: Value, beta: float = 1.0, threshold: float = 20.0) -> Value:
+    return cx.emit("softplus", [_float_in(cx, x)], {"beta": float(beta), "threshold": float(threshold)})
+
+
+@aten("log_sigmoid_forward.default")
+def _log_sigmoid_forward(cx: Cx, x: Value) -> tuple:
+    return (cx.emit("log_sigmoid", [_float_in(cx, x)]), None)  # the second output is backward's buffer
+
+
+@aten("hardshrink.default", "softshrink.default")
+def _shrink(cx: Cx, x: Value, lambd: float = 0.5) -> Value:
+    op = "hardshrink" if cx.node.target._schema.name.endswith("hardshrink") else "softshrink"  # type: ignore[union-attr]
+    return cx.emit(op, [_float_in(cx, x)], {"lambd": float(lambd)})
+
+
+@aten("threshold.default")
+def _threshold(cx: Cx, x: Value, threshold: float, value: float) -> Value | None:
+    if not x.dtype.is_float:
+        return None
+    return cx.emit("threshold", [x], {"threshold": float(threshold), "value": float(value)})
+
+
+@aten("logit.default")
+def _logit(cx: Cx, x: Value, eps: float | None = None) -> Value:
+    return cx.emit("logit", [_float_in(cx, x)], {"eps": None if eps is None else float(eps)})
+
+
+@aten("nan_to_num.default")
+def _nan_to_num(cx: Cx, x: Value, nan: float | None = None, posinf: float | None = None,
+                neginf: float | None = None) -> Value:
+    if not x.dtype.is_float:
+        return x
+    return cx.emit("nan_to_num", [x], {"nan": 0.0 if nan is None else float(nan),
+                                       "posinf": None if posinf is None else float(posinf),
+                                       "neginf": None if neginf is None else float(neginf)})
+
+
+@aten("round.decimals")
+def _round_decimals(cx: Cx, x: Value, *, decimals: int = 0) -> Value:
+    """round(x * 10^d) / 10^d (d < 0: round(x / 10^-d) * 10^-d), half to even, as PyTorch."""
+    x = _float_in(cx, x)
+    if decimals == 0:
+        return cx.emit("round", [x])
+    p = cx.const(10.0 ** abs(decimals), x.dtype)
+    if decimals > 0:
+        return cx.emit("div", [cx.emit("round", [cx.emit("mul", [x, p])]), p])
+    return cx.emit("mul", [cx.emit("round", [cx.emit("div", [x, p])]), p])
+
+
+aten("remainder.Tensor", "remainder.Scalar", "remainder.Scalar_Tensor")(_binary("remainder"))
+aten("pow.Tensor_Tensor")(_binary("pow"))
+aten("floor_divide.default", "floor_divide.Scalar")(_binary("floordiv"))
+
+
+def _float_binary(ir_op: str):
+    """A binary op PyTorch computes in floating point even for integer inputs (atan2, hypot, ...)."""
+    def h(cx: Cx, a: Any, b: Any) -> Value:
+        dt = cx.out_dtype()
+        return cx.emit(ir_op, [cx.tensor(a, dt), cx.tensor(b, dt)])
+    return h
+
+
+for _name in ("atan2", "hypot", "logaddexp", "copysign", "xlogy"):
+    aten(f"{_name}.default", f"{_name}.Tensor", f"{_name}.Scalar_Self", f"{_name}.Scalar_Other", f"{_name}.Scalar")(
+        _float_binary(_name))
+
+
+@aten("pow.Scalar")
+def _pow_scalar_base(cx: Cx, base: Any, e: Value) -> Value:
+    dt = cx.out_dtype()
+    return cx.emit("pow", [cx.tensor(base, dt), cx.tensor(e, dt)])
+
+
+@aten("logical_xor.default", "bitwise_xor.Tensor")
+def _logical_xor(cx: Cx, a: Value, b: Any) -> Value | None:
+    if cx.out_dtype() != DType.bool and "logical" not in cx.node.target._schema.name:  # type: ignore[union-attr]
+        return None  # integer xor: no bitwise vector op
+    return cx.emit("ne", [cx.cast(a, DType.bool), cx.tensor(b, DType.bool)])
+
+
+@aten("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor")
+def _clamp_tensor(cx: Cx, x: Value, lo: Any = None, hi: Any = None) -> Value:
+    """min(max(x, lo), hi) with tensor bounds (NaN in x propagates, lo > hi gives hi, as PyTorch)."""
+    name = cx.node.target._schema.name  # type: ignore[union-attr]
+    if name.endswith("clamp_max"):
+        lo, hi = None, lo
+    dt = cx.out_dtype()
+    y = cx.cast(x, dt)
+    if lo is not None:
+        y = cx.emit("maximum", [y, cx.tensor(lo, dt)])
+    if hi is not None:
+        y = cx.emit("minimum", [y, cx.tensor(hi, dt)])
+    return y
+
+
+@aten("with_effects")
+def _with_effects(cx: Cx, token: Any, op: Any, *args: Any, **kwargs: Any) -> tuple | None:
+    """An effectful op threaded through torch.export's token: run-time checks (linalg's
+    error checks, assertions) have no chip counterpart and are dropped; others fall back."""
+    name = op_name(op) if isinstance(op, torch._ops.OpOverload) else str(op)
+    if name.startswith(("_linalg_check_errors", "_assert", "sym_constrain_range")):
+        return (token, None)
+    return None
+
+
+# misc: data movement, reductions and scans lowered onto existing IR ops and kernels
+def _to_last(cx: Cx, x: Value, d: int) -> tuple[Value, list[int] | None]:
+    """x with dim d moved last (materialized: the topk kernel and matmul read whole rows), and
+    the permutation that moves it back (None when d already is last)."""
+    r = x.type.rank
+    if d == r - 1:
+        return x, None
+    perm = [i for i in range(r) if i != d] + [d]
+    y = cx.emit("copy", [cx.emit("permute", [x], {"perm": perm})])
+    back = [0] * r
+    for i, p in enumerate(perm):
+        back[p] = i
+    return y, back
+
+
+def _from_last(cx: Cx, y: Value, back: list[int] | None) -> Value:
+    return y if back is None else cx.emit("permute", [y], {"perm": back})
+
+
+def _index_along(cx: Cx, x: Value, d: int, idx: np.ndarray) -> Value:
+    """x with dim d reindexed by the constant `idx` (a gather along d)."""
+    return cx.emit("gather", [x, cx.const(idx.astype(np.int64), DType.int64)], {"axis": d})
+
+
+@aten("flip.default")
+def _flip(cx: Cx, x: Value, dims: list) -> Value:
+    for d in _dims(dims, x.type.rank):
+        if x.shape[d] > 1:
+            x = _index_along(cx, x, d, np.arange(x.shape[d])[::-1].copy())
+    return x
+
+
+@aten("roll.default")
+def _roll(cx: Cx, x: Value, shifts: Any, dims: Any = ()) -> Value:
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:  # roll of the flattened tensor
+        flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+        y = _roll(cx, flat, shifts[0], [0])
+        return y if y.shape == x.shape else cx.emit("reshape", [y], {"shape": list(x.shape)})
+    for s, d in zip(shifts, dims):
+        d = _dim(d, x.type.rank)
+        n = x.shape[d]
+        if n and s % n:
+            x = _index_along(cx, x, d, (np.arange(n) - s) % n)
+    return x
+
+
+@aten("repeat.default")
+def _repeat(cx: Cx, x: Value, repeats: list) -> Value:
+    """x.repeat(r): x seen as [1, d0, 1, d1, ...], expanded to [r0, d0, r1, d1, ...], merged pairwise."""
+    reps = [int(r) for r in repeats]
+    shape = [1] * (len(reps) - x.type.rank) + list(x.shape)
+    out = [r * d for r, d in zip(reps, shape)]
+    if 0 in out:
+        return cx.const(np.zeros(out), x.dtype)
+    inter = [v for d in shape for v in (1, d)]
+    big = [v for r, d in zip(reps, shape) for v in (r, d)]
+    y = cx.emit("reshape", [x], {"shape": inter})
+    y = cx.emit("expand", [y], {"shape": big})
+    return cx.emit("reshape", [y], {"shape": out})
+
+
+@aten("full_like.default", "zeros_like.default", "ones_like.default", "empty_like.default")
+def _full_like(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
+    """A constant of x's shape (empty_like: zeros; its contents are unspecified)."""
+    name = cx.node.target._schema.name  # type: ignore[union-attr]
+    value = args[0] if name.endswith("full_like") else (1 if name.endswith("ones_like") else 0)
+    t = cx.meta_type()
+    return cx.const(np.full(t.shape, value), t.dtype)
+
+
+@aten("any.dims", "any.dim", "any.default", "all.dims", "all.dim", "all.default")
+def _any_all(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False) -> Value:
+    """any: max of (x != 0) as 0/1; all: its min."""
+    is_any = cx.node.target._schema.name.endswith("any")  # type: ignore[union-attr]
+    nz = cx.cast(x, DType.bool) if x.dtype != DType.bool else x
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    if not axes:
+        return nz
+    f = cx.cast(nz, DType.fp32)
+    r = cx.emit("reduce", [f], {"kind": "max" if is_any else "min", "axes": axes, "keepdim": bool(keepdim)})
+    return cx.cast(r, DType.bool)
+
+
+def _arg_extreme(cx: Cx, x: Value, dim: int | None, keepdim: bool, largest: bool, out: int | None = None) -> Value:
+    """argmax / argmin: the topk (k = 1) kernel along `dim` (min: of -x); ties give the lower index.
+    `out`: which of the node's outputs the indices are (max.dim: 1)."""
+    want = list(cx.meta_type(out).shape)
+    if x.type.rank == 0:
+        return cx.const(np.zeros(want, np.int64), DType.int64)
+    if dim is None:
+        x, d = cx.emit("reshape", [x], {"shape": [x.type.numel]}), 0
+    else:
+        d = _dim(dim, x.type.rank)
+    if not x.dtype.is_float:
+        x = cx.cast(x, DType.fp32)
+    if not largest:
+        x = cx.emit("neg", [x])
+    y, back = _to_last(cx, x, d)
+    idx = cx.g.add_node("topk", [y], {"k": 1}, name=cx.node.name).outputs[1]
+    idx = _from_last(cx, idx, back)
+    return idx if list(idx.shape) == want else cx.emit("reshape", [idx], {"shape": want})
+
+
+@aten("argmax.default", "argmin.default")
+def _argmax_any(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
+    largest = cx.node.target._schema.name.endswith("argmax")  # type: ignore[union-attr]
+    return _arg_extreme(cx, x, dim, keepdim, largest)
+
+
+@aten("max.dim", "min.dim")
+def _max_dim(cx: Cx, x: Value, dim: int, keepdim: bool = False) -> tuple:
+    kind = "max" if cx.node.target._schema.name.endswith("max") else "min"  # type: ignore[union-attr]
+    axes = _dims(dim, x.type.rank)
+    vals = cx.emit("reduce", [x], {"kind": kind, "axes": axes, "keepdim": bool(keepdim)}) if axes else x
+    return (vals, _arg_extreme(cx, x, dim, keepdim, kind == "max", out=1))
+
+
+@aten("max.default", "min.default")
+def _max_all(cx: Cx, x: Value) -> Value:
+    kind = "max" if cx.node.target._schema.name.endswith("max") else "min"  # type: ignore[union-attr]
+    return x if x.type.rank == 0 else cx.emit("reduce", [x], {"kind": kind, "axes": list(range(x.type.rank)),
+                                                              "keepdim": False})
+
+
+def _topk_along(cx: Cx, x: Value, k: int, d: int, largest: bool) -> tuple[Value, Value]:
+    src = x if largest else cx.emit("neg", [x])
+    y, back = _to_last(cx, src, d)
+    n = cx.g.add_node("topk", [y], {"k": int(k)}, name=cx.node.name)
+    vals, idx = n.outputs
+    if not largest:
+        vals = cx.emit("neg", [vals])
+    return _from_last(cx, vals, back), _from_last(cx, idx, back)
+
+
+@aten("topk.default")
+def _topk_any(cx: Cx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple | None:
+    """Top-k on any axis (moved last around the kernel), smallest-k as the top-k of -x."""
+    if x.type.rank == 0 or not x.dtype.is_float:
+        return None
+    if k == 0:
+        t0, t1 = cx.meta_type(0), cx.meta_type(1)
+        return (cx.const(np.zeros(t0.shape), t0.dtype), cx.const(np.zeros(t1.shape), t1.dtype))
+    return _topk_along(cx, x, k, _dim(dim, x.type.rank), largest)
+
+
+@aten("sort.default", "sort.stable")
+def _sort(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> tuple | None:
+    """sort as a top-k with k = n (descending), or of -x (ascending); equal values keep index order."""
+    name = cx.node.target._overloadname  # type: ignore[union-attr]
+    if name == "stable":
+        dim, descending = kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:
+        dim = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+    if x.type.rank == 0:
+        return (x, cx.const(np.zeros((), np.int64), DType.int64))
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    d = _dim(dim, x.type.rank)
+    return _topk_along(cx, x, x.shape[d], d, bool(descending))
+
+
+CUMSUM_MAX = 2048  # longest scan lowered as a matmul against a triangular constant
+
+
+@aten("cumsum.default")
+def _cumsum(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
+    """cumsum along d: rows (d moved last) times the upper-triangular ones matrix U[j, i] = (j <= i),
+    one matmul on the matrix engine."""
+    dt = cx.out_dtype()
+    if not dt.is_float or x.type.rank == 0:
+        return None if x.type.rank else cx.cast(x, dt)
+    d = _dim(dim, x.type.rank)
+    n = x.shape[d]
+    if n > CUMSUM_MAX or x.type.numel == 0:
+        return None
+    y, back = _to_last(cx, cx.cast(x, dt), d)
+    tri = cx.const(np.triu(np.ones((n, n), np.float32)), dt)
+    return _from_last(cx, cx.emit("matmul", [y, tri]), back)
+
+
+def _moments(cx: Cx, x: Value, dims: Any, correction: Any, keepdim: bool) -> tuple[Value, Value]:
+    """(var, mean) over dims: mean, then the mean-centred sum of squares / (n - correction)."""
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    n = math.prod(x.shape[a] for a in axes)
+    corr = 1 if correction is None else correction
+    if not axes:
+        return cx.emit("mul", [x, cx.const(0.0 if n > corr else float("nan"), x.dtype)]), x
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    dev = cx.emit("sub", [x, mean])
+    s = cx.emit("reduce", [cx.emit("mul", [dev, dev])], {"kind": "sum", "axes": axes, "keepdim": bool(keepdim)})
+    var = cx.emit("div", [s, cx.const(max(n - corr, 0), x.dtype)])
+    if not keepdim:
+        mean = cx.emit("reshape", [mean], {"shape": list(var.shape)})
+    return var, mean
+
+
+@aten("var_mean.correction", "var_mean.dim")
+def _var_mean(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, keepdim: bool = False) -> tuple:
+    return _moments(cx, x, dims, correction, keepdim)
+
+
+@aten("std.correction", "std.dim")
+def _std(cx: Cx, x: Value, dims: Any = None, *args: Any, correction: Any = 1, keepdim: bool = False) -> Value:
+    return cx.emit("sqrt", [_moments(cx, x, dims, correction, keepdim)[0]])
+
+
+@aten("std_mean.correction")
+def _std_mean(cx: Cx, x: Value, dims: Any = None, *, correction: Any = 1, keepdim: bool = False) -> tuple:
+    var, mean = _moments(cx, x, dims, correction, keepdim)
+    return cx.emit("sqrt", [var]), mean
+
+
+@aten("linalg_vector_norm.default")
+def _vector_norm(cx: Cx, x: Value, ord: float = 2, dim: Any = None, keepdim: bool = False, *,
+                 dtype: Any = None) -> Value | None:
+    """||x||_p over dims: p = 2 (sqrt of sum of squares), 1, inf / -inf (max / min |x|), 0 (count
+    of nonzeros), other p ((sum |x|^p)^(1/p))."""
+    if not x.dtype.is_float:
+        return None
+    axes = _dims(dim if dim not in ([], ()) else None, x.type.rank)
+    a = cx.emit("abs", [x])
+    if not axes:
+        return a if ord != 0 else cx.cast(cx.emit("ne", [x, cx.const(0.0, x.dtype)]), x.dtype)
+    attrs = {"axes": axes, "keepdim": bool(keepdim)}
+    if x.type.numel == 0 and ord in (math.inf, -math.inf):
+        return None
+    if ord == math.inf:
+        return cx.emit("reduce", [a], {"kind": "max", **attrs})
+    if ord == -math.inf:
+        return cx.emit("reduce", [a], {"kind": "min", **attrs})
+    if ord == 0:
+        return cx.emit("reduce", [cx.cast(cx.emit("ne", [x, cx.const(0.0, x.dtype)]), x.dtype)], {"kind": "sum", **attrs})
+    if ord == 1:
+        return cx.emit("reduce", [a], {"kind": "sum", **attrs})
+    if ord == 2:
+        return cx.emit("sqrt", [cx.emit("reduce", [cx.emit("mul", [x, x])], {"kind": "sum", **attrs})])
+    s = cx.emit("reduce", [cx.pow_by_constant(a, float(ord))], {"kind": "sum", **attrs})
+    return cx.pow_by_constant(s, 1.0 / float(ord))
+
+
+@aten("logsumexp.default")
+def _logsumexp(cx: Cx, x: Value, dims: Any = None, keepdim: bool = False) -> Value | None:
+    """log(sum(exp(x - m))) + m with m the max (0 where the max is infinite, as PyTorch)."""
+    x = _float_in(cx, x)
+    axes = _dims(dims if dims not in ([], ()) else None, x.type.rank)
+    if not axes:
+        return x
+    if x.type.numel == 0:
+        return None
+    m = cx.emit("reduce", [x], {"kind": "max", "axes": axes, "keepdim": True})
+    m = cx.emit("where", [cx.emit("isinf", [m]), cx.const(0.0, x.dtype), m])
+    s = cx.emit("reduce", [cx.emit("exp", [cx.emit("sub", [x, m])])], {"kind": "sum", "axes": axes, "keepdim": True})
+    y = cx.emit("add", [cx.emit("log", [s]), m])
+    want = list(cx.meta_type().shape)
+    return y if list(y.shape) == want else cx.emit("reshape", [y], {"shape": want})
+
+
+@aten("prod.dim_int", "prod.default")
+def _prod(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False, *, dtype: Any = None) -> Value | None:
+    if not cx.out_dtype().is_float:
+        return None
+    x = cx.cast(x, cx.out_dtype())
+    axes = _dims(dim, x.type.rank)
+    if not axes:
+        return x
+    return cx.emit("reduce", [x], {"kind": "prod", "axes": axes, "keepdim": bool(keepdim)})
+
+
+@aten("diagonal.default")
+def _diagonal(cx: Cx, x: Value, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Value:
+    """The diagonal of dims (d1, d2), moved last, as a gather from their flattened [.., n1 * n2] view."""
+    r = x.type.rank
+    d1, d2 = _dim(dim1, r), _dim(dim2, r)
+    n1, n2 = x.shape[d1], x.shape[d2]
+    rows = np.arange(max(0, -offset), n1)
+    rows = rows[(rows + offset >= 0) & (rows + offset < n2)]
+    want = list(cx.meta_type().shape)
+    if rows.size == 0:
+        return cx.const(np.zeros(want), x.dtype)
+    rest = [i for i in range(r) if i not in (d1, d2)]
+    y = cx.emit("permute", [x], {"perm": rest + [d1, d2]}) if rest + [d1, d2] != list(range(r)) else x
+    y = cx.emit("reshape", [y], {"shape": [x.shape[i] for i in rest] + [n1 * n2]})
+    return _index_along(cx, y, len(rest), rows * n2 + rows + offset)
+
+
+@aten("ldexp.Tensor")
+def _ldexp(cx: Cx, x: Value, e: Value) -> Value:
+    dt = cx.out_dtype()
+    return cx.emit("mul", [cx.tensor(x, dt), cx.emit("exp2", [cx.tensor(e, dt)])])
+
+
+@aten("fmax.default", "fmin.default")
+def _fmax(cx: Cx, a: Value, b: Value) -> Value:
+    """maximum / minimum where a NaN operand yields the other one."""
+    a_, b_ = _promote(cx, a, b)
+    is_max = cx.node.target._schema.name.endswith("fmax")  # type: ignore[union-attr]
+    m = cx.emit("maximum" if is_max else "minimum", [a_, b_])
+    if not a_.dtype.is_float:
+        return m
+    return cx.emit("where", [cx.emit("isnan", [a_]), b_, cx.emit("where", [cx.emit("isnan", [b_]), a_, m])])
+
+
+def _gather_any(cx: Cx, x: Value, d: int, index: Value) -> Value | None:
+    """torch.gather on any dim, index smaller than x anywhere: out[p] = x[p with p[d] = index[p]],
+    a gather from flattened x at index[p] * stride(d) + the offset of p's other coordinates."""
+    if index.type.numel == 0:
+        return cx.const(np.zeros(index.shape), x.dtype)
+    strides = [math.prod(x.shape[i + 1:]) for i in range(x.type.rank)]
+    grid = np.indices(index.shape, dtype=np.int64)
+    base = sum(grid[i] * strides[i] for i in range(x.type.rank) if i != d)
+    flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+    idx = cx.cast(index, DType.int64)
+    if strides[d] != 1:
+        idx = cx.emit("mul", [idx, cx.const(strides[d], DType.int64)])
+    at = cx.emit("add", [idx, cx.const(np.asarray(base, np.int64), DType.int64)])
+    return cx.emit("gather", [flat, at], {"axis": 0})
+
+
+def _shifted(cx: Cx, y: Value, d: int, k: int, fill: float) -> Value:
+    """y shifted k places up dim d, the first k filled with `fill`."""
+    n = y.shape[d]
+    head = cx.emit("slice", [y], {"axis": d, "start": 0, "end": n - k, "step": 1})
+    pads = [(0, 0)] * y.type.rank
+    pads[d] = (k, 0)
+    return cx.emit("pad", [head], {"pads": pads, "value": float(fill)})
+
+
+@aten("cumprod.default")
+def _cumprod(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
+    """An inclusive scan in log2(n) vector steps (Hillis-Steele): y *= y shifted by 1, 2, 4, ... (ones shifted in)."""
+    dt = cx.out_dtype()
+    if not dt.is_float:
+        return None
+    y = cx.cast(x, dt)
+    if y.type.rank == 0 or y.type.numel == 0:
+        return y
+    d = _dim(dim, y.type.rank)
+    k = 1
+    while k < y.shape[d]:
+        y = cx.emit("mul", [y, _shifted(cx, y, d, k, 1.0)])
+        k *= 2
+    return y
+
+
+@aten("kthvalue.default")
+def _kthvalue(cx: Cx, x: Value, k: int, dim: int = -1, keepdim: bool = False) -> tuple | None:
+    """The k-th smallest along dim: the last of the k smallest (topk of -x)."""
+    if not x.dtype.is_float or x.type.rank == 0:
+        return None
+    d = _dim(dim, x.type.rank)
+    vals, idx = _topk_along(cx, x, k, d, largest=False)
+    outs = []
+    for i, v in enumerate((vals, idx)):
+        v = cx.emit("slice", [v], {"axis": d, "start": k - 1, "end": k, "step": 1}) if k > 1 else v
+        want = list(cx.meta_type(i).shape)
+        outs.append(v if list(v.shape) == want else cx.emit("reshape", [v], {"shape": want}))
+    return tuple(outs)
+
+
+@aten("dist.default")
+def _dist(cx: Cx, a: Value, b: Value, p: float = 2) -> Value | None:
+    """||a - b||_p over all elements."""
+    d = cx.emit("sub", list(_promote(cx, a, b)))
+    return _vector_norm(cx, d, float(p))
+
+
+@aten("addmv.default")
+def _addmv(cx: Cx, bias: Value, m: Value, v: Value, *, beta: Any = 1, alpha: Any = 1) -> Value:
+    """beta * bias + alpha * (m @ v): the vector as a one-column matrix."""
+    if m.shape[-1] == 0:
+        y = cx.const(np.zeros(m.shape[0]), m.dtype)
+    else:
+        col = cx.emit("reshape", [v], {"shape": [v.shape[0], 1]})
+        y = cx.emit("reshape", [cx.emit("matmul", [m, col])], {"shape": [m.shape[0]]})
+    if alpha != 1:
+        y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
+    if beta == 0:
+        return y if y.shape == tuple(cx.meta_type().shape) else cx.emit("expand", [y], {"shape": list(cx.meta_type().shape)})
+    if beta != 1:
+        bias = cx.emit("mul", [bias, cx.const(beta, bias.dtype)])
+    return cx.emit("add", [y, bias])
+
+
+@aten("addbmm.default")
+def _addbmm(cx: Cx, bias: Value, a: Value, b: Value, *, beta: Any = 1, alpha: Any = 1) -> Value | None:
+    """beta * bias + alpha * sum_i a[i] @ b[i]."""
+    if a.shape[0] == 0 or a.shape[-1] == 0:
+        return None
+    y = cx.emit("reduce", [cx.emit("matmul", [a, b])], {"kind": "sum", "axes": [0], "keepdim": False})
+    if alpha != 1:
+        y = cx.emit("mul", [y, cx.const(alpha, y.dtype)])
+    if beta == 0:
+        return y
+    if beta != 1:
+        bias = cx.emit("mul", [bias, cx.const(beta, bias.dtype)])
+    return cx.emit("add", [y, bias])
+
+
+@aten("angle.default")
+def _angle(cx: Cx, x: Value) -> Value | None:
+    """The angle of a real number: pi below zero, 0 otherwise, NaN for NaN."""
+    if not x.dtype.is_float:
+        return None
+    y = cx.emit("where", [cx.emit("lt", [x, cx.const(0.0, x.dtype)]), cx.const(math.pi, x.dtype), cx.const(0.0, x.dtype)])
+    return cx.emit("where", [cx.emit("isnan", [x]), x, y])

@@ -516,24 +516,16 @@ def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
 
 
 # -- LLM ops ------------------------------------------------------------------------------------
-def _is_state(cx: Cx, x: Value) -> bool:
-    """x is (a view of) a buffer the graph updates in place: persistent state."""
-    from vnpu.ir.ops import OPS
-
-    while x.producer is not None and OPS[x.producer.op].kind == "view":
-        x = x.producer.inputs[0]
-    return x.producer is None and not x.is_const and x.name in cx.g.state_init
-
-
 @aten("index_put.default", "index_put_.default")
 def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
-    """x[..., idx, ...] = values along the one indexed axis (index_copy_ on a KV cache)."""
+    """x[..., idx, ...] = values along the one indexed axis: in place on persistent state (a KV
+    cache's index_copy_), into a fresh copy otherwise (compiler.memory.copy_on_write)."""
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
     if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
         return None
     ax, idx = live[0]
-    if idx.dtype == DType.bool or not _is_state(cx, x):
-        return None  # in-place writes only into persistent state (a KV cache); other index_puts run on the host
+    if idx.dtype == DType.bool:
+        return None
     want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
     if values.shape != want:
         if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
@@ -1204,7 +1196,7 @@ def _sort(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> tuple | None:
         descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
     if x.type.rank == 0:
         return (x, cx.const(np.zeros((), np.int64), DType.int64))
-    if not x.dtype.is_float or x.type.numel == 0:
+    if x.dtype == DType.bool or x.type.numel == 0:
         return None
     d = _dim(dim, x.type.rank)
     return _topk_along(cx, x, x.shape[d], d, bool(descending))
@@ -1215,14 +1207,26 @@ CUMSUM_MAX = 2048  # longest scan lowered as a matmul against a triangular const
 
 @aten("cumsum.default")
 def _cumsum(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
-    """cumsum along d: rows (d moved last) times the upper-triangular ones matrix U[j, i] = (j <= i),
-    one matmul on the matrix engine."""
+    """cumsum along d. Floats: rows (d moved last) times the upper-triangular ones matrix
+    U[j, i] = (j <= i), one matmul on the matrix engine (fp32 accumulation). Integers: a
+    Hillis-Steele scan, ceil(log2 n) shifted adds, exact in the integer type as torch is."""
     dt = cx.out_dtype()
-    if not dt.is_float or x.type.rank == 0:
-        return None if x.type.rank else cx.cast(x, dt)
+    if x.type.rank == 0:
+        return cx.cast(x, dt)
     d = _dim(dim, x.type.rank)
     n = x.shape[d]
-    if n > CUMSUM_MAX or x.type.numel == 0:
+    if x.type.numel == 0 or dt == DType.bool:
+        return None
+    if not dt.is_float:  # integers: a log-step scan of exact adds on the vector engine
+        y = cx.cast(x, dt)
+        step = 1
+        while step < n:
+            zeros = cx.const(np.zeros(y.shape[:d] + (step,) + y.shape[d + 1:], dt.np), dt)
+            head = cx.emit("slice", [y], {"axis": d, "start": 0, "end": n - step, "step": 1})
+            y = cx.emit("add", [y, cx.emit("concat", [zeros, head], {"axis": d})])
+            step *= 2
+        return y
+    if n > CUMSUM_MAX:
         return None
     y, back = _to_last(cx, cx.cast(x, dt), d)
     tri = cx.const(np.triu(np.ones((n, n), np.float32)), dt)

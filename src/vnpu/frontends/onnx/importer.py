@@ -120,6 +120,8 @@ def load_model(model: Any) -> Any:
     except Exception as e:  # noqa: BLE001 - ValidationError and friends
         raise OnnxModelError(f"{where} is not a valid ONNX model: {_first_line(e)}") from None
     opset = _opset(proto)
+    if opset == 0 and not any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return proto  # only other domains' ops (training, ML): named by strict mode, run on the host otherwise
     if opset < MIN_OPSET:
         try:
             from onnx import version_converter
@@ -181,7 +183,7 @@ def resolve_input_shapes(proto: Any, input_shapes: Mapping[str, Sequence[int]] |
             out[name] = shape
             continue
         for i, d in enumerate(dims):
-            if not isinstance(d, int) or d <= 0:
+            if not isinstance(d, int) or d < 0:  # 0 is a static zero-size dim
                 raise DynamicShapeError(
                     f"input {name!r} dim {i} ({d or 'unnamed'}) is dynamic in the model ({_dims_str(dims)}) and no "
                     f"shape was given; pass input_shapes={{{name!r}: (...)}} (CLI: --input-shape {name}=D0,D1,...)")
@@ -227,6 +229,8 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         env[t.name] = g.add_const(t.name, arr, _elem_dtype(t.data_type))
     for iname, _, dt in input_specs(proto):
         env[iname] = g.add_input(iname, TensorType(shapes[iname], dt))
+        if env[iname].type.numel == 0:  # a zero-size input holds no data: what it feeds is folded
+            env[iname] = _empty(g, env[iname])
 
     unsupported: dict[str, int] = {}
     where: dict[str, list[str]] = {}
@@ -263,13 +267,13 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         for oname, v in zip(node.output, outs):
             if oname and v is not None:
-                env[oname] = v
+                env[oname] = _empty(g, v) if v.type.numel == 0 and not v.is_const else v
     if unsupported:
         raise UnsupportedOpError(unsupported, "vnpu/frontends/onnx/onnx_ops.py", where)
     for o in proto.graph.output:
         if o.name not in env:
             raise OnnxModelError(f"graph output {o.name!r} is not produced by any node")
-    g.outputs = [env[o.name] for o in proto.graph.output]
+    g.outputs = _own_outputs(g, [env[o.name] for o in proto.graph.output])
     lift_gelu(g)
     lift_layer_norm(g)
     drop_dead_nodes(g)
@@ -279,6 +283,25 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         warnings.warn(f"vnpu: {len(res.fallback_ops)} ONNX op type(s) run on the host CPU instead of the chip: {listing}",
                       FallbackWarning, stacklevel=3)
     return res
+
+
+def _empty(g: Graph, v: Value) -> Value:
+    """A zero-size value as a constant (it has no elements to compute)."""
+    return g.add_const(v.name, np.zeros(v.shape, v.dtype.np if v.dtype != DType.bf16 else np.float32), v.dtype)
+
+
+def _own_outputs(g: Graph, outs: list[Value]) -> list[Value]:
+    """Graph outputs as values computed by the program: an output that is a graph input, a
+    constant, or the same value as an earlier output gets a copy node of its own (each output
+    is a buffer the program writes)."""
+    seen: set[int] = set()
+    fixed = []
+    for v in outs:
+        if v.is_const or v.producer is None or id(v) in seen:
+            v = g.add_node("copy", [v], {}, name=f"{v.name}_output").output
+        seen.add(id(v))
+        fixed.append(v)
+    return fixed
 
 
 def _node_evaluator(node: Any, opset: int) -> Any:

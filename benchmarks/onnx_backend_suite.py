@@ -59,7 +59,8 @@ DECLINED: dict[str, str] = {
     "Momentum": "training op (optimizer state update)",
     "NegativeLogLikelihoodLoss": "training loss (an inference graph has no loss)",
     "SoftmaxCrossEntropyLoss": "training loss (an inference graph has no loss)",
-    # random numbers: the chip has no RNG (the host draws noise, as LLM sampling does)
+    # random numbers: the chip has no RNG
+    "Dropout": "training_mode=1 with ratio > 0 draws a random mask: the chip has no RNG (inference Dropout is lowered)", (the host draws noise, as LLM sampling does)
     "RandomNormal": "random op: the chip has no RNG",
     "RandomNormalLike": "random op: the chip has no RNG",
     "RandomUniform": "random op: the chip has no RNG",

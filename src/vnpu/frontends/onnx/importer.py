@@ -249,6 +249,7 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         all_const = all(v.is_const for v in present)
         if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
             out = _fold(cx, node, ins, opset)
+        if out is not None:
             # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
             # cheaper to compute on the chip than to store as a weight, when there is a lowering
             in_bytes = sum(v.type.nbytes for v in present)
@@ -310,12 +311,14 @@ def _node_evaluator(node: Any, opset: int) -> Any:
     return ReferenceEvaluator(node, opsets={"": opset})
 
 
-def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...]:
+def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...] | None:
     feeds = {n: v.data for n, v in zip(node.input, ins) if n and v is not None}
     try:
         outs = _node_evaluator(node, opset).run(None, feeds)
     except Exception as e:  # noqa: BLE001
         raise OnnxModelError(f"node {cx.node_label} ({node.op_type}) fails on its constant inputs: {_first_line(e)}") from None
+    if any(not isinstance(a, np.ndarray) and not np.isscalar(a) for a in outs):
+        return None  # a sequence / optional / map: not a tensor constant
     from vnpu.dtypes import from_numpy
 
     vals = []

@@ -109,8 +109,12 @@ def _not(cx: Cx, ins: Ins, attrs: dict) -> Value:
 
 @onnx_op("Identity", "Dropout")
 def _identity(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
-    if len(ins) > 2 and ins[2] is not None and not (ins[2].is_const and not bool(np.asarray(ins[2].data))):
-        return None  # Dropout in training mode
+    training = len(ins) > 2 and ins[2] is not None and not (ins[2].is_const and not bool(np.asarray(ins[2].data)))
+    ratio = ins[1] if len(ins) > 1 else None
+    if training and not (ratio is not None and ratio.is_const and float(np.asarray(ratio.data)) == 0):
+        return None  # Dropout in training mode draws a random mask
+    if cx.node.op_type == "Dropout" and len(cx.node.output) > 1 and cx.node.output[1]:
+        return ins[0], cx.const(np.ones(ins[0].shape, bool), DType.bool)  # inference: every element kept
     return ins[0]
 
 
@@ -139,6 +143,8 @@ def _leaky_relu(cx: Cx, ins: Ins, attrs: dict) -> Value:
 @onnx_op("PRelu")
 def _prelu(cx: Cx, ins: Ins, attrs: dict) -> Value:
     x, slope = _same(cx, ins[0], ins[1])
+    if slope.type.rank == 1 and x.type.rank > 2 and slope.shape[0] == x.shape[1] != x.shape[-1]:
+        slope = _reshape_to(cx, slope, [x.shape[1]] + [1] * (x.type.rank - 2))  # one slope per channel
     return cx.emit("where", [cx.emit("gt", [x, cx.const(0, x.dtype)]), x, cx.emit("mul", [x, slope])])
 
 
@@ -153,10 +159,17 @@ def _elu(cx: Cx, ins: Ins, attrs: dict) -> Value:
 @onnx_op("Clip")
 def _clip(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
+    lo_v, hi_v = (ins[1] if len(ins) > 1 else None), (ins[2] if len(ins) > 2 else None)
+    if not x.dtype.is_float or any(v is not None and not v.is_const for v in (lo_v, hi_v)):
+        # bounds known only at run time (or integer data): elementwise max / min
+        y = x
+        if lo_v is not None:
+            y = cx.emit("maximum", [y, cx.cast(lo_v, x.dtype)])
+        if hi_v is not None:
+            y = cx.emit("minimum", [y, cx.cast(hi_v, x.dtype)])
+        return y
     bounds = []
-    for v in (ins[1] if len(ins) > 1 else None, ins[2] if len(ins) > 2 else None):
-        if v is not None and not v.is_const:
-            return None  # bounds known only at run time
+    for v in (lo_v, hi_v):
         bounds.append(None if v is None else float(np.asarray(v.data, np.float64).reshape(-1)[0]))
     lo, hi = bounds
     if lo is None and hi is None:
@@ -289,8 +302,16 @@ def _layer_norm(cx: Cx, ins: Ins, attrs: dict) -> Value:
 
     w, b = param(w), param(b)
     ins_ = [x] + [v for v in (w, b) if v is not None]
-    return cx.emit("layer_norm", ins_, {"axis_count": n, "eps": float(attrs.get("epsilon", 1e-5)),
-                                         "has_weight": w is not None, "has_bias": b is not None})
+    eps = float(attrs.get("epsilon", 1e-5))
+    y = cx.emit("layer_norm", ins_, {"axis_count": n, "eps": eps, "has_weight": w is not None, "has_bias": b is not None})
+    if not any(cx.node.output[1:]):
+        return y
+    # the Mean and InvStdDev outputs (training exports keep them): reductions over the normalized axes
+    axes = list(range(axis, x.type.rank))
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    d = cx.emit("sub", [x, mean])
+    var = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "mean", "axes": axes, "keepdim": True})
+    return y, mean, cx.emit("rsqrt", [cx.emit("add", [var, cx.const(eps, x.dtype)])])
 
 
 def _group_norm(cx: Cx, x: Value, groups: int, scale: Value, bias: Value, eps: float) -> Value | None:
@@ -560,12 +581,15 @@ def _slice(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     starts, ends = cx.ints(ins[1]), cx.ints(ins[2])
     axes = cx.ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts or [])))
     steps = cx.ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts or [])
-    if starts is None or ends is None or axes is None or steps is None or any(s < 1 for s in steps):
-        return None  # run-time bounds or reversed slices: host
+    if starts is None or ends is None or axes is None or steps is None or any(s == 0 for s in steps):
+        return None  # run-time bounds: host
     y = x
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = _axis(a, x.type.rank)
         n = x.shape[a]
+        if st < 0:  # a reversed slice: a gather of the constant indices
+            y = _take(cx, y, a, np.arange(*slice(s, e, st).indices(n)))
+            continue
         lo, hi, _ = slice(s, e, st).indices(n)  # ONNX clamps like Python slicing for positive steps
         hi = max(hi, lo)
         if (lo, hi, st) == (0, n, 1):
@@ -599,13 +623,15 @@ def _split(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
 @onnx_op("Pad")
 def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
-    if attrs.get("mode", "constant") != "constant":
-        return None  # reflect/edge/wrap: host
+    mode = attrs.get("mode", "constant")
     pads = cx.ints(ins[1])
     value_v = ins[2] if len(ins) > 2 else None
     axes = cx.ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(x.type.rank))
-    if pads is None or axes is None or (value_v is not None and not value_v.is_const) or any(p < 0 for p in pads):
+    if pads is None or axes is None or (value_v is not None and not value_v.is_const):
         return None
+    if mode != "constant" or any(p < 0 for p in pads):
+        value = 0.0 if value_v is None or value_v.type.numel == 0 else float(np.asarray(value_v.data).reshape(-1)[0])
+        return _pad_by_index(cx, x, pads, axes, mode, value)
     value = 0.0 if value_v is None or value_v.type.numel == 0 else float(np.asarray(value_v.data).reshape(-1)[0])
     k = len(axes)
     full = [(0, 0)] * x.type.rank
@@ -694,3 +720,443 @@ def _repeat_each(cx: Cx, x: Value, axis: int, r: int) -> Value:
     v = cx.emit("reshape", [x], {"shape": shape[:axis + 1] + [1] + shape[axis + 1:]})
     v = cx.emit("expand", [v], {"shape": shape[:axis + 1] + [r] + shape[axis + 1:]})
     return cx.emit("reshape", [v], {"shape": shape[:axis] + [shape[axis] * r] + shape[axis + 1:]})
+
+
+# -- onnx backend suite coverage (onnxsuite) ----------------------------------------------------
+def _last_axis(cx: Cx, x: Value, axis: int) -> tuple[Value, list[int] | None]:
+    """x with `axis` moved last (a permute), and the permutation (None when already last)."""
+    r = x.type.rank
+    if axis == r - 1:
+        return x, None
+    perm = [i for i in range(r) if i != axis] + [axis]
+    return cx.emit("permute", [x], {"perm": perm}), perm
+
+
+def _undo(cx: Cx, x: Value, perm: list[int] | None) -> Value:
+    if perm is None:
+        return x
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return cx.emit("permute", [x], {"perm": inv})
+
+
+def _take(cx: Cx, x: Value, axis: int, idx: np.ndarray) -> Value:
+    """x indexed along `axis` by constant indices (a gather; a slice when they are a run)."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        if idx[0] == 0 and idx.size == x.shape[axis]:
+            return x
+        return cx.emit("slice", [x], {"axis": axis, "start": int(idx[0]), "end": int(idx[0]) + idx.size, "step": 1})
+    return cx.emit("gather", [x, cx.const(idx, DType.int64)], {"axis": axis})
+
+
+def _argmax_keepdims(cx: Cx, x: Value, axis: int, largest: bool, last_index: bool) -> Value:
+    """int64 index of the largest (smallest) element along `axis`, that axis kept with size 1:
+    the chip's top-1 over the last axis (ties: the lower index; select_last_index reverses first)."""
+    v, perm = _last_axis(cx, x, axis)
+    if perm is not None:
+        v = cx.emit("copy", [v])  # the top-k kernel reads evenly spaced rows
+    if not largest:
+        v = cx.emit("neg", [v])
+    n = v.shape[-1]
+    if last_index:
+        v = _take(cx, v, v.type.rank - 1, np.arange(n - 1, -1, -1))
+    idx = cx.g.add_node("topk", [v], {"k": 1}, name=cx.node_label).outputs[1]
+    if last_index:
+        idx = cx.emit("sub", [cx.const(n - 1, DType.int64), idx])
+    return _undo(cx, idx, perm)
+
+
+def _arg(largest: bool):
+    def h(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+        x = ins[0]
+        if not x.dtype.is_float or x.type.rank == 0:
+            return None
+        axis = _axis(int(attrs.get("axis", 0)), x.type.rank)
+        idx = _argmax_keepdims(cx, x, axis, largest, bool(attrs.get("select_last_index", 0)))
+        if not attrs.get("keepdims", 1):
+            idx = _reshape_to(cx, idx, [d for i, d in enumerate(idx.shape) if i != axis])
+        return idx
+    return h
+
+
+onnx_op("ArgMax")(_arg(True))
+onnx_op("ArgMin")(_arg(False))
+
+
+def _iota(n: int, axis: int, rank: int) -> np.ndarray:
+    shape = [1] * rank
+    shape[axis] = n
+    return np.arange(n, dtype=np.int64).reshape(shape)
+
+
+@onnx_op("Hardmax")
+def _hardmax(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float or x.type.rank == 0:
+        return None
+    axis = _axis(int(attrs.get("axis", -1)), x.type.rank)
+    idx = _argmax_keepdims(cx, x, axis, True, False)
+    hit = cx.emit("eq", [cx.const(_iota(x.shape[axis], axis, x.type.rank), DType.int64), idx])
+    return cx.cast(hit, x.dtype)
+
+
+@onnx_op("TopK")
+def _topk_op(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
+    x = ins[0]
+    k = cx.ints(ins[1])
+    if k is None or not x.dtype.is_float or x.type.rank == 0:
+        return None
+    k = k[0]
+    axis = _axis(int(attrs.get("axis", -1)), x.type.rank)
+    largest = bool(attrs.get("largest", 1))
+    v, perm = _last_axis(cx, x, axis)
+    if perm is not None:
+        v = cx.emit("copy", [v])  # the top-k kernel reads evenly spaced rows
+    if not largest:
+        v = cx.emit("neg", [v])
+    if k == 0 or k > v.shape[-1]:
+        return None
+    vals, idx = cx.g.add_node("topk", [v], {"k": k}, name=cx.node_label).outputs
+    if not largest:
+        vals = cx.emit("neg", [vals])
+    return _undo(cx, vals, perm), _undo(cx, idx, perm)
+
+
+def _flat_index_base(shape: tuple[int, ...], idx_shape: tuple[int, ...], axis: int) -> tuple[np.ndarray, int]:
+    """For GatherElements: each position's flat offset into `shape` with its `axis` coordinate
+    zero, and the stride of `axis`."""
+    strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
+    grids = np.indices(idx_shape, dtype=np.int64)
+    base = sum(grids[d] * strides[d] for d in range(len(shape)) if d != axis)
+    return np.asarray(base, np.int64).reshape(idx_shape), strides[axis]
+
+
+def _wrap_negative(cx: Cx, idx: Value, n: int | Value) -> Value:
+    """Negative indices counted from the end (n + i)."""
+    idx = cx.cast(idx, DType.int64)
+    if idx.is_const:
+        a = np.asarray(idx.data, np.int64)
+        return cx.const(np.where(a < 0, a + n, a), DType.int64)
+    zero = cx.const(0, DType.int64)
+    nv = n if isinstance(n, Value) else cx.const(n, DType.int64)
+    return cx.emit("where", [cx.emit("lt", [idx, zero]), cx.emit("add", [idx, nv]), idx])
+
+
+@onnx_op("GatherElements")
+def _gather_elements(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, idx = ins
+    if x.type.rank == 0 or idx.type.rank != x.type.rank:
+        return None
+    axis = _axis(int(attrs.get("axis", 0)), x.type.rank)
+    base, stride = _flat_index_base(x.shape, idx.shape, axis)
+    idx = _wrap_negative(cx, idx, x.shape[axis])
+    if idx.is_const:
+        flat = cx.const(np.asarray(idx.data) * stride + base, DType.int64)
+    else:
+        flat = cx.emit("add", [cx.emit("mul", [idx, cx.const(stride, DType.int64)]), cx.const(base, DType.int64)])
+    return cx.emit("gather", [_reshape_to(cx, x, [x.type.numel]), flat], {"axis": 0})
+
+
+@onnx_op("GatherND")
+def _gather_nd(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, idx = ins
+    b = int(attrs.get("batch_dims", 0))
+    m = idx.shape[-1] if idx.type.rank else 0
+    if idx.type.rank < 1 or m == 0 or b + m > x.type.rank:
+        return None
+    inner = x.shape[b:b + m]
+    strides = [int(np.prod(inner[j + 1:], dtype=np.int64)) for j in range(m)]
+    rows = int(np.prod(x.shape[:b + m], dtype=np.int64))
+    table = _reshape_to(cx, x, [rows] + list(x.shape[b + m:]))
+    pos_shape = idx.shape[:-1]
+    # the batch coordinates of each index tuple select a block of prod(inner) rows
+    grids = np.indices(pos_shape, dtype=np.int64) if pos_shape else np.zeros((0,), np.int64)
+    bflat = np.zeros(pos_shape, np.int64)
+    for d in range(b):
+        bflat = bflat * x.shape[d] + grids[d]
+    base = bflat * int(np.prod(inner, dtype=np.int64))
+    if idx.is_const:
+        a = np.asarray(idx.data, np.int64)
+        a = np.where(a < 0, a + np.asarray(inner, np.int64), a)
+        flat = cx.const(base + (a * np.asarray(strides, np.int64)).sum(-1), DType.int64)
+    else:
+        acc = cx.const(base, DType.int64)
+        for j in range(m):
+            col = cx.emit("slice", [cx.cast(idx, DType.int64)], {"axis": idx.type.rank - 1, "start": j, "end": j + 1, "step": 1})
+            col = _reshape_to(cx, _wrap_negative(cx, col, inner[j]), list(pos_shape))
+            acc = cx.emit("add", [acc, cx.emit("mul", [col, cx.const(strides[j], DType.int64)])])
+        flat = acc
+    return cx.emit("gather", [table, flat], {"axis": 0})
+
+
+@onnx_op("OneHot")
+def _one_hot(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    idx, depth_v, values = ins
+    depth = cx.ints(depth_v) if depth_v.dtype.is_float is False else (
+        None if not depth_v.is_const else [int(np.asarray(depth_v.data).reshape(-1)[0])])
+    if depth is None:
+        return None
+    depth = depth[0]
+    rank = idx.type.rank + 1
+    axis = _axis(int(attrs.get("axis", -1)), rank)
+    i = _wrap_negative(cx, idx, depth)
+    i = _reshape_to(cx, i, list(i.shape[:axis]) + [1] + list(i.shape[axis:]))
+    hit = cx.emit("eq", [i, cx.const(_iota(depth, axis, rank), DType.int64)])
+    off = _reshape_to(cx, _take(cx, values, 0, np.array([0])), [1] * rank)
+    on = _reshape_to(cx, _take(cx, values, 0, np.array([1])), [1] * rank)
+    return cx.emit("where", [hit, on, off])
+
+
+@onnx_op("EyeLike")
+def _eye_like(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if x.type.rank != 2:
+        return None
+    dt = _elem_dtype(int(attrs["dtype"])) if "dtype" in attrs else x.dtype
+    return cx.const(np.eye(x.shape[0], x.shape[1], int(attrs.get("k", 0))), dt)
+
+
+@onnx_op("Trilu")
+def _trilu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    k = 0
+    if len(ins) > 1 and ins[1] is not None:
+        ks = cx.ints(ins[1])
+        if ks is None:
+            return None
+        k = ks[0]
+    if x.type.rank < 2:
+        return None
+    n, m = x.shape[-2:]
+    i, j = np.arange(n)[:, None], np.arange(m)[None, :]
+    keep = (j - i >= k) if attrs.get("upper", 1) else (j - i <= k)
+    return cx.emit("where", [cx.const(keep, DType.bool), x, cx.const(0, x.dtype)])
+
+
+@onnx_op("CumSum")
+def _cumsum(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """A running sum along the axis as a matmul with a triangular 0/1 matrix."""
+    x = ins[0]
+    ax = cx.ints(ins[1])
+    if ax is None or not x.dtype.is_float or x.type.rank == 0:
+        return None
+    axis = _axis(ax[0], x.type.rank)
+    v, perm = _last_axis(cx, x, axis)
+    n = v.shape[-1]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    excl, rev = bool(attrs.get("exclusive", 0)), bool(attrs.get("reverse", 0))
+    tri = (i > j if excl else i >= j) if rev else (i < j if excl else i <= j)
+    y = _matmul(cx, [v, cx.const(tri.astype(np.float32), x.dtype)], {})
+    return _undo(cx, y, perm)
+
+
+@onnx_op("LpNormalization")
+def _lp_normalization(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    axis = _axis(int(attrs.get("axis", -1)), x.type.rank)
+    p = int(attrs.get("p", 2))
+    if p not in (1, 2):
+        return None
+    a = cx.emit("abs", [x]) if p == 1 else cx.emit("mul", [x, x])
+    norm = cx.emit("reduce", [a], {"kind": "sum", "axes": [axis], "keepdim": True})
+    if p == 2:
+        norm = cx.emit("sqrt", [norm])
+    zero = cx.const(0, x.dtype)
+    return cx.emit("where", [cx.emit("eq", [norm, zero]), zero, cx.emit("div", [x, norm])])
+
+
+@onnx_op("Shrink")
+def _shrink(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    lam, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    lo = cx.emit("add", [x, cx.const(bias, x.dtype)])
+    hi = cx.emit("sub", [x, cx.const(bias, x.dtype)])
+    inner = cx.emit("where", [cx.emit("gt", [x, cx.const(lam, x.dtype)]), hi, cx.const(0, x.dtype)])
+    return cx.emit("where", [cx.emit("lt", [x, cx.const(-lam, x.dtype)]), lo, inner])
+
+
+@onnx_op("DepthToSpace")
+def _depth_to_space(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if x.type.rank != 4:
+        return None
+    b = int(attrs["blocksize"])
+    n, c, h, w = x.shape
+    if attrs.get("mode", "DCR") == "DCR":
+        v = _reshape_to(cx, x, [n, b, b, c // (b * b), h, w])
+        v = cx.emit("permute", [v], {"perm": [0, 3, 4, 1, 5, 2]})
+    else:
+        v = _reshape_to(cx, x, [n, c // (b * b), b, b, h, w])
+        v = cx.emit("permute", [v], {"perm": [0, 1, 4, 2, 5, 3]})
+    return cx.emit("reshape", [v], {"shape": [n, c // (b * b), h * b, w * b]})
+
+
+@onnx_op("SpaceToDepth")
+def _space_to_depth(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if x.type.rank != 4:
+        return None
+    b = int(attrs["blocksize"])
+    n, c, h, w = x.shape
+    v = _reshape_to(cx, x, [n, c, h // b, b, w // b, b])
+    perm = [0, 3, 5, 1, 2, 4] if attrs.get("mode", "DCR") == "DCR" else [0, 1, 3, 5, 2, 4]
+    v = cx.emit("permute", [v], {"perm": perm})
+    return cx.emit("reshape", [v], {"shape": [n, c * b * b, h // b, w // b]})
+
+
+def _reduce_kind_then(kind: str, pre: str | None = None, post: str | None = None):
+    """ReduceL1 (sum of abs), ReduceLogSum (log of sum): an elementwise op before / after a reduce."""
+    def h(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+        x = ins[0]
+        if not x.dtype.is_float:
+            return None
+        axes = _reduce_axes(cx, ins, attrs, x.type.rank)
+        if axes is None:
+            return None
+        v = cx.emit(pre, [x]) if pre else x
+        if not axes:
+            return cx.emit(post, [v]) if post else v
+        y = cx.emit("reduce", [v], {"kind": kind, "axes": axes, "keepdim": bool(attrs.get("keepdims", 1))})
+        return cx.emit(post, [y]) if post else y
+    return h
+
+
+onnx_op("ReduceL1")(_reduce_kind_then("sum", pre="abs"))
+onnx_op("ReduceLogSum")(_reduce_kind_then("sum", post="log"))
+
+
+@onnx_op("ReduceLogSumExp")
+def _reduce_log_sum_exp(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    axes = _reduce_axes(cx, ins, attrs, x.type.rank)
+    if axes is None:
+        return None
+    if not axes:
+        return x
+    m = cx.emit("reduce", [x], {"kind": "max", "axes": axes, "keepdim": True})
+    s = cx.emit("reduce", [cx.emit("exp", [cx.emit("sub", [x, m])])], {"kind": "sum", "axes": axes, "keepdim": True})
+    y = cx.emit("add", [cx.emit("log", [s]), m])
+    if not attrs.get("keepdims", 1):
+        y = _reshape_to(cx, y, [d for i, d in enumerate(x.shape) if i not in axes])
+    return y
+
+
+@onnx_op("ReduceProd")
+def _reduce_prod(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """A product as a chain of multiplies of the slices along each reduced axis (short axes only)."""
+    x = ins[0]
+    axes = _reduce_axes(cx, ins, attrs, x.type.rank)
+    if axes is None or not x.dtype.is_float or any(x.shape[a] > 64 for a in axes):
+        return None
+    if not axes:
+        return x
+    y = x
+    for a in axes:
+        acc = cx.emit("slice", [y], {"axis": a, "start": 0, "end": 1, "step": 1})
+        for i in range(1, y.shape[a]):
+            acc = cx.emit("mul", [acc, cx.emit("slice", [y], {"axis": a, "start": i, "end": i + 1, "step": 1})])
+        y = acc
+    if not attrs.get("keepdims", 1):
+        y = _reshape_to(cx, y, [d for i, d in enumerate(x.shape) if i not in axes])
+    return y
+
+
+@onnx_op("RMSNormalization")
+def _rms_normalization(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, scale = ins[0], ins[1]
+    if not x.dtype.is_float or x.type.rank == 0:
+        return None
+    axis = _axis(int(attrs.get("axis", -1)), x.type.rank)
+    eps = float(attrs.get("epsilon", 1e-5))
+    norm = {"eps": eps, "axis_count": 1, "has_weight": False, "has_bias": False, "rms": True}
+    scale = cx.cast(scale, x.dtype)
+    if axis == x.type.rank - 1 and scale.shape == x.shape[-1:]:
+        return cx.emit("rms_norm", [x, scale], {**norm, "has_weight": True})
+    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+    v = _reshape_to(cx, x, [int(np.prod(x.shape[:axis], dtype=np.int64)), inner])
+    v = _reshape_to(cx, cx.emit("rms_norm", [v], norm), list(x.shape))
+    return cx.emit("mul", [v, scale])
+
+
+@onnx_op("RotaryEmbedding")
+def _rotary_embedding(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, cos, sin = ins[:3]
+    pos = ins[3] if len(ins) > 3 else None
+    if x.type.rank not in (3, 4) or not x.dtype.is_float:
+        return None
+    v = x if x.type.rank == 3 else cx.emit("permute", [x], {"perm": [0, 2, 1, 3]})  # [B, S, ...]
+    b, s = v.shape[:2]
+    if v.type.rank == 3:
+        heads = int(attrs.get("num_heads", 0))
+        if not heads:
+            return None
+        v = _reshape_to(cx, v, [b, s, heads, v.shape[2] // heads])
+    d = v.shape[3]
+    rd = int(attrs.get("rotary_embedding_dim", 0)) or d
+    if pos is not None:
+        cos = cx.emit("gather", [cos, cx.cast(pos, DType.int64)], {"axis": 0})
+        sin = cx.emit("gather", [sin, cx.cast(pos, DType.int64)], {"axis": 0})
+    cos = _reshape_to(cx, cx.cast(cos, x.dtype), [b, s, 1, rd // 2])
+    sin = _reshape_to(cx, cx.cast(sin, x.dtype), [b, s, 1, rd // 2])
+    rot = _take(cx, v, 3, np.arange(rd))
+    if attrs.get("interleaved", 0):
+        x1, x2 = _take(cx, rot, 3, np.arange(0, rd, 2)), _take(cx, rot, 3, np.arange(1, rd, 2))
+    else:
+        x1, x2 = _take(cx, rot, 3, np.arange(rd // 2)), _take(cx, rot, 3, np.arange(rd // 2, rd))
+    real = cx.emit("sub", [cx.emit("mul", [cos, x1]), cx.emit("mul", [sin, x2])])
+    imag = cx.emit("add", [cx.emit("mul", [sin, x1]), cx.emit("mul", [cos, x2])])
+    if attrs.get("interleaved", 0):
+        pair = [_reshape_to(cx, t, list(t.shape) + [1]) for t in (real, imag)]
+        rot = _reshape_to(cx, cx.emit("concat", pair, {"axis": 4}), [b, s, v.shape[2], rd])
+    else:
+        rot = cx.emit("concat", [real, imag], {"axis": 3})
+    y = rot if rd == d else cx.emit("concat", [rot, _take(cx, v, 3, np.arange(rd, d))], {"axis": 3})
+    if x.type.rank == 3:
+        return _reshape_to(cx, y, list(x.shape))
+    return cx.emit("permute", [y], {"perm": [0, 2, 1, 3]})
+
+
+def _pad_by_index(cx: Cx, x: Value, pads: list[int], axes: list[int], mode: str, value: float = 0.0) -> Value | None:
+    """Pad in reflect / edge / wrap mode (and negative pads, which crop) as one constant-index
+    gather per padded axis; constant mode with negative pads crops then pads."""
+    k = len(axes)
+    y = x
+    for i, a in enumerate(axes):
+        a = _axis(a, x.type.rank)
+        lo, hi = pads[i], pads[i + k]
+        n = y.shape[a]
+        pos = np.arange(-lo, n + hi)
+        if mode == "constant":
+            keep = pos[(pos >= 0) & (pos < n)]
+            y = _take(cx, y, a, keep)
+            before, after = max(lo, 0), max(hi, 0)
+            if before or after:
+                full = [(0, 0)] * y.type.rank
+                full[a] = (before, after)
+                y = cx.emit("pad", [y], {"pads": full, "value": value})
+            continue
+        if n == 0:
+            return None
+        if mode == "edge":
+            idx = np.clip(pos, 0, n - 1)
+        elif mode == "wrap":
+            idx = np.mod(pos, n)
+        elif mode == "reflect":
+            if n == 1:
+                idx = np.zeros_like(pos)
+            else:
+                period = 2 * (n - 1)
+                r = np.mod(pos, period)
+                idx = np.where(r < n, r, period - r)
+        else:
+            return None
+        y = _take(cx, y, a, idx)
+    return y

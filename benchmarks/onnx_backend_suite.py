@@ -60,7 +60,7 @@ DECLINED: dict[str, str] = {
     "NegativeLogLikelihoodLoss": "training loss (an inference graph has no loss)",
     "SoftmaxCrossEntropyLoss": "training loss (an inference graph has no loss)",
     # random numbers: the chip has no RNG
-    "Dropout": "training_mode=1 with ratio > 0 draws a random mask: the chip has no RNG (inference Dropout is lowered)", (the host draws noise, as LLM sampling does)
+    "Dropout": "training_mode=1 with ratio > 0 draws a random mask: the chip has no RNG (inference Dropout is lowered)",
     "RandomNormal": "random op: the chip has no RNG",
     "RandomNormalLike": "random op: the chip has no RNG",
     "RandomUniform": "random op: the chip has no RNG",
@@ -78,6 +78,7 @@ DECLINED: dict[str, str] = {
     "StringSplit": "string op", "RegexFullMatch": "string op", "TfIdfVectorizer": "string/n-gram op",
     "If": "control flow (subgraph): vnpu compiles static dataflow graphs",
     "Loop": "control flow (subgraph)", "Scan": "control flow (subgraph)",
+    "ai.onnx.preview.FlexAttention": "preview-domain op whose score/mask modifiers are subgraphs (control flow)",
     # data-dependent output shapes: vnpu programs have static shapes
     "NonZero": "data-dependent output shape", "Unique": "data-dependent output shape",
     "NonMaxSuppression": "data-dependent output shape",
@@ -348,14 +349,17 @@ def bind_shape_operands(model: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, 
     from onnx import numpy_helper
 
     inits = {t.name for t in model.graph.initializer}
-    runtime = {vi.name for vi in model.graph.input if vi.name not in inits}
-    bind = []
+    runtime = [vi.name for vi in model.graph.input if vi.name not in inits]
+    # the tensors a shape operand is computed from, back through the nodes producing them
+    # (not through Shape / Size, which read only the static shape of their input)
+    needed: set[str] = set()
     for n in model.graph.node:
-        if n.domain not in ("", "ai.onnx"):
-            continue
-        for i in SHAPE_OPERANDS.get(n.op_type, ()):
-            if i < len(n.input) and n.input[i] in runtime and n.input[i] in feeds and n.input[i] not in bind:
-                bind.append(n.input[i])
+        if n.domain in ("", "ai.onnx"):
+            needed.update(n.input[i] for i in SHAPE_OPERANDS.get(n.op_type, ()) if i < len(n.input) and n.input[i])
+    for n in reversed(model.graph.node):
+        if any(o in needed for o in n.output) and n.op_type not in ("Shape", "Size"):
+            needed.update(i for i in n.input if i)
+    bind = [name for name in runtime if name in needed and name in feeds and isinstance(feeds[name], (np.ndarray, np.generic))]
     if not bind:
         return model, []
     m = onnx.ModelProto()
@@ -389,14 +393,14 @@ def run_case(case: Case) -> Outcome:
     if not non_tensor and data_sets:
         feeds = dict(zip(input_names, data_sets[0][0]))
         model, bound = bind_shape_operands(model, feeds)
-        if bound:  # bound per data set would need one program each: the cases have one data set
+        if bound:  # binding per data set would need one program each; such cases have one data set
             data_sets = [([x for n, x in zip(input_names, ins) if n not in bound], outs) for ins, outs in data_sets[:1]]
             input_names = [n for n in input_names if n not in bound]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             shapes = None
-            if data_sets and all(isinstance(x, np.ndarray) for x in data_sets[0][0]):
+            if data_sets and all(isinstance(x, (np.ndarray, np.generic)) for x in data_sets[0][0]):
                 shapes = {n: tuple(np.asarray(x).shape) for n, x in zip(input_names, data_sets[0][0])}
                 shapes = _dynamic_only(model, shapes)
             cm = vnpu.from_onnx(model, strict=True, input_shapes=shapes or None)

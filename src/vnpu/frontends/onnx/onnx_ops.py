@@ -1160,3 +1160,136 @@ def _pad_by_index(cx: Cx, x: Value, pads: list[int], axes: list[int], mode: str,
             return None
         y = _take(cx, y, a, idx)
     return y
+
+
+_MASKED = -1e30  # a finite "minus infinity" for masked scores: exp underflows to 0 without inf - inf
+
+
+@onnx_op("Attention")
+def _attention(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
+    """ONNX Attention (opset 23/24) composed from matmul, softmax and elementwise ops: 3-D inputs
+    split into heads, past K/V concatenated, GQA heads repeated, scale, softcap, boolean or
+    additive mask, causal (bottom-right aligned), nonpad_kv_seqlen padding; fully masked rows
+    give 0. Outputs Y, present K/V and the requested qk_matmul_output."""
+    q, k, v = ins[:3]
+    mask = ins[3] if len(ins) > 3 else None
+    past_k = ins[4] if len(ins) > 4 else None
+    past_v = ins[5] if len(ins) > 5 else None
+    nonpad = ins[6] if len(ins) > 6 else None
+    if not q.dtype.is_float or q.type.rank not in (3, 4) or (past_k is None) != (past_v is None):
+        return None
+    dt = q.dtype
+    rank3 = q.type.rank == 3
+
+    def heads(t: Value, n: int) -> Value:
+        b, s_, hid = t.shape
+        return cx.emit("permute", [_reshape_to(cx, t, [b, s_, n, hid // n])], {"perm": [0, 2, 1, 3]})
+
+    if rank3:
+        hq, hkv = int(attrs.get("q_num_heads", 0)), int(attrs.get("kv_num_heads", 0))
+        if not hq or not hkv:
+            return None
+        q, k, v = heads(q, hq), heads(k, hkv), heads(v, hkv)
+    k, v = cx.cast(k, dt), cx.cast(v, dt)
+    if past_k is not None:
+        k = cx.emit("concat", [cx.cast(past_k, dt), k], {"axis": 2})
+        v = cx.emit("concat", [cx.cast(past_v, dt), v], {"axis": 2})
+    present_k, present_v = k, v
+    b, hq, s, d = q.shape
+    hkv, kv_len = k.shape[1], k.shape[2]
+    if hq != hkv:
+        if hq % hkv:
+            return None
+        r = hq // hkv
+
+        def repeat(t: Value) -> Value:
+            t5 = _reshape_to(cx, t, [b, hkv, 1, kv_len, t.shape[3]])
+            t5 = cx.emit("expand", [t5], {"shape": [b, hkv, r, kv_len, t.shape[3]]})
+            return cx.emit("reshape", [t5], {"shape": [b, hq, kv_len, t.shape[3]]})
+        k, v = repeat(k), repeat(v)
+    scale = attrs.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    kt = cx.emit("permute", [k], {"perm": [0, 1, 3, 2]})
+    scores = cx.emit("matmul", [cx.emit("mul", [q, cx.const(scale, dt)]), kt])
+    qk_raw = scores
+    softcap = float(attrs.get("softcap", 0.0) or 0.0)
+    if softcap > 0:
+        scores = cx.emit("mul", [cx.emit("tanh", [cx.emit("mul", [scores, cx.const(1.0 / softcap, dt)])]),
+                                 cx.const(softcap, dt)])
+    capped = scores
+    # the additive bias [.., S, L]: the mask (bool -> 0 / masked), then causal and padding terms
+    bias: Value | None = None
+    if mask is not None:
+        if mask.shape[-1] < kv_len:  # a mask shorter than the keys is padded with "masked"
+            full = [(0, 0)] * (mask.type.rank - 1) + [(0, kv_len - mask.shape[-1])]
+            mask = cx.emit("pad", [mask], {"pads": full, "value": 0.0 if mask.dtype == DType.bool else _MASKED})
+        if mask.dtype == DType.bool:
+            bias = cx.emit("where", [mask, cx.const(0, dt), cx.const(_MASKED, dt)])
+        else:
+            bias = cx.emit("maximum", [cx.cast(mask, dt), cx.const(_MASKED, dt)])  # -inf -> the finite floor
+    i_idx = np.arange(s, dtype=np.int64).reshape(s, 1)
+    j_idx = np.arange(kv_len, dtype=np.int64).reshape(1, kv_len)
+    if attrs.get("is_causal", 0):
+        if past_k is None and nonpad is not None:
+            # per-batch offset nonpad[b] - S: allowed iff j - i <= offset
+            off = cx.emit("sub", [_reshape_to(cx, cx.cast(nonpad, DType.int64), [b, 1, 1, 1]), cx.const(s, DType.int64)])
+            allowed = cx.emit("le", [cx.const((j_idx - i_idx).reshape(1, 1, s, kv_len), DType.int64), off])
+            causal = cx.emit("where", [allowed, cx.const(0, dt), cx.const(_MASKED, dt)])
+        else:
+            offset = past_k.shape[2] if past_k is not None else 0
+            causal = cx.const(np.where(j_idx <= i_idx + offset, 0.0, _MASKED).astype(np.float32), dt)
+        bias = causal if bias is None else cx.emit("add", [bias, causal])
+    left, right = int(attrs.get("left_window_size", -1)), int(attrs.get("right_window_size", -1))
+    if left >= 0 or right >= 0:
+        # a sliding window around the query's absolute position p = offset + i: p - left <= j <= p + right
+        def window_allowed(diff: np.ndarray) -> np.ndarray:
+            ok = np.ones(diff.shape, bool)
+            if left >= 0:
+                ok &= diff <= left
+            if right >= 0:
+                ok &= -diff <= right
+            return ok
+        if past_k is None and nonpad is not None:
+            off = cx.emit("sub", [_reshape_to(cx, cx.cast(nonpad, DType.int64), [b, 1, 1, 1]), cx.const(s, DType.int64)])
+            diff = cx.emit("add", [cx.const((i_idx - j_idx).reshape(1, 1, s, kv_len), DType.int64), off])
+            ok = None
+            if left >= 0:
+                ok = cx.emit("le", [diff, cx.const(left, DType.int64)])
+            if right >= 0:
+                r_ok = cx.emit("ge", [diff, cx.const(-right, DType.int64)])
+                ok = r_ok if ok is None else cx.emit("and", [ok, r_ok])
+            win = cx.emit("where", [ok, cx.const(0, dt), cx.const(_MASKED, dt)])
+        else:
+            offset = past_k.shape[2] if past_k is not None else 0
+            win = cx.const(np.where(window_allowed(i_idx + offset - j_idx), 0.0, _MASKED).astype(np.float32), dt)
+        bias = win if bias is None else cx.emit("add", [bias, win])
+    if nonpad is not None:
+        keep = cx.emit("lt", [cx.const(np.arange(kv_len, dtype=np.int64).reshape(1, 1, 1, kv_len), DType.int64),
+                              _reshape_to(cx, cx.cast(nonpad, DType.int64), [b, 1, 1, 1])])
+        pad_bias = cx.emit("where", [keep, cx.const(0, dt), cx.const(_MASKED, dt)])
+        bias = pad_bias if bias is None else cx.emit("add", [bias, pad_bias])
+    biased = scores if bias is None else cx.emit("add", [scores, bias])
+    if bias is not None:
+        biased = cx.emit("maximum", [biased, cx.const(_MASKED, dt)])  # sums of floors stay finite
+    probs = cx.emit("softmax", [biased], {"axis": 3, "log": False})
+    if bias is not None:  # a row with every key masked gives 0, not a uniform average
+        row_max = cx.emit("reduce", [bias], {"kind": "max", "axes": [bias.type.rank - 1], "keepdim": True})
+        probs = cx.emit("where", [cx.emit("le", [row_max, cx.const(_MASKED / 2, dt)]), cx.const(0, dt), probs])
+    y = cx.emit("matmul", [probs, v])
+    if rank3:
+        y = cx.emit("permute", [y], {"perm": [0, 2, 1, 3]})
+        y = cx.emit("reshape", [y], {"shape": [b, s, hq * v.shape[3]]})
+    outs = [y, present_k, present_v]
+    if len(cx.node.output) > 3 and cx.node.output[3]:
+        mode = int(attrs.get("qk_matmul_output_mode", 0))
+        if mode == 0:
+            qk = qk_raw
+        elif mode == 1:
+            qk = capped
+        elif mode == 2:
+            qk = biased if bias is None else cx.emit(
+                "where", [cx.emit("le", [biased, cx.const(_MASKED / 2, dt)]), cx.const(-np.inf, dt), biased])
+        else:
+            qk = probs
+        outs.append(qk)
+    return tuple(outs)

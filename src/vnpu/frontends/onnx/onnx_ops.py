@@ -1293,3 +1293,143 @@ def _attention(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
             qk = probs
         outs.append(qk)
     return tuple(outs)
+
+
+# -- recurrent layers unrolled over the static sequence length ------------------------------------
+_RNN_ACTS = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_RNN_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+_RNN_DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+def _rnn_rows(cx: Cx, t: Value, start: int, size: int) -> Value:
+    """Columns [start, start + size) of a [B, G*H] gate block (or of a [G*H] bias)."""
+    return cx.emit("slice", [t], {"axis": t.type.rank - 1, "start": start, "end": start + size, "step": 1})
+
+
+def _rnn_direction(cx: Cx, kind: str, xw: list[Value], r_t: Value, rb: Value | None, p: Value | None,
+                   h: Value, c: Value | None, acts: list[str], hs: int, linear_before_reset: bool,
+                   clip: float | None) -> tuple[list[Value], Value, Value | None]:
+    """One direction's steps: xw[t] = x_t W^T + Wb ([B, G*H]); returns every h_t, the last h and c."""
+    def act(i: int, v: Value) -> Value:
+        return cx.emit(_RNN_ACTS[acts[i].lower()], [v])
+
+    def clipped(v: Value) -> Value:
+        return v if clip is None else cx.emit("clamp", [v], {"min": -clip, "max": clip})
+
+    hs_out = []
+    for x_t in xw:
+        hr = cx.emit("matmul", [h, r_t])
+        if rb is not None:
+            hr = cx.emit("add", [hr, rb])
+        if kind == "RNN":
+            h = act(0, clipped(cx.emit("add", [x_t, hr])))
+        elif kind == "GRU":
+            z = act(0, clipped(cx.emit("add", [_rnn_rows(cx, x_t, 0, hs), _rnn_rows(cx, hr, 0, hs)])))
+            r = act(0, clipped(cx.emit("add", [_rnn_rows(cx, x_t, hs, hs), _rnn_rows(cx, hr, hs, hs)])))
+            if linear_before_reset:
+                hh = cx.emit("mul", [r, _rnn_rows(cx, hr, 2 * hs, hs)])
+            else:
+                # (r * h) R_h^T + Rb_h: its own matmul with the candidate rows of R
+                hh = cx.emit("matmul", [cx.emit("mul", [r, h]), cx.emit("slice", [r_t], {"axis": 1, "start": 2 * hs,
+                                                                                         "end": 3 * hs, "step": 1})])
+                if rb is not None:
+                    hh = cx.emit("add", [hh, _rnn_rows(cx, rb, 2 * hs, hs)])
+            cand = act(1, clipped(cx.emit("add", [_rnn_rows(cx, x_t, 2 * hs, hs), hh])))
+            one = cx.const(1, h.dtype)
+            h = cx.emit("add", [cx.emit("mul", [cx.emit("sub", [one, z]), cand]), cx.emit("mul", [z, h])])
+        else:  # LSTM, gates i, o, f, c
+            g = cx.emit("add", [x_t, hr])
+            gi, go, gf, gc = (_rnn_rows(cx, g, k * hs, hs) for k in range(4))
+            if p is not None:
+                gi = cx.emit("add", [gi, cx.emit("mul", [_rnn_rows(cx, p, 0, hs), c])])
+                gf = cx.emit("add", [gf, cx.emit("mul", [_rnn_rows(cx, p, 2 * hs, hs), c])])
+            i, f = act(0, clipped(gi)), act(0, clipped(gf))
+            c = cx.emit("add", [cx.emit("mul", [f, c]), cx.emit("mul", [i, act(1, clipped(gc))])])
+            if p is not None:
+                go = cx.emit("add", [go, cx.emit("mul", [_rnn_rows(cx, p, hs, hs), c])])
+            h = cx.emit("mul", [act(0, clipped(go)), act(2, c)])
+        hs_out.append(h)
+    return hs_out, h, c
+
+
+def _rnn(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
+    """ONNX RNN / GRU / LSTM unrolled: x W^T for all steps in one matmul, then per step a
+    matmul with R^T and the gate arithmetic; forward, reverse and bidirectional."""
+    kind = cx.node.op_type
+    x, w, r = ins[:3]
+    get = lambda i: ins[i] if len(ins) > i else None  # noqa: E731
+    bias, seq_lens, h0 = get(3), get(4), get(5)
+    c0, peep = (get(6), get(7)) if kind == "LSTM" else (None, None)
+    if not x.dtype.is_float or x.type.rank != 3 or attrs.get("input_forget", 0):
+        return None
+    direction = attrs.get("direction", "forward")
+    nd = 2 if direction == "bidirectional" else 1
+    hs = int(attrs["hidden_size"])
+    gates = _RNN_GATES[kind]
+    nacts = len(_RNN_DEFAULT_ACTS[kind])
+    acts = list(attrs.get("activations", _RNN_DEFAULT_ACTS[kind] * nd))
+    if any(a.lower() not in _RNN_ACTS for a in acts) or len(acts) != nacts * nd:
+        return None
+    layout = int(attrs.get("layout", 0))
+    if layout:
+        x = cx.emit("permute", [x], {"perm": [1, 0, 2]})
+    seq, batch, isz = x.shape
+    if seq_lens is not None:
+        lens = cx.ints(seq_lens)
+        if lens is None or any(n != seq for n in lens):
+            return None  # ragged sequences
+    clip = float(attrs["clip"]) if "clip" in attrs else None
+    dt = x.dtype
+    xs = _reshape_to(cx, x, [seq * batch, isz])
+    y_dirs, h_last, c_last = [], [], []
+    for d in range(nd):
+        def pick(v: Value | None) -> Value | None:
+            if v is None:
+                return None
+            one = _take(cx, cx.cast(v, dt), 0, np.array([d]))
+            return _reshape_to(cx, one, list(v.shape[1:]))
+
+        w_d, r_d = pick(w), pick(r)
+        w_t = _transpose(cx, [w_d], {"perm": [1, 0]})
+        r_t = _transpose(cx, [r_d], {"perm": [1, 0]})
+        if not w_t.is_const:
+            w_t = cx.emit("copy", [w_t])
+        if not r_t.is_const:
+            r_t = cx.emit("copy", [r_t])
+        xw = cx.emit("matmul", [xs, w_t])  # [S*B, G*H]
+        rb = None
+        if bias is not None:
+            b_d = pick(bias)
+            xw = cx.emit("add", [xw, _take(cx, b_d, 0, np.arange(gates * hs))])
+            rb = _take(cx, b_d, 0, np.arange(gates * hs, 2 * gates * hs))
+        steps = [cx.emit("slice", [xw], {"axis": 0, "start": t * batch, "end": (t + 1) * batch, "step": 1})
+                 for t in range(seq)]
+        reverse = direction == "reverse" or d == 1
+        if reverse:
+            steps = steps[::-1]
+        h = pick(h0) if h0 is not None else cx.const(np.zeros((batch, hs), np.float32), dt)
+        c = None
+        if kind == "LSTM":
+            c = pick(c0) if c0 is not None else cx.const(np.zeros((batch, hs), np.float32), dt)
+        p = pick(peep) if peep is not None else None
+        outs, h, c = _rnn_direction(cx, kind, steps, r_t, rb, p, h, c, acts[d * nacts:(d + 1) * nacts], hs,
+                                    bool(attrs.get("linear_before_reset", 0)), clip)
+        if reverse:
+            outs = outs[::-1]
+        y_dirs.append(cx.emit("concat", [_reshape_to(cx, o, [1, 1, batch, hs]) for o in outs], {"axis": 0})
+                      if seq > 1 else _reshape_to(cx, outs[0], [1, 1, batch, hs]))
+        h_last.append(_reshape_to(cx, h, [1, batch, hs]))
+        if c is not None:
+            c_last.append(_reshape_to(cx, c, [1, batch, hs]))
+    cat = lambda vs, ax: vs[0] if len(vs) == 1 else cx.emit("concat", vs, {"axis": ax})  # noqa: E731
+    y, y_h = cat(y_dirs, 1), cat(h_last, 0)
+    y_c = cat(c_last, 0) if c_last else None
+    if layout:
+        y = cx.emit("permute", [y], {"perm": [2, 0, 1, 3]})
+        y_h = cx.emit("permute", [y_h], {"perm": [1, 0, 2]})
+        if y_c is not None:
+            y_c = cx.emit("permute", [y_c], {"perm": [1, 0, 2]})
+    return (y, y_h) if y_c is None else (y, y_h, y_c)
+
+
+onnx_op("RNN", "GRU", "LSTM")(_rnn)

@@ -376,7 +376,7 @@ def run_case(case: Case) -> Outcome:
     """from_onnx(strict=True), then every data set through the compiled program."""
     import vnpu
     from vnpu.frontends.errors import UnsupportedOpError
-    from vnpu.frontends.onnx.importer import OnnxModelError
+    from vnpu.frontends.onnx.importer import OnnxModelError, UnsupportedDTypeError
 
     t0 = time.perf_counter()
 
@@ -419,6 +419,8 @@ def run_case(case: Case) -> Outcome:
         if all(op in DECLINED or op in PENDING_OTHER for op in ops):
             return done("pending", ", ".join(f"{op} ({PENDING_OTHER[op]})" for op in ops if op in PENDING_OTHER), ops)
         return done("unsupported", ", ".join(op for op in ops if op not in DECLINED), ops)
+    except UnsupportedDTypeError as e:
+        return done("declined", f"element type with no vnpu dtype: {e}")
     except OnnxModelError as e:
         if non_tensor:
             return done("declined", f"non-tensor input/output {non_tensor[0]!r} (sequence/optional type): {e}")

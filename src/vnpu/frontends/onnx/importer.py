@@ -28,8 +28,16 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"}
 
 
+# Ops on sequences and optionals: never folded (their values are not tensors)
+_NON_TENSOR_PREFIXES = ("Sequence", "SplitToSequence", "ConcatFromSequence", "Optional")
+
+
 class OnnxModelError(ValueError):
     """The file or ModelProto is not a valid ONNX model (or uses an opset vnpu cannot read)."""
+
+
+class UnsupportedDTypeError(OnnxModelError):
+    """A tensor has an ONNX element type vnpu has no dtype for (2/4-bit ints, 8-bit floats, strings...)."""
 
 
 class DynamicShapeError(ValueError):
@@ -46,7 +54,7 @@ def _elem_dtype(elem: int) -> DType:
     if elem not in table:
         import onnx
 
-        raise OnnxModelError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} has no vnpu equivalent")
+        raise UnsupportedDTypeError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} has no vnpu equivalent")
     return table[elem]
 
 
@@ -247,7 +255,8 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         is_default = node.domain in ("", "ai.onnx")
         has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
         all_const = all(v.is_const for v in present)
-        if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
+        if is_default and all_const and not has_subgraph and node.op_type not in _NONDETERMINISTIC \
+                and not node.op_type.startswith(_NON_TENSOR_PREFIXES):
             out = _fold(cx, node, ins, opset)
         if out is not None:
             # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
@@ -390,6 +399,9 @@ def _infer_node(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int)
     except Exception as e:  # noqa: BLE001
         raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/onnx_ops.py",
                                  {node.op_type: [f"{cx.node_label} (its output shape cannot be determined: {_first_line(e)})"]}) from None
+    if any(not isinstance(a, (np.ndarray, np.generic)) for a in outs):  # a sequence / optional: not a tensor
+        raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/onnx_ops.py",
+                                 {node.op_type: [f"{cx.node_label} (its output is not a tensor)"]})
     from vnpu.dtypes import from_numpy
 
     return [TensorType(tuple(np.asarray(a).shape), from_numpy(np.asarray(a).dtype)) for a in outs]

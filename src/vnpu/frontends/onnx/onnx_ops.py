@@ -203,6 +203,9 @@ def _matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if not a.dtype.is_float:
         return None
     # 1-D operands: numpy.matmul semantics, a vector becomes a one-row (or one-column) matrix
+    if a.type.rank == 1 and b.type.rank == 1:
+        y = cx.emit("matmul", [_reshape_to(cx, a, [1, a.shape[0]]), _reshape_to(cx, b, [b.shape[0], 1])])
+        return _reshape_to(cx, y, [])
     if a.type.rank == 1:
         y = cx.emit("matmul", [cx.emit("reshape", [a], {"shape": [1, a.shape[0]]}), b])
         return cx.emit("reshape", [y], {"shape": list(y.shape[:-2]) + [y.shape[-1]]})
@@ -627,8 +630,21 @@ def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     pads = cx.ints(ins[1])
     value_v = ins[2] if len(ins) > 2 else None
     axes = cx.ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(x.type.rank))
-    if pads is None or axes is None or (value_v is not None and not value_v.is_const):
+    if pads is None or axes is None:
         return None
+    if value_v is not None and not value_v.is_const and value_v.type.numel:
+        # a fill value known only at run time: pad with 0, then select the value outside the interior
+        y = _pad(cx, [x, ins[1], None] + list(ins[3:]), attrs)
+        if y is None or y is x:
+            return y
+        k = len(axes)
+        full = [(0, 0)] * x.type.rank
+        for i, a in enumerate(axes):
+            full[_axis(a, x.type.rank)] = (pads[i], pads[i + k])
+        if mode != "constant" or any(p < 0 for p in pads):
+            return None
+        inside = cx.const(np.pad(np.ones(x.shape, bool), full), DType.bool)
+        return cx.emit("where", [inside, y, _reshape_to(cx, cx.cast(value_v, x.dtype), [1] * x.type.rank)])
     if mode != "constant" or any(p < 0 for p in pads):
         value = 0.0 if value_v is None or value_v.type.numel == 0 else float(np.asarray(value_v.data).reshape(-1)[0])
         return _pad_by_index(cx, x, pads, axes, mode, value)

@@ -278,7 +278,7 @@ def _conv(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 def _batch_norm(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x, scale_, b, mean, var = ins[:5]
     if attrs.get("training_mode", 0) or not all(v.is_const for v in (scale_, b, mean, var)):
-        return None
+        return _batch_norm_runtime(cx, ins, attrs)
     eps = float(attrs.get("epsilon", 1e-5))
     scale = np.asarray(scale_.data, np.float64) / np.sqrt(np.asarray(var.data, np.float64) + eps)
     shift = np.asarray(b.data, np.float64) - np.asarray(mean.data, np.float64) * scale
@@ -1449,3 +1449,156 @@ def _rnn(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
 
 
 onnx_op("RNN", "GRU", "LSTM")(_rnn)
+
+
+def _batch_norm_runtime(cx: Cx, ins: Ins, attrs: dict) -> Value | tuple | None:
+    """BatchNormalization with parameters known only at run time, or in training mode (batch
+    statistics; outputs Y and the updated running mean and variance)."""
+    x, scale, b, mean, var = ins[:5]
+    if not x.dtype.is_float or x.type.rank < 2:
+        return None
+    eps = float(attrs.get("epsilon", 1e-5))
+    per_channel = [x.shape[1]] + [1] * (x.type.rank - 2)
+    ch = lambda v: _reshape_to(cx, cx.cast(v, x.dtype), per_channel)  # noqa: E731
+    training = bool(attrs.get("training_mode", 0))
+    if training:
+        axes = [0] + list(range(2, x.type.rank))
+        bmean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+        d = cx.emit("sub", [x, bmean])
+        bvar = cx.emit("reduce", [cx.emit("mul", [d, d])], {"kind": "mean", "axes": axes, "keepdim": True})
+        m, v = bmean, bvar
+    else:
+        m, v = ch(mean), ch(var)
+        d = cx.emit("sub", [x, m])
+    inv = cx.emit("rsqrt", [cx.emit("add", [v, cx.const(eps, x.dtype)])])
+    y = cx.emit("add", [cx.emit("mul", [d, cx.emit("mul", [inv, ch(scale)])]), ch(b)])
+    if not training:
+        return y
+    mom = float(attrs.get("momentum", 0.9))
+
+    def running(old: Value, batch: Value) -> Value:
+        new = cx.emit("add", [cx.emit("mul", [cx.cast(old, x.dtype), cx.const(mom, x.dtype)]),
+                              cx.emit("mul", [_reshape_to(cx, batch, [x.shape[1]]), cx.const(1 - mom, x.dtype)])])
+        return new
+    return y, running(mean, bmean), running(var, bvar)
+
+
+@onnx_op("LRN")
+def _lrn(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Local response normalization across channels: the window sum of squares as `size`
+    shifted slices of the channel-padded square."""
+    x = ins[0]
+    if not x.dtype.is_float or x.type.rank < 3:
+        return None
+    size = int(attrs["size"])
+    alpha, beta, bias = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)), float(attrs.get("bias", 1.0))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = cx.emit("mul", [x, x])
+    full = [(0, 0)] * x.type.rank
+    full[1] = (lo, hi)
+    padded = cx.emit("pad", [sq], {"pads": full, "value": 0.0}) if lo or hi else sq
+    c = x.shape[1]
+    acc = None
+    for k in range(size):
+        part = cx.emit("slice", [padded], {"axis": 1, "start": k, "end": k + c, "step": 1})
+        acc = part if acc is None else cx.emit("add", [acc, part])
+    den = cx.emit("add", [cx.emit("mul", [acc, cx.const(alpha / size, x.dtype)]), cx.const(bias, x.dtype)])
+    return cx.emit("mul", [x, cx.pow_by_constant(den, -beta)])
+
+
+@onnx_op("SwiGLU")
+def _swiglu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    a, b = ins[0], ins[1]
+    if not a.dtype.is_float or a.shape != b.shape:
+        return None
+    alpha = float(attrs.get("alpha", 1.0))
+    z = a if alpha == 1 else cx.emit("mul", [a, cx.const(alpha, a.dtype)])
+    return cx.emit("mul", [cx.emit("mul", [a, cx.emit("sigmoid", [z])]), b])
+
+
+def _einsum_terms(eq: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """'ij,jk->ik' -> (['ij', 'jk'], 'ik'), with '...' expanded to upper-case letters."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        return None
+    ell = 0
+    out_terms = []
+    for t, r in zip(terms, ranks):
+        if "..." in t:
+            n = r - (len(t) - 3)
+            ell = max(ell, n)
+            t = t.replace("...", "".join(chr(ord("A") + 26 - n + i) for i in range(n)))
+        if len(t) != r:
+            return None
+        out_terms.append(t)
+    ell_letters = "".join(chr(ord("A") + 26 - ell + i) for i in range(ell))
+    if arrow:
+        rhs = rhs.replace("...", ell_letters)
+    else:
+        letters = "".join(out_terms)
+        rhs = ell_letters + "".join(sorted(c for c in set(letters) if c.islower() and letters.count(c) == 1))
+    return out_terms, rhs
+
+
+@onnx_op("Einsum")
+def _einsum(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """One or two operands without repeated indices inside an operand: sums over indices used
+    once, then one batched matmul (batch = indices of both operands and the output, contracted =
+    both, not the output), permuted to the output order."""
+    xs = [v for v in ins if v is not None]
+    if not all(v.dtype.is_float for v in xs) or len(xs) not in (1, 2):
+        return None
+    parsed = _einsum_terms(str(attrs["equation"]), [v.type.rank for v in xs])
+    if parsed is None:
+        return None
+    terms, out = parsed
+    if any(len(set(t)) != len(t) for t in terms + [out]):
+        return None  # diagonals / traces
+    dims: dict[str, int] = {}
+    for t, v in zip(terms, xs):
+        for c, n in zip(t, v.shape):
+            if dims.get(c, n) != n and n != 1 and dims[c] != 1:
+                return None
+            dims[c] = max(dims.get(c, 1), n)
+
+    def sum_out(v: Value, t: str, keep: set[str]) -> tuple[Value, str]:
+        axes = [i for i, c in enumerate(t) if c not in keep]
+        if not axes:
+            return v, t
+        v = cx.emit("reduce", [v], {"kind": "sum", "axes": axes, "keepdim": False})
+        return v, "".join(c for c in t if c in keep)
+
+    def arrange(v: Value, t: str, order: str) -> Value:
+        perm = [t.index(c) for c in order]
+        return _transpose(cx, [v], {"perm": perm}) if perm != list(range(len(perm))) else v
+
+    if len(xs) == 1:
+        v, t = sum_out(xs[0], terms[0], set(out))
+        return arrange(v, t, out)
+    (a, ta), (b, tb) = xs, terms
+    a, ta = sum_out(a, ta, set(tb) | set(out))
+    b, tb = sum_out(b, tb, set(ta) | set(out))
+    batch = [c for c in out if c in ta and c in tb]
+    contract = [c for c in ta if c in tb and c not in out]
+    left = [c for c in ta if c not in tb]
+    right = [c for c in tb if c not in ta]
+    if any(c not in out for c in left + right):
+        return None
+    sz = lambda cs: int(np.prod([dims[c] for c in cs], dtype=np.int64))  # noqa: E731
+
+    def as3(v: Value, t: str, first: list[str], second: list[str]) -> Value:
+        v = arrange(v, t, "".join(batch + first + second))
+        want = [dims[c] for c in batch + first + second]
+        if list(v.shape) != want:
+            v = cx.emit("expand", [v], {"shape": want})
+        if not v.is_const and (first or second):
+            v = cx.emit("copy", [v]) if v.producer is not None and v.producer.op in ("permute", "expand") else v
+        return _reshape_to(cx, v, [sz(batch), sz(first), sz(second)])
+
+    a3 = as3(a, ta, left, contract)
+    b3 = as3(b, tb, contract, right)
+    y = cx.emit("matmul", [a3, b3])
+    y = _reshape_to(cx, y, [dims[c] for c in batch + left + right])
+    return arrange(y, "".join(batch + left + right), out)

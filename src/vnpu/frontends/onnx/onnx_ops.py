@@ -1577,7 +1577,7 @@ def _einsum(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if len(xs) == 1:
         v, t = sum_out(xs[0], terms[0], set(out))
         return arrange(v, t, out)
-    (a, ta), (b, tb) = xs, terms
+    (a, b), (ta, tb) = xs, terms
     a, ta = sum_out(a, ta, set(tb) | set(out))
     b, tb = sum_out(b, tb, set(ta) | set(out))
     batch = [c for c in out if c in ta and c in tb]

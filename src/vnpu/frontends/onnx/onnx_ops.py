@@ -1602,3 +1602,78 @@ def _einsum(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     y = cx.emit("matmul", [a3, b3])
     y = _reshape_to(cx, y, [dims[c] for c in batch + left + right])
     return arrange(y, "".join(batch + left + right), out)
+
+
+# -- scatters with run-time indices, as one-hot matmuls (small tensors) --------------------------
+_SCATTER_MAX_ONE_HOT = 1 << 20  # positions x rows of the one-hot matrix
+
+
+def _scatter_rows(cx: Cx, data: Value, rows_at: Value, upd: Value, reduction: str) -> Value | None:
+    """data [R, C] with row rows_at[p] combined with upd[p] ([P] int64, [P, C]): a one-hot
+    [P, R] matrix, a matmul for the placed (summed) rows, a where for which rows are hit."""
+    r, c = data.shape
+    p = rows_at.shape[0]
+    if p * r > _SCATTER_MAX_ONE_HOT or (reduction == "mul" and p > 64):
+        return None
+    dt = data.dtype
+    onehot = cx.emit("eq", [_reshape_to(cx, rows_at, [p, 1]), cx.const(np.arange(r, dtype=np.int64).reshape(1, r), DType.int64)])
+    oh = cx.cast(onehot, dt)
+    hit = cx.emit("gt", [_reshape_to(cx, cx.emit("reduce", [oh], {"kind": "max", "axes": [0], "keepdim": False}), [r, 1]),
+                         cx.const(0, dt)])
+    if reduction in ("none", "add"):
+        placed = cx.emit("matmul", [cx.emit("copy", [cx.emit("permute", [oh], {"perm": [1, 0]})]), upd])
+        return cx.emit("where", [hit, placed, data]) if reduction == "none" else cx.emit("add", [data, placed])
+    if reduction in ("max", "min"):
+        fill = cx.const(-np.inf if reduction == "max" else np.inf, dt)
+        cand = cx.emit("where", [_reshape_to(cx, onehot, [p, r, 1]), _reshape_to(cx, upd, [p, 1, c]), fill])
+        best = cx.emit("reduce", [cand], {"kind": reduction, "axes": [0], "keepdim": False})
+        comb = cx.emit("maximum" if reduction == "max" else "minimum", [data, best])
+        return cx.emit("where", [hit, comb, data])
+    if reduction == "mul":
+        acc = data
+        for i in range(p):
+            row_hit = cx.emit("slice", [onehot], {"axis": 0, "start": i, "end": i + 1, "step": 1})
+            factor = cx.emit("where", [_reshape_to(cx, row_hit, [r, 1]),
+                                       cx.emit("slice", [upd], {"axis": 0, "start": i, "end": i + 1, "step": 1}),
+                                       cx.const(1, dt)])
+            acc = cx.emit("mul", [acc, factor])
+        return acc
+    return None
+
+
+@onnx_op("ScatterElements")
+def _scatter_elements(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, idx, upd = ins
+    if not x.dtype.is_float or x.type.rank == 0 or idx.type.rank != x.type.rank or idx.type.numel == 0:
+        return None
+    axis = _axis(int(attrs.get("axis", 0)), x.type.rank)
+    base, stride = _flat_index_base(x.shape, idx.shape, axis)
+    i = _wrap_negative(cx, idx, x.shape[axis])
+    flat = cx.emit("add", [cx.emit("mul", [i, cx.const(stride, DType.int64)]), cx.const(base, DType.int64)]) \
+        if not i.is_const else cx.const(np.asarray(i.data) * stride + base, DType.int64)
+    n = idx.type.numel
+    y = _scatter_rows(cx, _reshape_to(cx, x, [x.type.numel, 1]), _reshape_to(cx, flat, [n]),
+                      _reshape_to(cx, cx.cast(upd, x.dtype), [n, 1]), attrs.get("reduction", "none"))
+    return None if y is None else _reshape_to(cx, y, list(x.shape))
+
+
+@onnx_op("ScatterND")
+def _scatter_nd(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, idx, upd = ins
+    m = idx.shape[-1] if idx.type.rank else 0
+    if not x.dtype.is_float or idx.type.rank < 1 or m == 0 or m > x.type.rank:
+        return None
+    inner = x.shape[:m]
+    strides = [int(np.prod(inner[j + 1:], dtype=np.int64)) for j in range(m)]
+    rows = int(np.prod(inner, dtype=np.int64))
+    rest = int(np.prod(x.shape[m:], dtype=np.int64))
+    p = int(np.prod(idx.shape[:-1], dtype=np.int64))
+    i64 = cx.cast(idx, DType.int64)
+    acc = None
+    for j in range(m):
+        col = _reshape_to(cx, _wrap_negative(cx, _take(cx, i64, idx.type.rank - 1, np.array([j])), inner[j]), [p])
+        term = cx.emit("mul", [col, cx.const(strides[j], DType.int64)]) if strides[j] != 1 else col
+        acc = term if acc is None else cx.emit("add", [acc, term])
+    y = _scatter_rows(cx, _reshape_to(cx, x, [rows, rest]), acc, _reshape_to(cx, cx.cast(upd, x.dtype), [p, rest]),
+                      attrs.get("reduction", "none"))
+    return None if y is None else _reshape_to(cx, y, list(x.shape))

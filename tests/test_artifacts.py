@@ -1,6 +1,7 @@
 """Compiled-model artifacts: save/load round trip, corruption, wrong chip, one-time weight upload."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,16 +79,34 @@ def test_load_in_process_matches(saved):
     vnpu.load(str(path), chip="vnpu-v1")
 
 
-def _payload_span(path: Path) -> tuple[int, int]:
-    """(offset, size) of program.pkl's bytes in the zip (stored uncompressed)."""
+def _payload_span(path: Path, name: str = "program.msgpack") -> tuple[int, int]:
+    """(offset, size) of a member's bytes in the zip (stored uncompressed)."""
     with zipfile.ZipFile(path) as z:
-        zi = z.getinfo("program.pkl")
+        zi = z.getinfo(name)
         assert zi.compress_type == zipfile.ZIP_STORED
     raw = path.read_bytes()
     h = zi.header_offset
     name_len = int.from_bytes(raw[h + 26:h + 28], "little")
     extra_len = int.from_bytes(raw[h + 28:h + 30], "little")
     return h + 30 + name_len + extra_len, zi.file_size
+
+
+def _repack(src: Path, dst: Path, edits: dict[str, bytes], rehash: bool = True,
+            manifest_edit: Any = None) -> None:
+    """Copies an artifact with members replaced; with `rehash` the manifest's sizes and SHA-256s
+    are recomputed to match, as an attacker would (the hashes prove nothing about who wrote them)."""
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members.update(edits)
+    manifest = json.loads(members.pop("manifest.json"))
+    if rehash:
+        manifest["members"] = {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in members.items()}
+    if manifest_edit is not None:
+        manifest_edit(manifest)
+    with zipfile.ZipFile(dst, "w") as z:
+        z.writestr("manifest.json", json.dumps(manifest))
+        for n, b in members.items():
+            z.writestr(n, b)
 
 
 def _expect_artifact_error(path: Path, *words: str) -> str:
@@ -118,13 +138,10 @@ def test_flipped_byte_in_payload(saved, tmp_path):
 def test_payload_replaced_with_valid_zip_checksums(saved, tmp_path):
     """A payload edited and re-zipped (so the zip CRCs are right) fails the manifest's sha256."""
     with zipfile.ZipFile(saved[3]) as z:
-        manifest = z.read("manifest.json")
-        blob = bytearray(z.read("program.pkl"))
+        blob = bytearray(z.read("program.msgpack"))
     blob[len(blob) // 2] ^= 0x01
     p = tmp_path / "edited.vnpu"
-    with zipfile.ZipFile(p, "w") as z:
-        z.writestr("manifest.json", manifest)
-        z.writestr("program.pkl", bytes(blob))
+    _repack(saved[3], p, {"program.msgpack": bytes(blob)}, rehash=False)
     _expect_artifact_error(p, "corrupt", "checksum")
 
 
@@ -142,14 +159,8 @@ def test_missing_file(tmp_path):
 
 
 def test_other_format_version(saved, tmp_path):
-    with zipfile.ZipFile(saved[3]) as z:
-        manifest = json.loads(z.read("manifest.json"))
-        blob = z.read("program.pkl")
-    manifest["format_version"] = 999
     p = tmp_path / "v999.vnpu"
-    with zipfile.ZipFile(p, "w") as z:
-        z.writestr("manifest.json", json.dumps(manifest))
-        z.writestr("program.pkl", blob)
+    _repack(saved[3], p, {}, manifest_edit=lambda m: m.update(format_version=999))
     _expect_artifact_error(p, "999", "recompile")
 
 

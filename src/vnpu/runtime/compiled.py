@@ -1,30 +1,19 @@
 """A compiled model: call it like the original, profile it, save it to one file and load it back."""
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vnpu.chip import chip_from_dict
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_numpy
 from vnpu.isa.program import HostLaunch, Program
+from vnpu.runtime.artifact import ArtifactError, chip_of, read_artifact, verify_program, write_artifact
 from vnpu.runtime.host import execute_host
 from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
-
-FORMAT = "vnpu-compiled-model"
-FORMAT_VERSION = 2  # 2: MatMul gained continues/drains
-
-
-class ArtifactError(ValueError):
-    """A saved model that cannot be loaded: corrupt, from another format version, or for another chip."""
 
 
 @dataclass
@@ -100,43 +89,22 @@ class CompiledModel:
 
     # -- artifacts ---------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        blob = pickle.dumps({"program": self.program, "info": self.info}, protocol=pickle.HIGHEST_PROTOCOL)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "model": self.info.name, "dtype": self.info.dtype.value,
-            "chip": self.chip.name, "chip_fingerprint": self.program.chip_fingerprint,
-            "chip_spec": self.chip.model_dump(mode="json"), "payload_sha256": hashlib.sha256(blob).hexdigest(),
-        }
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr("manifest.json", json.dumps(manifest, indent=1))
-            z.writestr("program.pkl", blob)
+        """One `.vnpu` file of plain data (runtime/artifact.py): loads without the model's code."""
+        write_artifact(path, self.program, self.info, self.chip)
 
     @classmethod
     def load(cls, path: str | Path, chip: Chip | None = None) -> "CompiledModel":
-        """Loads a saved model. Only load files you trust: the payload is a pickle (checked by hash)."""
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(f"{path}: no such file")
-        try:
-            with zipfile.ZipFile(path) as z:
-                manifest = json.loads(z.read("manifest.json"))
-                blob = z.read("program.pkl")
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
-            raise ArtifactError(f"{path} is not a vnpu compiled model, or it is corrupt ({e}). Recompile and save it again.") from None
-        if manifest.get("format") != FORMAT:
-            raise ArtifactError(f"{path}: not a vnpu compiled model (format {manifest.get('format')!r})")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{path}: format version {manifest.get('format_version')}, this vnpu reads "
-                                f"{FORMAT_VERSION}. Recompile the model with this version.")
-        if hashlib.sha256(blob).hexdigest() != manifest.get("payload_sha256"):
-            raise ArtifactError(f"{path} is corrupt: its program payload does not match the manifest checksum. Recompile it.")
-        saved_chip = chip_from_dict(manifest["chip_spec"], f"{path}:manifest")
+        """Loads a saved model. No code from the file runs: it is decoded as data over vnpu's own
+        types and bounds-checked (verify_program) before anything executes it."""
+        manifest, program, info = read_artifact(path)
+        saved_chip = chip_of(manifest, str(path))
         from vnpu.compiler.lower import chip_fingerprint
 
-        if chip is not None and chip_fingerprint(chip) != manifest["chip_fingerprint"]:
-            raise ArtifactError(f"{path} was compiled for chip {manifest['chip']!r} "
-                                f"(fingerprint {manifest['chip_fingerprint']}), not for {chip.name!r}. Recompile it for this chip.")
-        try:
-            data = pickle.loads(blob)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means the artifact is unusable
-            raise ArtifactError(f"{path}: cannot decode the program ({type(e).__name__}: {e})") from None
-        return cls(data["program"], chip or saved_chip, data["info"])
+        if program.chip_fingerprint != manifest.get("chip_fingerprint") or chip_fingerprint(saved_chip) != program.chip_fingerprint:
+            raise ArtifactError(f"{path}: its chip spec does not match the chip the program was compiled for "
+                                "(corrupt or crafted). Recompile it.")
+        if chip is not None and chip_fingerprint(chip) != program.chip_fingerprint:
+            raise ArtifactError(f"{path} was compiled for chip {manifest.get('chip')!r} "
+                                f"(fingerprint {program.chip_fingerprint}), not for {chip.name!r}. Recompile it for this chip.")
+        verify_program(program, chip or saved_chip, str(path))
+        return cls(program, chip or saved_chip, info)

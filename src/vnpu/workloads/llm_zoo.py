@@ -245,16 +245,24 @@ def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+MAX_SEED = 2**64 - 1  # np.random.default_rng takes any non-negative int; the CLI keeps seeds to 64 bits
+
+
 def check_sampling(top_k: int | None, temperature: float, vocab_size: int, seed: int = 0) -> None:
     """ValueError (one line, naming the API argument and the CLI option) unless top_k is None
-    (greedy) or 1..vocab_size, temperature is positive and finite, seed is a non-negative
-    integer, and temperature / seed are left at their defaults when decoding is greedy."""
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature (--temperature) must be a positive number, got {temperature}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed}")
+    (greedy) or 1..vocab_size, temperature is positive and finite, seed is an integer in
+    0..2**64-1, and temperature / seed are left at their defaults when decoding is greedy."""
+    if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary size {vocab_size}, got {top_k!r}")
+    if (not isinstance(temperature, (int, float, np.floating)) or isinstance(temperature, bool)
+            or not temperature > 0 or not math.isfinite(temperature)):
+        raise ValueError(f"temperature (--temperature) must be a positive number and finite, got {temperature!r}")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed!r} (at most 2**64-1)")
     if top_k is None and (temperature != 1.0 or seed != 0):
         raise ValueError("temperature and seed (--temperature, --seed) apply to top-k sampling: "
                          "give top_k (--top-k K) too, or drop them for greedy decoding")
@@ -503,4 +511,53 @@ def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Mod
 
 
 __all__ = ["shard_spec", "shard_model", "VocabParallelEmbedding", "LocalExperts", "LLMSpec", "SPECS", "get_llm", "build_llm", "DecoderStep", "prompt_ids",
-           "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise"]
+           "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise", "MAX_BATCH",
+           "check_generation", "valid_chip_counts"]
+
+
+# -- limits on what a generation may ask for (checked before anything is built) -----------------
+MAX_BATCH = 4096  # sequences one program serves; far past real serving batches, and it bounds program size
+
+
+def valid_chip_counts(spec: LLMSpec) -> list[int]:
+    """The chip counts `spec` splits over evenly (shard_spec): query heads divisible, KV heads
+    divisible or replicated, experts / top-k (MoE) or the MLP width (dense) divisible."""
+    c = spec.config
+    out = []
+    for n in range(1, int(c["num_attention_heads"]) + 1):
+        try:
+            shard_spec(spec, n)
+        except ValueError:
+            continue
+        out.append(n)
+    return out
+
+
+def check_generation(spec: LLMSpec, prompt_len: int, max_new_tokens: int, batch: int, chips: int = 1) -> None:
+    """ValueError (one line naming the API argument, the CLI option, the limit and what fits)
+    unless prompt_len, max_new_tokens, batch and chips are positive integers, prompt_len +
+    max_new_tokens is within the model's context (max_position_embeddings), batch is at most
+    MAX_BATCH and the model splits evenly over `chips`. Arithmetic only: nothing is allocated."""
+    for arg, opt, v in (("prompt_len", "--prompt-len", prompt_len), ("max_new_tokens", "--max-new-tokens", max_new_tokens),
+                        ("batch", "--batch", batch), ("chips", "--chips", chips)):
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{arg} ({opt}) must be a positive integer, got {v!r}")
+    ctx = int(spec.config["max_position_embeddings"])
+    if prompt_len + max_new_tokens > ctx:
+        fit = (f"with {max_new_tokens} new tokens at most {ctx - max_new_tokens} prompt tokens fit"
+               if max_new_tokens < ctx else f"max_new_tokens (--max-new-tokens) can be at most {ctx - 1}")
+        raise ValueError(f"prompt_len + max_new_tokens (--prompt-len + --max-new-tokens) = {prompt_len} + "
+                         f"{max_new_tokens} exceeds {spec.name}'s context of {ctx} tokens "
+                         f"(max_position_embeddings); {fit}")
+    if batch > MAX_BATCH:
+        raise ValueError(f"batch (--batch) {batch} is over the limit of {MAX_BATCH} sequences per program; "
+                         f"give at most {MAX_BATCH}")
+    if chips > 1:
+        valid = valid_chip_counts(spec)
+        if chips not in valid:
+            c = spec.config
+            what = (f"{c['num_experts']} experts, top-{c['num_experts_per_tok']}" if spec.is_moe
+                    else f"MLP width {c['intermediate_size']}")
+            raise ValueError(f"chips (--chips) {chips}: {spec.name} splits evenly over {', '.join(map(str, valid))} "
+                             f"chips only ({c['num_attention_heads']} attention heads, {c['num_key_value_heads']} KV "
+                             f"heads, {what})")

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from vnpu.dtypes import DType
+from vnpu.frontends import spatial
 from vnpu.frontends.onnx.importer import OnnxContext as Cx, _elem_dtype, onnx_op
 from vnpu.ir.graph import Value
 
@@ -54,7 +55,7 @@ onnx_op("Div")(_binary("div", int_ok=False))
 def _mod(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     a, b = _same(cx, ins[0], ins[1])
     # fmod=1 is C fmod (sign of the dividend); fmod=0 is Python's (sign of the divisor) for ints
-    return cx.emit("fmod", [a, b]) if attrs.get("fmod", 0) == 1 else None
+    return cx.emit("fmod" if attrs.get("fmod", 0) == 1 else "remainder", [a, b])
 
 
 @onnx_op("Pow")
@@ -259,19 +260,17 @@ def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], stride: list[
 
 @onnx_op("Conv")
 def _conv(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """1-D, 2-D and 3-D convolution (frontends/spatial.py)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if x.type.rank != 4 or not x.dtype.is_float:
-        return None  # Conv1d/Conv3d run on the host (the chip's conv kernel is 2-D), as in the torch frontend
+    nd = x.type.rank - 2
+    if not 1 <= nd <= 3 or not x.dtype.is_float:
+        return None
     kernel = list(attrs.get("kernel_shape", w.shape[2:]))
-    stride = list(attrs.get("strides", [1, 1]))
-    dilation = list(attrs.get("dilations", [1, 1]))
+    stride = list(attrs.get("strides", [1] * nd))
+    dilation = list(attrs.get("dilations", [1] * nd))
     pads = _conv_pads(attrs, list(x.shape[2:]), kernel, stride, dilation)
-    y = cx.emit("conv2d", [x, cx.cast(w, x.dtype)], {"stride": tuple(stride), "padding": tuple(pads),
-                                                      "dilation": tuple(dilation), "groups": int(attrs.get("group", 1))})
-    if bias is not None:
-        y = cx.emit("add", [y, _reshape_to(cx, bias, [bias.shape[0], 1, 1])])
-    return y
+    return spatial.conv(cx, x, w, bias, stride, pads, dilation, int(attrs.get("group", 1)))
 
 
 @onnx_op("BatchNormalization")
@@ -420,17 +419,21 @@ def _global_pool(cx: Cx, ins: Ins, attrs: dict) -> Value:
 def _pool(kind: str):
     def h(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         x = ins[0]
-        if x.type.rank != 4 or (len(cx.node.output) > 1 and cx.node.output[1]):
-            return None  # 1-D/3-D pooling or MaxPool's indices output: host
+        nd = x.type.rank - 2
+        with_indices = len(cx.node.output) > 1 and bool(cx.node.output[1])
+        if not 1 <= nd <= 3 or (with_indices and attrs.get("storage_order", 0)):
+            return None  # column-major indices: host
         k = [int(v) for v in attrs["kernel_shape"]]
-        s = [int(v) for v in attrs.get("strides", [1, 1])]
-        d = [int(v) for v in attrs.get("dilations", [1, 1])]
-        if any(v != 1 for v in d) or attrs.get("ceil_mode", 0):
-            return None
+        s = [int(v) for v in attrs.get("strides", [1] * nd)]
+        d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
-        if kind == "avg" and any(p != (0, 0) for p in pads) and not attrs.get("count_include_pad", 0):
-            return None  # the chip's average pool divides by the full window
-        return cx.emit("pool2d", [x], {"kind": kind, "kernel": tuple(k), "stride": tuple(s), "padding": tuple(pads)})
+        if kind == "avg" and any(v != 1 for v in d):
+            return None
+        if with_indices:  # 1-D / 2-D; 3-D runs on the host
+            return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
+                                                 whole_tensor=True)
+        return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
+                            bool(attrs.get("count_include_pad", 0)))
     return h
 
 
@@ -627,6 +630,8 @@ def _split(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
 def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
     mode = attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        return None
     pads = cx.ints(ins[1])
     value_v = ins[2] if len(ins) > 2 else None
     axes = cx.ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(x.type.rank))
@@ -645,7 +650,7 @@ def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
             return None
         inside = cx.const(np.pad(np.ones(x.shape, bool), full), DType.bool)
         return cx.emit("where", [inside, y, _reshape_to(cx, cx.cast(value_v, x.dtype), [1] * x.type.rank)])
-    if mode != "constant" or any(p < 0 for p in pads):
+    if any(p < 0 for p in pads):  # negative pads crop
         value = 0.0 if value_v is None or value_v.type.numel == 0 else float(np.asarray(value_v.data).reshape(-1)[0])
         return _pad_by_index(cx, x, pads, axes, mode, value)
     value = 0.0 if value_v is None or value_v.type.numel == 0 else float(np.asarray(value_v.data).reshape(-1)[0])
@@ -655,6 +660,8 @@ def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         full[_axis(a, x.type.rank)] = (pads[i], pads[i + k])
     if not any(lo or hi for lo, hi in full):
         return x
+    if mode != "constant":
+        return spatial.pad_mode(cx, x, full, mode)
     return cx.emit("pad", [x], {"pads": full, "value": value})
 
 
@@ -669,6 +676,9 @@ def _source_coords(mode: str, out_n: int, in_n: int, scale: float) -> np.ndarray
         return o * (in_n - 1) / (out_n - 1) if out_n > 1 else np.zeros(out_n)
     if mode == "asymmetric":
         return o / scale
+    if mode == "half_pixel_symmetric":
+        adj = out_n / (scale * in_n)
+        return in_n * (1 - adj) / 2 + (o + 0.5) / scale - 0.5
     raise ValueError(mode)
 
 
@@ -687,27 +697,50 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
     mode = attrs.get("mode", "nearest")
     ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
-    if mode not in ("nearest", "linear") or ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric") \
-            or attrs.get("antialias", 0) or "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        return None  # cubic, tf_crop_and_resize, antialiasing: host
+    if mode not in ("nearest", "linear", "cubic") or ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners",
+                                                                 "asymmetric", "half_pixel_symmetric",
+                                                                 "tf_crop_and_resize") \
+            or attrs.get("antialias", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return None  # antialiasing: host
     scales_v = ins[2] if len(ins) > 2 else None
     sizes_v = ins[3] if len(ins) > 3 else None
     rank = x.type.rank
+    axes = [_axis(int(a), rank) for a in attrs.get("axes", range(rank))]
     if sizes_v is not None and sizes_v.type.numel:
-        sizes = cx.ints(sizes_v)
-        if sizes is None:
+        given = cx.ints(sizes_v)
+        if given is None:
             return None
+        sizes = list(x.shape)
+        for a, v in zip(axes, given):
+            sizes[a] = v
         scales = [s / d for s, d in zip(sizes, x.shape)]
     elif scales_v is not None and scales_v.is_const and scales_v.type.numel:
-        scales = [float(s) for s in np.asarray(scales_v.data).reshape(-1)]
+        scales = [1.0] * rank
+        for a, v in zip(axes, np.asarray(scales_v.data).reshape(-1)):
+            scales[a] = float(v)
         sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales)]
     else:
         return None
+    roi = None
+    if ctm == "tf_crop_and_resize":
+        roi_v = ins[1] if len(ins) > 1 else None
+        if roi_v is None or not roi_v.is_const:
+            return None
+        r = np.asarray(roi_v.data, np.float32).reshape(-1)  # float32 arithmetic, as onnxruntime: rounding ties agree
+        roi = {a: (r[i], r[i + len(axes)]) for i, a in enumerate(axes)}
     y = x
     for a in range(rank):
-        if sizes[a] == x.shape[a] and scales[a] == 1:
+        if sizes[a] == x.shape[a] and scales[a] == 1 and (roi is None or roi[a] == (0.0, 1.0)):
             continue
-        src = _source_coords(ctm, sizes[a], x.shape[a], scales[a])
+        if roi is not None:  # crop box [start, end] (normalized) resized to sizes[a]
+            lo, hi = roi.get(a, (0.0, 1.0))
+            lo, hi = np.float32(lo), np.float32(hi)
+            o = np.arange(sizes[a], dtype=np.float32)
+            n1 = np.float32(x.shape[a] - 1)
+            src = (lo * n1 + o * (hi - lo) * n1 / np.float32(sizes[a] - 1) if sizes[a] > 1
+                   else np.full(sizes[a], np.float32(0.5) * (lo + hi) * n1)).astype(np.float64)
+        else:
+            src = _source_coords(ctm, sizes[a], x.shape[a], scales[a])
         if mode == "nearest":
             nm = attrs.get("nearest_mode", "round_prefer_floor")
             up = scales[a]
@@ -716,17 +749,13 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
                 continue
             idx = np.clip(_nearest(src, nm), 0, x.shape[a] - 1).astype(np.int64)
             y = cx.emit("gather", [y, cx.const(idx, DType.int64)], {"axis": a})
-        else:
-            src = np.clip(src, 0, x.shape[a] - 1)
-            i0 = np.floor(src).astype(np.int64)
-            i1 = np.minimum(i0 + 1, x.shape[a] - 1)
-            frac = (src - i0).astype(np.float32)
-            wshape = [1] * rank
-            wshape[a] = sizes[a]
-            lo = cx.emit("gather", [y, cx.const(i0, DType.int64)], {"axis": a})
-            hi = cx.emit("gather", [y, cx.const(i1, DType.int64)], {"axis": a})
-            w1 = cx.const(frac.reshape(wshape), y.dtype)
-            y = cx.emit("add", [lo, cx.emit("mul", [cx.emit("sub", [hi, lo]), w1])])
+        else:  # linear / cubic: one matmul with the constant interpolation matrix (frontends/spatial.py)
+            y = spatial.interpolate(cx, y, mode, {a: src}, cubic_a=float(attrs.get("cubic_coeff_a", -0.75)),
+                                    exclude_outside=bool(attrs.get("exclude_outside", 0)))
+        if roi is not None and (np.any(src < 0) or np.any(src > x.shape[a] - 1)):
+            outside = ((src < 0) | (src > x.shape[a] - 1)).reshape([-1 if i == a else 1 for i in range(rank)])
+            y = cx.emit("where", [cx.const(outside, DType.bool), cx.const(float(attrs.get("extrapolation_value", 0.0)),
+                                                                          y.dtype), y])
     return y
 
 
@@ -736,6 +765,174 @@ def _repeat_each(cx: Cx, x: Value, axis: int, r: int) -> Value:
     v = cx.emit("reshape", [x], {"shape": shape[:axis + 1] + [1] + shape[axis + 1:]})
     v = cx.emit("expand", [v], {"shape": shape[:axis + 1] + [r] + shape[axis + 1:]})
     return cx.emit("reshape", [v], {"shape": shape[:axis] + [shape[axis] * r] + shape[axis + 1:]})
+
+
+# -- spatial ops: conv/pool/norm/interpolate (kernels) --------------------------------------------
+@onnx_op("ConvTranspose")
+def _conv_transpose(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """1-D, 2-D and 3-D transposed convolution (zero insertion + flipped-weight conv, frontends/spatial.py)."""
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    nd = x.type.rank - 2
+    if not 1 <= nd <= 3 or not x.dtype.is_float:
+        return None
+    kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
+    stride = [int(s) for s in attrs.get("strides", [1] * nd)]
+    dilation = [int(d) for d in attrs.get("dilations", [1] * nd)]
+    out_pad = [int(p) for p in attrs.get("output_padding", [0] * nd)]
+    auto = attrs.get("auto_pad", "NOTSET")
+    spatial_in = list(x.shape[2:])
+    if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(attrs["output_shape"])[-nd:] if "output_shape" in attrs else [i * s for i, s in zip(spatial_in, stride)]
+        pads = []
+        for a in range(nd):
+            total = stride[a] * (spatial_in[a] - 1) + out_pad[a] + (kernel[a] - 1) * dilation[a] + 1 - int(target[a])
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2  # NOTSET with output_shape: as SAME_LOWER
+            pads.append((lo, total - lo))
+    elif auto == "VALID":
+        pads = [(0, 0)] * nd
+    else:
+        p = list(attrs.get("pads", [0] * (2 * nd)))
+        pads = [(int(p[i]), int(p[i + nd])) for i in range(nd)]
+    return spatial.conv_transpose(cx, x, cx.cast(w, x.dtype), bias, stride, pads, dilation, out_pad,
+                                  int(attrs.get("group", 1)))
+
+
+@onnx_op("LpPool")
+def _lp_pool(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """(sum over the window of |x|^p)^(1/p): abs and power elementwise around a window-sum pool."""
+    x = ins[0]
+    nd = x.type.rank - 2
+    if not 1 <= nd <= 3 or not x.dtype.is_float:
+        return None
+    p = float(attrs.get("p", 2))
+    k = [int(v) for v in attrs["kernel_shape"]]
+    s = [int(v) for v in attrs.get("strides", [1] * nd)]
+    d = [int(v) for v in attrs.get("dilations", [1] * nd)]
+    pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
+    v = cx.pow_by_constant(cx.emit("abs", [x]), p)
+    v = spatial.pool(cx, v, "avg", k, s, pads, d, bool(attrs.get("ceil_mode", 0)), True, divisor_override=1)
+    return cx.pow_by_constant(v, 1.0 / p)
+
+
+@onnx_op("GlobalLpPool")
+def _global_lp_pool(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    p = float(attrs.get("p", 2))
+    v = cx.pow_by_constant(cx.emit("abs", [x]), p)
+    v = cx.emit("reduce", [v], {"kind": "sum", "axes": list(range(2, x.type.rank)), "keepdim": True})
+    return cx.pow_by_constant(v, 1.0 / p)
+
+
+@onnx_op("MeanVarianceNormalization")
+def _mvn(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """(x - mean) / sqrt(var + 1e-9) over `axes` (default: batch and spatial dims, per channel)."""
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    axes = [_axis(int(a), x.type.rank) for a in attrs.get("axes", [0, 2, 3])]
+    return spatial.normalize_axes(cx, x, axes, 1e-9)
+
+
+@onnx_op("Upsample")
+def _upsample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """The pre-opset-10 Resize: scales (attribute or input), nearest or linear, asymmetric coordinates."""
+    x = ins[0]
+    if "scales" in attrs:
+        scales = [float(v) for v in attrs["scales"]]
+    elif len(ins) > 1 and ins[1] is not None and ins[1].is_const:
+        scales = [float(v) for v in np.asarray(ins[1].data).reshape(-1)]
+    else:
+        return None
+    mode = attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        return None
+    scales_c = cx.const(np.asarray(scales, np.float32), DType.fp32)
+    return _resize(cx, [x, None, scales_c], {"mode": "linear" if mode != "nearest" else "nearest",
+                                             "coordinate_transformation_mode": "asymmetric",
+                                             "nearest_mode": "floor"})
+
+
+@onnx_op("GridSample")
+def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
+    return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
+                               bool(attrs.get("align_corners", 0)))
+
+
+# -- elementwise math family (opinfo) ------------------------------------------------------------
+for _t, _op in [("Tan", "tan"), ("Asin", "asin"), ("Acos", "acos"), ("Atan", "atan"), ("Sinh", "sinh"),
+                ("Cosh", "cosh"), ("Asinh", "asinh"), ("Acosh", "acosh"), ("Atanh", "atanh"), ("Softsign", "softsign"),
+                ("Mish", "mish")]:
+    onnx_op(_t)(_unary(_op))
+
+
+@onnx_op("Selu")
+def _selu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    return cx.emit("elu", [x], {"alpha": alpha, "scale": gamma})
+
+
+@onnx_op("Celu")
+def _celu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    alpha = float(attrs.get("alpha", 1.0))
+    if alpha == 0 or not ins[0].dtype.is_float:
+        return None
+    return cx.emit("elu", [ins[0]], {"alpha": alpha, "input_scale": 1.0 / alpha})
+
+
+@onnx_op("Softplus")
+def _softplus(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    # log(1 + exp(x)); past x = 20 it equals x to fp32 precision (PyTorch's default threshold)
+    return cx.emit("softplus", [ins[0]], {"beta": 1.0, "threshold": 20.0}) if ins[0].dtype.is_float else None
+
+
+@onnx_op("ThresholdedRelu")
+def _thresholded_relu(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    if not ins[0].dtype.is_float:
+        return None
+    return cx.emit("threshold", [ins[0]], {"threshold": float(attrs.get("alpha", 1.0)), "value": 0.0})
+
+
+@onnx_op("Shrink")
+def _shrink(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """x - bias above lambd, x + bias below -lambd, 0 between (hardshrink: bias 0; softshrink: bias = lambd)."""
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    lambd, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
+    if bias == 0:
+        return cx.emit("hardshrink", [x], {"lambd": lambd})
+    if bias == lambd:
+        return cx.emit("softshrink", [x], {"lambd": lambd})
+    zero = cx.const(0.0, x.dtype)
+    lo = cx.emit("where", [cx.emit("lt", [x, cx.const(-lambd, x.dtype)]), cx.emit("add", [x, cx.const(bias, x.dtype)]), zero])
+    return cx.emit("where", [cx.emit("gt", [x, cx.const(lambd, x.dtype)]), cx.emit("sub", [x, cx.const(bias, x.dtype)]), lo])
+
+
+@onnx_op("IsNaN")
+def _isnan(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    return cx.emit("isnan", [ins[0]]) if ins[0].dtype.is_float else None
+
+
+@onnx_op("IsInf")
+def _isinf(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    pos, neg = int(attrs.get("detect_positive", 1)), int(attrs.get("detect_negative", 1))
+    if pos and neg:
+        return cx.emit("isinf", [x])
+    if pos or neg:
+        return cx.emit("isposinf" if pos else "isneginf", [x])
+    return cx.const(np.zeros(x.shape, bool), DType.bool)  # detects neither sign
+
 
 
 # -- onnx backend suite coverage (onnxsuite) ----------------------------------------------------
@@ -984,17 +1181,6 @@ def _lp_normalization(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     zero = cx.const(0, x.dtype)
     return cx.emit("where", [cx.emit("eq", [norm, zero]), zero, cx.emit("div", [x, norm])])
 
-
-@onnx_op("Shrink")
-def _shrink(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
-    x = ins[0]
-    if not x.dtype.is_float:
-        return None
-    lam, bias = float(attrs.get("lambd", 0.5)), float(attrs.get("bias", 0.0))
-    lo = cx.emit("add", [x, cx.const(bias, x.dtype)])
-    hi = cx.emit("sub", [x, cx.const(bias, x.dtype)])
-    inner = cx.emit("where", [cx.emit("gt", [x, cx.const(lam, x.dtype)]), hi, cx.const(0, x.dtype)])
-    return cx.emit("where", [cx.emit("lt", [x, cx.const(-lam, x.dtype)]), lo, inner])
 
 
 @onnx_op("DepthToSpace")

@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from vnpu.frontends.errors import DataDependentShapeError
 from vnpu.frontends.torch.importer import (ATEN, FallbackWarning, ImportResult, UnsupportedOpError,
                                            constant_placeholders, import_fx, op_name)
 
@@ -24,7 +26,16 @@ def to_core_aten(ep: "torch.export.ExportedProgram") -> "torch.export.ExportedPr
     as one fused attention kernel (aten_ops lowers the cases it cannot to matmul/softmax)."""
     table = torch.export.default_decompositions()
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    for op in KEPT_WHOLE:  # lowered whole (frontends/spatial.py) rather than as dozens of index/elementwise ops
+        for overload in ("vec", "default"):
+            table.pop(getattr(getattr(torch.ops.aten, op), overload), None)
     return ep.run_decompositions(table)
+
+
+# interpolation ops kept whole by to_core_aten: each is one matmul (or gather) per axis on the chip
+KEPT_WHOLE = ("upsample_bicubic2d", "upsample_linear1d", "upsample_trilinear3d", "upsample_nearest1d",
+              "upsample_nearest3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+              "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
 
 
 def export_aten(model: torch.nn.Module, example_inputs: tuple) -> "torch.export.ExportedProgram":
@@ -61,8 +72,12 @@ def import_exported(ep: "torch.export.ExportedProgram", name: str, strict: bool 
     mutations = {spec.arg.name: mutated[spec.target] for spec in sig.input_specs
                  if spec.kind.name == "BUFFER" and spec.target in mutated}
     weights = {spec.arg.name for spec in sig.input_specs if spec.kind.name in ("PARAMETER", "BUFFER")}
-    return import_fx(ep.graph_module, constant_placeholders(ep), name=name, strict=strict, user_outputs=keep,
-                     mutations=mutations, weight_placeholders=weights - set(mutations))
+    try:
+        return import_fx(ep.graph_module, constant_placeholders(ep), name=name, strict=strict, user_outputs=keep,
+                         mutations=mutations, weight_placeholders=weights - set(mutations))
+    except GuardOnDataDependentSymNode as e:
+        raise DataDependentShapeError(f"{name}: a tensor shape depends on tensor values ({str(e).splitlines()[0]}); "
+                                      "vnpu compiles static shapes: compute that part outside the model") from None
 
 
 def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices: set[int],

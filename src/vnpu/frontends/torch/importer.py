@@ -279,4 +279,6 @@ def constant_placeholders(ep: "torch.export.ExportedProgram") -> dict[str, torch
             consts[spec.arg.name] = t
         elif kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
             consts[spec.arg.name] = ep.constants[spec.target]
+        elif kind == "TOKEN":  # the effect token of with_effects: no data, not a user input
+            consts[spec.arg.name] = torch.empty(0)
     return consts

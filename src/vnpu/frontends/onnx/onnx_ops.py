@@ -730,7 +730,7 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         roi = {a: (r[i], r[i + len(axes)]) for i, a in enumerate(axes)}
     y = x
     for a in range(rank):
-        if sizes[a] == x.shape[a] and scales[a] == 1 and (roi is None or roi[a] == (0.0, 1.0)):
+        if sizes[a] == x.shape[a] and scales[a] == 1 and (roi is None or roi.get(a, (0.0, 1.0)) == (0.0, 1.0)):
             continue
         if roi is not None:  # crop box [start, end] (normalized) resized to sizes[a]
             lo, hi = roi.get(a, (0.0, 1.0))
@@ -1863,3 +1863,81 @@ def _scatter_nd(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     y = _scatter_rows(cx, _reshape_to(cx, x, [rows, rest]), acc, _reshape_to(cx, cx.cast(upd, x.dtype), [p, rest]),
                       attrs.get("reduction", "none"))
     return None if y is None else _reshape_to(cx, y, list(x.shape))
+
+
+@onnx_op("ReverseSequence")
+def _reverse_sequence(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Each batch entry's first lens[b] steps reversed: a GatherElements along the time axis with
+    source index lens[b] - 1 - t for t < lens[b], t after."""
+    x, lens = ins
+    ta, ba = int(attrs.get("time_axis", 0)), int(attrs.get("batch_axis", 1))
+    rank = x.type.rank
+    if rank < 2 or {ta, ba} == {ta} or x.type.numel == 0:
+        return None
+    t_shape = [1] * rank
+    t_shape[ta] = x.shape[ta]
+    b_shape = [1] * rank
+    b_shape[ba] = x.shape[ba]
+    t = cx.const(np.arange(x.shape[ta], dtype=np.int64).reshape(t_shape), DType.int64)
+    n = _reshape_to(cx, cx.cast(lens, DType.int64), b_shape)
+    src = cx.emit("where", [cx.emit("lt", [t, n]), cx.emit("sub", [cx.emit("sub", [n, cx.const(1, DType.int64)]), t]), t])
+    src = cx.emit("expand", [src], {"shape": list(x.shape)})
+    return _gather_elements(cx, [x, src], {"axis": ta})
+
+
+@onnx_op("TensorScatter")
+def _tensor_scatter(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """A KV-cache write: update's steps placed at write_indices[b] (+ step, modulo the cache length
+    in circular mode) along `axis`, through the one-hot scatter."""
+    cache, upd = ins[0], ins[1]
+    wi = ins[2] if len(ins) > 2 else None
+    if not cache.dtype.is_float or cache.type.rank < 2:
+        return None
+    axis = _axis(int(attrs.get("axis", -2)), cache.type.rank)
+    if axis == 0:
+        return None
+    base, stride = _flat_index_base(cache.shape, upd.shape, axis)
+    steps = _iota(upd.shape[axis], axis, cache.type.rank)
+    pos = cx.const(steps, DType.int64)
+    if wi is not None:
+        start = _reshape_to(cx, cx.cast(wi, DType.int64), [cache.shape[0]] + [1] * (cache.type.rank - 1))
+        pos = cx.emit("add", [pos, start])
+    if attrs.get("mode", "linear") == "circular":
+        pos = cx.emit("fmod", [pos, cx.const(cache.shape[axis], DType.int64)])  # indices are >= 0
+    flat = cx.emit("add", [cx.emit("mul", [pos, cx.const(stride, DType.int64)]), cx.const(base, DType.int64)])
+    n = upd.type.numel
+    y = _scatter_rows(cx, _reshape_to(cx, cache, [cache.type.numel, 1]), _reshape_to(cx, flat, [n]),
+                      _reshape_to(cx, cx.cast(upd, cache.dtype), [n, 1]), "none")
+    return None if y is None else _reshape_to(cx, y, list(cache.shape))
+
+
+@onnx_op("CausalConvWithState")
+def _causal_conv_with_state(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
+    """A depthwise causal 1-D convolution over [past_state | input]: k shifted slices times the
+    per-channel taps, bias, optional SiLU; the last k - 1 steps are the new state."""
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    past = ins[3] if len(ins) > 3 else None
+    act = attrs.get("activation", "none")
+    if not x.dtype.is_float or x.type.rank != 3 or w.type.rank != 3 or w.shape[1] != 1 or act not in ("none", "silu", "swish"):
+        return None
+    b, c, length = x.shape
+    k = w.shape[2]
+    if k > 1:
+        state = past if past is not None else cx.const(np.zeros((b, c, k - 1), np.float32), x.dtype)
+        padded = cx.emit("concat", [cx.cast(state, x.dtype), x], {"axis": 2})
+    else:
+        padded = x
+    y = None
+    for j in range(k):
+        tap = _reshape_to(cx, _take(cx, cx.cast(w, x.dtype), 2, np.array([j])), [1, c, 1])
+        term = cx.emit("mul", [cx.emit("slice", [padded], {"axis": 2, "start": j, "end": j + length, "step": 1}), tap])
+        y = term if y is None else cx.emit("add", [y, term])
+    if bias is not None:
+        y = cx.emit("add", [y, _reshape_to(cx, cx.cast(bias, x.dtype), [1, c, 1])])
+    if act != "none":
+        y = cx.emit("silu", [y])
+    total = padded.shape[2]
+    present = cx.emit("slice", [padded], {"axis": 2, "start": total - (k - 1), "end": total, "step": 1}) if k > 1 \
+        else cx.const(np.zeros((b, c, 0), np.float32), x.dtype)
+    return y, present

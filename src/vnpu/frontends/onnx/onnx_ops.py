@@ -1941,3 +1941,53 @@ def _causal_conv_with_state(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
     present = cx.emit("slice", [padded], {"axis": 2, "start": total - (k - 1), "end": total, "step": 1}) if k > 1 \
         else cx.const(np.zeros((b, c, 0), np.float32), x.dtype)
     return y, present
+
+
+@onnx_op("LinearAttention")
+def _linear_attention(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
+    """Recurrent linear attention unrolled over the static sequence: per step the state
+    [B, Hkv, dk, dv] decays (gated), takes the delta-rule correction (delta), adds k^T v, and the
+    query reads it (GQA: the state repeated over the query heads of its group)."""
+    q, k, v = ins[:3]
+    get = lambda i: ins[i] if len(ins) > i else None  # noqa: E731
+    past, decay, beta = get(3), get(4), get(5)
+    rule = attrs.get("update_rule", "gated_delta")
+    hq, hkv = int(attrs.get("q_num_heads", 0)), int(attrs.get("kv_num_heads", 0))
+    if not q.dtype.is_float or q.type.rank != 3 or not hq or not hkv or hq % hkv:
+        return None
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if (gating and decay is None) or (delta and beta is None):
+        return None
+    dt = q.dtype
+    b, t, _ = q.shape
+    dk, dv = q.shape[2] // hq, v.shape[2] // hkv
+    group = hq // hkv
+
+    def heads(x: Value, n: int) -> Value:  # [B, T, n*D] -> [B, n, T, D]
+        return cx.emit("permute", [_reshape_to(cx, cx.cast(x, dt), [b, t, n, x.shape[2] // n])], {"perm": [0, 2, 1, 3]})
+
+    q4, k4, v4 = heads(q, hq), heads(k, hkv), heads(v, hkv)
+    decay4 = heads(decay, hkv) if gating else None  # [B, Hkv, T, 1 or dk]
+    beta4 = heads(beta, beta.shape[2]) if delta else None  # [B, Hb, T, 1]
+    scale = float(attrs.get("scale", 0.0) or 0.0) or 1.0 / math.sqrt(dk)
+    state = cx.cast(past, dt) if past is not None else cx.const(np.zeros((b, hkv, dk, dv), np.float32), dt)
+    step = lambda x, i: cx.emit("slice", [x], {"axis": 2, "start": i, "end": i + 1, "step": 1})  # noqa: E731
+    outs = []
+    for i in range(t):
+        k_t, v_t = step(k4, i), step(v4, i)
+        if gating:
+            g = step(decay4, i)
+            state = cx.emit("mul", [state, _reshape_to(cx, cx.emit("exp", [g]), [b, hkv, g.shape[3], 1])])
+        if delta:
+            retrieved = cx.emit("matmul", [k_t, state])  # [B, Hkv, 1, dv]
+            v_t = cx.emit("mul", [step(beta4, i), cx.emit("sub", [v_t, retrieved])])
+        state = cx.emit("add", [state, cx.emit("mul", [_reshape_to(cx, k_t, [b, hkv, dk, 1]), v_t])])
+        read = state
+        if group > 1:
+            read = cx.emit("expand", [_reshape_to(cx, state, [b, hkv, 1, dk, dv])], {"shape": [b, hkv, group, dk, dv]})
+            read = cx.emit("reshape", [read], {"shape": [b, hq, dk, dv]})
+        outs.append(cx.emit("matmul", [step(q4, i), read]))
+    y = outs[0] if t == 1 else cx.emit("concat", outs, {"axis": 2})  # [B, Hq, T, dv]
+    y = cx.emit("mul", [y, cx.const(scale, dt)])
+    y = cx.emit("reshape", [cx.emit("permute", [y], {"perm": [0, 2, 1, 3]})], {"shape": [b, t, hq * dv]})
+    return y, state

@@ -410,6 +410,19 @@ def test_onnx_grid_sample_matches_onnxruntime(attrs: dict) -> None:
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("op,shape,inits,attrs,match", [
+    ("MaxPool", (1, 2, 4, 4), {}, dict(kernel_shape=[6, 6]), "pooling: window"),
+    ("ConvTranspose", (1, 4, 5, 5), {"w": _a(6, 2, 3, 3)}, dict(group=2), "transposed convolution"),
+])
+def test_onnx_bad_spatial_attributes_name_the_problem(op: str, shape: tuple, inits: dict, attrs: dict,
+                                                      match: str) -> None:
+    from vnpu.ir.ops import IRTypeError
+
+    m = _onnx_model(op, _a(*shape), inits, **attrs)
+    with pytest.raises(IRTypeError, match=match):
+        vnpu.from_onnx(m, strict=True)
+
+
 @pytest.mark.parametrize("name", list(ONNX_CASES))
 def test_onnx_op_matches_onnxruntime(name: str) -> None:
     op, shape, inits, attrs = ONNX_CASES[name]

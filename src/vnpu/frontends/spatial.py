@@ -36,7 +36,7 @@ import numpy as np
 from vnpu.dtypes import DType
 from vnpu.frontends.registry import LoweringContext as Cx
 from vnpu.ir.graph import Value
-from vnpu.ir.ops import conv_out_size
+from vnpu.ir.ops import IRTypeError, conv_out_size
 
 Pads = Sequence[tuple[int, int]]
 
@@ -153,6 +153,9 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
     nd = x.type.rank - 2
     c, og = w.shape[:2]
     k = list(w.shape[2:])
+    if groups < 1 or c % groups or x.shape[1] != c or w.type.rank != x.type.rank:
+        raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
+                          f"do not match with groups={groups}")
     cg = c // groups
     wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
     wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
@@ -230,6 +233,9 @@ def _pool_geometry(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int
     spatial = list(x.shape[2:])
     outs = [pool_out_size(spatial[a], kernel[a], stride[a], pads[a][0], pads[a][1], dilation[a], ceil_mode)
             for a in range(nd)]
+    if len(kernel) != nd or any(o < 1 for o in outs) or any(v < 1 for v in list(kernel) + list(stride)):
+        raise IRTypeError(f"pooling: window {list(kernel)} (stride {list(stride)}, dilation {list(dilation)}) does not "
+                          f"fit the padded input {spatial} with padding {list(pads)}")
     full_pads = []
     for a in range(nd):
         need = (outs[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
@@ -348,6 +354,8 @@ def adaptive_pool(cx: Cx, x: Value, kind: str, out_size: Sequence[int]) -> Value
     nd = len(out_size)
     spatial = list(x.shape[x.type.rank - nd:])
     out_size = [int(o) if o is not None else s for o, s in zip(out_size, spatial)]
+    if any(o < 1 for o in out_size) or x.type.rank < nd:
+        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim of {x.type}")
     if all(o == 1 for o in out_size):
         return cx.emit("reduce", [x], {"kind": "mean" if kind == "avg" else "max",
                                        "axes": list(range(x.type.rank - nd, x.type.rank)), "keepdim": True})
@@ -379,6 +387,8 @@ def group_norm(cx: Cx, x: Value, groups: int, weight: Value | None, bias: Value 
     """Each (sample, group) normalized over its channels and positions: the layer_norm kernel on
     the view [N, groups, rest], then the per-channel affine."""
     n, c = x.shape[0], x.shape[1]
+    if groups < 1 or c % groups:
+        raise IRTypeError(f"group norm: {c} channels do not split into {groups} groups")
     v = reshape(cx, x, [n, groups, x.type.numel // (n * groups)])
     v = cx.emit("layer_norm", [v], {"axis_count": 1, "eps": float(eps), "has_weight": False, "has_bias": False})
     v = reshape(cx, v, list(x.shape))

@@ -123,6 +123,8 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "pad-reflect": (lambda: Fn(lambda x: F.pad(x, (1, 2, 2, 1), mode="reflect")), (1, 4, 6, 6)),
     "unfold": (lambda: nn.Unfold(3, dilation=(1, 2), padding=1, stride=2), (1, 3, 7, 8)),
     "unfold-2x2": (lambda: nn.Unfold(2), (2, 3, 5, 4)),
+    "fold": (lambda: nn.Fold((6, 7), (2, 3), dilation=(2, 1), padding=1, stride=(2, 1)), (2, 18, 21)),
+    "fold-overlapping": (lambda: nn.Fold((5, 5), 3), (1, 18, 9)),
     "pad-replicate-3d": (lambda: Fn(lambda x: F.pad(x, (1, 2, 0, 1, 2, 0), mode="replicate")), (1, 2, 4, 5, 6)),
 }
 
@@ -351,6 +353,8 @@ ONNX_CASES: dict[str, tuple[str, tuple[int, ...], dict, dict]] = {
     "GroupNormalization": ("GroupNormalization", (2, 6, 5, 3), {"s": _a(6), "b": _a(6)}, dict(num_groups=3)),
     "MeanVarianceNormalization": ("MeanVarianceNormalization", (2, 3, 4, 5), {}, {}),
     "MeanVarianceNormalization-axes": ("MeanVarianceNormalization", (2, 3, 4, 5), {}, dict(axes=[1, 3])),
+    "Col2Im": ("Col2Im", (2, 12, 9), {"img": np.array([5, 6], np.int64), "blk": np.array([2, 3], np.int64)},
+               dict(strides=[2, 1], pads=[1, 0, 0, 1], dilations=[1, 2])),
     "Pad-reflect": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="reflect")),
     "Pad-edge": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="edge")),
     "Pad-wrap": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="wrap")),

@@ -598,3 +598,32 @@ def antialias_matrix(out: int, size: int, align_corners: bool, scale: float | No
         total = w.sum()
         m[i, lo:hi] = w / total if total else w
     return m
+
+
+def col2im(cx: Cx, cols: Value, image: Sequence[int], kernel: Sequence[int], dilation: Sequence[int], pads: Pads,
+           stride: Sequence[int]) -> Value:
+    """Column blocks [N, C * prod(kernel), L] summed back into an image [N, C, *image] (fold /
+    ONNX Col2Im): per spatial axis one matmul with the constant 0/1 matrix that sends each
+    (tap, block) position to its padded pixel (overlapping taps add), then the padding cropped."""
+    nd = len(image)
+    n = cols.shape[0]
+    kp = math.prod(kernel)
+    if cols.type.rank != 3 or cols.shape[1] % kp:
+        raise IRTypeError(f"col2im: input {cols.type} is not [N, C * {kp}, L]")
+    c = cols.shape[1] // kp
+    blocks = [conv_out_size(image[a], kernel[a], stride[a], pads[a][0], pads[a][1], dilation[a]) for a in range(nd)]
+    if math.prod(blocks) != cols.shape[2]:
+        raise IRTypeError(f"col2im: {cols.shape[2]} blocks, but image {list(image)} with kernel {list(kernel)} "
+                          f"gives {blocks}")
+    v = reshape(cx, cols, [n, c] + list(kernel) + blocks)
+    perm = [0, 1] + [p for a in range(nd) for p in (2 + a, 2 + nd + a)]  # [N, C, k1, L1, k2, L2, ...]
+    v = cx.emit("permute", [v], {"perm": perm})
+    v = reshape(cx, v, [n, c] + [kernel[a] * blocks[a] for a in range(nd)])
+    for a in range(nd):
+        full = image[a] + pads[a][0] + pads[a][1]
+        pos = (np.arange(kernel[a])[:, None] * dilation[a] + np.arange(blocks[a])[None, :] * stride[a]).reshape(-1)
+        m = np.zeros((full, pos.size))
+        m[pos, np.arange(pos.size)] = 1.0
+        v = _along(cx, v, 2 + a, m)
+        v = _slice(cx, v, 2 + a, pads[a][0], pads[a][0] + image[a])
+    return v

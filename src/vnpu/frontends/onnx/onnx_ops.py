@@ -817,3 +817,15 @@ def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
     return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
                                bool(attrs.get("align_corners", 0)))
+
+
+@onnx_op("Col2Im")
+def _col2im(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    image, block = cx.ints(ins[1]), cx.ints(ins[2])
+    if image is None or block is None or not x.dtype.is_float:
+        return None
+    nd = len(image)
+    p = [int(v) for v in attrs.get("pads", [0] * (2 * nd))]
+    return spatial.col2im(cx, x, image, block, [int(v) for v in attrs.get("dilations", [1] * nd)],
+                          [(p[i], p[i + nd]) for i in range(nd)], [int(v) for v in attrs.get("strides", [1] * nd)])

@@ -76,6 +76,11 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "convT2d-g2-dil-outpad": (lambda: nn.ConvTranspose2d(4, 6, (3, 4), stride=(2, 3), padding=(1, 2), dilation=(2, 1),
                                                          groups=2, output_padding=(1, 0)), (2, 4, 5, 6)),
     "convT2d-pad-beyond-kernel": (lambda: nn.ConvTranspose2d(3, 4, 2, stride=2, padding=2), (1, 3, 6, 5)),
+    "convT2d-kernel-eq-stride": (lambda: nn.ConvTranspose2d(6, 4, 2, stride=2), (2, 6, 5, 7)),
+    "convT2d-kernel-eq-stride-g2-pad": (lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=(3, 2), groups=2,
+                                                                   padding=(1, 0)), (1, 4, 4, 5)),
+    "convT1d-kernel-eq-stride": (lambda: nn.ConvTranspose1d(4, 3, 4, stride=4, bias=False), (1, 4, 6)),
+    "convT3d-kernel-eq-stride": (lambda: nn.ConvTranspose3d(3, 4, 2, stride=2), (1, 3, 2, 3, 4)),
     "convT3d": (lambda: nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1), (1, 4, 3, 4, 5)),
     # normalization
     "group-norm": (lambda: nn.GroupNorm(3, 6), (2, 6, 5, 7)),

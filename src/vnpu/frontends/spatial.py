@@ -157,6 +157,8 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
         raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
                           f"do not match with groups={groups}")
     cg = c // groups
+    if list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
+        return _conv_transpose_blocks(cx, x, w, bias, pads, groups)
     wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
     wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
     wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
@@ -180,6 +182,35 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
             v = _slice(cx, v, a, max(-lo, 0), v.shape[a] + min(hi, 0))
         conv_pads.append((max(lo, 0), max(hi, 0)))
     return conv(cx, v, wc, bias, [1] * nd, conv_pads, dilation, groups)
+
+
+def _conv_transpose_blocks(cx: Cx, x: Value, w: Value, bias: Value | None, pads: Pads, groups: int) -> Value:
+    """Kernel == stride (UNet / FPN 2x2 up-convolutions): the windows do not overlap, so each input
+    pixel's output block is one 1x1 convolution to O * prod(k) channels (useful MACs only), whose
+    [O, k1, k2, H, W] channels are interleaved to [O, H*k1, W*k2] by a permuted view (one copy)."""
+    nd = x.type.rank - 2
+    c, og = w.shape[:2]
+    k = list(w.shape[2:])
+    cg, kp = c // groups, math.prod(k)
+    wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
+    wd = np.moveaxis(wd, 1, -1).reshape((groups * og * kp, cg) + (1,) * nd)  # [(g, o, taps), C/g, 1...]
+    wc = _const(cx, f"{w.name}_blocks", wd, x.dtype)
+    bk = None
+    if bias is not None:  # each output channel's bias repeated over its kernel taps
+        bk = _const(cx, f"{bias.name}_blocks", np.repeat(np.asarray(bias.data), kp), x.dtype) if bias.is_const else None
+        if bk is None:
+            return None  # type: ignore[return-value]
+    y = conv(cx, x, wc, bk, [1] * nd, [(0, 0)] * nd, [1] * nd, groups)  # [N, O * kp, *S]
+    n, o, sp = x.shape[0], groups * og, list(x.shape[2:])
+    y = reshape(cx, y, [n, o] + k + sp)
+    perm = [0, 1] + [p for a in range(nd) for p in (2 + nd + a, 2 + a)]  # [N, O, S1, k1, S2, k2, ...]
+    y = cx.emit("permute", [y], {"perm": perm})
+    y = cx.emit("reshape", [y], {"shape": [n, o] + [s * kk for s, kk in zip(sp, k)]})
+    for a in range(nd):
+        lo, hi = pads[a]
+        if lo or hi:
+            y = _slice(cx, y, 2 + a, lo, y.shape[2 + a] - hi)
+    return y
 
 
 def pad_mode(cx: Cx, x: Value, pads: Pads, mode: str) -> Value:

@@ -818,3 +818,47 @@ def draw_graph(ch: Chooser, data_seed: int, max_ops: int = 8) -> FuzzGraph:
     fg = GraphBuilder(ch, data_seed, max_ops).build()
     fg.chip = chip
     return fg
+
+
+# -- shrinking -----------------------------------------------------------------------------------
+def prune(fg: FuzzGraph, outputs: list[str]) -> FuzzGraph:
+    """The graph computing only `outputs`: lines, inputs and weights nothing needs are dropped
+    (every tensor's data is still drawn in the same order, so the rest keep their values)."""
+    need = set(outputs)
+    keep: list[str] = []
+    for ln in reversed(fg.lines):
+        lhs, expr = ln.split(" = ", 1)
+        if any(n in need for n in lhs.split(", ")):
+            keep.append(ln)
+            need |= set(re.findall(r"\b[vxw]\d+\b", expr))
+    keep.reverse()
+    return FuzzGraph([s for s in fg.inputs if s.name in need], [p for p in fg.params if p.name in need], keep,
+                     list(outputs), fg.data_seed, fg.chip, fg.tensors, fg.created)
+
+
+def shrink(fg: FuzzGraph, status: str) -> FuzzGraph:
+    """A smaller graph failing the same way: one output if one suffices, else fewer outputs;
+    the default chip if it fails there too."""
+    def fails(g: FuzzGraph) -> bool:
+        return run_graph(g, fuzz_chip(g.chip)).status == status
+
+    best = prune(fg, fg.outputs)
+    for o in dict.fromkeys(fg.outputs):
+        cand = prune(fg, [o])
+        if fails(cand):
+            best = cand
+            break
+    else:
+        outs = list(dict.fromkeys(best.outputs))
+        for o in list(outs):
+            if len(outs) > 1:
+                cand = prune(fg, [x for x in outs if x != o])
+                if fails(cand):
+                    outs.remove(o)
+                    best = cand
+    if best.chip != "vnpu-v1":
+        cand = FuzzGraph(best.inputs, best.params, best.lines, best.outputs, best.data_seed, "vnpu-v1",
+                         best.tensors, best.created)
+        if fails(cand):
+            best = cand
+    return best

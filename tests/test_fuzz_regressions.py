@@ -1,0 +1,51 @@
+"""Minimal reproducers of the bugs tests/test_fuzz_graphs.py and benchmarks/fuzz_graphs.py found,
+each against eager PyTorch. A bug in a file another helper was editing when it was found is
+marked xfail(strict=True) with its cause: remove the mark with the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vnpu
+
+
+def _check(model: torch.nn.Module, *xs: torch.Tensor, chip: str = "vnpu-v1") -> None:
+    with torch.no_grad():
+        ref = model(*xs)
+    cm = vnpu.compile(model, xs, chip=chip, dtype="fp32", strict=True)
+    out = cm(*xs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    out = out if isinstance(out, tuple) else (out,)
+    assert len(out) == len(ref)
+    for o, r in zip(out, ref):
+        assert tuple(o.shape) == tuple(r.shape)
+        if r.dtype.is_floating_point:
+            err = (o.double() - r.double()).abs().max().item()
+            assert err <= max(1e-4 * r.abs().max().item(), 1e-5), f"max err {err}"
+        else:
+            assert o.dtype == r.dtype and torch.equal(o, r)
+
+
+class Fn(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/topk.py _rows_view takes the row stride from strides[-2] even "
+                   "when dim -2 has size 1, so a slice whose rows are evenly spaced is refused (ValueError)")
+def test_argmax_of_slice_with_size1_second_last_dim() -> None:
+    # rows of x[:, :, 0:1] are 16 floats apart; dim -2 has size 1 and stride 8
+    x = torch.randn(1, 11, 2, 8)
+    _check(Fn(lambda x: torch.argmax(x[:, :, 0:1], dim=-1)), x)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/topk.py loads its rows as one strided 2-D view "
+                   "and refuses ([ValueError] 'rows ... are not evenly spaced') an input whose leading dims do not "
+                   "flatten (a permuted view), instead of copying it contiguous first")
+def test_topk_of_transposed_view() -> None:
+    x = torch.randn(3, 4, 9)
+    _check(Fn(lambda x: torch.topk(x.transpose(0, 1), 2).values), x)

@@ -49,3 +49,21 @@ def test_argmax_of_slice_with_size1_second_last_dim() -> None:
 def test_topk_of_transposed_view() -> None:
     x = torch.randn(3, 4, 9)
     _check(Fn(lambda x: torch.topk(x.transpose(0, 1), 2).values), x)
+
+
+class _RmsEpsTensor(torch.nn.Module):
+    """RMSNorm whose eps is a [1, 1, 1] buffer: the add broadcasts a 2-D input to 3-D."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("eps", torch.full((1, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)
+
+
+def test_rms_norm_pattern_with_broadcasting_eps() -> None:
+    # compiler/patterns.py fuse_rms_norm matched it and gave the rms_norm node the 3-D output
+    # (IRVerifyError: output types fp32[1,5,33] != inferred fp32[5,33]); now it stays unfused
+    x = torch.randn(5, 33)
+    _check(_RmsEpsTensor(), x)

@@ -7,7 +7,7 @@ Graph i of seed S is drawn by random.Random(S * 10**6 + i) with the generator of
 tests/fuzz_graph_gen.py, so any graph can be rebuilt from (seed, i). With --log, every result
 is appended to a JSON-lines file and a rerun with the same --log and --seed skips the graphs
 already done (resumable). Prints progress (graphs/minute), the counts of graphs, mismatches,
-crashes and generator bugs (an op vnpu does not lower strictly), and for each finding a
+crashes and generator bugs (an op vnpu does not lower strictly, or invalid torch code), and for each finding a
 shrunk reproducer (one failing output, only the lines it needs) as standalone Python.
 """
 from __future__ import annotations
@@ -64,7 +64,15 @@ def main() -> int:
     for i in range(args.start, args.start + args.examples):
         if i in done:
             continue
-        fg = graph_at(args.seed, i)
+        try:
+            fg = graph_at(args.seed, i)
+        except AssertionError as e:  # the generator drew invalid torch code: a generator bug
+            print(f"\n=== graph {i}: generator error: {e}", flush=True)
+            counts["unsupported"] += 1
+            if logf:
+                logf.write(json.dumps({"seed": args.seed, "i": i, "status": "unsupported", "chip": "",
+                                       "ops": 0, "detail": f"generator: {e}"[:2000]}) + "\n")
+            continue
         o = run_graph(fg, fuzz_chip(fg.chip))
         counts[o.status] += 1
         ran += 1

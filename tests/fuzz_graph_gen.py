@@ -412,6 +412,11 @@ class GraphBuilder:
         if a is None:
             return None
         b = self.broadcast_partner(a)
+        bt = self._eval(b)
+        try:
+            torch.broadcast_shapes(sc, self.shape(a), tuple(bt.shape) if isinstance(bt, torch.Tensor) else ())
+        except RuntimeError:
+            return None
         return self.emit(f"torch.where({c.name}, {a.name}, {b})", "f")
 
     def op_matmul(self) -> Any:
@@ -464,7 +469,11 @@ class GraphBuilder:
         bshape = [1 if (d > 1 and self.ch.bool(0.4)) else d for d in batch]
         if bshape and self.ch.bool(0.3):
             bshape = bshape[1:]
-        b = self.new_input(self._cap_shape(bshape + [k, n]), scale=1 / math.sqrt(k))
+        if math.prod(bshape + [k, n]) > MAX_NUMEL:
+            bshape, n = [1] * len(bshape), min(n, max(1, MAX_NUMEL // k))
+        if k * n > MAX_NUMEL:
+            return None
+        b = self.new_input(tuple(bshape + [k, n]), scale=1 / math.sqrt(k))
         return self.emit(f"torch.matmul({a.name}, {b.name})", "f")
 
     def op_reduce(self) -> Any:
@@ -582,7 +591,9 @@ class GraphBuilder:
             if x.kind != "f" or self.ch.bool(0.4):
                 parts = [n, n] if x.kind != "f" else [n, f"torch.tanh({n})"]
             else:
-                parts = [n, self.new_input(self._cap_shape(other)).name]
+                if math.prod(other) > MAX_NUMEL:
+                    other[d] = 1
+                parts = [n, self.new_input(tuple(other)).name]
             if self.ch.bool(0.3):
                 parts.reverse()
             return self.emit(f"torch.cat([{', '.join(parts)}], dim={d - rank if self.ch.bool() else d})", x.kind)

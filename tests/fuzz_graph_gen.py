@@ -312,7 +312,7 @@ class GraphBuilder:
             elif shape[i] == 1 and self.ch.bool(0.3):
                 shape[i] = self.ch.choice([2, 3, 5, 17])
         if self.ch.bool(0.15) and len(shape) == len(sa) < 4:
-            shape = [self.ch.choice([2, 3])] + shape
+            shape = [self.ch.choice([1, 2, 3])] + shape  # a 1 raises the rank without adding data
         try:
             out = torch.broadcast_shapes(tuple(shape), sa)
         except RuntimeError:
@@ -700,7 +700,76 @@ class GraphBuilder:
         ow = self.ch.choice([d for d in (1, 2, w) if w % d == 0])
         return self.emit(f"F.adaptive_avg_pool2d({x.name}, ({oh}, {ow}))", "f")
 
-    OPS = [("op_unary", 4), ("op_binary", 4), ("op_compare", 1), ("op_bool", 1), ("op_matmul", 3), ("op_reduce", 2),
+    def op_pattern(self) -> Any:
+        """Chains vnpu's pattern rewrites match (RMSNorm, rotate-half RoPE, softmax -> topk
+        routing, sibling matmuls on one input, attention), drawn with variations around them."""
+        r = self.ch.int(0, 4)
+        if r == 0:  # RMSNorm
+            x = self.float_val(lambda s: s[-1] >= 2)
+            t = self.tensor(x)
+            if t.shape[-1] < 2 or not bool((t.pow(2).mean(-1).sqrt() > 0.05 * float(t.abs().max())).all()):
+                return None
+            eps = self.ch.choice(["1e-6", "1e-5"])
+            if self.ch.bool(0.3):
+                eps = self.new_input((1,) * self.ch.int(1, 3), param=True, scale=1e-5).name
+            y = self.emit(f"{x.name} * torch.rsqrt({x.name}.pow(2).mean(-1, keepdim=True) + {eps})", "f")
+            if y is not None and self.ch.bool(0.6):
+                w = self.new_input((t.shape[-1],), param=self.ch.bool(0.8))
+                return self.emit(f"{y[0].name} * {w.name}", "f")
+            return y
+        if r == 1:  # rotate-half RoPE
+            x = self.float_val(lambda s: s[-1] % 2 == 0 and s[-1] >= 2)
+            s = self.shape(x)
+            d = s[-1]
+            if d % 2:
+                return None
+            cs = list(s[-self.ch.int(1, min(2, len(s))):])
+            if len(cs) == 2 and self.ch.bool(0.3):
+                cs[-1] = 1
+            param = self.ch.bool()
+            c = self.new_input(tuple(cs), param=param)
+            sn = self.new_input(tuple(cs), param=param)
+            h = d // 2
+            return self.emit(f"{x.name} * {c.name} + torch.cat([-{x.name}[..., {h}:], {x.name}[..., :{h}]], dim=-1) * "
+                             f"{sn.name}", "f")
+        if r == 2:  # softmax -> topk routing, optionally normalized
+            x = self.float_val()
+            k = self.ch.int(1, min(4, self.shape(x)[-1]))
+            p = torch.softmax(self.tensor(x), -1)
+            out = self.emit(f"torch.topk(torch.softmax({x.name}, dim=-1), {k})", ["f", "i"], n_out=2,
+                            ok=lambda _: _topk_separated(p, k))
+            if out is not None and self.ch.bool(0.5):
+                v = out[0].name
+                return self.emit(f"{v} / {v}.sum(-1, keepdim=True)", "f")
+            return out
+        if r == 3:  # sibling matmuls on one 2-D input
+            x = self.float_val(lambda s: len(s) == 2, rank=2)
+            k = self.shape(x)[-1]
+            outs = []
+            for _ in range(self.ch.int(2, 3)):
+                w = self.new_input((k, self.ch.choice(SIZES)), param=True, scale=1 / math.sqrt(k))
+                if self.ch.bool(0.3):
+                    bias = self.new_input((self.tensor(w).shape[1],), param=True)
+                    outs.append(self.emit(f"{x.name} @ {w.name} + {bias.name}", "f"))
+                else:
+                    outs.append(self.emit(f"{x.name} @ {w.name}", "f"))
+            return outs[-1]
+        # scaled dot-product attention
+        b, hds, s_, d = self.ch.choice([1, 2]), self.ch.choice([1, 2, 3]), self.ch.choice([1, 3, 8, 17]), \
+            self.ch.choice([4, 8, 16, 64])
+        l_ = s_ if self.ch.bool(0.7) else self.ch.choice([1, 5, 16])
+        q = self.new_input((b, hds, s_, d))
+        k = self.new_input((b, hds, l_, d))
+        v = self.new_input((b, hds, l_, d))
+        mode = self.ch.int(0, 2)
+        if mode == 0:
+            return self.emit(f"F.scaled_dot_product_attention({q.name}, {k.name}, {v.name})", "f")
+        if mode == 1:
+            return self.emit(f"F.scaled_dot_product_attention({q.name}, {k.name}, {v.name}, is_causal=True)", "f")
+        mask = self.new_input((s_, l_), param=self.ch.bool())
+        return self.emit(f"F.scaled_dot_product_attention({q.name}, {k.name}, {v.name}, attn_mask={mask.name})", "f")
+
+    OPS = [("op_pattern", 2), ("op_unary", 4), ("op_binary", 4), ("op_compare", 1), ("op_bool", 1), ("op_matmul", 3), ("op_reduce", 2),
            ("op_softmax", 1), ("op_layer_norm", 1), ("op_view", 5), ("op_gather", 1), ("op_topk", 1), ("op_conv", 2)]
 
     def build(self, n_ops: int | None = None) -> FuzzGraph:

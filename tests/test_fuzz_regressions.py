@@ -67,3 +67,19 @@ def test_rms_norm_pattern_with_broadcasting_eps() -> None:
     # (IRVerifyError: output types fp32[1,5,33] != inferred fp32[5,33]); now it stays unfused
     x = torch.randn(5, 33)
     _check(_RmsEpsTensor(), x)
+
+
+def _tiny_chip(scratchpad: int = 16384):
+    from conftest import make_chip
+
+    return make_chip({"name": "fuzz-tiny", "cores": 3, "core.matrix.rows": 8, "core.matrix.cols": 8,
+                      "core.scratchpad.bytes": scratchpad, "core.vector.lanes": 16, "core.vector.sfu_lanes": 4})
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/layer_norm.py: the rms_norm path has no chunked-row "
+                   "fallback ('rms_norm: rows of 9000 elements do not fit the scratchpad') although layer_norm over "
+                   "the same rows and the unfused mean/rsqrt/mul chain both compile; compiler/patterns.py fuses the "
+                   "RMSNorm chain without knowing the chip")
+def test_rms_norm_rows_larger_than_scratchpad() -> None:
+    x = torch.randn(3, 9000)  # 36 KB rows, 16 KiB scratchpad
+    _check(Fn(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)), x, chip=_tiny_chip())

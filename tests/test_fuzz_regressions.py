@@ -83,3 +83,27 @@ def _tiny_chip(scratchpad: int = 16384):
 def test_rms_norm_rows_larger_than_scratchpad() -> None:
     x = torch.randn(3, 9000)  # 36 KB rows, 16 KiB scratchpad
     _check(Fn(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)), x, chip=_tiny_chip())
+
+
+class _Embedding(torch.nn.Module):
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = torch.nn.Parameter(w, requires_grad=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(idx, self.w)
+
+
+@pytest.mark.parametrize("case", ["embedding", "index_select_axis1_2d_rows", "index_select_strided_rows"])
+def test_gather_rows_larger_than_scratchpad(case: str) -> None:
+    # kernels/gather.py raised "gather: one row of 36000 bytes does not fit the scratchpad";
+    # such rows are now gathered in column chunks
+    chip = _tiny_chip()
+    if case == "embedding":
+        _check(_Embedding(torch.randn(4, 9000)), torch.tensor([[1, 2, 1], [3, 0, 3]]), chip=chip)
+    elif case == "index_select_axis1_2d_rows":
+        x = torch.randn(2, 5, 90, 100)
+        _check(Fn(lambda x, i: torch.index_select(x, 1, i)), x, torch.tensor([4, 0, 4, 2]), chip=chip)
+    else:
+        x = torch.randn(5, 3, 9001)
+        _check(Fn(lambda x, i: torch.index_select(x[:, 1, 1:], 0, i)), x, torch.tensor([3, 1]), chip=chip)

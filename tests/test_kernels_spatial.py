@@ -180,6 +180,15 @@ def test_max_pool_indices_on_chip(dims: int, kw: dict) -> None:
     assert idx.dtype == torch.int64 and torch.equal(idx, ridx)
 
 
+def test_max_pool_indices_exact_in_bf16() -> None:
+    # 40 x 50 planes: flat indices up to 2000, beyond bf16's exact integers (256)
+    m = Fn(lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True)[1])
+    torch.manual_seed(6)
+    x = torch.randn(1, 2, 40, 50).bfloat16().float()  # values exact in bf16: the same maxima
+    cm = vnpu.compile(m, (x,), dtype="bf16", strict=True)
+    assert torch.equal(cm(x), m(x))
+
+
 def test_max_pool3d_indices_fall_back_to_the_host() -> None:
     m = Fn(lambda x: F.max_pool3d(x, 2, return_indices=True)[1])
     x = torch.randn(1, 2, 4, 4, 4)
@@ -230,6 +239,16 @@ def test_embedding_bag_matches_eager(mode: str, ragged: bool) -> None:
     cm = vnpu.compile(m, (i,), strict=True)
     out, ref = cm(i), m(i)
     assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+
+
+def test_grid_sample_bf16_within_cosine() -> None:
+    # inputs exact in bf16. The source coordinates are stored in bf16 between kernels too (0.125 px
+    # steps at 16-32 px): measured 0.9985 here, hence the looser bound than the other ops' 0.999
+    torch.manual_seed(4)
+    x, grid = torch.randn(1, 3, 20, 30).bfloat16().float(), (torch.rand(1, 6, 5, 2) * 2 - 1).bfloat16().float()
+    m = GridSample(mode="bilinear", padding_mode="zeros", align_corners=False).eval()
+    out, ref = vnpu.compile(m, (x, grid), dtype="bf16", strict=True)(x, grid).float(), m(x, grid)
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item() >= 0.997
 
 
 # -- models that need these ops ------------------------------------------------------------------

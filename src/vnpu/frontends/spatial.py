@@ -300,7 +300,8 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     taps = (rows * hw[1] + cols).reshape(outs[0], outs[1], k2[0] * k2[1])
     if np.abs(taps).max() >= 1 << 24:
         return None  # beyond fp32's exact integers
-    idx = cx.emit("pool2d", [x4, _const(cx, "pool_taps", taps, DType.fp32)],
+    # int32: bf16 storage (set_precision) leaves integer constants alone
+    idx = cx.emit("pool2d", [x4, _const(cx, "pool_taps", taps, DType.int32)],
                   {"kind": "argmax", "kernel": tuple(k2), "stride": tuple(s2), "padding": tuple(full_pads),
                    "dilation": tuple(d2)})
     if whole_tensor:
@@ -573,15 +574,17 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
 
     ix, iy = unnormalize(0, w), unnormalize(1, h)
     table = reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
-    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), dt)
+    # pixel indices in int64 arithmetic: exact whatever the float storage (bf16 holds integers only to 256)
+    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), DType.int64)
 
     def corner(xi: Value, yi: Value, weight: Value | None) -> Value:
         ok = cx.emit("and", [cx.emit("and", [cx.emit("ge", [xi, k(0.0)]), cx.emit("le", [xi, k(w - 1.0)])]),
                              cx.emit("and", [cx.emit("ge", [yi, k(0.0)]), cx.emit("le", [yi, k(h - 1.0)])])])
         xc = cx.emit("clamp", [xi], {"min": 0.0, "max": float(w - 1)})
         yc = cx.emit("clamp", [yi], {"min": 0.0, "max": float(h - 1)})
-        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yc, k(float(w))]), xc]), base])
-        rows = cx.emit("gather", [table, cx.cast(flat, DType.int64)], {"axis": 0})  # [N, Ho, Wo, C]
+        xq, yq = cx.cast(xc, DType.int64), cx.cast(yc, DType.int64)
+        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yq, cx.const(w, DType.int64)]), xq]), base])
+        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, Ho, Wo, C]
         wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
         return cx.emit("mul", [rows, reshape(cx, wt, [n, ho, wo, 1])])
 

@@ -366,6 +366,10 @@ ONNX_CASES: dict[str, tuple[str, tuple[int, ...], dict, dict]] = {
     "AveragePool2d-include-pad-ceil": ("AveragePool", (1, 3, 9, 10), {}, dict(kernel_shape=[3, 3], strides=[2, 2],
                                                                               pads=[1, 1, 1, 1], count_include_pad=1,
                                                                               ceil_mode=1)),
+    "AveragePool2d-dilated-exclude-pad": ("AveragePool", (1, 3, 9, 10), {}, dict(kernel_shape=[3, 2], strides=[2, 2],
+                                                                                 pads=[2, 1, 1, 1], dilations=[2, 3])),
+    "AveragePool2d-dilated-include-pad-ceil": ("AveragePool", (1, 3, 9, 10), {}, dict(
+        kernel_shape=[2, 3], strides=[2, 3], pads=[1, 1, 0, 1], dilations=[3, 2], count_include_pad=1, ceil_mode=1)),
     "AveragePool3d": ("AveragePool", (1, 2, 6, 7, 8), {}, dict(kernel_shape=[2, 3, 2], strides=[2, 2, 2],
                                                                pads=[0, 1, 1, 1, 1, 0])),
     "LpPool2d-p2": ("LpPool", (1, 3, 8, 9), {}, dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1], p=2)),

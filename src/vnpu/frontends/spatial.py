@@ -320,10 +320,10 @@ def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[in
     x, outs, full_pads = _pool_geometry(cx, x, kernel, stride, pads, dilation, ceil_mode)
     # divisor per output position and axis (average pooling)
     divs = []
-    for a in range(nd):
-        o = np.arange(outs[a]) * stride[a] - pads[a][0]
-        end = np.minimum(o + kernel[a], spatial[a] + pads[a][1])
-        divs.append((end - o) if count_include_pad else (np.minimum(end, spatial[a]) - np.maximum(o, 0)))
+    for a in range(nd):  # taps of each window inside the padded input (or the input alone)
+        taps = (np.arange(outs[a]) * stride[a] - pads[a][0])[:, None] + np.arange(kernel[a])[None, :] * dilation[a]
+        inside = taps < spatial[a] + pads[a][1] if count_include_pad else (taps >= 0) & (taps < spatial[a])
+        divs.append(inside.sum(axis=1))
     uniform = divisor_override is None and all(np.all(dv == kernel[a]) for a, dv in enumerate(divs))
     if kind == "max":
         pk = "max"

@@ -344,7 +344,8 @@ def _onnx_model(op: str, x: np.ndarray, inits: dict[str, np.ndarray], n_out: int
 ONNX_CASES: dict[str, tuple[str, tuple[int, ...], dict, dict]] = {
     "Conv1d-pads-group": ("Conv", (1, 4, 13), {"w": _a(6, 2, 3), "b": _a(6)}, dict(pads=[1, 2], group=2, strides=[2])),
     "Conv1d-same-upper": ("Conv", (1, 4, 12), {"w": _a(5, 4, 4)}, dict(auto_pad="SAME_UPPER", strides=[3])),
-    "Conv2d-same-lower-strided": ("Conv", (1, 3, 9, 8), {"w": _a(4, 3, 3, 2)}, dict(auto_pad="SAME_LOWER", strides=[2, 1])),
+    "Conv2d-same-lower-strided": ("Conv", (1, 3, 9, 8), {"w": _a(4, 3, 3, 2)},
+                                  dict(auto_pad="SAME_LOWER", strides=[2, 1])),
     "Conv3d": ("Conv", (1, 3, 5, 6, 7), {"w": _a(4, 3, 3, 2, 3), "b": _a(4)}, dict(pads=[1, 0, 1, 1, 1, 0],
                                                                                    strides=[1, 2, 2])),
     "Conv3d-valid": ("Conv", (2, 4, 4, 5, 6), {"w": _a(4, 2, 2, 2, 2)}, dict(auto_pad="VALID", group=2)),
@@ -437,7 +438,8 @@ def test_onnx_grid_sample_matches_onnxruntime(attrs: dict) -> None:
                           [helper.make_tensor_value_info("y", T.FLOAT, [1, 2, 4, 3])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
     m.ir_version = 9
-    (ref,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "g": grid})
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x, "g": grid})
     (out,) = vnpu.from_onnx(m, strict=True).run_numpy([x, grid])
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 

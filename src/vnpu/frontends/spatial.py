@@ -65,7 +65,8 @@ def _bias_column(cx: Cx, bias: Value | None, dtype: DType) -> Value | None:
     into the conv's epilogue (epilogue operands must exist before the kernel)."""
     if bias is None:
         return None
-    b = cx.emit("reshape", [bias], {"shape": [bias.type.numel, 1, 1]}) if bias.shape != (bias.type.numel, 1, 1) else bias
+    col = (bias.type.numel, 1, 1)
+    b = cx.emit("reshape", [bias], {"shape": list(col)}) if bias.shape != col else bias
     return cx.cast(b, dtype)
 
 
@@ -387,7 +388,8 @@ def adaptive_pool(cx: Cx, x: Value, kind: str, out_size: Sequence[int]) -> Value
     spatial = list(x.shape[x.type.rank - nd:])
     out_size = [int(o) if o is not None else s for o, s in zip(out_size, spatial)]
     if any(o < 1 for o in out_size) or x.type.rank < nd:
-        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim of {x.type}")
+        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim "
+                          f"of {x.type}")
     if all(o == 1 for o in out_size):
         return cx.emit("reduce", [x], {"kind": "mean" if kind == "avg" else "max",
                                        "axes": list(range(x.type.rank - nd, x.type.rank)), "keepdim": True})
@@ -505,7 +507,7 @@ def interpolate(cx: Cx, x: Value, mode: str, srcs: dict[int, np.ndarray], cubic_
                 y = cx.emit("gather", [y, _const(cx, "nearest_idx", idx, DType.int64)], {"axis": ax})
         else:
             m = interp_matrix(srcs[ax], x.shape[ax], mode, cubic_a, exclude_outside, clamp_linear)
-            if m.shape[0] == m.shape[1] and np.allclose(m, np.eye(m.shape[0]), atol=0, rtol=0):
+            if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
                 continue
             y = _along(cx, y, ax, m)
     return y

@@ -738,7 +738,8 @@ def _conv_transpose(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     auto = attrs.get("auto_pad", "NOTSET")
     spatial_in = list(x.shape[2:])
     if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(attrs["output_shape"])[-nd:] if "output_shape" in attrs else [i * s for i, s in zip(spatial_in, stride)]
+        target = (list(attrs["output_shape"])[-nd:] if "output_shape" in attrs
+                  else [i * s for i, s in zip(spatial_in, stride)])
         pads = []
         for a in range(nd):
             total = stride[a] * (spatial_in[a] - 1) + out_pad[a] + (kernel[a] - 1) * dilation[a] + 1 - int(target[a])

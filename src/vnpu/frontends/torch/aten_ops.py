@@ -776,7 +776,8 @@ aten("_pad_circular.default")(_pad_mode("circular"))
 def _grid_sampler(cx: Cx, x: Value, grid: Value, interpolation_mode: int, padding_mode: int,
                   align_corners: bool) -> Value | None:
     modes, pads = {0: "bilinear", 1: "nearest", 2: "bicubic"}, {0: "zeros", 1: "border", 2: "reflection"}
-    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)], bool(align_corners))
+    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)],
+                               bool(align_corners))
 
 
 @aten("_embedding_bag.default", "_embedding_bag_forward_only.default")

@@ -189,12 +189,16 @@ def test_max_pool_indices_exact_in_bf16() -> None:
     assert torch.equal(cm(x), m(x))
 
 
-def test_max_pool3d_indices_fall_back_to_the_host() -> None:
-    m = Fn(lambda x: F.max_pool3d(x, 2, return_indices=True)[1])
-    x = torch.randn(1, 2, 4, 4, 4)
-    with pytest.raises(UnsupportedOpError, match="max_pool3d_with_indices"):
-        vnpu.compile(m, (x,), strict=True)
-    assert torch.equal(vnpu.compile(m, (x,))(x), m(x))
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=(2, 3, 2), stride=(1, 2, 2), dilation=(2, 1, 1))])
+def test_max_pool3d_indices_on_chip(kw: dict) -> None:
+    m = Fn(lambda x: F.max_pool3d(x, return_indices=True, **kw))
+    torch.manual_seed(7)
+    x = torch.randn(2, 2, 6, 7, 8)
+    x[0, 1, :, 2] = 2.0  # ties across depth and rows: the first maximum in window order wins
+    cm = vnpu.compile(m, (x,), strict=True)
+    (y, idx), (ry, ridx) = cm(x), m(x)
+    assert torch.equal(y, ry) and torch.equal(idx, ridx)
 
 
 class GridSample(nn.Module):
@@ -418,9 +422,10 @@ for _nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
 
 
 @pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-                                   dict(kernel_shape=[2, 3], strides=[2, 1], ceil_mode=1, dilations=[2, 1])])
+                                   dict(kernel_shape=[2, 3], strides=[2, 1], ceil_mode=1, dilations=[2, 1]),
+                                   dict(kernel_shape=[2, 2, 3], strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1])])
 def test_onnx_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
-    x = _a(2, 3, 8, 9)
+    x = _a(2, 3, 8, 9) if len(attrs["kernel_shape"]) == 2 else _a(1, 2, 5, 6, 7)
     m = _onnx_model("MaxPool", x, {}, n_out=2, **attrs)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     out = vnpu.from_onnx(m, strict=True).run_numpy([x])

@@ -285,6 +285,8 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     the whole tensor (ONNX, whole_tensor). The indices come from pool2d's argmax kind with a
     constant table of each window's tap indices."""
     nd = x.type.rank - 2
+    if nd == 3:
+        return _max_pool3d_with_indices(cx, x, kernel, stride, pads, dilation, ceil_mode, whole_tensor)
     if nd not in (1, 2):
         return None
     y = pool(cx, x, "max", kernel, stride, pads, dilation, ceil_mode)
@@ -309,6 +311,46 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
         planes = (np.arange(n * c).reshape(n, c, 1, 1) * (hw[0] * hw[1])).astype(np.int64)
         idx = cx.emit("add", [idx, _const(cx, "plane_base", planes, DType.int64)])
     return y, reshape(cx, idx, list(y.shape))
+
+
+def _max_pool3d_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
+                             dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool
+                             ) -> tuple[Value, Value] | None:
+    """3-D: the 2-D pool with indices over (H, W) of every depth plane, then over depth the first
+    plane holding the window's maximum (argmax with a tap table of plane offsets d * H*W), and that
+    plane's (H, W) index picked by comparing against each depth tap's offset (one match)."""
+    n, c, d, h, w = x.shape
+    planes = max_pool_with_indices(cx, reshape(cx, x, [n, c * d, h, w]), kernel[1:], stride[1:], pads[1:],
+                                   dilation[1:], ceil_mode)
+    if planes is None:
+        return None
+    m2, i2 = planes
+    pix = m2.shape[2] * m2.shape[3]
+    m2 = reshape(cx, m2, [n, c, d, pix])
+    i2 = reshape(cx, i2, [n, c, d, pix])
+    kd, sd, dd, pd = kernel[0], stride[0], dilation[0], pads[0][0]
+    m2v, outs, full = _pool_geometry(cx, m2, [kd, 1], [sd, 1], [tuple(pads[0]), (0, 0)], [dd, 1], ceil_mode)
+    od = outs[0]
+    attrs = {"kernel": (kd, 1), "stride": (sd, 1), "padding": tuple(full), "dilation": (dd, 1)}
+    y = cx.emit("pool2d", [m2v], dict(attrs, kind="max"))
+    offs = ((np.arange(od)[:, None] * sd + np.arange(kd)[None, :] * dd - pd) * (h * w)).astype(np.int64)  # [OD, kd]
+    if np.abs(offs).max() + h * w >= 1 << 24:
+        return None
+    taps = np.broadcast_to(offs[:, None, :], (od, pix, kd))
+    dsel = cx.emit("pool2d", [m2v, _const(cx, "depth_taps", taps, DType.int32)], dict(attrs, kind="argmax"))
+    i2p = cx.emit("pad", [i2], {"pads": [(0, 0), (0, 0), full[0], (0, 0)], "value": 0.0}) if any(full[0]) else i2
+    picked = None
+    for t in range(kd):
+        plane = _slice(cx, i2p, 2, t * dd, t * dd + (od - 1) * sd + 1, sd)  # [N, C, OD, P]
+        hit = cx.emit("eq", [dsel, _const(cx, "depth_off", offs[:, t].reshape(od, 1), DType.int64)])
+        term = cx.emit("where", [hit, plane, cx.const(0, DType.int64)])
+        picked = term if picked is None else cx.emit("add", [picked, term])
+    idx = cx.emit("add", [picked, dsel])
+    if whole_tensor:
+        base = (np.arange(n * c).reshape(n, c, 1, 1) * (d * h * w)).astype(np.int64)
+        idx = cx.emit("add", [idx, _const(cx, "plane_base", base, DType.int64)])
+    shape = [n, c, od] + list(planes[0].shape[2:])
+    return reshape(cx, y, shape), reshape(cx, idx, shape)
 
 
 def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[int], pads: Pads,

@@ -403,7 +403,7 @@ def _pool(kind: str):
         s = [int(v) for v in attrs.get("strides", [1] * nd)]
         d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
-        if with_indices:  # 1-D / 2-D; 3-D runs on the host
+        if with_indices:
             return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
                                                  whole_tensor=True)
         return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),

@@ -275,7 +275,7 @@ def _max_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, paddin
     k = _per_dim(kernel, nd)
     s = _per_dim(stride, nd) if stride else k
     args = (k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd), bool(ceil_mode))
-    if _uses_output(cx, 1):  # the indices (1-D / 2-D; 3-D runs on the host)
+    if _uses_output(cx, 1):  # the indices
         return spatial.max_pool_with_indices(cx, x, *args)
     return (spatial.pool(cx, x, "max", *args), None)
 

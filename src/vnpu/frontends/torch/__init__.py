@@ -123,8 +123,11 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
         it = iter(args)
         return gm(*[fixed[i] if i in fixed else next(it) for i in range(len(example_inputs))])
 
+    table = core_aten_decompositions()
+    # kept whole: the chip lowers it to softmax + a fully-masked-row select (aten_ops)
+    table.pop(torch.ops.aten._safe_softmax.default, None)
     with torch.no_grad():
-        aten_gm = make_fx(specialized, decomposition_table=core_aten_decompositions(),
+        aten_gm = make_fx(specialized, decomposition_table=table,
                           tracing_mode="fake")(*[example_inputs[i] for i in traced_indices])
     phs = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
     by_input = dict(zip(traced_indices, phs))

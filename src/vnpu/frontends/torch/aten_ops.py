@@ -573,3 +573,33 @@ def _moe_experts(cx: Cx, x: Value, idx: Value, w: Value, gate_up: Value, down: V
     y = cx.emit("reshape", [y], {"shape": [t, k, x.shape[1]]})
     wk = cx.emit("reshape", [cx.cast(w, x.dtype)], {"shape": [t, k, 1]})
     return cx.emit("reduce", [cx.emit("mul", [y, wk])], {"kind": "sum", "axes": [1], "keepdim": False})
+
+
+# -- dynamic shapes / HF models (dyn) --------------------------------------------------------
+@aten("_safe_softmax.default")
+def _safe_softmax(cx: Cx, x: Value, dim: int, dtype: Any = None) -> Value:
+    """Softmax giving 0, not NaN, on rows whose scores are all -inf (fully masked queries, e.g.
+    padding): what SDPA's math path calls with a mask under torch.compile."""
+    if dtype is not None:
+        x = cx.cast(x, torch_to_dtype(dtype))
+    axis = _dim(dim, x.type.rank)
+    probs = cx.emit("softmax", [x], {"axis": axis, "log": False})
+    row_max = cx.emit("reduce", [x], {"kind": "max", "axes": [axis], "keepdim": True})
+    masked = cx.emit("eq", [row_max, cx.const(float("-inf"), x.dtype)])
+    return cx.emit("where", [masked, cx.const(0.0, x.dtype), probs])
+
+
+@aten("as_strided.default", "as_strided_.default")
+def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int | None = None) -> Value | None:
+    """Only the restride that is a plain reshape of x's dense row-major data (decompositions
+    emit it to set the memory format of a pooled [N, C, 1, 1] result); any other view runs on
+    the host."""
+    size = [int(s) for s in size]
+    if storage_offset not in (None, 0) or math.prod(size) != math.prod(x.shape):
+        return None
+    dense = 1
+    for d, s in zip(reversed(size), reversed([int(s) for s in stride])):
+        if d != 1 and s != dense:
+            return None
+        dense *= d
+    return cx.emit("reshape", [x], {"shape": size})

@@ -1,0 +1,251 @@
+"""torch.compile(backend="vnpu") on graphs with symbolic shapes and on real Hugging Face models.
+
+Dynamo hands the backend graphs with SymInt inputs, sym_size and SymInt arithmetic
+(dynamic=True, mark_dynamic, or automatically after a shape change). vnpu specializes each
+call on its concrete signature and caches one chip program per signature (LRU, bounded by
+options["cache_size"]). Every check compares with PyTorch eager on the same inputs.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import pytest
+import torch
+
+from hf_tiny import DECODERS, build, main_output
+from vnpu.api import RecompileWarning, vnpu_backend
+from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class Recorder:
+    """The vnpu backend with options, keeping each Dynamo graph and the callable vnpu made of it."""
+
+    def __init__(self, **options):
+        self.options = options
+        self.graphs: list[tuple[torch.fx.GraphModule, list]] = []
+        self.runs: list = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append((gm, list(example_inputs)))
+        fn = vnpu_backend(gm, example_inputs, options=self.options)
+        self.runs.append(fn)
+        return fn
+
+    def symbolic(self, i: int = -1) -> bool:
+        """The graph has a SymInt input (Dynamo compiled it for dynamic sizes)."""
+        return any(isinstance(e, torch.SymInt) for e in self.graphs[i][1])
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """fp32 on the chip: max|err| <= 1e-4 * max|ref|."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (out.shape, ref.shape, out.dtype, ref.dtype)
+    err = (out - ref).abs().max().item()
+    assert err <= 1e-4 * ref.abs().max().item(), (err, ref.abs().max().item())
+
+
+# -- symbolic shapes ---------------------------------------------------------------------------
+def test_mark_dynamic_one_graph_one_program_per_shape():
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+
+    def f(x):
+        b = x.shape[0]
+        y = (x @ w).reshape(b, 2, 8)
+        return y.softmax(-1).sum(1) * (b + 1)
+
+    rec = Recorder()
+    cf = torch.compile(f, backend=rec)
+    for b in (3, 5, 7, 5):
+        x = torch.randn(b, 8)
+        torch._dynamo.mark_dynamic(x, 0)
+        _close(cf(x), f(x))
+    assert len(rec.graphs) == 1 and rec.symbolic(0)  # one Dynamo graph with a symbolic batch
+    assert rec.runs[0].vnpu_stats["builds"] == 3  # one program per concrete batch; 5 again is a hit
+    assert len(rec.runs[0].vnpu_cache) == 3
+
+
+class SizeArithmetic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+        self.ln = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        h = self.fc(x).view(b * t, c)  # SymInt product in a view
+        h = self.ln(h) * (1.0 / math.sqrt(c))  # math on a SymInt
+        h = h.view(b, t, c)[:, : t // 2 + 1]  # floordiv in a slice bound
+        n = torch.sym_max(t, 4)
+        if t > 5:  # a comparison on a size: a guard
+            h = h + 1.0
+        return h * n, b * t, x.numel() - 1
+
+
+def test_dynamic_true_size_arithmetic_and_symint_outputs():
+    torch.manual_seed(0)
+    m = SizeArithmetic().eval()
+    rec = Recorder()
+    cm = torch.compile(m, backend=rec, dynamic=True)
+    with torch.no_grad():
+        for shape in ((2, 3, 16), (1, 7, 16), (3, 9, 16)):
+            x = torch.randn(*shape)
+            out, ref = cm(x), m(x)
+            _close(out[0], ref[0])
+            assert out[1:] == ref[1:] and all(type(o) is int for o in out[1:]), (out[1:], ref[1:])
+    assert rec.symbolic(0)
+    # the graph itself returns SymInts (not computed by Dynamo outside it)
+    gm = rec.graphs[0][0]
+    outs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    assert any(isinstance(o.meta.get("example_value"), torch.SymInt) for o in outs if isinstance(o, torch.fx.Node))
+
+
+def test_graph_returning_only_sizes_and_a_tensor():
+    def f(x):
+        return x.sum(0), x.shape[0] * 2, x.shape[1] + x.shape[0]
+
+    cf = torch.compile(f, backend="vnpu", dynamic=True)
+    for shape in ((3, 4), (6, 2)):
+        x = torch.randn(*shape)
+        out, ref = cf(x), f(x)
+        _close(out[0], ref[0])
+        assert tuple(out[1:]) == tuple(ref[1:])
+
+
+def test_float_scalar_input_is_part_of_the_signature():
+    """A Python float argument under dynamic=True reaches the graph as a symbolic scalar; each
+    value gets its own specialized program, never a stale one."""
+    def f(x, alpha):
+        return x * alpha + alpha
+
+    cf = torch.compile(f, backend="vnpu", dynamic=True)
+    x = torch.randn(4, 5)
+    for alpha in (0.5, 2.0, 0.5, -3.25):
+        _close(cf(x, alpha), f(x, alpha))
+
+
+def test_cache_bound_evicts_least_recently_used_and_warns_once():
+    torch.manual_seed(0)
+    w = torch.randn(6, 6)
+
+    def f(x):
+        return torch.tanh(x @ w) * x.shape[0]
+
+    rec = Recorder(cache_size=2)
+    cf = torch.compile(f, backend=rec)
+
+    def call(b: int) -> None:
+        x = torch.randn(b, 6)
+        torch._dynamo.mark_dynamic(x, 0)
+        _close(cf(x), f(x))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call(2)
+        call(3)
+        call(2)  # a hit: 2 becomes the most recently used
+        assert not [w_ for w_ in caught if issubclass(w_.category, RecompileWarning)]
+        call(4)  # evicts 3, the least recently used
+        run = rec.runs[0]
+        assert run.vnpu_stats["builds"] == 3
+        assert len(run.vnpu_cache) == 2
+        call(2)  # still cached (3 went)
+        assert run.vnpu_stats["builds"] == 3
+        call(3)  # rebuilt
+        call(5)
+        call(6)
+    assert len(rec.graphs) == 1
+    assert run.vnpu_stats["builds"] == 6 and len(run.vnpu_cache) == 2
+    recompiles = [w_ for w_ in caught if issubclass(w_.category, RecompileWarning)]
+    assert len(recompiles) == 1, [str(w_.message) for w_ in recompiles]
+    assert "cache_size=2" in str(recompiles[0].message)
+
+
+def test_bad_cache_size_is_one_clear_error():
+    with pytest.raises(Exception, match=r"cache_size.*must be an int >= 1"):
+        torch.compile(lambda x: x + 1, backend="vnpu", options={"cache_size": 0})(torch.randn(2))
+
+
+def test_changed_weights_are_picked_up():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3).eval()
+    cm = torch.compile(m, backend="vnpu")
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        _close(cm(x), m(x))
+        m.weight.mul_(-2.0)
+        _close(cm(x), m(x))
+
+
+def test_strict_raises_unsupported_op_error_listing_the_ops():
+    bins = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+
+    def f(x):
+        return torch.special.bessel_j0(x) + torch.searchsorted(bins, x).float()
+
+    x = torch.randn(3, 4)
+    with pytest.raises(UnsupportedOpError) as info:
+        torch.compile(f, backend="vnpu", options={"strict": True})(x)
+    assert set(info.value.ops) == {"special_bessel_j0.default", "searchsorted.Tensor"}, info.value.ops
+    assert "special_bessel_j0.default" in str(info.value) and "searchsorted.Tensor" in str(info.value)
+    # non-strict: the same graph runs, those ops on the host, and matches eager
+    torch._dynamo.reset()
+    with pytest.warns(FallbackWarning, match="searchsorted"):
+        out = torch.compile(f, backend="vnpu")(x)
+    _close(out, f(x))
+
+
+# -- Hugging Face models -----------------------------------------------------------------------
+def _fallback_ops(caught) -> set[str]:
+    return {op for w_ in caught if issubclass(w_.category, FallbackWarning)
+            for op in re.findall(r"([\w.]+) \(x\d+\)", str(w_.message))}
+
+
+CORE = ("gpt2", "mistral", "phi3", "gemma2", "convnext")
+MORE = ("t5", "swin", "dinov2", "clip_vision", "clip_text", "whisper", "bert", "roberta")
+
+
+@pytest.mark.parametrize("name", CORE + MORE)
+def test_hf_model_matches_eager(name):
+    """Two calls with different shapes: the second meets Dynamo's automatic-dynamic graph (SymInt
+    sizes). The core models run every op on the chip."""
+    model, calls = build(name)
+    cm = torch.compile(model, backend="vnpu")
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for kw in (calls if name in CORE else calls[1:]):
+            _close(main_output(cm(**kw)), main_output(model(**kw)))
+    if name in CORE:
+        assert _fallback_ops(caught) == set()
+
+
+@pytest.mark.parametrize("name,use_cache,batch", [("gpt2", True, 2), ("gpt2", False, 1),
+                                                  ("mistral", True, 1), ("mistral", False, 2)])
+def test_hf_generate_greedy_matches_eager_tokens(name, use_cache, batch):
+    """HF generate() with model.forward compiled: eager's tokens exactly, 8 new tokens. Batch 2
+    left-pads its second row (a masked attention). With the KV cache every step has a new
+    length: each is a cached program of the dynamic graph."""
+    model, _ = build(name, weight_std=0.3)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(2, 128, (batch, 6), generator=g)
+    mask = torch.ones_like(ids)
+    if batch == 2:
+        mask[1, :2] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=use_cache, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        rec = Recorder(cache_size=16)
+        model.forward = torch.compile(model.forward, backend=rec)
+        out = model.generate(ids, **kw)
+    assert ref.shape == (batch, 14)
+    assert len(set(ref[0, 6:].tolist())) > 2  # a non-degenerate continuation
+    assert torch.equal(out, ref), (out.tolist(), ref.tolist())
+    assert sum(r.vnpu_stats["builds"] for r in rec.runs) >= 8  # every step ran a chip program

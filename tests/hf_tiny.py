@@ -1,12 +1,19 @@
 """Tiny Hugging Face models built from transformers config classes with random weights (no
 downloads): 2 layers, hidden 64, vocabulary 128, 32x32 images. `build(name)` returns the
 model in eval mode and two calls' keyword inputs of different shapes (batch 1 then batch 2
-with a longer sequence), so that the second call meets Dynamo's automatic-dynamic graph."""
+with a longer sequence), so that the second call meets Dynamo's automatic-dynamic graph.
+Also the checks the torch.compile test files share (fp32 closeness to eager, the host
+fallback ops a run reported, greedy generate() against eager)."""
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any, Callable
 
 import torch
+
+from vnpu.api import vnpu_backend
+from vnpu.frontends.errors import FallbackWarning
 
 VOCAB = 128
 _TEXT = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=VOCAB)
@@ -79,3 +86,60 @@ def main_output(out: Any) -> torch.Tensor:
         if getattr(out, key, None) is not None:
             return getattr(out, key)
     raise TypeError(f"no logits / last_hidden_state in {type(out).__name__}")
+
+
+def assert_close_fp32(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """fp32 on the chip against eager: max|err| <= 1e-4 * max|ref|, same shape and dtype."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (out.shape, ref.shape, out.dtype, ref.dtype)
+    err = (out - ref).abs().max().item()
+    assert err <= 1e-4 * ref.abs().max().item(), (err, ref.abs().max().item())
+
+
+def fallback_ops(caught: list[warnings.WarningMessage]) -> set[str]:
+    """The ATen ops that FallbackWarnings among `caught` say ran on the host."""
+    return {op for w in caught if issubclass(w.category, FallbackWarning)
+            for op in re.findall(r"([\w.]+) \(x\d+\)", str(w.message))}
+
+
+class Recorder:
+    """The vnpu backend with options, keeping each Dynamo graph and the callable vnpu made of it."""
+
+    def __init__(self, **options: Any):
+        self.options = options
+        self.graphs: list[tuple[torch.fx.GraphModule, list]] = []
+        self.runs: list = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        self.graphs.append((gm, list(example_inputs)))
+        fn = vnpu_backend(gm, example_inputs, options=self.options)
+        self.runs.append(fn)
+        return fn
+
+    def symbolic(self, i: int = -1) -> bool:
+        """The i-th graph has a SymInt input (Dynamo compiled it for dynamic sizes)."""
+        return any(isinstance(e, torch.SymInt) for e in self.graphs[i][1])
+
+
+GENERATE_WEIGHT_STD = {"gemma2": 0.05}  # others 0.3; gemma2's soft-capped logits saturate at 0.3
+
+
+def check_generate(name: str, use_cache: bool, batch: int, new_tokens: int = 8) -> None:
+    """HF generate() (greedy) with model.forward compiled for vnpu gives eager's tokens exactly.
+    Batch 2 left-pads its second row (a masked attention). With the KV cache every step has a
+    new length: a cached program of Dynamo's dynamic graph each."""
+    model, _ = build(name, weight_std=GENERATE_WEIGHT_STD.get(name, 0.3))
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(2, VOCAB, (batch, 6), generator=g)
+    mask = torch.ones_like(ids)
+    if batch == 2:
+        mask[1, :2] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        rec = Recorder(cache_size=16)
+        model.forward = torch.compile(model.forward, backend=rec)
+        out = model.generate(ids, **kw)
+    assert ref.shape == (batch, 6 + new_tokens)
+    assert len(set(ref[0, 6:].tolist())) > 2, ref.tolist()  # a non-degenerate continuation
+    assert torch.equal(out, ref), (out.tolist(), ref.tolist())
+    assert sum(r.vnpu_stats["builds"] for r in rec.runs) >= new_tokens  # every step ran a chip program

@@ -132,32 +132,28 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     phs = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
     by_input = dict(zip(traced_indices, phs))
     consts = {by_input[i].name: example_inputs[i] for i in const_indices if i in by_input}
-    outputs = _split_outputs(aten_gm)
-    res = import_fx(aten_gm, consts, name=name, strict=strict)
+    keep, outputs = _split_outputs(aten_gm)
+    res = import_fx(aten_gm, consts, name=name, strict=strict, user_outputs=keep)
     runtime = [i for i in traced_indices if isinstance(example_inputs[i], torch.Tensor) and i not in const_indices]
     return DynamoTrace(res, runtime, outputs)
 
 
-def _split_outputs(gm: torch.fx.GraphModule) -> list[tuple[bool, Any]]:
-    """Rewrites the graph's output to its tensor results only; returns where each original
-    output comes from (`(True, k)`: the k-th remaining output, `(False, v)`: the Python value v)."""
+def _split_outputs(gm: torch.fx.GraphModule) -> tuple[list[bool], list[tuple[bool, Any]]]:
+    """Which graph outputs are tensors (the program's outputs), and where each output comes
+    from: `(True, k)` the program's k-th output, `(False, v)` the Python value v."""
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     outs = out_node.args[0]
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-    kept: list[torch.fx.Node] = []
+    keep: list[bool] = []
     where: list[tuple[bool, Any]] = []
     for o in outs:
-        if isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor):
-            where.append((True, len(kept)))
-            kept.append(o)
-        elif isinstance(o, torch.fx.Node):
+        is_tensor = isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor)
+        if isinstance(o, torch.fx.Node) and not is_tensor:
             raise DynamoGraphError(f"vnpu: graph output {o.name} is a data-dependent number ({o.meta.get('val')}); "
-                            "only tensors and sizes fixed by the input shapes can be returned")
-        else:
-            where.append((False, o))
-    out_node.args = (tuple(kept),)
-    gm.recompile()
-    return where
+                                   "only tensors and sizes fixed by the input shapes can be returned")
+        where.append((True, sum(keep)) if is_tensor else (False, o))
+        keep.append(is_tensor)
+    return keep, where
 
 
 __all__ = ["export_module", "export_aten", "import_exported", "to_core_aten", "trace_fx", "DynamoTrace", "DynamoGraphError", "scalar_item_inputs", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]

@@ -84,16 +84,16 @@ def test_dynamic_true_size_arithmetic_and_symint_outputs():
     assert any(isinstance(o.meta.get("example_value"), torch.SymInt) for o in outs if isinstance(o, torch.fx.Node))
 
 
-def test_graph_returning_only_sizes_and_a_tensor():
-    def f(x):
-        return x.sum(0), x.shape[0] * 2, x.shape[1] + x.shape[0]
+def test_graph_returning_sizes_strides_and_an_input_used_for_its_shape_only():
+    def f(x, y):
+        return x.sum(0) + y.shape[0], x.shape[0] * 2, x.stride(0), y.numel() // 3
 
     cf = torch.compile(f, backend="vnpu", dynamic=True)
     for shape in ((3, 4), (6, 2)):
-        x = torch.randn(*shape)
-        out, ref = cf(x), f(x)
+        x, y = torch.randn(*shape), torch.randn(shape[0] + 1, 3)
+        out, ref = cf(x, y), f(x, y)
         _close(out[0], ref[0])
-        assert tuple(out[1:]) == tuple(ref[1:])
+        assert tuple(out[1:]) == tuple(ref[1:]), (out[1:], ref[1:])
 
 
 def test_float_scalar_input_is_part_of_the_signature():

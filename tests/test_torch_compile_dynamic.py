@@ -16,6 +16,7 @@ import torch
 from hf_tiny import Recorder, assert_close_fp32, build, check_generate, fallback_ops, main_output
 from vnpu.api import RecompileWarning
 from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
+from vnpu.frontends.torch import DataDependentValueError
 
 
 @pytest.fixture(autouse=True)
@@ -145,6 +146,17 @@ def test_cache_bound_evicts_least_recently_used_and_warns_once():
     assert "cache_size=2" in str(recompiles[0].message)
 
 
+def test_number_computed_from_tensor_data_is_one_clear_error():
+    """Under capture_scalar_outputs, .item() of a computed tensor stays in the graph: a chip
+    program cannot produce it, and the error says so (not an AttributeError on a SymFloat)."""
+    def f(x):
+        return x * x.sum().item()
+
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        with pytest.raises(DataDependentValueError, match="capture_scalar_outputs"):
+            torch.compile(f, backend="vnpu")(torch.randn(3))
+
+
 def test_bad_cache_size_is_one_clear_error():
     with pytest.raises(Exception, match=r"cache_size.*must be an int >= 1"):
         torch.compile(lambda x: x + 1, backend="vnpu", options={"cache_size": 0})(torch.randn(2))
@@ -177,6 +189,22 @@ def test_strict_raises_unsupported_op_error_listing_the_ops():
     with pytest.warns(FallbackWarning, match="searchsorted"):
         out = torch.compile(f, backend="vnpu")(x)
     _close(out, f(x))
+
+
+def test_index_with_tensors_on_leading_dims_runs_on_chip():
+    """The advanced indexing HF models do: a padding mask picked at broadcast (batch, key)
+    indices, the pooled token per row (CLIP), negative indices."""
+    def f(x, m, a, b):
+        return x[a, b], m[a.view(2, 1, 1, 1), b.view(1, 1, 1, 2)].float(), x[a - 2, b]
+
+    x, m = torch.randn(2, 3, 5), torch.rand(2, 3) > 0.5
+    a, b = torch.tensor([1, 0]), torch.tensor([2, 0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(f, backend="vnpu")(x, m, a, b)
+    for o, r in zip(out, f(x, m, a, b)):
+        assert torch.equal(o, r)
+    assert fallback_ops(caught) == set()
 
 
 # -- Hugging Face models (the rest: tests/test_torch_compile_hf_models.py) ----------------------

@@ -18,7 +18,6 @@ from hf_tiny import NAMES, build, check_generate, assert_close_fp32, fallback_op
 # ops with no chip lowering yet in these models (they run on the host; the test tolerates
 # exactly these, so a new fallback fails it and a new lowering is noticed by the report)
 KNOWN_FALLBACKS = {
-    "clip_text": {"index.Tensor"},  # pooled output: hidden[arange(B), eos positions]
     "whisper": {"convolution.default"},  # conv1d front end
     "roberta": {"cumsum.default"},  # position ids from the padding mask
 }

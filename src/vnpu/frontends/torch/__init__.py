@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from vnpu.frontends.torch.importer import (ATEN, FallbackWarning, ImportResult, UnsupportedOpError,
-                                           constant_placeholders, import_fx, op_name)
+from vnpu.frontends.torch.importer import (ATEN, DataDependentValueError, FallbackWarning, ImportResult,
+                                           UnsupportedOpError, constant_placeholders, import_fx, op_name)
 
 
 def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs: dict | None = None,
@@ -149,11 +149,11 @@ def _split_outputs(gm: torch.fx.GraphModule) -> tuple[list[bool], list[tuple[boo
     for o in outs:
         is_tensor = isinstance(o, torch.fx.Node) and isinstance(o.meta.get("val"), torch.Tensor)
         if isinstance(o, torch.fx.Node) and not is_tensor:
-            raise DynamoGraphError(f"vnpu: graph output {o.name} is a data-dependent number ({o.meta.get('val')}); "
+            raise DataDependentValueError(f"vnpu: graph output {o.name} is a data-dependent number ({o.meta.get('val')}); "
                                    "only tensors and sizes fixed by the input shapes can be returned")
         where.append((True, sum(keep)) if is_tensor else (False, o))
         keep.append(is_tensor)
     return keep, where
 
 
-__all__ = ["export_module", "export_aten", "import_exported", "to_core_aten", "trace_fx", "DynamoTrace", "DynamoGraphError", "scalar_item_inputs", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]
+__all__ = ["export_module", "export_aten", "import_exported", "to_core_aten", "trace_fx", "DynamoTrace", "DynamoGraphError", "DataDependentValueError", "scalar_item_inputs", "ImportResult", "UnsupportedOpError", "FallbackWarning", "ATEN"]

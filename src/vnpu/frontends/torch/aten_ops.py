@@ -304,6 +304,8 @@ def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
 @aten("index.Tensor")
 def _index(cx: Cx, x: Value, indices: list) -> Value | None:
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
+    if len(live) > 1:
+        return _index_leading(cx, x, indices)
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].dtype == DType.bool:
         return None
     return cx.emit("gather", [x, live[0][1]], {"axis": live[0][0]})
@@ -603,3 +605,24 @@ def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int 
             return None
         dense *= d
     return cx.emit("reshape", [x], {"shape": size})
+
+
+def _index_leading(cx: Cx, x: Value, indices: list) -> Value | None:
+    """x[i0, i1, ..., ik-1] with integer index tensors on the k leading dims (broadcast
+    together; HF's padding masks and pooled-token picks): one gather of x's leading dims
+    flattened, at the linear index sum_j i_j * stride_j (negative indices wrapped)."""
+    k = len(indices)
+    if any(not isinstance(v, Value) or v.dtype not in (DType.int64, DType.int32) for v in indices) or k > x.type.rank:
+        return None
+    lead = x.shape[:k]
+    flat = cx.emit("reshape", [x], {"shape": [math.prod(lead)] + list(x.shape[k:])})
+    linear = None
+    for j, v in enumerate(indices):
+        v = cx.cast(v, DType.int64)
+        if not (v.is_const and (v.data >= 0).all()):
+            wrapped = cx.emit("add", [v, cx.const(lead[j], DType.int64)])
+            v = cx.emit("where", [cx.emit("lt", [v, cx.const(0, DType.int64)]), wrapped, v])
+        stride = math.prod(lead[j + 1:])
+        term = v if stride == 1 else cx.emit("mul", [v, cx.const(stride, DType.int64)])
+        linear = term if linear is None else cx.emit("add", [linear, term])
+    return cx.emit("gather", [flat, linear], {"axis": 0})

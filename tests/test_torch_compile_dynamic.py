@@ -146,6 +146,26 @@ def test_cache_bound_evicts_least_recently_used_and_warns_once():
     assert "cache_size=2" in str(recompiles[0].message)
 
 
+def test_input_mutated_in_place_is_written_back():
+    """An input the graph updates in place (a cache, an accumulator) is updated for the caller
+    too, with the chip's result; in-place ops run on the chip (functionalized)."""
+    def f(x, buf):
+        buf.mul_(0.5)
+        buf.add_(torch.relu(x))
+        return buf * 2
+
+    x = torch.randn(4, 3)
+    buf = torch.randn(4, 3)
+    ref_buf = buf.clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(f, backend="vnpu")(x, buf)
+    ref = f(x, ref_buf)
+    _close(out, ref)
+    _close(buf, ref_buf)
+    assert fallback_ops(caught) == set()
+
+
 def test_number_computed_from_tensor_data_is_one_clear_error():
     """Under capture_scalar_outputs, .item() of a computed tensor stays in the graph: a chip
     program cannot produce it, and the error says so (not an AttributeError on a SymFloat)."""

@@ -170,6 +170,8 @@ def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
         cm, traced = lookup(args)
         run.vnpu_model = cm  # type: ignore[attr-defined]  # the program of the latest call
         outs = cm.run_numpy([torch_to_numpy(args[i]) for i in traced.runtime_indices]) if cm is not None else []
+        for i, k in traced.mutations:  # the graph updated this input in place
+            args[i].copy_(numpy_to_torch(outs[k]))
         return tuple(numpy_to_torch(outs[k]) if from_program else k for from_program, k in traced.outputs)
 
     run.vnpu_cache = cache  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """PyTorch frontend: torch.export / FX graphs in Core ATen -> vnpu IR."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -81,6 +81,7 @@ class DynamoTrace:
     result: ImportResult
     runtime_indices: list[int]
     outputs: list[tuple[bool, Any]]
+    mutations: list[tuple[int, int]] = field(default_factory=list)  # (call argument, program output) to write back
 
 
 def scalar_item_inputs(gm: torch.fx.GraphModule) -> set[int]:
@@ -126,16 +127,47 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     table = core_aten_decompositions()
     # kept whole: the chip lowers it to softmax + a fully-masked-row select (aten_ops)
     table.pop(torch.ops.aten._safe_softmax.default, None)
+    # functionalized: in-place ops become functional ones, and an input the graph mutates
+    # gets one copy_ at the end, which becomes an extra program output written back per call
     with torch.no_grad():
-        aten_gm = make_fx(specialized, decomposition_table=table,
+        aten_gm = make_fx(torch.func.functionalize(specialized, remove="mutations"), decomposition_table=table,
                           tracing_mode="fake")(*[example_inputs[i] for i in traced_indices])
     phs = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
     by_input = dict(zip(traced_indices, phs))
     consts = {by_input[i].name: example_inputs[i] for i in const_indices if i in by_input}
+    mutated = _mutations_as_outputs(aten_gm, {ph: i for i, ph in by_input.items()}, const_indices)
     keep, outputs = _split_outputs(aten_gm)
+    n_user = len(outputs) - len(mutated)
     res = import_fx(aten_gm, consts, name=name, strict=strict, user_outputs=keep)
     runtime = [i for i in traced_indices if isinstance(example_inputs[i], torch.Tensor) and i not in const_indices]
-    return DynamoTrace(res, runtime, outputs)
+    return DynamoTrace(res, runtime, outputs[:n_user], [(i, outputs[n_user + j][1]) for j, i in enumerate(mutated)])
+
+
+def _mutations_as_outputs(gm: torch.fx.GraphModule, input_of: dict, const_indices: set[int]) -> list[int]:
+    """Turns each `copy_(input, new)` functionalization left for a mutated graph input into an
+    extra graph output `new`; returns the mutated inputs' indices, in output order."""
+    copies = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.copy_.default
+              and n.args[0] in input_of]
+    if not copies:
+        return []
+    mutated = []
+    for c in copies:
+        i = input_of[c.args[0]]
+        if i in const_indices:
+            raise DynamoGraphError(f"vnpu: the graph updates weight/buffer input {c.args[0].name} in place; "
+                                   "chip programs hold weights as constants (use eval mode, or keep the state "
+                                   "outside the model)")
+        mutated.append(i)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+    for c in copies:
+        c.replace_all_uses_with(c.args[1])
+        outs.append(c.args[1])
+        gm.graph.erase_node(c)
+    out_node.args = (tuple(outs),)
+    gm.recompile()
+    return mutated
 
 
 def _split_outputs(gm: torch.fx.GraphModule) -> tuple[list[bool], list[tuple[bool, Any]]]:

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from hf_tiny import NAMES, build, check_generate, assert_close_fp32, fallback_ops, main_output
+from hf_tiny import NAMES, assert_close_fp32, build, check_generate, fallback_ops, main_output
 
 # ops with no chip lowering yet in these models (they run on the host; the test tolerates
 # exactly these, so a new fallback fails it and a new lowering is noticed by the report)

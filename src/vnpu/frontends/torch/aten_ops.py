@@ -349,6 +349,10 @@ def _index_select(cx: Cx, x: Value, dim: int, idx: Value) -> Value:
 @aten("index.Tensor")
 def _index(cx: Cx, x: Value, indices: list) -> Value | None:
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
+    if len(live) > 1:
+        out = _index_leading(cx, x, indices)  # runtime index tensors on the leading dims: one gather
+        if out is not None:
+            return out
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].dtype == DType.bool:
         return _index_separable(cx, x, indices)
     return cx.emit("gather", [x, live[0][1]], {"axis": live[0][0]})
@@ -1525,3 +1529,54 @@ def _col2im(cx: Cx, x: Value, output_size: list, kernel_size: list, dilation: li
     nd = len(output_size)
     return spatial.col2im(cx, x, [int(v) for v in output_size], _per_dim(kernel_size, nd), _per_dim(dilation, nd),
                           [(p, p) for p in _per_dim(padding, nd)], _per_dim(stride, nd))
+
+
+# -- dynamic shapes / HF models (dyn) --------------------------------------------------------
+@aten("_safe_softmax.default")
+def _safe_softmax(cx: Cx, x: Value, dim: int, dtype: Any = None) -> Value:
+    """Softmax giving 0, not NaN, on rows whose scores are all -inf (fully masked queries, e.g.
+    padding): what SDPA's math path calls with a mask under torch.compile."""
+    if dtype is not None:
+        x = cx.cast(x, torch_to_dtype(dtype))
+    axis = _dim(dim, x.type.rank)
+    probs = cx.emit("softmax", [x], {"axis": axis, "log": False})
+    row_max = cx.emit("reduce", [x], {"kind": "max", "axes": [axis], "keepdim": True})
+    masked = cx.emit("eq", [row_max, cx.const(float("-inf"), x.dtype)])
+    return cx.emit("where", [masked, cx.const(0.0, x.dtype), probs])
+
+
+@aten("as_strided.default", "as_strided_.default")
+def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int | None = None) -> Value | None:
+    """Only the restride that is a plain reshape of x's dense row-major data (decompositions
+    emit it to set the memory format of a pooled [N, C, 1, 1] result); any other view runs on
+    the host."""
+    size = [int(s) for s in size]
+    if storage_offset not in (None, 0) or math.prod(size) != math.prod(x.shape):
+        return None
+    dense = 1
+    for d, s in zip(reversed(size), reversed([int(s) for s in stride])):
+        if d != 1 and s != dense:
+            return None
+        dense *= d
+    return cx.emit("reshape", [x], {"shape": size})
+
+
+def _index_leading(cx: Cx, x: Value, indices: list) -> Value | None:
+    """x[i0, i1, ..., ik-1] with integer index tensors on the k leading dims (broadcast
+    together; HF's padding masks and pooled-token picks): one gather of x's leading dims
+    flattened, at the linear index sum_j i_j * stride_j (negative indices wrapped)."""
+    k = len(indices)
+    if any(not isinstance(v, Value) or v.dtype not in (DType.int64, DType.int32) for v in indices) or k > x.type.rank:
+        return None
+    lead = x.shape[:k]
+    flat = cx.emit("reshape", [x], {"shape": [math.prod(lead)] + list(x.shape[k:])})
+    linear = None
+    for j, v in enumerate(indices):
+        v = cx.cast(v, DType.int64)
+        if not (v.is_const and (v.data >= 0).all()):
+            wrapped = cx.emit("add", [v, cx.const(lead[j], DType.int64)])
+            v = cx.emit("where", [cx.emit("lt", [v, cx.const(0, DType.int64)]), wrapped, v])
+        stride = math.prod(lead[j + 1:])
+        term = v if stride == 1 else cx.emit("mul", [v, cx.const(stride, DType.int64)])
+        linear = term if linear is None else cx.emit("add", [linear, term])
+    return cx.emit("gather", [flat, linear], {"axis": 0})

@@ -138,3 +138,28 @@ def test_einsum_against_onnxruntime(eq: str, shapes: list) -> None:
                           opset_imports=[helper.make_opsetid("", 17)])
     (got,) = vnpu.from_onnx(m, strict=True).run_numpy(list(feeds.values()))
     np.testing.assert_allclose(got, _ort(m, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def _one_node(op: str, x: np.ndarray, out_shape: list, consts: dict, **attrs):
+    inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    node = helper.make_node(op, ["x"] + list(consts), ["y"], **attrs)
+    return helper.make_model(helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+# the suite's CumSum cases are float64 and its Trilu cases int64: float32 versions against onnxruntime
+@pytest.mark.parametrize("exclusive,reverse,axis", [(0, 0, 1), (1, 0, 1), (0, 1, 0), (1, 1, -1)])
+def test_cumsum_against_onnxruntime(exclusive: int, reverse: int, axis: int) -> None:
+    x = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+    m = _one_node("CumSum", x, [3, 5], {"ax": np.array(axis, np.int64)}, exclusive=exclusive, reverse=reverse)
+    cm = vnpu.from_onnx(m, strict=True)
+    assert not cm.has_host_ops
+    np.testing.assert_allclose(cm.run_numpy([x])[0], _ort(m, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("upper,k", [(1, 0), (0, 0), (1, -1), (0, 2)])
+def test_trilu_against_onnxruntime(upper: int, k: int) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 4, 5)).astype(np.float32)
+    m = _one_node("Trilu", x, [2, 4, 5], {"k": np.array(k, np.int64)}, upper=upper)
+    np.testing.assert_array_equal(vnpu.from_onnx(m, strict=True).run_numpy([x])[0], _ort(m, {"x": x})[0])

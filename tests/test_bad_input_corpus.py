@@ -362,11 +362,8 @@ def test_compile_with_inputs_the_model_cannot_take():
         vnpu.compile(_Linear().eval(), (torch.randn(2, 7),))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP (runtime/compiled.py run_numpy; the lead's file): inputs are cast with astype, so a complex "
-    "input loses its imaginary part with only a NumPy ComplexWarning, and a string input fails with "
-    "NumPy's 'could not convert string to float' instead of naming the input and the dtype it takes"))
-@pytest.mark.parametrize("x", [np.ones((2, 8), np.complex64), np.full((2, 8), "a")], ids=["complex", "string"])
+@pytest.mark.parametrize("x", [np.ones((2, 8), np.complex64), np.full((2, 8), "a"), np.full((2, 8), None)],
+                         ids=["complex", "string", "object"])
 def test_compiled_model_wrong_dtype(linear_cm, x):
     with pytest.raises(ValueError, match=r"input 0 \(x\).*dtype"):
         linear_cm(x)

@@ -76,6 +76,11 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "convT2d-g2-dil-outpad": (lambda: nn.ConvTranspose2d(4, 6, (3, 4), stride=(2, 3), padding=(1, 2), dilation=(2, 1),
                                                          groups=2, output_padding=(1, 0)), (2, 4, 5, 6)),
     "convT2d-pad-beyond-kernel": (lambda: nn.ConvTranspose2d(3, 4, 2, stride=2, padding=2), (1, 3, 6, 5)),
+    "convT2d-kernel-eq-stride": (lambda: nn.ConvTranspose2d(6, 4, 2, stride=2), (2, 6, 5, 7)),
+    "convT2d-kernel-eq-stride-g2-pad": (lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=(3, 2), groups=2,
+                                                                   padding=(1, 0)), (1, 4, 4, 5)),
+    "convT1d-kernel-eq-stride": (lambda: nn.ConvTranspose1d(4, 3, 4, stride=4, bias=False), (1, 4, 6)),
+    "convT3d-kernel-eq-stride": (lambda: nn.ConvTranspose3d(3, 4, 2, stride=2), (1, 3, 2, 3, 4)),
     "convT3d": (lambda: nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1), (1, 4, 3, 4, 5)),
     # normalization
     "group-norm": (lambda: nn.GroupNorm(3, 6), (2, 6, 5, 7)),
@@ -123,6 +128,8 @@ TORCH_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "pad-reflect": (lambda: Fn(lambda x: F.pad(x, (1, 2, 2, 1), mode="reflect")), (1, 4, 6, 6)),
     "unfold": (lambda: nn.Unfold(3, dilation=(1, 2), padding=1, stride=2), (1, 3, 7, 8)),
     "unfold-2x2": (lambda: nn.Unfold(2), (2, 3, 5, 4)),
+    "fold": (lambda: nn.Fold((6, 7), (2, 3), dilation=(2, 1), padding=1, stride=(2, 1)), (2, 18, 21)),
+    "fold-overlapping": (lambda: nn.Fold((5, 5), 3), (1, 18, 9)),
     "pad-replicate-3d": (lambda: Fn(lambda x: F.pad(x, (1, 2, 0, 1, 2, 0), mode="replicate")), (1, 2, 4, 5, 6)),
 }
 
@@ -351,6 +358,8 @@ ONNX_CASES: dict[str, tuple[str, tuple[int, ...], dict, dict]] = {
     "GroupNormalization": ("GroupNormalization", (2, 6, 5, 3), {"s": _a(6), "b": _a(6)}, dict(num_groups=3)),
     "MeanVarianceNormalization": ("MeanVarianceNormalization", (2, 3, 4, 5), {}, {}),
     "MeanVarianceNormalization-axes": ("MeanVarianceNormalization", (2, 3, 4, 5), {}, dict(axes=[1, 3])),
+    "Col2Im": ("Col2Im", (2, 12, 9), {"img": np.array([5, 6], np.int64), "blk": np.array([2, 3], np.int64)},
+               dict(strides=[2, 1], pads=[1, 0, 0, 1], dilations=[1, 2])),
     "Pad-reflect": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="reflect")),
     "Pad-edge": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="edge")),
     "Pad-wrap": ("Pad", (1, 3, 5, 6), {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, dict(mode="wrap")),
@@ -408,6 +417,19 @@ def test_onnx_grid_sample_matches_onnxruntime(attrs: dict) -> None:
     (ref,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "g": grid})
     (out,) = vnpu.from_onnx(m, strict=True).run_numpy([x, grid])
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("op,shape,inits,attrs,match", [
+    ("MaxPool", (1, 2, 4, 4), {}, dict(kernel_shape=[6, 6]), "pooling: window"),
+    ("ConvTranspose", (1, 4, 5, 5), {"w": _a(6, 2, 3, 3)}, dict(group=2), "transposed convolution"),
+])
+def test_onnx_bad_spatial_attributes_name_the_problem(op: str, shape: tuple, inits: dict, attrs: dict,
+                                                      match: str) -> None:
+    from vnpu.ir.ops import IRTypeError
+
+    m = _onnx_model(op, _a(*shape), inits, **attrs)
+    with pytest.raises(IRTypeError, match=match):
+        vnpu.from_onnx(m, strict=True)
 
 
 @pytest.mark.parametrize("name", list(ONNX_CASES))

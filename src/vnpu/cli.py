@@ -548,8 +548,7 @@ def generate(
     """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
     token, tokens/s, decode HBM utilization, KV-cache and weight memory, and energy per token."""
-    from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, check_generation, check_sampling, get_llm
+    from vnpu.workloads.llm_specs import UnknownLLMError, check_generation, check_sampling, get_llm  # no torch yet
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
@@ -567,6 +566,8 @@ def generate(
         _die(e)
     _check_output(json_path, "--json")
     c = _chip(chip)
+    from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
+
     err, out = _console(stderr=True), _console()
     where = f"{chips} x {c.name}" if chips > 1 else c.name
     try:
@@ -599,9 +600,7 @@ def compare(
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
     (GPU-like presets have many small cores: their prefill programs have many more
     instructions; a 2048-token prompt takes about a minute to simulate on h20.)"""
-    from vnpu.runtime.llm import chips_needed
-    from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, check_generation, get_llm, valid_chip_counts
+    from vnpu.workloads.llm_specs import UnknownLLMError, check_generation, get_llm, valid_chip_counts  # no torch yet
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
@@ -621,6 +620,9 @@ def compare(
         _die(e)
     _check_output(json_path, "--json")
     chip_objs = [_chip(n) for n in names]
+    from vnpu.runtime.llm import chips_needed
+    from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
+
     err, out = _console(stderr=True), _console()
     reports = []
     for c in chip_objs:

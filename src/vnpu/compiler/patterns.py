@@ -64,13 +64,14 @@ def fuse_rms_norm(g: Graph) -> int:
         if add.op == "add":
             other = add.inputs[1] if add.inputs[0] is red.output else add.inputs[0]
             eps = _scalar(other)
-        if eps is None or not _single_use(g, users, add.output):
+        # an eps of higher rank would broadcast the result to a shape rms_norm does not produce
+        if eps is None or add.output.shape != red.output.shape or not _single_use(g, users, add.output):
             continue
         rs = users[id(add.output)][0]
         if rs.op != "rsqrt" or not _single_use(g, users, rs.output):
             continue
         mul = users[id(rs.output)][0]
-        if mul.op != "mul" or {id(v) for v in mul.inputs} != {id(a), id(rs.output)}:
+        if mul.op != "mul" or {id(v) for v in mul.inputs} != {id(a), id(rs.output)} or mul.output.shape != a.shape:
             continue
         chain += [add, rs, mul]
         last = mul

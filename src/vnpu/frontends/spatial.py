@@ -36,7 +36,7 @@ import numpy as np
 from vnpu.dtypes import DType
 from vnpu.frontends.registry import LoweringContext as Cx
 from vnpu.ir.graph import Value
-from vnpu.ir.ops import conv_out_size
+from vnpu.ir.ops import IRTypeError, conv_out_size
 
 Pads = Sequence[tuple[int, int]]
 
@@ -153,7 +153,12 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
     nd = x.type.rank - 2
     c, og = w.shape[:2]
     k = list(w.shape[2:])
+    if groups < 1 or c % groups or x.shape[1] != c or w.type.rank != x.type.rank:
+        raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
+                          f"do not match with groups={groups}")
     cg = c // groups
+    if list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
+        return _conv_transpose_blocks(cx, x, w, bias, pads, groups)
     wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
     wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
     wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
@@ -177,6 +182,35 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
             v = _slice(cx, v, a, max(-lo, 0), v.shape[a] + min(hi, 0))
         conv_pads.append((max(lo, 0), max(hi, 0)))
     return conv(cx, v, wc, bias, [1] * nd, conv_pads, dilation, groups)
+
+
+def _conv_transpose_blocks(cx: Cx, x: Value, w: Value, bias: Value | None, pads: Pads, groups: int) -> Value:
+    """Kernel == stride (UNet / FPN 2x2 up-convolutions): the windows do not overlap, so each input
+    pixel's output block is one 1x1 convolution to O * prod(k) channels (useful MACs only), whose
+    [O, k1, k2, H, W] channels are interleaved to [O, H*k1, W*k2] by a permuted view (one copy)."""
+    nd = x.type.rank - 2
+    c, og = w.shape[:2]
+    k = list(w.shape[2:])
+    cg, kp = c // groups, math.prod(k)
+    wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
+    wd = np.moveaxis(wd, 1, -1).reshape((groups * og * kp, cg) + (1,) * nd)  # [(g, o, taps), C/g, 1...]
+    wc = _const(cx, f"{w.name}_blocks", wd, x.dtype)
+    bk = None
+    if bias is not None:  # each output channel's bias repeated over its kernel taps
+        bk = _const(cx, f"{bias.name}_blocks", np.repeat(np.asarray(bias.data), kp), x.dtype) if bias.is_const else None
+        if bk is None:
+            return None  # type: ignore[return-value]
+    y = conv(cx, x, wc, bk, [1] * nd, [(0, 0)] * nd, [1] * nd, groups)  # [N, O * kp, *S]
+    n, o, sp = x.shape[0], groups * og, list(x.shape[2:])
+    y = reshape(cx, y, [n, o] + k + sp)
+    perm = [0, 1] + [p for a in range(nd) for p in (2 + nd + a, 2 + a)]  # [N, O, S1, k1, S2, k2, ...]
+    y = cx.emit("permute", [y], {"perm": perm})
+    y = cx.emit("reshape", [y], {"shape": [n, o] + [s * kk for s, kk in zip(sp, k)]})
+    for a in range(nd):
+        lo, hi = pads[a]
+        if lo or hi:
+            y = _slice(cx, y, 2 + a, lo, y.shape[2 + a] - hi)
+    return y
 
 
 def pad_mode(cx: Cx, x: Value, pads: Pads, mode: str) -> Value:
@@ -230,6 +264,9 @@ def _pool_geometry(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int
     spatial = list(x.shape[2:])
     outs = [pool_out_size(spatial[a], kernel[a], stride[a], pads[a][0], pads[a][1], dilation[a], ceil_mode)
             for a in range(nd)]
+    if len(kernel) != nd or any(o < 1 for o in outs) or any(v < 1 for v in list(kernel) + list(stride)):
+        raise IRTypeError(f"pooling: window {list(kernel)} (stride {list(stride)}, dilation {list(dilation)}) does not "
+                          f"fit the padded input {spatial} with padding {list(pads)}")
     full_pads = []
     for a in range(nd):
         need = (outs[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1
@@ -348,6 +385,8 @@ def adaptive_pool(cx: Cx, x: Value, kind: str, out_size: Sequence[int]) -> Value
     nd = len(out_size)
     spatial = list(x.shape[x.type.rank - nd:])
     out_size = [int(o) if o is not None else s for o, s in zip(out_size, spatial)]
+    if any(o < 1 for o in out_size) or x.type.rank < nd:
+        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim of {x.type}")
     if all(o == 1 for o in out_size):
         return cx.emit("reduce", [x], {"kind": "mean" if kind == "avg" else "max",
                                        "axes": list(range(x.type.rank - nd, x.type.rank)), "keepdim": True})
@@ -379,6 +418,8 @@ def group_norm(cx: Cx, x: Value, groups: int, weight: Value | None, bias: Value 
     """Each (sample, group) normalized over its channels and positions: the layer_norm kernel on
     the view [N, groups, rest], then the per-channel affine."""
     n, c = x.shape[0], x.shape[1]
+    if groups < 1 or c % groups:
+        raise IRTypeError(f"group norm: {c} channels do not split into {groups} groups")
     v = reshape(cx, x, [n, groups, x.type.numel // (n * groups)])
     v = cx.emit("layer_norm", [v], {"axis_count": 1, "eps": float(eps), "has_weight": False, "has_bias": False})
     v = reshape(cx, v, list(x.shape))
@@ -588,3 +629,32 @@ def antialias_matrix(out: int, size: int, align_corners: bool, scale: float | No
         total = w.sum()
         m[i, lo:hi] = w / total if total else w
     return m
+
+
+def col2im(cx: Cx, cols: Value, image: Sequence[int], kernel: Sequence[int], dilation: Sequence[int], pads: Pads,
+           stride: Sequence[int]) -> Value:
+    """Column blocks [N, C * prod(kernel), L] summed back into an image [N, C, *image] (fold /
+    ONNX Col2Im): per spatial axis one matmul with the constant 0/1 matrix that sends each
+    (tap, block) position to its padded pixel (overlapping taps add), then the padding cropped."""
+    nd = len(image)
+    n = cols.shape[0]
+    kp = math.prod(kernel)
+    if cols.type.rank != 3 or cols.shape[1] % kp:
+        raise IRTypeError(f"col2im: input {cols.type} is not [N, C * {kp}, L]")
+    c = cols.shape[1] // kp
+    blocks = [conv_out_size(image[a], kernel[a], stride[a], pads[a][0], pads[a][1], dilation[a]) for a in range(nd)]
+    if math.prod(blocks) != cols.shape[2]:
+        raise IRTypeError(f"col2im: {cols.shape[2]} blocks, but image {list(image)} with kernel {list(kernel)} "
+                          f"gives {blocks}")
+    v = reshape(cx, cols, [n, c] + list(kernel) + blocks)
+    perm = [0, 1] + [p for a in range(nd) for p in (2 + a, 2 + nd + a)]  # [N, C, k1, L1, k2, L2, ...]
+    v = cx.emit("permute", [v], {"perm": perm})
+    v = reshape(cx, v, [n, c] + [kernel[a] * blocks[a] for a in range(nd)])
+    for a in range(nd):
+        full = image[a] + pads[a][0] + pads[a][1]
+        pos = (np.arange(kernel[a])[:, None] * dilation[a] + np.arange(blocks[a])[None, :] * stride[a]).reshape(-1)
+        m = np.zeros((full, pos.size))
+        m[pos, np.arange(pos.size)] = 1.0
+        v = _along(cx, v, 2 + a, m)
+        v = _slice(cx, v, 2 + a, pads[a][0], pads[a][0] + image[a])
+    return v

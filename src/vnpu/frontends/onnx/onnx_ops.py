@@ -1991,3 +1991,15 @@ def _linear_attention(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
     y = cx.emit("mul", [y, cx.const(scale, dt)])
     y = cx.emit("reshape", [cx.emit("permute", [y], {"perm": [0, 2, 1, 3]})], {"shape": [b, t, hq * dv]})
     return y, state
+
+
+@onnx_op("Col2Im")
+def _col2im(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    image, block = cx.ints(ins[1]), cx.ints(ins[2])
+    if image is None or block is None or not x.dtype.is_float:
+        return None
+    nd = len(image)
+    p = [int(v) for v in attrs.get("pads", [0] * (2 * nd))]
+    return spatial.col2im(cx, x, image, block, [int(v) for v in attrs.get("dilations", [1] * nd)],
+                          [(p[i], p[i + nd]) for i in range(nd)], [int(v) for v in attrs.get("strides", [1] * nd)])

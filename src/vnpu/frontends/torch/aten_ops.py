@@ -16,6 +16,7 @@ from vnpu.dtypes import DType, torch_to_dtype
 from vnpu.frontends import spatial
 from vnpu.frontends.torch.importer import ImportContext as Cx, aten, op_name
 from vnpu.ir.graph import Value
+from vnpu.ir.ops import broadcast_shapes
 
 
 def _dim(d: int, rank: int) -> int:
@@ -488,13 +489,16 @@ def _cat(cx: Cx, xs: list, dim: int = 0) -> Value:
 
 @aten("constant_pad_nd.default")
 def _pad(cx: Cx, x: Value, pad: list, value: float = 0.0) -> Value | None:
-    if any(p < 0 for p in pad):
-        return None
     if not any(pad):
         return x
     pads = [(0, 0)] * x.type.rank
     for i in range(len(pad) // 2):
-        pads[x.type.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+        d, lo, hi = x.type.rank - 1 - i, int(pad[2 * i]), int(pad[2 * i + 1])
+        if lo < 0 or hi < 0:  # negative padding crops (fold's decomposition undoes its padding so)
+            x = cx.emit("slice", [x], {"axis": d, "start": max(-lo, 0), "end": x.shape[d] + min(hi, 0), "step": 1})
+        pads[d] = (max(lo, 0), max(hi, 0))
+    if not any(lo or hi for lo, hi in pads):
+        return x
     return cx.emit("pad", [x], {"pads": pads, "value": float(value)})
 
 
@@ -521,7 +525,9 @@ def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool 
     """x[..., idx, ...] = values along the one indexed axis: in place on persistent state (a KV
     cache's index_copy_), into a fresh copy otherwise (compiler.memory.copy_on_write)."""
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
-    if accumulate or len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
+    if accumulate:
+        return _index_put_accumulate(cx, x, indices, values)
+    if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
         return None
     ax, idx = live[0]
     if idx.dtype == DType.bool:
@@ -652,26 +658,76 @@ def _grouped_mm(cx: Cx, x: Value, w: Value, offs: Value) -> Value | None:
 
 
 # -- spatial ops: conv/pool/norm/interpolate (kernels) --------------------------------------------
-def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
-    """x[..., i0, i1, ...] with several constant index tensors that vary along disjoint axes of
-    their broadcast shape B (an outer product: reflect / replicate padding, nearest / linear
-    upsampling and unfold decompose to these): one gather per indexed axis, each with the index
-    reduced to its own axes of B, then a permute of the gathered dims into B's order."""
+def _outer_product_indices(indices: list, min_live: int) -> tuple | None:
+    """(live (axis, Value) pairs, their int64 arrays broadcast to B, per index the axes of B it
+    varies along) when the constant index tensors sit on adjacent axes and vary along disjoint
+    axes of B covering every non-unit one (an outer product); None otherwise."""
     live = [(a, v) for a, v in enumerate(indices) if v is not None]
     axes = [a for a, _ in live]
-    if (len(live) < 2 or axes != list(range(axes[0], axes[0] + len(axes)))
+    if (len(live) < min_live or axes != list(range(axes[0], axes[0] + len(axes)))
             or not all(isinstance(v, Value) and v.is_const and not v.dtype.is_float and v.dtype != DType.bool
                        for _, v in live)):
         return None
     arrs = np.broadcast_arrays(*(np.asarray(v.data).astype(np.int64) for _, v in live))
     bshape = arrs[0].shape
-    owned: list[list[int]] = []  # per index: the axes of B it varies along
+    owned: list[list[int]] = []
     for arr in arrs:
-        own = [d for d in range(arr.ndim) if arr.shape[d] > 1 and not np.all(arr == np.take(arr, [0], axis=d))]
-        owned.append(own)
+        owned.append([d for d in range(arr.ndim) if arr.shape[d] > 1 and not np.all(arr == np.take(arr, [0], axis=d))])
     flat = [d for own in owned for d in own]
     if len(set(flat)) != len(flat) or any(bshape[d] > 1 and d not in flat for d in range(len(bshape))):
-        return None  # not an outer product
+        return None
+    return live, arrs, owned
+
+
+def _index_put_accumulate(cx: Cx, x: Value, indices: list, values: Value) -> Value | None:
+    """x[..., i0, i1, ...] += values for constant outer-product indices (fold / col2im decomposes
+    to this): a scatter-add along one axis with constant indices is a linear map, so one matmul
+    per indexed axis with a constant 0/1 [size, positions] matrix (repeated targets sum)."""
+    op = _outer_product_indices(indices, 1)
+    if op is None or not x.dtype.is_float:
+        return None
+    live, arrs, owned = op
+    a0, nb = live[0][0], arrs[0].ndim
+    bshape = arrs[0].shape
+    want = tuple(x.shape[:a0]) + tuple(bshape) + tuple(x.shape[live[-1][0] + 1:])
+    v = cx.cast(values, x.dtype)
+    if v.shape != want:
+        if broadcast_shapes(v.shape, want) != want:
+            return None
+        v = cx.emit("expand", [v], {"shape": list(want)})
+    flat = [d for own in owned for d in own]
+    perm = list(range(a0)) + [a0 + d for d in flat] + [a0 + d for d in range(nb) if d not in flat] \
+        + list(range(a0 + nb, len(want)))
+    if perm != list(range(len(want))):
+        v = cx.emit("permute", [v], {"perm": perm})
+    tail = list(x.shape[live[-1][0] + 1:])
+    sizes = [int(np.prod([bshape[d] for d in own])) for own in owned]
+    v = spatial.reshape(cx, v, list(x.shape[:a0]) + sizes + tail)  # the B dims of each index merged
+    for k, ((a, _), arr, own) in enumerate(zip(live, arrs, owned)):
+        sub = arr[tuple(slice(None) if d in own else 0 for d in range(nb))].reshape(-1)
+        sub = np.where(sub < 0, sub + x.shape[a], sub)
+        if sub.min() < 0 or sub.max() >= x.shape[a]:
+            return None
+        m = np.zeros((x.shape[a], sub.size))
+        m[sub, np.arange(sub.size)] = 1.0
+        v = spatial.interpolate_matrix(cx, v, a0 + k, m)
+    if x.is_const and not np.any(np.asarray(x.data)):
+        return v
+    return cx.emit("add", [x, v])
+
+
+def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
+    """x[..., i0, i1, ...] with several constant index tensors that vary along disjoint axes of
+    their broadcast shape B (an outer product: reflect / replicate padding, nearest / linear
+    upsampling and unfold decompose to these): one gather per indexed axis, each with the index
+    reduced to its own axes of B, then a permute of the gathered dims into B's order."""
+    op = _outer_product_indices(indices, 2)
+    if op is None:
+        return None
+    live, arrs, owned = op
+    axes = [a for a, _ in live]
+    bshape = arrs[0].shape
+    flat = [d for own in owned for d in own]
     y = x
     pos = axes[0]  # where the next indexed axis sits in y
     for (a, _), arr, own in zip(live, arrs, owned):
@@ -1458,3 +1514,13 @@ def _angle(cx: Cx, x: Value) -> Value | None:
         return None
     y = cx.emit("where", [cx.emit("lt", [x, cx.const(0.0, x.dtype)]), cx.const(math.pi, x.dtype), cx.const(0.0, x.dtype)])
     return cx.emit("where", [cx.emit("isnan", [x]), x, y])
+
+
+@aten("col2im.default")
+def _col2im(cx: Cx, x: Value, output_size: list, kernel_size: list, dilation: list, padding: list,
+            stride: list) -> Value | None:
+    if x.type.rank != 3:
+        return None  # unbatched input
+    nd = len(output_size)
+    return spatial.col2im(cx, x, [int(v) for v in output_size], _per_dim(kernel_size, nd), _per_dim(dilation, nd),
+                          [(p, p) for p in _per_dim(padding, nd)], _per_dim(stride, nd))

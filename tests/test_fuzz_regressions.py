@@ -1,0 +1,109 @@
+"""Minimal reproducers of the bugs tests/test_fuzz_graphs.py and benchmarks/fuzz_graphs.py found,
+each against eager PyTorch. A bug in a file another helper was editing when it was found is
+marked xfail(strict=True) with its cause: remove the mark with the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vnpu
+
+
+def _check(model: torch.nn.Module, *xs: torch.Tensor, chip: str = "vnpu-v1") -> None:
+    with torch.no_grad():
+        ref = model(*xs)
+    cm = vnpu.compile(model, xs, chip=chip, dtype="fp32", strict=True)
+    out = cm(*xs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    out = out if isinstance(out, tuple) else (out,)
+    assert len(out) == len(ref)
+    for o, r in zip(out, ref):
+        assert tuple(o.shape) == tuple(r.shape)
+        if r.dtype.is_floating_point:
+            err = (o.double() - r.double()).abs().max().item()
+            assert err <= max(1e-4 * r.abs().max().item(), 1e-5), f"max err {err}"
+        else:
+            assert o.dtype == r.dtype and torch.equal(o, r)
+
+
+class Fn(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/topk.py _rows_view takes the row stride from strides[-2] even "
+                   "when dim -2 has size 1, so a slice whose rows are evenly spaced is refused (ValueError)")
+def test_argmax_of_slice_with_size1_second_last_dim() -> None:
+    # rows of x[:, :, 0:1] are 16 floats apart; dim -2 has size 1 and stride 8
+    x = torch.randn(1, 11, 2, 8)
+    _check(Fn(lambda x: torch.argmax(x[:, :, 0:1], dim=-1)), x)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/topk.py loads its rows as one strided 2-D view "
+                   "and refuses ([ValueError] 'rows ... are not evenly spaced') an input whose leading dims do not "
+                   "flatten (a permuted view), instead of copying it contiguous first")
+def test_topk_of_transposed_view() -> None:
+    x = torch.randn(3, 4, 9)
+    _check(Fn(lambda x: torch.topk(x.transpose(0, 1), 2).values), x)
+
+
+class _RmsEpsTensor(torch.nn.Module):
+    """RMSNorm whose eps is a [1, 1, 1] buffer: the add broadcasts a 2-D input to 3-D."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("eps", torch.full((1, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)
+
+
+def test_rms_norm_pattern_with_broadcasting_eps() -> None:
+    # compiler/patterns.py fuse_rms_norm matched it and gave the rms_norm node the 3-D output
+    # (IRVerifyError: output types fp32[1,5,33] != inferred fp32[5,33]); now it stays unfused
+    x = torch.randn(5, 33)
+    _check(_RmsEpsTensor(), x)
+
+
+def _tiny_chip(scratchpad: int = 16384):
+    from conftest import make_chip
+
+    return make_chip({"name": "fuzz-tiny", "cores": 3, "core.matrix.rows": 8, "core.matrix.cols": 8,
+                      "core.scratchpad.bytes": scratchpad, "core.vector.lanes": 16, "core.vector.sfu_lanes": 4})
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/layer_norm.py: the rms_norm path has no chunked-row "
+                   "fallback ('rms_norm: rows of 9000 elements do not fit the scratchpad') although layer_norm over "
+                   "the same rows and the unfused mean/rsqrt/mul chain both compile; compiler/patterns.py fuses the "
+                   "RMSNorm chain without knowing the chip")
+def test_rms_norm_rows_larger_than_scratchpad() -> None:
+    x = torch.randn(3, 9000)  # 36 KB rows, 16 KiB scratchpad
+    _check(Fn(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)), x, chip=_tiny_chip())
+
+
+class _Embedding(torch.nn.Module):
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = torch.nn.Parameter(w, requires_grad=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(idx, self.w)
+
+
+@pytest.mark.parametrize("case", ["embedding", "index_select_axis1_2d_rows", "index_select_strided_rows"])
+def test_gather_rows_larger_than_scratchpad(case: str) -> None:
+    # kernels/gather.py raised "gather: one row of 36000 bytes does not fit the scratchpad";
+    # such rows are now gathered in column chunks
+    chip = _tiny_chip()
+    if case == "embedding":
+        _check(_Embedding(torch.randn(4, 9000)), torch.tensor([[1, 2, 1], [3, 0, 3]]), chip=chip)
+    elif case == "index_select_axis1_2d_rows":
+        x = torch.randn(2, 5, 90, 100)
+        _check(Fn(lambda x, i: torch.index_select(x, 1, i)), x, torch.tensor([4, 0, 4, 2]), chip=chip)
+    else:
+        x = torch.randn(5, 3, 9001)
+        _check(Fn(lambda x, i: torch.index_select(x[:, 1, 1:], 0, i)), x, torch.tensor([3, 1]), chip=chip)

@@ -1107,11 +1107,9 @@ def _gather_nd(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 @onnx_op("OneHot")
 def _one_hot(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     idx, depth_v, values = ins
-    depth = cx.ints(depth_v) if depth_v.dtype.is_float is False else (
-        None if not depth_v.is_const else [int(np.asarray(depth_v.data).reshape(-1)[0])])
-    if depth is None:
-        return None
-    depth = depth[0]
+    if not depth_v.is_const:
+        return None  # the output's size known only at run time
+    depth = int(np.asarray(depth_v.data).reshape(-1)[0])  # any numeric type
     rank = idx.type.rank + 1
     axis = _axis(int(attrs.get("axis", -1)), rank)
     i = _wrap_negative(cx, idx, depth)

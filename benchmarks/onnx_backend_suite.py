@@ -117,7 +117,7 @@ PENDING_OTHER: dict[str, str] = {
         "Selu", "Elu", "LeakyRelu", "Softplus", "Softsign", "Celu", "Mish", "HardSwish", "HardSigmoid",
         "ThresholdedRelu", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cosh", "Sinh", "Tan",
         "Sin", "Cos", "IsNaN", "IsInf", "Mod", "Round", "Erf", "BitShift", "BitwiseAnd", "BitwiseOr",
-        "BitwiseXor", "BitwiseNot", "Xor", "Swish", "Gelu")},
+        "BitwiseXor", "BitwiseNot", "Xor", "Gelu")},
     **{t: "kernels" for t in (
         "Conv", "ConvTranspose", "ConvInteger", "MaxPool", "AveragePool", "LpPool", "GlobalLpPool",
         "GroupNormalization", "InstanceNormalization", "MeanVarianceNormalization", "Resize", "Upsample",

@@ -2001,3 +2001,15 @@ def _col2im(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     p = [int(v) for v in attrs.get("pads", [0] * (2 * nd))]
     return spatial.col2im(cx, x, image, block, [int(v) for v in attrs.get("dilations", [1] * nd)],
                           [(p[i], p[i + nd]) for i in range(nd)], [int(v) for v in attrs.get("strides", [1] * nd)])
+
+
+@onnx_op("Swish")
+def _swish(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """x * sigmoid(alpha * x) (opset 24), from existing IR ops: SiLU when alpha is 1."""
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    alpha = float(attrs.get("alpha", 1.0))
+    if alpha == 1:
+        return cx.emit("silu", [x])
+    return cx.emit("mul", [x, cx.emit("sigmoid", [cx.emit("mul", [x, cx.const(alpha, x.dtype)])])])

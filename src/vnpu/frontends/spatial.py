@@ -65,7 +65,8 @@ def _bias_column(cx: Cx, bias: Value | None, dtype: DType) -> Value | None:
     into the conv's epilogue (epilogue operands must exist before the kernel)."""
     if bias is None:
         return None
-    b = cx.emit("reshape", [bias], {"shape": [bias.type.numel, 1, 1]}) if bias.shape != (bias.type.numel, 1, 1) else bias
+    col = (bias.type.numel, 1, 1)
+    b = cx.emit("reshape", [bias], {"shape": list(col)}) if bias.shape != col else bias
     return cx.cast(b, dtype)
 
 
@@ -284,6 +285,8 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     the whole tensor (ONNX, whole_tensor). The indices come from pool2d's argmax kind with a
     constant table of each window's tap indices."""
     nd = x.type.rank - 2
+    if nd == 3:
+        return _max_pool3d_with_indices(cx, x, kernel, stride, pads, dilation, ceil_mode, whole_tensor)
     if nd not in (1, 2):
         return None
     y = pool(cx, x, "max", kernel, stride, pads, dilation, ceil_mode)
@@ -300,13 +303,54 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     taps = (rows * hw[1] + cols).reshape(outs[0], outs[1], k2[0] * k2[1])
     if np.abs(taps).max() >= 1 << 24:
         return None  # beyond fp32's exact integers
-    idx = cx.emit("pool2d", [x4, _const(cx, "pool_taps", taps, DType.fp32)],
+    # int32: bf16 storage (set_precision) leaves integer constants alone
+    idx = cx.emit("pool2d", [x4, _const(cx, "pool_taps", taps, DType.int32)],
                   {"kind": "argmax", "kernel": tuple(k2), "stride": tuple(s2), "padding": tuple(full_pads),
                    "dilation": tuple(d2)})
     if whole_tensor:
         planes = (np.arange(n * c).reshape(n, c, 1, 1) * (hw[0] * hw[1])).astype(np.int64)
         idx = cx.emit("add", [idx, _const(cx, "plane_base", planes, DType.int64)])
     return y, reshape(cx, idx, list(y.shape))
+
+
+def _max_pool3d_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
+                             dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool
+                             ) -> tuple[Value, Value] | None:
+    """3-D: the 2-D pool with indices over (H, W) of every depth plane, then over depth the first
+    plane holding the window's maximum (argmax with a tap table of plane offsets d * H*W), and that
+    plane's (H, W) index picked by comparing against each depth tap's offset (one match)."""
+    n, c, d, h, w = x.shape
+    planes = max_pool_with_indices(cx, reshape(cx, x, [n, c * d, h, w]), kernel[1:], stride[1:], pads[1:],
+                                   dilation[1:], ceil_mode)
+    if planes is None:
+        return None
+    m2, i2 = planes
+    pix = m2.shape[2] * m2.shape[3]
+    m2 = reshape(cx, m2, [n, c, d, pix])
+    i2 = reshape(cx, i2, [n, c, d, pix])
+    kd, sd, dd, pd = kernel[0], stride[0], dilation[0], pads[0][0]
+    m2v, outs, full = _pool_geometry(cx, m2, [kd, 1], [sd, 1], [tuple(pads[0]), (0, 0)], [dd, 1], ceil_mode)
+    od = outs[0]
+    attrs = {"kernel": (kd, 1), "stride": (sd, 1), "padding": tuple(full), "dilation": (dd, 1)}
+    y = cx.emit("pool2d", [m2v], dict(attrs, kind="max"))
+    offs = ((np.arange(od)[:, None] * sd + np.arange(kd)[None, :] * dd - pd) * (h * w)).astype(np.int64)  # [OD, kd]
+    if np.abs(offs).max() + h * w >= 1 << 24:
+        return None
+    taps = np.broadcast_to(offs[:, None, :], (od, pix, kd))
+    dsel = cx.emit("pool2d", [m2v, _const(cx, "depth_taps", taps, DType.int32)], dict(attrs, kind="argmax"))
+    i2p = cx.emit("pad", [i2], {"pads": [(0, 0), (0, 0), full[0], (0, 0)], "value": 0.0}) if any(full[0]) else i2
+    picked = None
+    for t in range(kd):
+        plane = _slice(cx, i2p, 2, t * dd, t * dd + (od - 1) * sd + 1, sd)  # [N, C, OD, P]
+        hit = cx.emit("eq", [dsel, _const(cx, "depth_off", offs[:, t].reshape(od, 1), DType.int64)])
+        term = cx.emit("where", [hit, plane, cx.const(0, DType.int64)])
+        picked = term if picked is None else cx.emit("add", [picked, term])
+    idx = cx.emit("add", [picked, dsel])
+    if whole_tensor:
+        base = (np.arange(n * c).reshape(n, c, 1, 1) * (d * h * w)).astype(np.int64)
+        idx = cx.emit("add", [idx, _const(cx, "plane_base", base, DType.int64)])
+    shape = [n, c, od] + list(planes[0].shape[2:])
+    return reshape(cx, y, shape), reshape(cx, idx, shape)
 
 
 def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
@@ -319,10 +363,10 @@ def pool(cx: Cx, x: Value, kind: str, kernel: Sequence[int], stride: Sequence[in
     x, outs, full_pads = _pool_geometry(cx, x, kernel, stride, pads, dilation, ceil_mode)
     # divisor per output position and axis (average pooling)
     divs = []
-    for a in range(nd):
-        o = np.arange(outs[a]) * stride[a] - pads[a][0]
-        end = np.minimum(o + kernel[a], spatial[a] + pads[a][1])
-        divs.append((end - o) if count_include_pad else (np.minimum(end, spatial[a]) - np.maximum(o, 0)))
+    for a in range(nd):  # taps of each window inside the padded input (or the input alone)
+        taps = (np.arange(outs[a]) * stride[a] - pads[a][0])[:, None] + np.arange(kernel[a])[None, :] * dilation[a]
+        inside = taps < spatial[a] + pads[a][1] if count_include_pad else (taps >= 0) & (taps < spatial[a])
+        divs.append(inside.sum(axis=1))
     uniform = divisor_override is None and all(np.all(dv == kernel[a]) for a, dv in enumerate(divs))
     if kind == "max":
         pk = "max"
@@ -386,7 +430,8 @@ def adaptive_pool(cx: Cx, x: Value, kind: str, out_size: Sequence[int]) -> Value
     spatial = list(x.shape[x.type.rank - nd:])
     out_size = [int(o) if o is not None else s for o, s in zip(out_size, spatial)]
     if any(o < 1 for o in out_size) or x.type.rank < nd:
-        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim of {x.type}")
+        raise IRTypeError(f"adaptive pooling: output size {out_size} must be positive, one per trailing dim "
+                          f"of {x.type}")
     if all(o == 1 for o in out_size):
         return cx.emit("reduce", [x], {"kind": "mean" if kind == "avg" else "max",
                                        "axes": list(range(x.type.rank - nd, x.type.rank)), "keepdim": True})
@@ -504,7 +549,7 @@ def interpolate(cx: Cx, x: Value, mode: str, srcs: dict[int, np.ndarray], cubic_
                 y = cx.emit("gather", [y, _const(cx, "nearest_idx", idx, DType.int64)], {"axis": ax})
         else:
             m = interp_matrix(srcs[ax], x.shape[ax], mode, cubic_a, exclude_outside, clamp_linear)
-            if m.shape[0] == m.shape[1] and np.allclose(m, np.eye(m.shape[0]), atol=0, rtol=0):
+            if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
                 continue
             y = _along(cx, y, ax, m)
     return y
@@ -573,15 +618,17 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
 
     ix, iy = unnormalize(0, w), unnormalize(1, h)
     table = reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
-    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), dt)
+    # pixel indices in int64 arithmetic: exact whatever the float storage (bf16 holds integers only to 256)
+    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), DType.int64)
 
     def corner(xi: Value, yi: Value, weight: Value | None) -> Value:
         ok = cx.emit("and", [cx.emit("and", [cx.emit("ge", [xi, k(0.0)]), cx.emit("le", [xi, k(w - 1.0)])]),
                              cx.emit("and", [cx.emit("ge", [yi, k(0.0)]), cx.emit("le", [yi, k(h - 1.0)])])])
         xc = cx.emit("clamp", [xi], {"min": 0.0, "max": float(w - 1)})
         yc = cx.emit("clamp", [yi], {"min": 0.0, "max": float(h - 1)})
-        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yc, k(float(w))]), xc]), base])
-        rows = cx.emit("gather", [table, cx.cast(flat, DType.int64)], {"axis": 0})  # [N, Ho, Wo, C]
+        xq, yq = cx.cast(xc, DType.int64), cx.cast(yc, DType.int64)
+        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yq, cx.const(w, DType.int64)]), xq]), base])
+        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, Ho, Wo, C]
         wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
         return cx.emit("mul", [rows, reshape(cx, wt, [n, ho, wo, 1])])
 

@@ -5,7 +5,7 @@ window sum: frontends scale it by a per-window divisor map where the divisor var
 (count_include_pad=False, ceil_mode), or chain it over axes (3-D pooling).
 
 "argmax" gives max pooling's indices (int64): a second input holds each output's window
-taps as flat input indices [OH, OW, kh*kw] (a constant); per tile, m = reduce_max(win),
+taps as flat input indices [OH, OW, kh*kw] (an int32 constant); per tile, m = reduce_max(win),
 then reduce_min(where(win == m, taps, +big)): the first maximum in window order, as PyTorch.
 Each tile loads one strided window view of the input, [n_t, c_t, oh_t, ow_t, kh, kw] with
 strides [sN, sC, sh*sH, sw*sW, sH, sW], into a [n_t, c_t, oh_t, ow_t, kh*kw] scratchpad

@@ -427,9 +427,7 @@ def _pool(kind: str):
         s = [int(v) for v in attrs.get("strides", [1] * nd)]
         d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
-        if kind == "avg" and any(v != 1 for v in d):
-            return None
-        if with_indices:  # 1-D / 2-D; 3-D runs on the host
+        if with_indices:
             return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
                                                  whole_tensor=True)
         return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
@@ -783,7 +781,8 @@ def _conv_transpose(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     auto = attrs.get("auto_pad", "NOTSET")
     spatial_in = list(x.shape[2:])
     if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(attrs["output_shape"])[-nd:] if "output_shape" in attrs else [i * s for i, s in zip(spatial_in, stride)]
+        target = (list(attrs["output_shape"])[-nd:] if "output_shape" in attrs
+                  else [i * s for i, s in zip(spatial_in, stride)])
         pads = []
         for a in range(nd):
             total = stride[a] * (spatial_in[a] - 1) + out_pad[a] + (kernel[a] - 1) * dilation[a] + 1 - int(target[a])

@@ -306,7 +306,7 @@ def _max_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, paddin
     k = _per_dim(kernel, nd)
     s = _per_dim(stride, nd) if stride else k
     args = (k, s, [(p, p) for p in _per_dim(padding, nd)], _per_dim(dilation, nd), bool(ceil_mode))
-    if _uses_output(cx, 1):  # the indices (1-D / 2-D; 3-D runs on the host)
+    if _uses_output(cx, 1):  # the indices
         return spatial.max_pool_with_indices(cx, x, *args)
     return (spatial.pool(cx, x, "max", *args), None)
 
@@ -845,7 +845,8 @@ aten("_pad_circular.default")(_pad_mode("circular"))
 def _grid_sampler(cx: Cx, x: Value, grid: Value, interpolation_mode: int, padding_mode: int,
                   align_corners: bool) -> Value | None:
     modes, pads = {0: "bilinear", 1: "nearest", 2: "bicubic"}, {0: "zeros", 1: "border", 2: "reflection"}
-    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)], bool(align_corners))
+    return spatial.grid_sample(cx, x, grid, modes[int(interpolation_mode)], pads[int(padding_mode)],
+                               bool(align_corners))
 
 
 @aten("_embedding_bag.default", "_embedding_bag_forward_only.default")

@@ -165,3 +165,26 @@ def test_trilu_against_onnxruntime(upper: int, k: int) -> None:
     x = np.random.default_rng(3).standard_normal((2, 4, 5)).astype(np.float32)
     m = _one_node("Trilu", x, [2, 4, 5], {"k": np.array(k, np.int64)}, upper=upper)
     np.testing.assert_array_equal(vnpu.from_onnx(m, strict=True).run_numpy([x])[0], _ort(m, {"x": x})[0])
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent_ragged_sequence_lens_against_onnxruntime(op: str) -> None:
+    # forward direction, run-time lengths 4 and 2 of a length-4 batch: entry 1 stops after 2 steps
+    rng = np.random.default_rng(4)
+    seq, batch, isz, hs = 4, 2, 3, 5
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    w = numpy_helper.from_array(rng.standard_normal((1, gates * hs, isz)).astype(np.float32) * 0.5, "w")
+    r = numpy_helper.from_array(rng.standard_normal((1, gates * hs, hs)).astype(np.float32) * 0.5, "r")
+    b = numpy_helper.from_array(rng.standard_normal((1, 2 * gates * hs)).astype(np.float32) * 0.1, "b")
+    outs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["x", "w", "r", "b", "lens"], outs, hidden_size=hs)
+    out_vi = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, 1, batch, hs])] + \
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, batch, hs]) for n in outs[1:]]
+    m = helper.make_model(helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, isz]),
+                                                          helper.make_tensor_value_info("lens", TensorProto.INT32, [batch])],
+                                            out_vi, initializer=[w, r, b]), opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((seq, batch, isz)).astype(np.float32)
+    lens = np.array([4, 2], np.int32)
+    cm = vnpu.from_onnx(m, strict=True)
+    for got, ref in zip(cm.run_numpy([x, lens]), _ort(m, {"x": x, "lens": lens})):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

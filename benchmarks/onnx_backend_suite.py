@@ -117,11 +117,24 @@ PENDING_OTHER: dict[str, str] = {
         "Selu", "Elu", "LeakyRelu", "Softplus", "Softsign", "Celu", "Mish", "HardSwish", "HardSigmoid",
         "ThresholdedRelu", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cosh", "Sinh", "Tan",
         "Sin", "Cos", "IsNaN", "IsInf", "Mod", "Round", "Erf", "BitShift", "BitwiseAnd", "BitwiseOr",
-        "BitwiseXor", "BitwiseNot", "Xor", "Swish", "Gelu")},
+        "BitwiseXor", "BitwiseNot", "Xor", "Gelu")},
     **{t: "kernels" for t in (
         "Conv", "ConvTranspose", "ConvInteger", "MaxPool", "AveragePool", "LpPool", "GlobalLpPool",
         "GroupNormalization", "InstanceNormalization", "MeanVarianceNormalization", "Resize", "Upsample",
         "GridSample", "GlobalAveragePool", "GlobalMaxPool")},
+}
+
+
+# Cases that run but do not match, with the measured reason (reported as mismatch; pytest xfails them).
+KNOWN_MISMATCH: dict[str, str] = {
+    "test_inception_v1": "ill-conditioned light model: constant weights drive the logits to ~1e21, where vnpu's and "
+                         "the reference's fp32 summation orders differ by 2.4e-6 relative (2.8e15 absolute) before the "
+                         "softmax, which turns that into non-uniform probabilities (every layer up to the Gemm matches "
+                         "onnxruntime to 2.4e-6 relative)",
+    "test_resize_downsample_scales_linear_align_corners": "Resize lowering (kernels branch): align_corners downsampling "
+                                                          "with scales",
+    "test_resize_downsample_scales_cubic_align_corners": "Resize lowering (kernels branch): align_corners downsampling "
+                                                         "with scales",
 }
 
 

@@ -1106,11 +1106,9 @@ def _gather_nd(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 @onnx_op("OneHot")
 def _one_hot(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     idx, depth_v, values = ins
-    depth = cx.ints(depth_v) if depth_v.dtype.is_float is False else (
-        None if not depth_v.is_const else [int(np.asarray(depth_v.data).reshape(-1)[0])])
-    if depth is None:
-        return None
-    depth = depth[0]
+    if not depth_v.is_const:
+        return None  # the output's size known only at run time
+    depth = int(np.asarray(depth_v.data).reshape(-1)[0])  # any numeric type
     rank = idx.type.rank + 1
     axis = _axis(int(attrs.get("axis", -1)), rank)
     i = _wrap_negative(cx, idx, depth)
@@ -1509,8 +1507,10 @@ def _rnn_rows(cx: Cx, t: Value, start: int, size: int) -> Value:
 
 def _rnn_direction(cx: Cx, kind: str, xw: list[Value], r_t: Value, rb: Value | None, p: Value | None,
                    h: Value, c: Value | None, acts: list[str], hs: int, linear_before_reset: bool,
-                   clip: float | None) -> tuple[list[Value], Value, Value | None]:
-    """One direction's steps: xw[t] = x_t W^T + Wb ([B, G*H]); returns every h_t, the last h and c."""
+                   clip: float | None, lens: Value | None = None) -> tuple[list[Value], Value, Value | None]:
+    """One direction's steps: xw[t] = x_t W^T + Wb ([B, G*H]); returns every h_t, the last h and c.
+    With run-time lengths lens [B, 1] (forward only), a batch entry past its length keeps its
+    state and outputs 0."""
     def act(i: int, v: Value) -> Value:
         return cx.emit(_RNN_ACTS[acts[i].lower()], [v])
 
@@ -1518,7 +1518,8 @@ def _rnn_direction(cx: Cx, kind: str, xw: list[Value], r_t: Value, rb: Value | N
         return v if clip is None else cx.emit("clamp", [v], {"min": -clip, "max": clip})
 
     hs_out = []
-    for x_t in xw:
+    for step_i, x_t in enumerate(xw):
+        h_prev, c_prev = h, c
         hr = cx.emit("matmul", [h, r_t])
         if rb is not None:
             hr = cx.emit("add", [hr, rb])
@@ -1549,6 +1550,13 @@ def _rnn_direction(cx: Cx, kind: str, xw: list[Value], r_t: Value, rb: Value | N
             if p is not None:
                 go = cx.emit("add", [go, cx.emit("mul", [_rnn_rows(cx, p, hs, hs), c])])
             h = cx.emit("mul", [act(0, clipped(go)), act(2, c)])
+        if lens is not None:
+            live = cx.emit("gt", [lens, cx.const(step_i, DType.int64)])  # [B, 1]
+            hs_out.append(cx.emit("where", [live, h, cx.const(0, h.dtype)]))
+            h = cx.emit("where", [live, h, h_prev])
+            if c is not None:
+                c = cx.emit("where", [live, c, c_prev])
+            continue
         hs_out.append(h)
     return hs_out, h, c
 
@@ -1575,10 +1583,13 @@ def _rnn(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
     if layout:
         x = cx.emit("permute", [x], {"perm": [1, 0, 2]})
     seq, batch, isz = x.shape
+    run_lens = None
     if seq_lens is not None:
         lens = cx.ints(seq_lens)
         if lens is None or any(n != seq for n in lens):
-            return None  # ragged sequences
+            if direction != "forward":
+                return None  # ragged sequences reversed: each within its own length
+            run_lens = _reshape_to(cx, cx.cast(seq_lens, DType.int64), [batch, 1])
     clip = float(attrs["clip"]) if "clip" in attrs else None
     dt = x.dtype
     xs = _reshape_to(cx, x, [seq * batch, isz])
@@ -1614,7 +1625,7 @@ def _rnn(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
             c = pick(c0) if c0 is not None else cx.const(np.zeros((batch, hs), np.float32), dt)
         p = pick(peep) if peep is not None else None
         outs, h, c = _rnn_direction(cx, kind, steps, r_t, rb, p, h, c, acts[d * nacts:(d + 1) * nacts], hs,
-                                    bool(attrs.get("linear_before_reset", 0)), clip)
+                                    bool(attrs.get("linear_before_reset", 0)), clip, run_lens)
         if reverse:
             outs = outs[::-1]
         y_dirs.append(cx.emit("concat", [_reshape_to(cx, o, [1, 1, batch, hs]) for o in outs], {"axis": 0})
@@ -2002,3 +2013,15 @@ def _col2im(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     p = [int(v) for v in attrs.get("pads", [0] * (2 * nd))]
     return spatial.col2im(cx, x, image, block, [int(v) for v in attrs.get("dilations", [1] * nd)],
                           [(p[i], p[i + nd]) for i in range(nd)], [int(v) for v in attrs.get("strides", [1] * nd)])
+
+
+@onnx_op("Swish")
+def _swish(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """x * sigmoid(alpha * x) (opset 24), from existing IR ops: SiLU when alpha is 1."""
+    x = ins[0]
+    if not x.dtype.is_float:
+        return None
+    alpha = float(attrs.get("alpha", 1.0))
+    if alpha == 1:
+        return cx.emit("silu", [x])
+    return cx.emit("mul", [x, cx.emit("sigmoid", [cx.emit("mul", [x, cx.const(alpha, x.dtype)])])])

@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
               f"match={row.get('numerics_passed')!s:5s} host={_ops(row.get('host_ops', row.get('missing_ops', {})))[:70]} "
               f"tc={str(row.get('torch_compile', '-'))[:50]} ({row.get('wall_s', 0):.0f}s)", flush=True)
     if not args.no_write:
+        if args.models and RESULTS.exists():  # a subset rerun replaces its rows in the last full run
+            done = {r["model"]: r for r in rows}
+            old = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+            rows = [done.pop(r["model"], r) for r in old] + list(done.values())
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
         write_doc(rows, DOC)

@@ -1580,3 +1580,22 @@ def _index_leading(cx: Cx, x: Value, indices: list) -> Value | None:
         term = v if stride == 1 else cx.emit("mul", [v, cx.const(stride, DType.int64)])
         linear = term if linear is None else cx.emit("add", [linear, term])
     return cx.emit("gather", [flat, linear], {"axis": 0})
+
+
+@aten("unfold.default")
+def _unfold_windows(cx: Cx, x: Value, dim: int, size: int, step: int) -> Value | None:
+    """Tensor.unfold(dim, size, step): the sliding windows along dim as a new last axis. One
+    gather along dim with the constant window indices [W, size] (w * step + j), then the size
+    axis moved last: [..., W, ..., size]."""
+    r = x.type.rank
+    d = _dim(dim, r) if r else 0
+    n = x.shape[d] if r else 1
+    if size < 1 or step < 1 or size > n:
+        return None
+    w = (n - size) // step + 1
+    idx = cx.const((np.arange(w)[:, None] * step + np.arange(size)[None, :]).astype(np.int64), DType.int64)
+    if r == 0:
+        return None
+    g = cx.emit("gather", [x, idx], {"axis": d})  # [..., W, size, ...]
+    perm = list(range(d + 1)) + list(range(d + 2, r + 1)) + [d + 1]
+    return g if perm == list(range(r + 1)) else cx.emit("permute", [g], {"perm": perm})

@@ -311,6 +311,8 @@ def _avg_pool(cx: Cx, x: Value, kernel: list, stride: list | None = None, paddin
 
 @aten("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default")
 def _adaptive_avg(cx: Cx, x: Value, out_size: list) -> Value | None:
+    if x.type.rank != 4:
+        return None  # unbatched [C, H, W] input
     h, w = x.shape[2], x.shape[3]
     oh, ow = out_size
     if (oh, ow) == (1, 1):
@@ -943,8 +945,11 @@ def _cumsum(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
     if n > CUMSUM_MAX or x.type.numel == 0:
         return None
     y, back = _to_last(cx, cx.cast(x, dt), d)
+    if y.type.rank == 1:  # the matmul takes matrices: one row
+        y = cx.emit("reshape", [y], {"shape": [1, n]})
     tri = cx.const(np.triu(np.ones((n, n), np.float32)), dt)
-    return _from_last(cx, cx.emit("matmul", [y, tri]), back)
+    out = _from_last(cx, cx.emit("matmul", [y, tri]), back)
+    return out if out.shape == x.shape else cx.emit("reshape", [out], {"shape": list(x.shape)})
 
 
 def _moments(cx: Cx, x: Value, dims: Any, correction: Any, keepdim: bool) -> tuple[Value, Value]:
@@ -1179,3 +1184,43 @@ def _angle(cx: Cx, x: Value) -> Value | None:
         return None
     y = cx.emit("where", [cx.emit("lt", [x, cx.const(0.0, x.dtype)]), cx.const(math.pi, x.dtype), cx.const(0.0, x.dtype)])
     return cx.emit("where", [cx.emit("isnan", [x]), x, y])
+
+
+@aten("logcumsumexp.default")
+def _logcumsumexp(cx: Cx, x: Value, dim: int) -> Value | None:
+    """log(cumsum(exp(x))) as a log-step scan of logaddexp (-inf shifted in), without overflow."""
+    if not x.dtype.is_float:
+        return None
+    if x.type.rank == 0 or x.type.numel == 0:
+        return x
+    d = _dim(dim, x.type.rank)
+    y, k = x, 1
+    while k < x.shape[d]:
+        y = cx.emit("logaddexp", [y, _shifted(cx, y, d, k, -math.inf)])
+        k *= 2
+    return y
+
+
+@aten("median.default", "median.dim")
+def _median(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Any:
+    """The lower median: the ((n + 1) // 2)-th smallest (kthvalue), over all elements or along dim."""
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    if dim is None:
+        if x.type.rank == 0:
+            return x
+        flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+        vals, _ = _topk_along(cx, flat, (x.type.numel + 1) // 2, 0, largest=False)
+        k = (x.type.numel + 1) // 2
+        v = cx.emit("slice", [vals], {"axis": 0, "start": k - 1, "end": k, "step": 1})
+        return cx.emit("reshape", [v], {"shape": []})
+    if x.type.rank == 0:
+        return (x, cx.const(np.zeros((), np.int64), DType.int64))
+    return _kthvalue(cx, x, (x.shape[_dim(dim, x.type.rank)] + 1) // 2, dim, keepdim)
+
+
+@aten("narrow_copy.default")
+def _narrow_copy(cx: Cx, x: Value, dim: int, start: int, length: int) -> Value:
+    d = _dim(dim, x.type.rank)
+    s0 = start + x.shape[d] if start < 0 else start
+    return cx.emit("slice", [x], {"axis": d, "start": s0, "end": s0 + length, "step": 1})

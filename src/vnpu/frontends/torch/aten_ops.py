@@ -143,7 +143,7 @@ def _to_copy(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
 
 
 @aten("clone.default", "alias.default", "lift_fresh_copy.default", "detach.default", "contiguous.default",
-      "dropout.default", "native_dropout.default")
+      "dropout.default")
 def _identity(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
     return x
 
@@ -1224,3 +1224,44 @@ def _narrow_copy(cx: Cx, x: Value, dim: int, start: int, length: int) -> Value:
     d = _dim(dim, x.type.rank)
     s0 = start + x.shape[d] if start < 0 else start
     return cx.emit("slice", [x], {"axis": d, "start": s0, "end": s0 + length, "step": 1})
+
+
+@aten("native_dropout.default")
+def _native_dropout(cx: Cx, x: Value, p: float, train: bool | None) -> tuple | None:
+    """Inference dropout: x and an all-true keep mask (training dropout is random: host)."""
+    if train and p > 0:
+        return None
+    return (x, cx.const(np.ones(x.shape, bool), DType.bool))
+
+
+@aten("permute_copy.default")
+def _permute_copy(cx: Cx, x: Value, dims: list) -> Value:
+    return _permute(cx, x, dims)
+
+
+@aten("slice_scatter.default")
+def _slice_scatter(cx: Cx, x: Value, src: Value, dim: int = 0, start: Any = None, end: Any = None,
+                   step: int = 1) -> Value | None:
+    """x with x[start:end] along dim replaced by src (step 1): a concat of the kept parts and src."""
+    d = _dim(dim, x.type.rank)
+    s0, e0, _ = slice(start, end, step).indices(x.shape[d])
+    if step != 1:
+        return None
+    e0 = max(e0, s0)
+    parts = []
+    if s0 > 0:
+        parts.append(cx.emit("slice", [x], {"axis": d, "start": 0, "end": s0, "step": 1}))
+    parts.append(cx.cast(src, x.dtype))
+    if e0 < x.shape[d]:
+        parts.append(cx.emit("slice", [x], {"axis": d, "start": e0, "end": x.shape[d], "step": 1}))
+    parts = [p for p in parts if p.type.numel > 0]
+    if not parts:
+        return x
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": d})
+
+
+@aten("signbit.default")
+def _signbit(cx: Cx, x: Value) -> Value:
+    if not x.dtype.is_float:
+        return cx.emit("lt", [x, cx.const(0, x.dtype)])
+    return cx.emit("signbit", [x])

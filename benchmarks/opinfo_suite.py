@@ -77,7 +77,24 @@ def document(results: list, summary: str) -> str:
            "`vnpu.compile(..., strict=True)` and compared with eager (max|err| <= 1e-4 max|ref|, or allclose "
            "rtol 1e-4 / atol 1e-5). When strict mode declines, the sample is compiled again with host "
            "fallback (`fallback-match` if that matches eager). An op's category is the worst over its samples.",
-           "", "```", summary, "```", ""]
+           "", "```", summary, "```", "",
+           "## How the misc ops lower (frontends/torch/aten_ops.py, opinfo section)", "",
+           "- cumsum: the rows (scanned dim moved last) times an upper-triangular ones constant, one matmul "
+           "(n <= 2048; longer scans fall back). cumprod: a Hillis-Steele scan, log2(n) vector multiplies of the "
+           "tensor by itself shifted 1, 2, 4, ... places (slice + pad with ones).",
+           "- sort / topk / kthvalue / argmax / argmin / max.dim / min.dim on any axis: the last-axis topk kernel with "
+           "the axis permuted last (a copy) and back; smallest-k and ascending sort are the top-k of -x "
+           "(equal values keep index order).",
+           "- flip / roll: a gather along each dim at constant indices; repeat: reshape to [1, d0, 1, d1, ...], "
+           "expand, merge; diagonal: a gather from the flattened pair of dims; gather on any dim: a gather from "
+           "the flattened tensor at index * stride + constant offsets.",
+           "- any / all: max / min of (x != 0); var / std / var_mean: mean, centred sum of squares / (n - correction) "
+           "(NaN when n <= correction, as PyTorch); logsumexp: max-shifted (an infinite max shifts by 0); "
+           "linalg_vector_norm: p = 2, 1, inf, -inf, 0 and general p; prod: a reduce kind of its own.",
+           "- zero-size tensors: a node with an empty result launches nothing; an empty contraction "
+           "(mm with K = 0) is zeros. Run-time checks threaded through torch.export's effect token "
+           "(linalg's error checks) are dropped; a data-dependent shape raises DataDependentShapeError and a "
+           "complex / uint64 tensor UnsupportedDTypeError.", ""]
     for cat, title in [(H.CRASH, "Internal crashes"), (H.MISMATCH, "Mismatches"),
                        (H.UNSUPPORTED, "Declined with a vnpu error"),
                        (H.FALLBACK, "Declined under strict=True (run on the host CPU, results match eager)")]:

@@ -109,7 +109,7 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
 
     leaves = pytree.tree_leaves(out)
     # a program without inputs (factory ops) answers with NumPy arrays
-    return [torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    return [torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
             for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
 
 
@@ -199,7 +199,9 @@ def run_sample(op: Any, sample: Any) -> SampleResult:
             return SampleResult(NOT_EXPORTABLE, "non-strided tensor")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.export.export(mod, mod.inputs)
+            ep = torch.export.export(mod, mod.inputs)
+        if any(torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()) for n in ep.graph.nodes):
+            return SampleResult(RANDOM, "the exported graph draws random numbers")
     except Exception as e:  # noqa: BLE001 - whatever eager or torch.export refuse is out of scope
         return SampleResult(NOT_EXPORTABLE, _short(e))
     with warnings.catch_warnings():

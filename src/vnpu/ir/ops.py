@@ -450,7 +450,7 @@ MATH_UNARY = {
     "atanh", "erfinv", "erfc", "trunc", "frac", "leaky_relu", "elu", "softplus", "softsign", "mish", "logit",
     "hardshrink", "softshrink", "threshold", "nan_to_num", "log_sigmoid", "square",
 }
-MATH_PREDICATES = {"isnan", "isinf", "isfinite", "isposinf", "isneginf"}  # float -> bool
+MATH_PREDICATES = {"isnan", "isinf", "isfinite", "isposinf", "isneginf", "signbit"}  # float -> bool
 MATH_BINARY = {"remainder", "atan2", "hypot", "logaddexp", "copysign", "xlogy"}
 UNARY |= MATH_UNARY | MATH_PREDICATES
 BINARY |= MATH_BINARY

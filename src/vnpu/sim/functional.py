@@ -339,6 +339,7 @@ MATH_UNARY_FNS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "nan_to_num": _nan_to_num,
     "isnan": lambda x, a: np.isnan(x), "isinf": lambda x, a: np.isinf(x), "isfinite": lambda x, a: np.isfinite(x),
     "isposinf": lambda x, a: np.isposinf(x), "isneginf": lambda x, a: np.isneginf(x),
+    "signbit": lambda x, a: np.signbit(x),
 }
 BINARY_FNS.update({
     "remainder": _remainder, "atan2": np.arctan2, "hypot": np.hypot, "logaddexp": np.logaddexp,

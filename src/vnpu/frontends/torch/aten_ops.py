@@ -146,7 +146,7 @@ def _to_copy(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
 
 
 @aten("clone.default", "alias.default", "lift_fresh_copy.default", "detach.default", "contiguous.default",
-      "dropout.default", "native_dropout.default")
+      "dropout.default")
 def _identity(cx: Cx, x: Value, *args: Any, **kwargs: Any) -> Value:
     return x
 
@@ -891,26 +891,6 @@ def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_f
     return (y, None, None, None)
 
 
-@aten("slice_scatter.default")
-def _slice_scatter(cx: Cx, base: Value, src: Value, dim: int = 0, start: Any = None, end: Any = None,
-                   step: int = 1) -> Value | None:
-    """base with base[start:end] along dim replaced by src (circular padding decomposes to these):
-    a concat of the kept parts of base around src."""
-    d = _dim(dim, base.type.rank)
-    n = base.shape[d]
-    s, e, _ = slice(start, end, step).indices(n)
-    if step != 1:
-        return None
-    e = max(e, s)
-    parts = []
-    if s > 0:
-        parts.append(cx.emit("slice", [base], {"axis": d, "start": 0, "end": s, "step": 1}))
-    parts.append(cx.cast(src, base.dtype))
-    if e < n:
-        parts.append(cx.emit("slice", [base], {"axis": d, "start": e, "end": n, "step": 1}))
-    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": d})
-
-
 @aten("copy.default")
 def _copy(cx: Cx, dst: Value, src: Value, non_blocking: bool = False) -> Value:
     """The functional copy_: src broadcast to dst's shape, in dst's dtype."""
@@ -1290,8 +1270,11 @@ def _cumsum(cx: Cx, x: Value, dim: int, *, dtype: Any = None) -> Value | None:
     if n > CUMSUM_MAX:
         return None
     y, back = _to_last(cx, cx.cast(x, dt), d)
+    if y.type.rank == 1:  # the matmul takes matrices: one row
+        y = cx.emit("reshape", [y], {"shape": [1, n]})
     tri = cx.const(np.triu(np.ones((n, n), np.float32)), dt)
-    return _from_last(cx, cx.emit("matmul", [y, tri]), back)
+    out = _from_last(cx, cx.emit("matmul", [y, tri]), back)
+    return out if out.shape == x.shape else cx.emit("reshape", [out], {"shape": list(x.shape)})
 
 
 def _moments(cx: Cx, x: Value, dims: Any, correction: Any, keepdim: bool) -> tuple[Value, Value]:
@@ -1599,3 +1582,84 @@ def _unfold_windows(cx: Cx, x: Value, dim: int, size: int, step: int) -> Value |
     g = cx.emit("gather", [x, idx], {"axis": d})  # [..., W, size, ...]
     perm = list(range(d + 1)) + list(range(d + 2, r + 1)) + [d + 1]
     return g if perm == list(range(r + 1)) else cx.emit("permute", [g], {"perm": perm})
+
+
+@aten("logcumsumexp.default")
+def _logcumsumexp(cx: Cx, x: Value, dim: int) -> Value | None:
+    """log(cumsum(exp(x))) as a log-step scan of logaddexp (-inf shifted in), without overflow."""
+    if not x.dtype.is_float:
+        return None
+    if x.type.rank == 0 or x.type.numel == 0:
+        return x
+    d = _dim(dim, x.type.rank)
+    y, k = x, 1
+    while k < x.shape[d]:
+        y = cx.emit("logaddexp", [y, _shifted(cx, y, d, k, -math.inf)])
+        k *= 2
+    return y
+
+
+@aten("median.default", "median.dim")
+def _median(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Any:
+    """The lower median: the ((n + 1) // 2)-th smallest (kthvalue), over all elements or along dim."""
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    if dim is None:
+        if x.type.rank == 0:
+            return x
+        flat = cx.emit("reshape", [x], {"shape": [x.type.numel]}) if x.type.rank != 1 else x
+        vals, _ = _topk_along(cx, flat, (x.type.numel + 1) // 2, 0, largest=False)
+        k = (x.type.numel + 1) // 2
+        v = cx.emit("slice", [vals], {"axis": 0, "start": k - 1, "end": k, "step": 1})
+        return cx.emit("reshape", [v], {"shape": []})
+    if x.type.rank == 0:
+        return (x, cx.const(np.zeros((), np.int64), DType.int64))
+    return _kthvalue(cx, x, (x.shape[_dim(dim, x.type.rank)] + 1) // 2, dim, keepdim)
+
+
+@aten("narrow_copy.default")
+def _narrow_copy(cx: Cx, x: Value, dim: int, start: int, length: int) -> Value:
+    d = _dim(dim, x.type.rank)
+    s0 = start + x.shape[d] if start < 0 else start
+    return cx.emit("slice", [x], {"axis": d, "start": s0, "end": s0 + length, "step": 1})
+
+
+@aten("native_dropout.default")
+def _native_dropout(cx: Cx, x: Value, p: float, train: bool | None) -> tuple | None:
+    """Inference dropout: x and an all-true keep mask (training dropout is random: host)."""
+    if train and p > 0:
+        return None
+    return (x, cx.const(np.ones(x.shape, bool), DType.bool))
+
+
+@aten("permute_copy.default")
+def _permute_copy(cx: Cx, x: Value, dims: list) -> Value:
+    return _permute(cx, x, dims)
+
+
+@aten("slice_scatter.default")
+def _slice_scatter(cx: Cx, x: Value, src: Value, dim: int = 0, start: Any = None, end: Any = None,
+                   step: int = 1) -> Value | None:
+    """x with x[start:end] along dim replaced by src (step 1): a concat of the kept parts and src."""
+    d = _dim(dim, x.type.rank)
+    s0, e0, _ = slice(start, end, step).indices(x.shape[d])
+    if step != 1:
+        return None
+    e0 = max(e0, s0)
+    parts = []
+    if s0 > 0:
+        parts.append(cx.emit("slice", [x], {"axis": d, "start": 0, "end": s0, "step": 1}))
+    parts.append(cx.cast(src, x.dtype))
+    if e0 < x.shape[d]:
+        parts.append(cx.emit("slice", [x], {"axis": d, "start": e0, "end": x.shape[d], "step": 1}))
+    parts = [p for p in parts if p.type.numel > 0]
+    if not parts:
+        return x
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, {"axis": d})
+
+
+@aten("signbit.default")
+def _signbit(cx: Cx, x: Value) -> Value:
+    if not x.dtype.is_float:
+        return cx.emit("lt", [x, cx.const(0, x.dtype)])
+    return cx.emit("signbit", [x])

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from vnpu.dtypes import DType, numpy_to_torch, torch_to_dtype, torch_to_numpy
-from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
+from vnpu.frontends.errors import DataDependentShapeError, FallbackWarning, UnsupportedOpError
 from vnpu.frontends.registry import Handler, ImportResult, LoweringContext, registrar
 from vnpu.ir.graph import Graph, TensorType, Value, shape_only_array
 
@@ -263,6 +263,9 @@ def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
     payload = {"args": _map(args, templ), "kwargs": {k: v for k, v in _map(kwargs, templ).items() if v is not None}}
     multi = isinstance(val, (tuple, list))
     vals = list(val) if multi else [val]
+    if not all(isinstance(v, torch.Tensor) for v in vals):  # e.g. item(): a scalar read from tensor data
+        raise DataDependentShapeError(f"{node.name} ({op_name(node.target)}) gives a Python number computed from "
+                                      "tensor values; vnpu programs cannot feed one back into shapes or arguments")
     out_types = [TensorType(_shape_of(v), torch_to_dtype(v.dtype)) for v in vals]
     target = f"torch:{node.target._schema.name}.{node.target._overloadname}"  # type: ignore[union-attr]
     n = cx.g.add_node("host_call", inputs, {"target": target, "out_types": out_types, "payload": payload}, name=node.name)

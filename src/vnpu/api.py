@@ -76,64 +76,106 @@ def from_tensorflow(model: Any, input_signature: Any = None, chip: str | Chip = 
     return compile_ir(res.graph, chip, dtype, name or default, res.fallback_ops)
 
 
-def _concrete(x: Any) -> Any:
-    """A SymInt's hint as a plain int (programs are compiled for concrete shapes)."""
-    import torch
+DEFAULT_CACHE_SIZE = 8  # programs kept per torch.compile graph (like Dynamo's own recompile limit)
 
-    if isinstance(x, torch.SymInt):
-        return int(x.node.hint)
-    return x
+
+class RecompileWarning(UserWarning):
+    """A torch.compile graph met more call signatures than its program cache holds."""
 
 
 def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
     """torch.compile backend (entry point `torch_dynamo_backends: vnpu`).
 
-    Options (torch.compile(..., options={...})): chip, dtype, strict. Programs are
-    compiled for concrete shapes; a call with new shapes (Dynamo's dynamic-shape graphs)
-    compiles and caches another program.
+    Options (torch.compile(..., options={...})): chip, dtype, strict, cache_size. Dynamo's
+    graphs may have symbolic sizes (dynamic=True, mark_dynamic, automatic dynamic after a
+    shape change); chip programs are compiled for concrete shapes, so each call is
+    specialized on its signature (tensor shapes and dtypes, the values of int/float/bool
+    inputs and of scalar tensors the graph reads with .item()) and one program per
+    signature is kept, at most `cache_size` (default 8), least recently used evicted with a
+    one-time RecompileWarning. The first program is built at the first call, so errors
+    (UnsupportedOpError under strict=True) reach the caller unwrapped.
     """
+    import collections
+    import warnings
+
     import torch
 
     from vnpu.dtypes import numpy_to_torch, torch_to_numpy
-    from vnpu.frontends.torch import trace_fx
+    from vnpu.frontends.torch import DynamoTrace, scalar_item_inputs, trace_fx
 
-    opts = kwargs.get("options") or {}
+    opts = dict(kwargs.get("options") or {})
+    unknown = set(opts) - {"chip", "dtype", "strict", "cache_size"}
+    if unknown:
+        raise ValueError(f"vnpu backend: unknown option(s) {sorted(unknown)}; known: chip, dtype, strict, cache_size")
     chip = opts.get("chip", DEFAULT_CHIP)
     dtype = opts.get("dtype", "fp32")
-    strict = opts.get("strict", False)
+    strict = bool(opts.get("strict", False))
+    cache_size = opts.get("cache_size", DEFAULT_CACHE_SIZE)
+    if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
+        raise ValueError(f"vnpu backend: options['cache_size'] must be an int >= 1, got {cache_size!r}")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     const_idx = set()
     for i, (node, ex) in enumerate(zip(placeholders, example_inputs)):
         src = str(node.meta.get("grapharg", "") or "") + node.name
         if isinstance(ex, torch.Tensor) and (isinstance(ex, torch.nn.Parameter) or "_parameters_" in src or "_buffers_" in src):
             const_idx.add(i)
+    value_idx = scalar_item_inputs(gm) - const_idx
     versions = {i: (id(example_inputs[i]), example_inputs[i]._version) for i in const_idx}
-    cache: dict[tuple, tuple[CompiledModel, list[int]]] = {}
+    cache: collections.OrderedDict[tuple, tuple[CompiledModel | None, DynamoTrace]] = collections.OrderedDict()
+    stats = {"builds": 0, "evictions": 0, "warned": False}
 
-    def signature(args: list) -> tuple:
-        return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else _concrete(a) for a in args)
+    def signature(args: tuple) -> tuple:
+        key: list = []
+        for i, a in enumerate(args):
+            if i in const_idx:
+                continue  # weights: checked by identity and version instead
+            if isinstance(a, torch.Tensor):
+                key.append((tuple(a.shape), a.dtype, a.item() if i in value_idx else None))
+            else:
+                key.append((type(a).__name__, a))
+        return tuple(key)
 
-    def build(args: list) -> tuple[CompiledModel, list[int]]:
-        concrete = [_concrete(a) for a in args]
-        res = trace_fx(gm, concrete, const_idx, strict=strict)
-        cm = compile_ir(res.graph, chip, dtype, "torch.compile graph", res.fallback_ops)
-        runtime_idx = [i for i, a in enumerate(concrete) if isinstance(a, torch.Tensor) and i not in const_idx]
-        return cm, runtime_idx
+    def build(args: tuple) -> tuple[CompiledModel | None, DynamoTrace]:
+        traced = trace_fx(gm, list(args), const_idx, strict=strict, value_indices=value_idx)
+        res = traced.result
+        # a graph whose results are all Python numbers fixed by the signature needs no program
+        cm = compile_ir(res.graph, chip, dtype, "torch.compile graph", res.fallback_ops) if res.graph.outputs else None
+        stats["builds"] += 1
+        return cm, traced
+
+    def lookup(args: tuple) -> tuple[CompiledModel | None, DynamoTrace]:
+        key = signature(args)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        entry = cache[key] = build(args)
+        if len(cache) > cache_size:
+            cache.popitem(last=False)
+            stats["evictions"] += 1
+            if not stats["warned"]:
+                stats["warned"] = True
+                warnings.warn(
+                    f"vnpu: a torch.compile graph has been compiled for {stats['builds']} different call "
+                    f"signatures (shapes / scalar values), more than its cache holds (cache_size={cache_size}); "
+                    "least recently used programs are evicted and rebuilt when needed. If every call has new "
+                    "shapes (e.g. a growing sequence), pad inputs to a few fixed sizes, or raise "
+                    "options={'cache_size': N}.", RecompileWarning, stacklevel=3)
+        return entry
 
     def run(*args: Any) -> Any:
         for i, (oid, ver) in versions.items():
             if id(args[i]) != oid or args[i]._version != ver:  # weights changed: start over
-                return vnpu_backend(gm, list(args), **kwargs)(*args)
-        key = signature(list(args))
-        if key not in cache:
-            cache[key] = build(list(args))
-        cm, runtime_idx = cache[key]
-        outs = cm.run_numpy([torch_to_numpy(args[i]) for i in runtime_idx])
-        return tuple(numpy_to_torch(o) for o in outs)
+                versions[i] = (id(args[i]), args[i]._version)
+                cache.clear()
+        cm, traced = lookup(args)
+        run.vnpu_model = cm  # type: ignore[attr-defined]  # the program of the latest call
+        outs = cm.run_numpy([torch_to_numpy(args[i]) for i in traced.runtime_indices]) if cm is not None else []
+        for i, k in traced.mutations:  # the graph updated this input in place
+            args[i].copy_(numpy_to_torch(outs[k]))
+        return tuple(numpy_to_torch(outs[k]) if from_program else k for from_program, k in traced.outputs)
 
-    first = build(list(example_inputs))
-    cache[signature(list(example_inputs))] = first
-    run.vnpu_model = first[0]  # type: ignore[attr-defined]
+    run.vnpu_cache = cache  # type: ignore[attr-defined]
+    run.vnpu_stats = stats  # type: ignore[attr-defined]
     return run
 
 

@@ -14,7 +14,8 @@
 
 Exit codes: 0 success; 1 numerics FAIL; 2 bad input (unknown model or chip, malformed chip
 or model file, dynamic input dims without --input-shape, missing extra, unsupported dtype,
-model too large for the chip, unsupported ops under --strict, bad sampling options).
+model too large for the chip, unsupported ops under --strict, bad sampling options, a size past
+a limit: see README "Limits"; malformed flags too).
 Errors are one line on stderr, `error: ...`, without a traceback.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -36,11 +38,52 @@ from vnpu.chip.schema import Chip
 from vnpu.dtypes import DType
 
 RUN_DTYPES = ("fp32", "bf16")
+MAX_COMPARE_CHIPS = 16  # chips compared side by side in one table
+MAX_CHIP_FILE_BYTES = 1 << 20  # a chip .toml is a few KiB; anything past 1 MiB is not one
+MAX_STUDY_FILE_BYTES = 16 << 20  # SCALE-Sim topology / .cfg files
+MAX_STUDY_LAYERS = 100_000  # rows of a GEMM topology (read_topology bounds depthwise expansion alike)
+MAX_STUDY_FOLDS = 1 << 20  # per layer: ~1 min of simulation (16384 folds take ~1 s)
+MAX_BANDWIDTH_WORDS = 1e6
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """Click's usage errors (a malformed number, an unknown option, a missing argument) as one
+    `error:` line with exit code 2, like every other bad input, instead of a usage block."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:  # typer 0.29 carries its own copy of click
+            from typer._click import exceptions as cx
+        except ImportError:  # pragma: no cover - typer on the click package
+            from click import exceptions as cx
+
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except cx.NoArgsIsHelpError as e:
+            if not standalone_mode:
+                raise
+            e.show()
+            sys.exit(e.exit_code)
+        except cx.ClickException as e:
+            if not standalone_mode:
+                raise
+            hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+            typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
     name="vnpu",
+    cls=_OneLineErrors,
     help="vnpu: a simulated AI inference chip, its compiler from PyTorch and its simulator.",
     no_args_is_help=True,
     add_completion=False,
@@ -78,10 +121,23 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _chip(name_or_path: str) -> Chip:
+    if len(name_or_path) > 4096:  # past PATH_MAX: neither a preset name nor a path
+        _die(f"unknown chip {name_or_path[:40]!r}... ({len(name_or_path):,} characters); presets: "
+             f"{', '.join(list_presets())}, or pass a path to a .toml chip file")
+    path = Path(name_or_path)
     try:
+        if path.is_dir():
+            _die(f"chip file {path} is a directory; give a chip .toml file or a preset name")
+        if path.is_file() and path.stat().st_size > MAX_CHIP_FILE_BYTES:
+            _die(f"chip file {path} is {path.stat().st_size:,} bytes; a chip file is at most "
+                 f"{MAX_CHIP_FILE_BYTES:,} bytes of TOML")
         return load_chip(name_or_path)
     except ChipError as e:
         _die(e)
+    except UnicodeDecodeError:
+        _die(f"chip file {path} is not text (not UTF-8); a chip file is TOML")
+    except OSError as e:
+        _die(f"cannot read chip file {path}: {e.strerror or e}")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -241,6 +297,8 @@ def run(
     dt = DType(dt_name)
     if batch < 1:
         _die(f"--batch must be a positive integer, got {batch}")
+    if top < 0:
+        _die(f"--top must be 0 or a positive integer (kernels listed individually), got {top}")
     _check_output(json_path, "--json")
     _check_output(trace_path, "--trace")
     c = _chip(chip)
@@ -283,13 +341,14 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
     from vnpu.report.numerics import compare
     from vnpu.run_sources import model_errors
     from vnpu.report.trace import timing_trace, write_trace
+    from vnpu.sim.device import HostMemoryError
 
     out, err = _console(), _console(stderr=True)
 
     workload = source
     try:
         with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
-            source.build(batch)
+            source.build(batch, chip)
         with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
             cm = source.compile(chip, dt, strict)
     except (MissingExtraError, *model_errors()) as e:
@@ -333,6 +392,8 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
                 eager_s = s_eager.seconds
                 numerics = compare(outs, ref, dt)
                 numerics.reference = source.reference_label
+    except HostMemoryError as e:  # the simulated HBM image fits the chip, not this host
+        raise _Fail(f"{workload.name} (batch {batch}, {dt.value}): {e}") from None
     except MemoryError as e:  # the simulated HBM image does not fit the chip
         raise _Fail(f"{workload.name} (batch {batch}, {dt.value}) is too large for {chip.name}: {e}") from None
     assert profile is not None
@@ -396,19 +457,43 @@ def import_topology(
     The .cfg becomes one R x C array with SCALE-Sim's dataflow, fold-by-fold timing and
     mapping (docs/timing.md); each layer is compiled and simulated in timing-only mode.
     """
-    from vnpu.chip.scalesim_cfg import read_scalesim_cfg
-    from vnpu.frontends.scalesim import TopologyError
-    from vnpu.topology_study import run_scalesim_study
+    import math
+
+    from vnpu.chip.scalesim_cfg import WORD_BYTES, chip_from_scalesim, read_scalesim_cfg
+    from vnpu.compiler import CompileError
+    from vnpu.frontends.scalesim import TopologyError, read_topology
+    from vnpu.topology_study import run_topology, spatio_temporal
 
     _check_output(json_path, "--json")
-    if bandwidth is not None and bandwidth <= 0:
-        _die(f"--bandwidth must be positive, got {bandwidth}")
+    if bandwidth is not None and not (0 < bandwidth <= MAX_BANDWIDTH_WORDS):
+        _die(f"--bandwidth must be a positive number of words per cycle up to {MAX_BANDWIDTH_WORDS:g}, got {bandwidth}")
+    for what, path in (("topology", topology), ("--scale-config", scale_config)):
+        if path.is_file() and path.stat().st_size > MAX_STUDY_FILE_BYTES:
+            _die(f"{what} {path} is {path.stat().st_size:,} bytes; vnpu reads study files of at most "
+                 f"{MAX_STUDY_FILE_BYTES:,} bytes")
     t0 = time.perf_counter()
     try:
         arch = read_scalesim_cfg(scale_config)
-        chip, rows = run_scalesim_study(topology, scale_config, gemm, bandwidth)
+        chip = chip_from_scalesim(arch, bandwidth)
+        layers = read_topology(topology, gemm)
+        if len(layers) > MAX_STUDY_LAYERS:
+            _die(f"{topology} has {len(layers):,} layers; a study takes at most {MAX_STUDY_LAYERS:,}")
+        mx = chip.core.matrix
+        for layer in layers:  # sizes before anything is compiled
+            operands = (layer.m * layer.k + layer.k * layer.n + layer.m * layer.n) * WORD_BYTES
+            sr, sc, _ = spatio_temporal(layer, mx.dataflow)
+            folds = math.ceil(sr / mx.rows) * math.ceil(sc / mx.cols)
+            if operands > chip.hbm.bytes:
+                _die(f"{topology}: layer {layer.name} (M={layer.m}, N={layer.n}, K={layer.k}) needs "
+                     f"{operands / 2**30:.1f} GiB of operands; the study's memory holds {chip.hbm.bytes / 2**30:.0f} GiB")
+            if folds > MAX_STUDY_FOLDS:
+                _die(f"{topology}: layer {layer.name} (M={layer.m}, N={layer.n}, K={layer.k}) takes {folds:,} folds "
+                     f"of the {mx.rows}x{mx.cols} array; a layer may take at most {MAX_STUDY_FOLDS:,}")
+        rows = run_topology(layers, chip)
     except (ChipError, TopologyError) as e:
         _die(e)
+    except CompileError as e:
+        _die(f"cannot compile a layer of {topology}: {e}")
     wall = time.perf_counter() - t0
     from rich.table import Table
 
@@ -463,28 +548,26 @@ def generate(
     """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
     token, tokens/s, decode HBM utilization, KV-cache and weight memory, and energy per token."""
-    from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, check_sampling, get_llm
+    from vnpu.workloads.llm_specs import UnknownLLMError, check_generation, check_sampling, get_llm  # no torch yet
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
         _die(f"unsupported dtype {dtype!r}; vnpu generate takes {' or '.join(RUN_DTYPES)}")
-    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch),
-                     ("--chips", chips)):
-        if val < 1:
-            _die(f"{opt} must be a positive integer, got {val}")
     if top_k < 0:
         _die(f"--top-k must be 0 (greedy) or a positive integer, got {top_k}")
-    _check_output(json_path, "--json")
-    c = _chip(chip)
     try:
         spec = get_llm(model)
     except UnknownLLMError as e:
         _die(e)
-    try:
+    try:  # every size before anything is built: context, batch, chips, sampling
+        check_generation(spec, prompt_len, max_new_tokens, batch, chips)
         check_sampling(top_k or None, temperature, spec.config["vocab_size"], seed)
     except ValueError as e:
         _die(e)
+    _check_output(json_path, "--json")
+    c = _chip(chip)
+    from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
+
     err, out = _console(stderr=True), _console()
     where = f"{chips} x {c.name}" if chips > 1 else c.name
     try:
@@ -517,30 +600,36 @@ def compare(
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
     (GPU-like presets have many small cores: their prefill programs have many more
     instructions; a 2048-token prompt takes about a minute to simulate on h20.)"""
-    from vnpu.runtime.llm import chips_needed
-    from vnpu.runtime.llm import generate as llm_generate
-    from vnpu.workloads.llm_zoo import UnknownLLMError, get_llm
+    from vnpu.workloads.llm_specs import UnknownLLMError, check_generation, get_llm, valid_chip_counts  # no torch yet
 
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
         _die(f"unsupported dtype {dtype!r}; vnpu compare takes {' or '.join(RUN_DTYPES)}")
-    for opt, val in (("--prompt-len", prompt_len), ("--max-new-tokens", max_new_tokens), ("--batch", batch)):
-        if val < 1:
-            _die(f"{opt} must be a positive integer, got {val}")
     names = [n.strip() for n in chips.split(",") if n.strip()]
     if not names:
         _die("--chips: give at least one chip")
+    if len(names) > MAX_COMPARE_CHIPS:
+        _die(f"--chips lists {len(names)} chips; compare takes at most {MAX_COMPARE_CHIPS}")
     try:
-        get_llm(model)
+        spec = get_llm(model)
     except UnknownLLMError as e:
+        _die(e)
+    try:
+        check_generation(spec, prompt_len, max_new_tokens, batch)
+    except ValueError as e:
         _die(e)
     _check_output(json_path, "--json")
     chip_objs = [_chip(n) for n in names]
+    from vnpu.runtime.llm import chips_needed
+    from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
+
     err, out = _console(stderr=True), _console()
     reports = []
     for c in chip_objs:
         try:
             n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name)
+            if n not in valid_chip_counts(spec):  # more than the model splits over: generate says what fits
+                n = max(valid_chip_counts(spec))
             with _quiet_warnings(), _step(err, f"{model} on {n} x {c.name}"):
                 reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n))
         except (ValueError, MemoryError) as e:

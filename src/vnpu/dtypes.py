@@ -56,6 +56,11 @@ for _m in DType:  # the simulator asks every operand its itemsize: a plain attri
     _m._itemsize = _NUMPY[_m].itemsize
 
 
+
+class UnsupportedDTypeError(TypeError):
+    """A framework dtype vnpu has no counterpart for (complex, uint64, ...)."""
+
+
 def from_numpy(dt: np.dtype) -> DType:
     dt = np.dtype(dt)
     for k, v in _NUMPY.items():
@@ -76,7 +81,8 @@ def torch_to_dtype(tdt: "object") -> DType:
         torch.uint8: DType.int32, torch.int16: DType.int32,
     }
     if tdt not in table:
-        raise TypeError(f"torch dtype {tdt} has no vnpu equivalent")
+        raise UnsupportedDTypeError(f"torch dtype {tdt} has no vnpu equivalent (vnpu tensors are float, int or "
+                                    f"bool; complex and 64-bit unsigned types cannot be compiled)")
     return table[tdt]
 
 

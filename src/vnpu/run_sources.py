@@ -3,6 +3,7 @@ directory. Each source builds its model and inputs, compiles it for the chip and
 the source framework's own fp32 output as the numerics reference."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +22,36 @@ class SourceError(ValueError):
     """A model path or input shape that `vnpu run` cannot use; the message says why."""
 
 
+MAX_DIM = 1 << 31  # one input dim; past this a shape is a typo, not a model
+PROBE_BATCH = 16  # zoo builds with a larger batch are sized from a batch-1 build first
+
+
+def check_input_bytes(shapes: Sequence[tuple[tuple[int, ...], int]], chip: Chip | None, where: str,
+                      batch: int | None = None) -> None:
+    """SourceError unless the inputs (shape, bytes per element) fit the chip's HBM and the host's
+    memory, before any of them is allocated. With `batch`, the shapes are one sample's and the
+    batch multiplies them (zoo workloads); the message then names the largest batch that fits."""
+    from vnpu.sim.device import HOST_MEMORY_SHARE, host_available_bytes
+
+    if not shapes:
+        return
+    one = sum(math.prod(shape) * itemsize for shape, itemsize in shapes)
+    # on the host, random inputs are drawn in 64-bit first: 8 more bytes an element of the largest input
+    host_one = one + 8 * max(math.prod(shape) for shape, _ in shapes)
+    n = batch or 1
+    limits = []
+    if chip is not None:
+        limits.append((one, chip.hbm.bytes, f"{chip.name}'s {chip.hbm.bytes / 2**30:.1f} GiB of HBM"))
+    avail = host_available_bytes()
+    if avail:
+        limits.append((host_one, int(HOST_MEMORY_SHARE * avail),
+                       f"{HOST_MEMORY_SHARE:.0%} of the host's {avail / 2**30:.1f} GiB of available memory"))
+    for need, cap, what in limits:
+        if need * n > cap:
+            fit = f"; at most batch {cap // need} fits (--batch)" if batch and need and cap // need >= 1 else ""
+            raise SourceError(f"{where}: the inputs need {need * n / 2**30:.2f} GiB, more than {what}{fit}")
+
+
 def is_model_path(model: str) -> bool:
     p = Path(model)
     return p.suffix in (".onnx", ".keras", ".h5", ".vnpu") or p.is_dir() or ("/" in model and p.exists())
@@ -31,12 +62,16 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for item in items:
         name, _, dims = item.rpartition("=")
+        if len(dims) > 1000:
+            raise SourceError(f"--input-shape {item[:40]!r}...: {len(dims)} characters of dims; expected NAME=D0,D1,...")
         try:
             shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
         except ValueError:
             raise SourceError(f"--input-shape {item!r}: expected NAME=D0,D1,... with integer dims") from None
         if not shape or any(d < 1 for d in shape):
             raise SourceError(f"--input-shape {item!r}: dims must be positive integers")
+        if any(d > MAX_DIM for d in shape):
+            raise SourceError(f"--input-shape {item!r}: a dim is over the limit of {MAX_DIM:,}")
         out[name.strip()] = shape
     return out
 
@@ -81,7 +116,9 @@ class RunSource:
     reference_label: str
     inputs: list[np.ndarray] = field(default_factory=list)
 
-    def build(self, batch: int) -> None:
+    def build(self, batch: int, chip: Chip | None = None) -> None:
+        """The model and its inputs for `batch`; inputs that would not fit `chip`'s HBM or the
+        host's memory are refused (SourceError) before they are allocated."""
         raise NotImplementedError
 
     def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
@@ -96,9 +133,13 @@ class ZooSource(RunSource):
         super().__init__(workload.name, workload.family, workload.description, "torch eager fp32")
         self.workload = workload
 
-    def build(self, batch: int) -> None:
+    def build(self, batch: int, chip: Chip | None = None) -> None:
         from vnpu.dtypes import torch_to_numpy
 
+        if batch > PROBE_BATCH:  # zoo inputs grow with the batch: size them from one sample first
+            _, sample = self.workload.build(1)
+            check_input_bytes([(tuple(x.shape[1:]), x.element_size()) for x in sample], chip,
+                              f"{self.name} at batch {batch}", batch)
         self.model, self.torch_inputs = self.workload.build(batch)
         self.inputs = [torch_to_numpy(x) for x in self.torch_inputs]
 
@@ -122,13 +163,14 @@ class OnnxFileSource(RunSource):
         self.path = path
         self.given = dict(input_shapes)
 
-    def build(self, batch: int) -> None:
+    def build(self, batch: int, chip: Chip | None = None) -> None:
         from vnpu.frontends.onnx import input_specs, load_model
 
         self.proto = load_model(self.path)
         specs = input_specs(self.proto)
         self._check_names([n for n, _, _ in specs])
         self.shapes = {n: _fill(n, dims, self.given, batch, len(specs), str(self.path)) for n, dims, _ in specs}
+        check_input_bytes([(self.shapes[n], dt.itemsize) for n, _, dt in specs], chip, str(self.path))
         bounds = _index_bounds(self.proto)
         rng = np.random.default_rng(INPUT_SEED)
         self.inputs = [_random_input(rng, self.shapes[n], dt, bounds.get(n, DEFAULT_INT_BOUND)) for n, _, dt in specs]
@@ -176,7 +218,7 @@ class TensorFlowSource(RunSource):
         self.path = path
         self.given = dict(input_shapes)
 
-    def build(self, batch: int) -> None:
+    def build(self, batch: int, chip: Chip | None = None) -> None:
         from vnpu.frontends.tensorflow.converter import (_tf, keras_input_specs, load_keras_file,
                                                           saved_model_function, tensorflow_to_onnx)
 
@@ -193,6 +235,8 @@ class TensorFlowSource(RunSource):
             raise SourceError(f"--input-shape names {extra}, which are not inputs of {self.path}; its inputs are {names}")
         fixed = [tf.TensorSpec(_fill(s.name, s.shape.as_list(), self.given, batch, len(specs), str(self.path)),
                                s.dtype, name=s.name) for s in specs]
+        check_input_bytes([(tuple(s.shape.as_list()), _tf_dtype(s.dtype).itemsize) for s in fixed], chip,
+                          str(self.path))
         rng = np.random.default_rng(INPUT_SEED)
         self.inputs = [_random_input(rng, tuple(s.shape.as_list()), _tf_dtype(s.dtype), DEFAULT_INT_BOUND) for s in fixed]
         self.proto, _ = tensorflow_to_onnx(self.fn if self.path.is_dir() else model, fixed)
@@ -261,11 +305,13 @@ class ArtifactSource(RunSource):
         except ArtifactError as e:
             raise SourceError(str(e)) from None
 
-    def build(self, batch: int) -> None:
+    def build(self, batch: int, chip: Chip | None = None) -> None:
         shapes = [ref.shape for _, ref in self.cm.program.user_inputs()]
         if batch != 1 and any(not s or s[0] != batch for s in shapes):
             raise SourceError(f"{self.path} is compiled for input shapes {[list(s) for s in shapes]}; "
                               f"recompile it for batch {batch}")
+        check_input_bytes([(ref.shape, ref.dtype.itemsize) for _, ref in self.cm.program.user_inputs()], chip,
+                          str(self.path))
         rng = np.random.default_rng(INPUT_SEED)
         self.inputs = [_random_input(rng, ref.shape, ref.dtype, DEFAULT_INT_BOUND) for _, ref in self.cm.program.user_inputs()]
 

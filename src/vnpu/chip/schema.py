@@ -5,22 +5,48 @@ or rationale in the TOML comments and in the `sources` table.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vnpu.dtypes import DType
 
+# Upper bounds on every size and rate: far past any real chip (the presets' largest figures are
+# 132 cores, 64x64 arrays, 2 MiB scratchpads, 192 MiB L2, 141 GB HBM, 4.8 TB/s), low enough that
+# a typo (an extra 000 or a 1e30) is refused before the simulator allocates or loops on it.
+# A functional simulation holds each core's scratchpad and the program's HBM image in host memory.
+MAX_CORES = 4096
+MAX_ARRAY_DIM = 4096  # systolic array rows or cols
+MAX_LANES = 1 << 16
+MAX_SCRATCHPAD_BYTES = 1 << 30  # 1 GiB per core
+MAX_L2_BYTES = 1 << 40
+MAX_HBM_BYTES = 1 << 50  # 1 PiB
+MAX_BYTES_PER_CYCLE = 1 << 24
+MAX_CLOCK_GHZ = 100.0
+MAX_BANDWIDTH_GBS = 1e6  # 1 PB/s
+MAX_LATENCY = 1e6  # ns or us
+MAX_RATE = 1024.0  # MACs per PE per cycle
+MAX_ENERGY = 1e6  # pJ per event, or W of static power
+
+Cores = Annotated[int, Field(gt=0, le=MAX_CORES)]
+ArrayDim = Annotated[int, Field(gt=0, le=MAX_ARRAY_DIM)]
+Lanes = Annotated[int, Field(gt=0, le=MAX_LANES)]
+BytesPerCycle = Annotated[int, Field(gt=0, le=MAX_BYTES_PER_CYCLE)]
+Bandwidth = Annotated[float, Field(gt=0, le=MAX_BANDWIDTH_GBS)]
+Latency = Annotated[float, Field(gt=0, le=MAX_LATENCY)]
+EnergyFigure = Annotated[float, Field(gt=0, le=MAX_ENERGY)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf / nan anywhere (TOML has both): every figure is a finite number
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MatrixEngine(_Strict):
     """A systolic array of rows x cols processing elements."""
 
-    rows: PositiveInt
-    cols: PositiveInt
+    rows: ArrayDim
+    cols: ArrayDim
     dataflow: Literal["os", "ws", "is"] = Field(
         description="output-, weight- or input-stationary"
     )
@@ -29,7 +55,7 @@ class MatrixEngine(_Strict):
         description="the next fold's stationary operand loads while the current fold streams "
         "(double-buffered PEs); false reproduces SCALE-Sim's fold-by-fold timing",
     )
-    rate: dict[DType, PositiveFloat] = Field(
+    rate: dict[DType, Annotated[float, Field(gt=0, le=MAX_RATE)]] = Field(
         description="MACs per PE per cycle for each supported dtype (bf16 = 1 is the array's native rate)"
     )
     mapping: Literal["tiled", "fold_stream"] = Field(
@@ -42,40 +68,41 @@ class MatrixEngine(_Strict):
 
 
 class VectorEngine(_Strict):
-    lanes: PositiveInt = Field(description="fp32 element operations per cycle")
-    sfu_lanes: PositiveInt = Field(description="transcendental results (exp, erf, rsqrt...) per cycle")
+    lanes: Lanes = Field(description="fp32 element operations per cycle")
+    sfu_lanes: Lanes = Field(description="transcendental results (exp, erf, rsqrt...) per cycle")
 
 
 class Scratchpad(_Strict):
-    bytes: PositiveInt
-    bytes_per_cycle: PositiveInt = Field(description="read+write port bandwidth")
+    bytes: Annotated[int, Field(gt=0, le=MAX_SCRATCHPAD_BYTES)]
+    bytes_per_cycle: BytesPerCycle = Field(description="read+write port bandwidth")
 
 
 class Core(_Strict):
     matrix: MatrixEngine
     vector: VectorEngine
     scratchpad: Scratchpad
-    dma_bytes_per_cycle: PositiveInt = Field(description="one core's DMA engine peak")
+    dma_bytes_per_cycle: BytesPerCycle = Field(description="one core's DMA engine peak")
 
 
 class L2(_Strict):
-    bytes: PositiveInt = Field(description="capacity; DMA loads of a view moved earlier in the same kernel hit")
-    bytes_per_cycle: PositiveInt
-    latency_ns: PositiveFloat | None = Field(None, description="hit latency; default half the HBM latency")
+    bytes: Annotated[int, Field(gt=0, le=MAX_L2_BYTES)] = Field(
+        description="capacity; DMA loads of a view moved earlier in the same kernel hit")
+    bytes_per_cycle: BytesPerCycle
+    latency_ns: Latency | None = Field(None, description="hit latency; default half the HBM latency")
 
 
 class HBM(_Strict):
-    bytes: PositiveInt
-    bandwidth_gbs: PositiveFloat = Field(description="sustained peak, GB/s (1e9 bytes)")
-    latency_ns: PositiveFloat
-    burst_bytes: PositiveInt = Field(64, description="access granularity: shorter contiguous runs still cost a burst")
+    bytes: Annotated[int, Field(gt=0, le=MAX_HBM_BYTES)]
+    bandwidth_gbs: Bandwidth = Field(description="sustained peak, GB/s (1e9 bytes)")
+    latency_ns: Latency
+    burst_bytes: Annotated[int, Field(gt=0, le=1 << 16)] = Field(64, description="access granularity: shorter contiguous runs still cost a burst")
 
 
 class Link(_Strict):
-    bandwidth_gbs: PositiveFloat = Field(description="a chip's aggregate rate on this link in one direction (what it can send while it "
+    bandwidth_gbs: Bandwidth = Field(description="a chip's aggregate rate on this link in one direction (what it can send while it "
                                           "receives as much), GB/s (1e9 bytes); datasheets often quote both directions summed")
-    latency_us: PositiveFloat = Field(description="per transfer, µs (a ring collective pays it every step)")
-    energy_pj_per_byte: PositiveFloat | None = Field(
+    latency_us: Latency = Field(description="per transfer, µs (a ring collective pays it every step)")
+    energy_pj_per_byte: EnergyFigure | None = Field(
         None,
         description="pJ per byte carried end to end (both ends' SerDes/PHY and any switch hop on the way); "
         "None: not given, no link energy counted",
@@ -83,28 +110,28 @@ class Link(_Strict):
 
 
 class Energy(_Strict):
-    pj_per_mac: dict[DType, PositiveFloat]
-    pj_per_vector_op: PositiveFloat
-    pj_per_sram_byte: PositiveFloat
-    pj_per_l2_byte: PositiveFloat
-    pj_per_hbm_byte: PositiveFloat
-    static_w: PositiveFloat
+    pj_per_mac: dict[DType, EnergyFigure]
+    pj_per_vector_op: EnergyFigure
+    pj_per_sram_byte: EnergyFigure
+    pj_per_l2_byte: EnergyFigure
+    pj_per_hbm_byte: EnergyFigure
+    static_w: EnergyFigure
 
 
 class Chip(_Strict):
-    name: str
-    description: str
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(max_length=10_000)
     kind: Literal["design", "datasheet-approximation"] = "design"
-    clock_ghz: PositiveFloat
-    cores: PositiveInt
+    clock_ghz: Annotated[float, Field(gt=0, le=MAX_CLOCK_GHZ)]
+    cores: Cores
     core: Core
     l2: L2
     hbm: HBM
     host_link: Link = Field(description="PCIe/host interface, used by host-fallback ops")
     chip_link: Link | None = Field(None, description="chip-to-chip interconnect per chip")
     energy: Energy
-    kernel_launch_us: float = Field(1.0, ge=0, description="chip-wide barrier + dispatch between kernels")
-    area_mm2: PositiveFloat | None = None
+    kernel_launch_us: float = Field(1.0, ge=0, le=MAX_LATENCY, description="chip-wide barrier + dispatch between kernels")
+    area_mm2: Annotated[float, Field(gt=0, le=1e6)] | None = None
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
-from vnpu.compiler.memory import check_state, materialize_views, plan_memory
+from vnpu.compiler.memory import check_state, copy_on_write, materialize_views, plan_memory
 from vnpu.compiler.passes import legalize, set_precision, split_decode_attention
 from vnpu.compiler.patterns import rewrite_llm_patterns
 
@@ -95,6 +95,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     verify(graph)
     g = optimize(graph, dtype)
     split_decode_attention(g, chip)
+    copy_on_write(g)
     try:
         check_state(g)
     except ValueError as e:
@@ -109,8 +110,8 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     lowered = cache.lowered  # timing key -> (first node's name, its launches), when timing_only
     for n in g.nodes:
         kind = OPS[n.op].kind
-        if kind == "view":
-            continue
+        if kind == "view" or all(v.type.numel == 0 for v in n.outputs):
+            continue  # views move no data; an empty result needs no work
         ins = [plan.refs[id(v)] for v in n.inputs]
         outs = [plan.refs[id(v)] for v in n.outputs]
         if n.op == "host_call":

@@ -80,6 +80,41 @@ def _aliases_input(n: Node) -> bool:
     return OPS[n.op].kind == "view" or n.op == "index_write"
 
 
+def copy_on_write(g: Graph) -> int:
+    """index_write writes its destination's buffer in place. That is the point for persistent
+    state (a KV cache). Any other destination — a constant, a graph input, a view, or a value
+    something else also reads — first gets a fresh `copy` to write into, so that index_write
+    keeps index_put's functional meaning on any tensor. A destination with no other reader,
+    produced by a kernel (a fresh buffer or an earlier write's result), is written in place.
+    Returns the copies inserted."""
+    state = {id(v) for v, _ in g.state}
+    outputs = {id(v) for v in g.outputs}
+    users = g.users()
+    inserted = 0
+    for n in list(g.nodes):
+        if n.op != "index_write":
+            continue
+        dest = n.inputs[0]
+        if id(dest) in state:
+            continue
+        p = dest.producer
+        fresh = p is not None and OPS[p.op].kind != "view" and p.op != "host_call"
+        if fresh and len(users.get(id(dest), [])) == 1 and id(dest) not in outputs:
+            continue
+        c = g.add_node("copy", [dest], {}, name=f"{n.name}_dest")
+        g.nodes.pop()
+        g.nodes.insert(g.nodes.index(n), c)
+        n.inputs[0] = c.output
+        users = g.users()
+        inserted += 1
+    return inserted
+
+
+def _owned(dest: Value, root: dict[int, Value]) -> bool:
+    """A destination copy_on_write left in place: a kernel's output, not a graph input's buffer."""
+    return id(dest) not in root and dest.producer is not None
+
+
 def check_state(g: Graph) -> None:
     """Persistent state must be updated in place: each state's new value is a chain of
     index_writes on the state input itself, and nothing reads the old contents after a write."""
@@ -96,7 +131,7 @@ def check_state(g: Graph) -> None:
                 raise ValueError(f"{n.name} reads %{v.name}, an old version of state %{r.name} overwritten in place")
         if n.op == "index_write":
             r = root.get(id(n.inputs[0]))
-            if r is None or id(r) not in state_ids:
+            if (r is None or id(r) not in state_ids) and not _owned(n.inputs[0], root):
                 raise ValueError(f"{n.name}: index_write into %{n.inputs[0].name}, which is not persistent state "
                                  "(only KV-cache buffers are written in place)")
             written.add(id(r))
@@ -199,4 +234,4 @@ def plan_memory(g: Graph, capacity: int, chip_name: str = "chip", pinned: dict[s
     return MemoryPlan(refs, weight_bytes, input_bytes, arena, total)
 
 
-__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "check_state", "OutOfMemoryError"]
+__all__ = ["MemoryPlan", "plan_memory", "materialize_views", "copy_on_write", "check_state", "OutOfMemoryError"]

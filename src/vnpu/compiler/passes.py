@@ -91,7 +91,7 @@ def legalize(g: Graph) -> None:
         if n.op in ("conv2d", "pool2d"):
             (pt, pb), (pl, pr) = n.attrs["padding"]
             if pt or pb or pl or pr:
-                fill = float("-inf") if n.op == "pool2d" and n.attrs["kind"] == "max" else 0.0
+                fill = float("-inf") if n.op == "pool2d" and n.attrs["kind"] in ("max", "argmax") else 0.0
                 if n.op == "pool2d" and n.attrs["kind"] == "avg" and not n.attrs.get("count_include_pad", True):
                     raise NotImplementedError("avg pooling with count_include_pad=False")
                 x = n.inputs[0]

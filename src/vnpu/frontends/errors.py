@@ -21,6 +21,11 @@ class UnsupportedOpError(NotImplementedError):
                          f"Pass strict=False to run them on the host CPU, or add an entry in {where}.")
 
 
+class DataDependentShapeError(ValueError):
+    """A tensor's shape depends on tensor values (nonzero, argwhere, masked_select, ...): programs
+    are compiled for static shapes, so neither the chip nor host fallback inside a program can run it."""
+
+
 class FallbackWarning(UserWarning):
     """Some ops of the model run on the host CPU instead of the chip."""
 

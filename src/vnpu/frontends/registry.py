@@ -45,6 +45,8 @@ def registrar(table: dict[str, Handler]) -> Callable[..., Callable[[Handler], Ha
     def register(*names: str) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             for n in names:
+                if n in table and table[n] is not fn:  # one op, one place
+                    raise RuntimeError(f"{n} is lowered twice: {table[n].__qualname__} and {fn.__qualname__}")
                 table[n] = fn
             return fn
         return deco

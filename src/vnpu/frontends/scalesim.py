@@ -22,6 +22,9 @@ from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph, TensorType
 
 
+MAX_LAYERS = 100_000  # layers of one topology, depthwise channels counted one by one
+
+
 class TopologyError(ValueError):
     """A topology file that cannot be read; the message names the file, row and column."""
 
@@ -98,6 +101,9 @@ def read_topology(path: str | Path, gemm: bool = False) -> list[TopologyLayer]:
         # study must simulate the layer SCALE-Sim simulates.
         oh, ow = -(-(ih - fh + s) // s), -(-(iw - fw + s) // s)
         if "DP" in name:
+            if len(layers) + ch > MAX_LAYERS:  # before expanding: one layer per channel
+                raise TopologyError(f"{p}, row {row_no}: depthwise layer {name} has {ch:,} channels, one layer each; "
+                                    f"a topology may have at most {MAX_LAYERS:,} layers")
             for c in range(ch):
                 layers.append(TopologyLayer(f"{name}Channel_{c}", "conv", oh * ow, nf, fh * fw, (ih, iw, 1, fh, fw, s)))
         else:
@@ -117,4 +123,4 @@ def layer_graph(layer: TopologyLayer, dtype: DType = DType.fp32) -> Graph:
     return g
 
 
-__all__ = ["TopologyLayer", "TopologyError", "read_topology", "layer_graph"]
+__all__ = ["TopologyLayer", "TopologyError", "read_topology", "layer_graph", "MAX_LAYERS"]

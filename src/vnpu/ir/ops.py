@@ -143,12 +143,19 @@ def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 
 @register("pool2d", "pool")
 def _pool2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-    (x,) = ins
+    """kinds max / avg / sum, and argmax (int64 indices; a second input: the flat input index of
+    each output's window taps, [OH, OW, kh*kw])."""
+    x = ins[0]
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     (pt, pb), (pl, pr) = attrs["padding"]
-    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, 1)
-    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, 1)
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh = conv_out_size(x.shape[2], kh, sh, pt, pb, dh)
+    ow = conv_out_size(x.shape[3], kw, sw, pl, pr, dw)
+    if attrs["kind"] == "argmax":
+        if len(ins) != 2 or ins[1].shape != (oh, ow, kh * kw):
+            raise IRTypeError(f"pool2d argmax needs window taps [{oh}, {ow}, {kh * kw}], got {ins[1:]}")
+        return [TensorType((x.shape[0], x.shape[1], oh, ow), DType.int64)]
     return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
 
 
@@ -419,3 +426,49 @@ def _all_reduce(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType
     parallelism), on every chip; lowered to a CollectiveLaunch, run by a multi-chip runner."""
     (x,) = ins
     return [x]
+
+
+# -- grouped matmul for transformers' MoE path (lead) -------------------------------------------
+@register("moe_matmul", "moe")
+def _moe_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x [T, K], the moe_route schedule, w [E, N, K] -> per routed slot w[e] @ x[token]:
+    [slots + 1, N] (last row: the pad rows' dump). One projection of a grouped MoE matmul."""
+    x, tile_e, tile_tok, tile_slot, w = ins
+    if x.rank != 2 or w.rank != 3 or w.shape[2] != x.shape[1]:
+        raise IRTypeError(f"moe_matmul: weights {w} do not match the rows {x} (w is [experts, out, in])")
+    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
+        raise IRTypeError("moe_matmul: inconsistent routing tables")
+    return [TensorType((attrs["slots"] + 1, w.shape[1]), _same_dtype("moe_matmul", [x, w]))]
+
+
+# -- elementwise math family (opinfo) --------------------------------------------------------
+# attrs: leaky_relu slope; elu alpha, scale, input_scale (selu / celu are elu with constants);
+# softplus beta, threshold; logit eps (None: no clamp); hardshrink / softshrink lambd;
+# threshold threshold, value; nan_to_num nan, posinf, neginf.
+MATH_UNARY = {
+    "log1p", "expm1", "log2", "log10", "exp2", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "erfinv", "erfc", "trunc", "frac", "leaky_relu", "elu", "softplus", "softsign", "mish", "logit",
+    "hardshrink", "softshrink", "threshold", "nan_to_num", "log_sigmoid", "square",
+}
+MATH_PREDICATES = {"isnan", "isinf", "isfinite", "isposinf", "isneginf"}  # float -> bool
+MATH_BINARY = {"remainder", "atan2", "hypot", "logaddexp", "copysign", "xlogy"}
+UNARY |= MATH_UNARY | MATH_PREDICATES
+BINARY |= MATH_BINARY
+TRANSCENDENTAL |= {
+    "log1p", "expm1", "log2", "log10", "exp2", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "erfinv", "erfc", "elu", "softplus", "mish", "logit", "log_sigmoid", "atan2", "hypot", "logaddexp",
+    "xlogy",
+}
+
+
+def _predicate(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    (x,) = ins
+    return [TensorType(x.shape, DType.bool)]
+
+
+for _n in MATH_UNARY:
+    register(_n, "elementwise")(_unary(_n))
+for _n in MATH_PREDICATES:
+    register(_n, "elementwise")(_predicate)
+for _n in MATH_BINARY:
+    register(_n, "elementwise")(_binary(_n))

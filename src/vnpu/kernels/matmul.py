@@ -7,7 +7,7 @@ import math
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import Expr, KernelContext, kernel
+from vnpu.kernels.base import Expr, KernelContext, KernelError, kernel
 from vnpu.kernels.fold_stream import emit_fold_stream
 from vnpu.kernels.gemm import GemmChunk, GemmTile, choose_gemm_tiling, emit_gemm
 from vnpu.kernels.views import broadcast_to
@@ -40,6 +40,8 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     expr, epi_refs, epi_scalars = epilogue_of(ctx, 2)
     epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     groups = math.prod(batch) if batch else 1
+    if k == 0:  # frontends lower an empty contraction to zeros; the GEMM pipeline needs K >= 1
+        raise KernelError(f"matmul {ctx.node.name}: inner dimension is 0 ({a_ref.shape} @ {b_ref.shape})")
     if (ctx.chip.core.matrix.mapping == "fold_stream" and not batch and not expr.steps
             and out.dtype == DType.fp32):
         return emit_fold_stream(ctx, a, b, out, 2 * m * n * k, (a_ref.numel + b_ref.numel) * ctx.dtype.itemsize

@@ -1,4 +1,4 @@
-"""Reductions (sum, mean, max, min over any set of axes) on the streaming pipeline.
+"""Reductions (sum, mean, max, min, prod over any set of axes) on the streaming pipeline.
 
 The input is seen in its row layout (stream.row_layout): tiles [P, R] with the reduced
 dims innermost, or [P, R, Q] when the reduced dims are strided in memory and a kept dim is
@@ -13,14 +13,14 @@ import math
 
 from vnpu.isa.instructions import SramRef
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import CoreBuilder, KernelContext, kernel, sub_ref, temp_dtype
+from vnpu.kernels.base import CoreBuilder, KernelContext, KernelError, kernel, sub_ref, temp_dtype
 from vnpu.kernels.stream import (
     StreamTile, VecSeq, aligned, box_tiles, emit_streaming, plan_rows, row_layout, row_tiles, spread_elems, sub,
     vector_flops,
 )
 
-_REDUCE_OP = {"sum": "reduce_sum", "mean": "reduce_sum", "max": "reduce_max", "min": "reduce_min"}
-_COMBINE = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum"}
+_REDUCE_OP = {"sum": "reduce_sum", "mean": "reduce_sum", "max": "reduce_max", "min": "reduce_min", "prod": "reduce_prod"}
+_COMBINE = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum", "prod": "mul"}
 
 
 @kernel("reduce")
@@ -29,7 +29,7 @@ def reduce_kernel(ctx: KernelContext) -> KernelLaunch:
     a = ctx.node.attrs
     kind = a["kind"]
     if kind not in _REDUCE_OP:
-        raise NotImplementedError(f"reduce kind {kind!r}")
+        raise KernelError(f"reduce kind {kind!r} has no kernel (sum, mean, max, min, prod)")
     axes = sorted(set(a["axes"]))
     keepdim = bool(a.get("keepdim", False))
     rank = len(x.shape)
@@ -104,8 +104,8 @@ def reduce_kernel(ctx: KernelContext) -> KernelLaunch:
 
     if x.numel == 0 and out.numel:  # reducing empty dims: the identity of the reduction
         if kind in ("max", "min"):
-            raise ValueError(f"reduce {kind} over an empty dimension has no identity")
-        fill = 0.0 if kind == "sum" else float("nan")
+            raise KernelError(f"reduce {kind} over an empty dimension has no identity")
+        fill = {"sum": 0.0, "prod": 1.0}.get(kind, float("nan"))
         o_view = lay.view(1, ((0,) * len(lay.outer), lay.outer), None, (0, lay.q))
         tiles = []
         for starts, sizes in box_tiles(o_view.shape, spread_elems(ctx, out.numel)):

@@ -16,6 +16,11 @@ from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
 
 
+# NumPy dtype kinds an input may have, by whether the program takes floats (bf16 & co. are kind V)
+# or integers/bools (token ids: no silent truncation of floats). Complex, strings, objects: never.
+_ACCEPTED_KINDS = {True: "fiubV", False: "iub"}
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -54,6 +59,9 @@ class CompiledModel:
         dev = self._dev()
         for i, ((name, ref), x) in enumerate(zip(user, inputs)):
             x = np.asarray(x)
+            if x.dtype.kind not in _ACCEPTED_KINDS[ref.dtype.is_float]:
+                raise ValueError(f"input {i} ({name}) has dtype {x.dtype}; this program takes {ref.dtype.value}"
+                                 + ("" if ref.dtype.is_float else " (integer values)"))
             if tuple(x.shape) != ref.shape:
                 raise ValueError(f"input {i} ({name}) has shape {tuple(x.shape)}; this program was "
                                  f"compiled for {ref.shape}. Recompile for the new shape.")

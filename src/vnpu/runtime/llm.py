@@ -39,7 +39,7 @@ from vnpu.isa.program import Program
 from vnpu.runtime.host import execute_host
 from vnpu.sim.device import Device
 from vnpu.sim.profile import Profile
-from vnpu.workloads.llm_zoo import shard_spec
+from vnpu.workloads.llm_zoo import shard_spec, valid_chip_counts
 
 ALIGN = 256
 MIN_BUCKET = 64
@@ -244,7 +244,12 @@ class LLMSession:
         np.random.default_rng(seed) (workloads.llm_zoo.gumbel_noise)."""
         from vnpu.workloads.llm_zoo import gumbel_noise
 
-        prompt = np.asarray(prompt, dtype=np.int64)
+        prompt = np.asarray(prompt)
+        if prompt.ndim != 2 or prompt.dtype.kind not in "iu" or prompt.shape[1] < 1:
+            raise ValueError(f"prompt must be integer token ids [batch, length >= 1], got {prompt.dtype} {prompt.shape}")
+        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        prompt = prompt.astype(np.int64)
         b, s = prompt.shape
         if b != self.batch:
             raise ValueError(f"prompt batch {b} != session batch {self.batch}")
@@ -487,6 +492,29 @@ def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
     return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
 
 
+def _what_fits(spec: Any, prompt_len: int, max_new_tokens: int, batch: int, weight_bytes: int, hbm_bytes: int,
+               dtype: DType, chips: int = 1) -> str:
+    """What does fit next to the weights on each of `chips` chips: the largest prompt at this batch and the
+    largest batch at this prompt (the cache holds a power of two of at least MIN_BUCKET tokens)."""
+    free = hbm_bytes - weight_bytes
+    if free <= 0:
+        return ""
+    ctx = int(spec.config["max_position_embeddings"])
+    batch_fit = free // kv_bytes(spec, 1, _capacity(prompt_len, max_new_tokens), dtype)
+    cap = MIN_BUCKET
+    if kv_bytes(spec, batch, cap, dtype) > free:
+        prompt_part = f"batch {batch} does not fit even a {MIN_BUCKET}-token KV cache"
+    else:
+        while cap < ctx and kv_bytes(spec, batch, 2 * cap, dtype) <= free:
+            cap *= 2
+        longest = min(cap, ctx) - max_new_tokens
+        prompt_part = (f"batch {batch} fits prompts of at most {longest} tokens (--prompt-len) with {max_new_tokens} new"
+                       if longest >= 1 else f"batch {batch} fits at most {min(cap, ctx)} tokens in all")
+    batch_part = (f"a {prompt_len}-token prompt fits a batch of at most {batch_fit} (--batch)" if batch_fit >= 1
+                  else f"a {prompt_len}-token prompt does not fit even batch 1")
+    return f"; on {chips} chip(s) {prompt_part}, and {batch_part}"
+
+
 def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
                  dtype: str | DType) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
@@ -525,16 +553,26 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     the all-reduce and all-to-all expert schedules); energy adds static power during them and
     the bytes they move x chip_link.energy_pj_per_byte.
     """
-    from vnpu.workloads.llm_zoo import DecoderStep, build_llm, check_sampling, get_llm, prompt_ids
+    from vnpu.workloads.llm_zoo import (DecoderStep, build_llm, check_generation, check_sampling, get_llm,
+                                        prompt_ids)
 
     full = get_llm(model) if isinstance(model, str) else model  # a zoo name, or an LLMSpec
     model = full.name
     chip_ = load_chip(chip)
     dt = DType(dtype)
-    if prompt_len < 1 or max_new_tokens < 1 or batch < 1 or chips < 1:
-        raise ValueError("prompt_len, max_new_tokens, batch and chips must be positive")
+    # every size is checked before anything is built or allocated
+    check_generation(full, prompt_len, max_new_tokens, batch, chips)
     top_k = top_k or None  # 0: greedy
     check_sampling(top_k, temperature, full.config["vocab_size"], seed)
+    if prompt is not None:
+        prompt = np.asarray(prompt)
+        if prompt.shape != (batch, prompt_len) or prompt.dtype.kind not in "iu":
+            raise ValueError(f"prompt must be integer token ids of shape ({batch}, {prompt_len}) (batch, prompt_len), "
+                             f"got {prompt.dtype} {prompt.shape}")
+        vocab = full.config["vocab_size"]
+        if prompt.size and (prompt.min() < 0 or prompt.max() >= vocab):
+            raise ValueError(f"prompt token ids must be in 0..{vocab - 1} (the vocabulary of {model}), "
+                             f"got {prompt.min()}..{prompt.max()}")
     if chips > 1 and chip_.chip_link is None:
         raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
@@ -546,11 +584,21 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     w_bytes, kv_total = model_memory(spec, batch, cap, dt)
     if w_bytes + kv_total > chip_.hbm.bytes:
         need = chips_needed(full, prompt_len, max_new_tokens, batch, chip_, dt)
+        most = max(valid_chip_counts(full))
+        chips_hint = (f"It needs at least {need} chips (--chips {need}), or a smaller batch or context"
+                      if need <= most else f"It would need {need} chips, more than the {most} {model} splits over: "
+                      "give a smaller batch or context")
         raise ModelTooLargeError(
             f"{model} ({dt.value}) needs {(w_bytes + kv_total) / 2**30:.1f} GiB per chip on {chips} chip(s) "
             f"(weights {w_bytes / 2**30:.1f} GiB, KV cache {kv_total / 2**30:.1f} GiB for batch {batch} x {cap} "
-            f"tokens); {chip_.name} has {chip_.hbm.bytes / 2**30:.0f} GiB of HBM. It needs at least {need} chips "
-            f"(--chips {need}), or a smaller batch or context.")
+            f"tokens); {chip_.name} has {chip_.hbm.bytes / 2**30:.0f} GiB of HBM. {chips_hint}"
+            f"{_what_fits(spec, prompt_len, max_new_tokens, batch, w_bytes, chip_.hbm.bytes, dt, chips)}.")
+    if not timing_only:  # real weights and the KV cache in torch (fp32), plus the simulated HBM image(s)
+        from vnpu.sim.device import check_host_memory
+
+        w_fp32, kv_fp32 = w_bytes // dt.itemsize * 4, kv_total // dt.itemsize * 4
+        check_host_memory(chips * (w_fp32 * (2 if chips > 1 else 1) + kv_fp32 + w_bytes + kv_total),
+                          f"functional generation of {model} (batch {batch} x {cap} tokens)")
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
     link: dict[str, Any] = {}  # multi-chip collectives' GenerationReport fields

@@ -3,6 +3,7 @@ optional functional execution of each instruction at the moment it is issued."""
 from __future__ import annotations
 
 import heapq
+import os
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable
@@ -31,6 +32,42 @@ class DeadlockError(RuntimeError):
     pass
 
 
+class HostMemoryError(MemoryError):
+    """A functional simulation whose HBM image (and scratchpads) the host cannot hold."""
+
+
+HOST_MEMORY_SHARE = 0.8  # at most this share of the host's available memory goes to one HBM image
+
+
+def host_available_bytes() -> int:
+    """Memory the host can still give this process: /proc/meminfo's MemAvailable, else the
+    available physical pages (sysconf), else 0 (unknown: nothing is refused)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_host_memory(nbytes: int, what: str) -> None:
+    """HostMemoryError unless `nbytes` fits in HOST_MEMORY_SHARE of the host's available memory."""
+    avail = host_available_bytes()
+    if avail and nbytes > HOST_MEMORY_SHARE * avail:
+        raise HostMemoryError(f"{what} needs {_size(nbytes)} of host memory; the host has "
+                              f"{_size(avail)} available (at most {HOST_MEMORY_SHARE:.0%} of it is used): "
+                              "run it timing-only (--timing-only), or with a smaller batch or input")
+
+
 class Device:
     """One simulated chip. `functional=False` is timing-only: no tensor data is touched."""
 
@@ -38,6 +75,9 @@ class Device:
                  collective_executor: CollectiveExecutor | None = None):
         if hbm_bytes > chip.hbm.bytes:
             raise MemoryError(f"program needs {hbm_bytes / 2**30:.2f} GiB of HBM; {chip.name} has {chip.hbm.bytes / 2**30:.2f} GiB")
+        if functional:  # the HBM image and the scratchpads the cores may touch live in host memory
+            check_host_memory(hbm_bytes + chip.cores * chip.core.scratchpad.bytes,
+                              f"a functional simulation of {_size(hbm_bytes)} of {chip.name} HBM")
         self.chip = chip
         self.functional = functional
         self.hbm = np.zeros(hbm_bytes, np.uint8) if functional else np.zeros(0, np.uint8)

@@ -82,6 +82,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
                    out_shape: tuple[int, ...] = ()) -> np.ndarray:
     """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
     args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
+    if op in MATH_UNARY_FNS:
+        return MATH_UNARY_FNS[op](args[0], attrs)
     if op in BINARY_FNS:
         a, b = args
         if isinstance(a, float) and isinstance(b, np.ndarray):
@@ -100,7 +102,7 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
     if op == "cast":
         x = args[0]
         tgt = np.dtype(out_dtype)
-        if tgt.kind == "f" or x.dtype.kind != "f":
+        if tgt.kind not in "iub" or x.dtype.kind != "f":  # to a float (bf16/fp8 are kind "V"): the store rounds
             return x
         return (np.trunc(x) if tgt.kind in "iu" else x != 0).astype(tgt)  # float -> int truncates like C/PyTorch
     if op == "where":
@@ -132,6 +134,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
             return np.max(x, axis=ax, keepdims=True)
         if kind == "min":
             return np.min(x, axis=ax, keepdims=True)
+        if kind == "prod":
+            return np.multiply.reduce(x, axis=ax, keepdims=True, dtype=F32 if x.dtype.kind == "f" else None)
     raise NotImplementedError(f"vector op {op!r} has no functional model")
 
 
@@ -258,3 +262,85 @@ def prepare_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Start:
 PREPARERS = {DmaLoad: prepare_dma_load, DmaGather: prepare_dma_gather, DmaScatter: prepare_dma_scatter,
              DmaStore: prepare_dma_store,
              MatMul: prepare_matmul, VecOp: prepare_vec}
+
+
+# -- elementwise math family (opinfo): PyTorch's definitions in fp32 ---------------------------
+def _softplus(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
+    bx = x * F32(beta)
+    soft = np.log1p(np.exp(np.minimum(bx, F32(threshold)))) / F32(beta)
+    return np.where(bx > F32(threshold), x, soft).astype(x.dtype, copy=False)
+
+
+def _elu(x: np.ndarray, a: dict) -> np.ndarray:
+    alpha, scale, inp = F32(a.get("alpha", 1.0)), F32(a.get("scale", 1.0)), F32(a.get("input_scale", 1.0))
+    neg = np.expm1(np.minimum(x, F32(0)) * inp) * alpha
+    return (np.where(x > 0, x, neg) * scale).astype(x.dtype, copy=False)
+
+
+def _logit(x: np.ndarray, eps: float | None) -> np.ndarray:
+    if eps is not None:
+        x = np.clip(x, F32(eps), F32(1 - eps))
+    return np.log(x / (F32(1) - x))
+
+
+def _shrink(x: np.ndarray, lambd: float, soft: bool) -> np.ndarray:
+    lam = F32(lambd)
+    keep = np.abs(x) > lam
+    if not soft:
+        return np.where(keep, x, F32(0)).astype(x.dtype, copy=False)
+    return np.where(x > lam, x - lam, np.where(x < -lam, x + lam, F32(0))).astype(x.dtype, copy=False)
+
+
+def _nan_to_num(x: np.ndarray, a: dict) -> np.ndarray:
+    if x.dtype.kind != "f":
+        return x
+    fi = np.finfo(x.dtype)
+    pos, neg = a.get("posinf"), a.get("neginf")
+    return np.nan_to_num(x, nan=a.get("nan", 0.0), posinf=fi.max if pos is None else pos,
+                         neginf=fi.min if neg is None else neg)
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x * log(y), 0 where x == 0 unless y is NaN (torch.xlogy)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.multiply(x, np.log(y))
+    return np.where((np.asarray(x) == 0) & ~np.isnan(y), F32(0), r).astype(np.result_type(x, y), copy=False)
+
+
+def _remainder(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Python-style modulo (the sign of the divisor), as torch.remainder: a - b * floor(a / b)."""
+    if np.asarray(a).dtype.kind == "f" or np.asarray(b).dtype.kind == "f":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.fmod(a, b)
+            return np.where((r != 0) & ((r < 0) != (np.asarray(b) < 0)), r + b, r)
+    return np.mod(a, b)
+
+
+MATH_UNARY_FNS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "log1p": lambda x, a: np.log1p(x), "expm1": lambda x, a: np.expm1(x), "log2": lambda x, a: np.log2(x),
+    "log10": lambda x, a: np.log10(x), "exp2": lambda x, a: np.exp2(x), "tan": lambda x, a: np.tan(x),
+    "asin": lambda x, a: np.arcsin(x), "acos": lambda x, a: np.arccos(x), "atan": lambda x, a: np.arctan(x),
+    "sinh": lambda x, a: np.sinh(x), "cosh": lambda x, a: np.cosh(x), "asinh": lambda x, a: np.arcsinh(x),
+    "acosh": lambda x, a: np.arccosh(x), "atanh": lambda x, a: np.arctanh(x),
+    "erfinv": lambda x, a: special.erfinv(x).astype(x.dtype, copy=False),
+    "erfc": lambda x, a: special.erfc(x).astype(x.dtype, copy=False),
+    "trunc": lambda x, a: np.trunc(x), "frac": lambda x, a: x - np.trunc(x),
+    "square": lambda x, a: x * x,
+    "leaky_relu": lambda x, a: np.where(x > 0, x, x * F32(a.get("slope", 0.01))).astype(x.dtype, copy=False),
+    "elu": _elu,
+    "softplus": lambda x, a: _softplus(x, a.get("beta", 1.0), a.get("threshold", 20.0)),
+    "softsign": lambda x, a: x / (F32(1) + np.abs(x)),
+    "mish": lambda x, a: x * np.tanh(_softplus(x, 1.0, 20.0)),
+    "log_sigmoid": lambda x, a: -_softplus(-x, 1.0, 20.0),
+    "logit": lambda x, a: _logit(x, a.get("eps")),
+    "hardshrink": lambda x, a: _shrink(x, a.get("lambd", 0.5), soft=False),
+    "softshrink": lambda x, a: _shrink(x, a.get("lambd", 0.5), soft=True),
+    "threshold": lambda x, a: np.where(x > F32(a["threshold"]), x, F32(a["value"])).astype(x.dtype, copy=False),
+    "nan_to_num": _nan_to_num,
+    "isnan": lambda x, a: np.isnan(x), "isinf": lambda x, a: np.isinf(x), "isfinite": lambda x, a: np.isfinite(x),
+    "isposinf": lambda x, a: np.isposinf(x), "isneginf": lambda x, a: np.isneginf(x),
+}
+BINARY_FNS.update({
+    "remainder": _remainder, "atan2": np.arctan2, "hypot": np.hypot, "logaddexp": np.logaddexp,
+    "copysign": np.copysign, "xlogy": _xlogy,
+})

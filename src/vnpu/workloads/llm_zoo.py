@@ -19,7 +19,6 @@ host-drawn Gumbel noise) and the last position's logits.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -29,106 +28,13 @@ import torch
 from torch import nn
 
 from vnpu.frontends.torch import llm_ops
+from vnpu.workloads.llm_specs import (MAX_BATCH, MAX_SEED, SPECS, LLMSpec, UnknownLLMError,  # noqa: F401 (re-exported)
+                                      check_generation, check_sampling, get_llm, shard_spec, valid_chip_counts)
 
 ATTN_IMPLEMENTATION = "vnpu"
 EXPERTS_IMPLEMENTATION = "vnpu"
 SEED = 0
 PROMPT_SEED = 1234
-
-
-class UnknownLLMError(KeyError, ValueError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class LLMSpec:
-    name: str
-    family: str  # qwen3 | llama | qwen3_moe
-    config: dict[str, Any]
-    description: str
-    source: str = ""
-    functional: bool = False  # small enough to simulate functionally (real tokens)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.config["num_hidden_layers"])
-
-    @property
-    def is_moe(self) -> bool:
-        """Mixture-of-experts layers (expert parallel over several chips)."""
-        return self.family == "qwen3_moe"
-
-
-def _tiny(family: str, **over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-                                rms_norm_eps=1e-6, tie_word_embeddings=False)
-    if family == "qwen3_moe":
-        base.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True)
-    base.update(over)
-    return base
-
-
-def _qwen3(**over: Any) -> dict[str, Any]:
-    """What every Qwen3 model card (config.json) shares, with the model's own sizes."""
-    return dict(vocab_size=151936, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                tie_word_embeddings=False, rope_theta=1000000.0) | over
-
-
-SPECS: dict[str, LLMSpec] = {s.name: s for s in (
-    LLMSpec("qwen3-tiny", "qwen3", _tiny("qwen3"),
-            "Qwen3 architecture, 2 layers x 128, 4 query / 2 KV heads of 32, vocab 512 (functional runs)",
-            functional=True),
-    LLMSpec("llama-tiny", "llama", _tiny("llama", num_attention_heads=4, num_key_value_heads=1),
-            "Llama architecture, 2 layers x 128, 4 query / 1 KV head of 32, vocab 512 (functional runs)",
-            functional=True),
-    LLMSpec("llama-3.1-tiny", "llama", _tiny("llama", num_attention_heads=4, num_key_value_heads=1,
-                                            rope_theta=500000.0, rope_scaling=dict(
-                                                rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                                high_freq_factor=4.0, original_max_position_embeddings=64)),
-            "Llama-3.1 architecture with its llama3 RoPE scaling, 2 layers x 128, 4 query / 1 KV head of 32, "
-            "vocab 512; original context 64 so that the scaling changes most of the tiny head's frequencies "
-            "(functional runs)",
-            functional=True),
-    LLMSpec("qwen3-moe-tiny", "qwen3_moe", _tiny("qwen3_moe"),
-            "Qwen3-MoE architecture, 2 layers x 128, 8 experts top-2 of 64, vocab 512 (functional runs)",
-            functional=True),
-    LLMSpec("qwen3-0.6b", "qwen3", _qwen3(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                                          num_attention_heads=16, num_key_value_heads=8, tie_word_embeddings=True),
-            "Qwen3-0.6B: 28 layers x 1024, 16 Q / 8 KV heads of 128, MLP 3072, vocab 151936, tied embeddings",
-            "huggingface.co/Qwen/Qwen3-0.6B config.json"),
-    LLMSpec("qwen3-8b", "qwen3", _qwen3(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                                        num_attention_heads=32, num_key_value_heads=8),
-            "Qwen3-8B: 36 layers x 4096, 32 Q / 8 KV heads of 128, MLP 12288, vocab 151936",
-            "huggingface.co/Qwen/Qwen3-8B config.json"),
-    LLMSpec("qwen3-32b", "qwen3", _qwen3(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
-                                         num_attention_heads=64, num_key_value_heads=8),
-            "Qwen3-32B: 64 layers x 5120, 64 Q / 8 KV heads of 128, MLP 25600, vocab 151936",
-            "huggingface.co/Qwen/Qwen3-32B config.json"),
-    LLMSpec("qwen3-235b-a22b", "qwen3_moe", _qwen3(hidden_size=4096, intermediate_size=12288, moe_intermediate_size=1536,
-                                                   num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
-                                                   num_hidden_layers=94, num_attention_heads=64, num_key_value_heads=4),
-            "Qwen3-235B-A22B: 94 MoE layers x 4096, 128 experts top-8 of 1536, 64 Q / 4 KV heads of 128",
-            "huggingface.co/Qwen/Qwen3-235B-A22B config.json"),
-    LLMSpec("llama-3.1-8b", "llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                          head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                                          tie_word_embeddings=False, rope_theta=500000.0,
-                                          rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                                            high_freq_factor=4.0,
-                                                            original_max_position_embeddings=8192)),
-            "Llama-3.1-8B: 32 layers x 4096, 32 Q / 8 KV heads of 128, MLP 14336, vocab 128256, llama3 RoPE scaling "
-            "(x8 from an 8192 context)",
-            "huggingface.co/meta-llama/Llama-3.1-8B config.json"),
-)}
-
-
-def get_llm(name: str) -> LLMSpec:
-    try:
-        return SPECS[name]
-    except (KeyError, TypeError):
-        raise UnknownLLMError(f"unknown LLM {name!r}; valid names: {', '.join(SPECS)}") from None
 
 
 # -- transformers extension points -------------------------------------------------------
@@ -243,21 +149,6 @@ def prompt_ids(vocab_size: int, batch: int, length: int) -> torch.Tensor:
     rows = [torch.randint(0, vocab_size, (length,), generator=torch.Generator().manual_seed(PROMPT_SEED + i))
             for i in range(batch)]
     return torch.stack(rows)
-
-
-def check_sampling(top_k: int | None, temperature: float, vocab_size: int, seed: int = 0) -> None:
-    """ValueError (one line, naming the API argument and the CLI option) unless top_k is None
-    (greedy) or 1..vocab_size, temperature is positive and finite, seed is a non-negative
-    integer, and temperature / seed are left at their defaults when decoding is greedy."""
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature (--temperature) must be a positive number, got {temperature}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed}")
-    if top_k is None and (temperature != 1.0 or seed != 0):
-        raise ValueError("temperature and seed (--temperature, --seed) apply to top-k sampling: "
-                         "give top_k (--top-k K) too, or drop them for greedy decoding")
 
 
 def gumbel_noise(rng: np.random.Generator, batch: int, k: int) -> np.ndarray:
@@ -377,42 +268,6 @@ def _all_reduce_output(module: nn.Module, args: Any, output: torch.Tensor) -> to
     return llm_ops.all_reduce(output)
 
 
-def shard_spec(spec: LLMSpec, chips: int) -> LLMSpec:
-    """One chip's part of a model served on `chips` chips, as a model of its own (its shapes
-    are what a timing-only run needs): tensor parallel attention (query heads split; KV heads
-    split, or replicated when fewer than the chips), dense MLPs split along the intermediate
-    size, MoE experts split over the chips (expert parallel, each chip routing its share
-    k / chips of every token's experts: balanced routing), embedding and LM head split along
-    the vocabulary."""
-    from dataclasses import replace
-
-    if chips == 1:
-        return spec
-    c = dict(spec.config)
-    problems = []
-    if c["num_attention_heads"] % chips:
-        problems.append(f"{c['num_attention_heads']} attention heads")
-    if c["num_key_value_heads"] % chips and chips % c["num_key_value_heads"]:
-        problems.append(f"{c['num_key_value_heads']} KV heads")
-    if spec.is_moe:
-        if c["num_experts"] % chips or c["num_experts_per_tok"] % chips:
-            problems.append(f"{c['num_experts']} experts / top-{c['num_experts_per_tok']}")
-    elif c["intermediate_size"] % chips:
-        problems.append(f"MLP width {c['intermediate_size']}")
-    if problems:
-        raise ValueError(f"{spec.name} cannot be split evenly over {chips} chips ({', '.join(problems)})")
-    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    c["num_attention_heads"] //= chips
-    c["num_key_value_heads"] = max(1, c["num_key_value_heads"] // chips)
-    c["vocab_size"] = -(-c["vocab_size"] // chips)
-    if spec.is_moe:
-        c["num_experts"] //= chips
-        c["num_experts_per_tok"] //= chips
-    else:
-        c["intermediate_size"] //= chips
-    return replace(spec, name=f"{spec.name}/{chips}", config=c, functional=False)
-
-
 @torch.no_grad()
 def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Module:
     """Chip `rank`'s part of the model `full` (built from `spec`) served on `chips` chips, with
@@ -503,4 +358,5 @@ def shard_model(full: nn.Module, spec: LLMSpec, rank: int, chips: int) -> nn.Mod
 
 
 __all__ = ["shard_spec", "shard_model", "VocabParallelEmbedding", "LocalExperts", "LLMSpec", "SPECS", "get_llm", "build_llm", "DecoderStep", "prompt_ids",
-           "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise"]
+           "UnknownLLMError", "register_implementations", "check_sampling", "gumbel_noise", "MAX_BATCH",
+           "check_generation", "valid_chip_counts"]

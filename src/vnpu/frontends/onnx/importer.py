@@ -28,8 +28,16 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"}
 
 
+# Ops on sequences and optionals: never folded (their values are not tensors)
+_NON_TENSOR_PREFIXES = ("Sequence", "SplitToSequence", "ConcatFromSequence", "Optional")
+
+
 class OnnxModelError(ValueError):
     """The file or ModelProto is not a valid ONNX model (or uses an opset vnpu cannot read)."""
+
+
+class UnsupportedDTypeError(OnnxModelError):
+    """A tensor has an ONNX element type vnpu has no dtype for (2/4-bit ints, 8-bit floats, strings...)."""
 
 
 class DynamicShapeError(ValueError):
@@ -46,7 +54,7 @@ def _elem_dtype(elem: int) -> DType:
     if elem not in table:
         import onnx
 
-        raise OnnxModelError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} has no vnpu equivalent")
+        raise UnsupportedDTypeError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} has no vnpu equivalent")
     return table[elem]
 
 
@@ -120,6 +128,8 @@ def load_model(model: Any) -> Any:
     except Exception as e:  # noqa: BLE001 - ValidationError and friends
         raise OnnxModelError(f"{where} is not a valid ONNX model: {_first_line(e)}") from None
     opset = _opset(proto)
+    if opset == 0 and not any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return proto  # only other domains' ops (training, ML): named by strict mode, run on the host otherwise
     if opset < MIN_OPSET:
         try:
             from onnx import version_converter
@@ -181,7 +191,7 @@ def resolve_input_shapes(proto: Any, input_shapes: Mapping[str, Sequence[int]] |
             out[name] = shape
             continue
         for i, d in enumerate(dims):
-            if not isinstance(d, int) or d <= 0:
+            if not isinstance(d, int) or d < 0:  # 0 is a static zero-size dim
                 raise DynamicShapeError(
                     f"input {name!r} dim {i} ({d or 'unnamed'}) is dynamic in the model ({_dims_str(dims)}) and no "
                     f"shape was given; pass input_shapes={{{name!r}: (...)}} (CLI: --input-shape {name}=D0,D1,...)")
@@ -227,6 +237,8 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         env[t.name] = g.add_const(t.name, arr, _elem_dtype(t.data_type))
     for iname, _, dt in input_specs(proto):
         env[iname] = g.add_input(iname, TensorType(shapes[iname], dt))
+        if env[iname].type.numel == 0:  # a zero-size input holds no data: what it feeds is folded
+            env[iname] = _empty(g, env[iname])
 
     unsupported: dict[str, int] = {}
     where: dict[str, list[str]] = {}
@@ -243,8 +255,10 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         is_default = node.domain in ("", "ai.onnx")
         has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
         all_const = all(v.is_const for v in present)
-        if is_default and all_const and node.op_type not in _NONDETERMINISTIC:
+        if is_default and all_const and not has_subgraph and node.op_type not in _NONDETERMINISTIC \
+                and not node.op_type.startswith(_NON_TENSOR_PREFIXES):
             out = _fold(cx, node, ins, opset)
+        if out is not None:
             # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
             # cheaper to compute on the chip than to store as a weight, when there is a lowering
             in_bytes = sum(v.type.nbytes for v in present)
@@ -263,13 +277,13 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         for oname, v in zip(node.output, outs):
             if oname and v is not None:
-                env[oname] = v
+                env[oname] = _empty(g, v) if v.type.numel == 0 and not v.is_const else v
     if unsupported:
         raise UnsupportedOpError(unsupported, "vnpu/frontends/onnx/onnx_ops.py", where)
     for o in proto.graph.output:
         if o.name not in env:
             raise OnnxModelError(f"graph output {o.name!r} is not produced by any node")
-    g.outputs = [env[o.name] for o in proto.graph.output]
+    g.outputs = _own_outputs(g, [env[o.name] for o in proto.graph.output])
     lift_gelu(g)
     lift_layer_norm(g)
     drop_dead_nodes(g)
@@ -281,18 +295,39 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     return res
 
 
+def _empty(g: Graph, v: Value) -> Value:
+    """A zero-size value as a constant (it has no elements to compute)."""
+    return g.add_const(v.name, np.zeros(v.shape, v.dtype.np if v.dtype != DType.bf16 else np.float32), v.dtype)
+
+
+def _own_outputs(g: Graph, outs: list[Value]) -> list[Value]:
+    """Graph outputs as values computed by the program: an output that is a graph input, a
+    constant, or the same value as an earlier output gets a copy node of its own (each output
+    is a buffer the program writes)."""
+    seen: set[int] = set()
+    fixed = []
+    for v in outs:
+        if v.is_const or v.producer is None or id(v) in seen:
+            v = g.add_node("copy", [v], {}, name=f"{v.name}_output").output
+        seen.add(id(v))
+        fixed.append(v)
+    return fixed
+
+
 def _node_evaluator(node: Any, opset: int) -> Any:
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(node, opsets={"": opset})
 
 
-def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...]:
+def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...] | None:
     feeds = {n: v.data for n, v in zip(node.input, ins) if n and v is not None}
     try:
         outs = _node_evaluator(node, opset).run(None, feeds)
     except Exception as e:  # noqa: BLE001
         raise OnnxModelError(f"node {cx.node_label} ({node.op_type}) fails on its constant inputs: {_first_line(e)}") from None
+    if any(not isinstance(a, np.ndarray) and not np.isscalar(a) for a in outs):
+        return None  # a sequence / optional / map: not a tensor constant
     from vnpu.dtypes import from_numpy
 
     vals = []
@@ -364,6 +399,9 @@ def _infer_node(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int)
     except Exception as e:  # noqa: BLE001
         raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/onnx_ops.py",
                                  {node.op_type: [f"{cx.node_label} (its output shape cannot be determined: {_first_line(e)})"]}) from None
+    if any(not isinstance(a, (np.ndarray, np.generic)) for a in outs):  # a sequence / optional: not a tensor
+        raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/onnx_ops.py",
+                                 {node.op_type: [f"{cx.node_label} (its output is not a tensor)"]})
     from vnpu.dtypes import from_numpy
 
     return [TensorType(tuple(np.asarray(a).shape), from_numpy(np.asarray(a).dtype)) for a in outs]

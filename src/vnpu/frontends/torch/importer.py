@@ -236,7 +236,18 @@ def _fold_values(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any, name:
     return _map(out, to_v) if isinstance(out, (tuple, list)) else to_v(out)
 
 
+class DataDependentValueError(ValueError):
+    """A graph computes a Python number from tensor data (`t.item()` of a computed tensor,
+    under Dynamo's capture_scalar_outputs): a chip program has fixed shapes and constants."""
+
+
 def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    val = node.meta.get("val")
+    if not all(isinstance(v, torch.Tensor) for v in (val if isinstance(val, (tuple, list)) else [val])):
+        raise DataDependentValueError(
+            f"vnpu: {node.name} ({op_name(node.target)}) yields a number computed from tensor data ({val}), "
+            "which a chip program cannot produce. Leave torch._dynamo.config.capture_scalar_outputs off "
+            "(Dynamo then runs the .item() in Python between two compiled graphs) or compute it outside the model.")
     inputs: list[Value] = []
 
     def templ(o: Any) -> Any:
@@ -250,7 +261,6 @@ def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
         return o
 
     payload = {"args": _map(args, templ), "kwargs": {k: v for k, v in _map(kwargs, templ).items() if v is not None}}
-    val = node.meta["val"]
     multi = isinstance(val, (tuple, list))
     vals = list(val) if multi else [val]
     out_types = [TensorType(_shape_of(v), torch_to_dtype(v.dtype)) for v in vals]
@@ -279,4 +289,6 @@ def constant_placeholders(ep: "torch.export.ExportedProgram") -> dict[str, torch
             consts[spec.arg.name] = t
         elif kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
             consts[spec.arg.name] = ep.constants[spec.target]
+        elif kind == "TOKEN":  # the effect token of with_effects: no data, not a user input
+            consts[spec.arg.name] = torch.empty(0)
     return consts

@@ -194,8 +194,9 @@ def _well_spread(x: torch.Tensor, dims: list[int]) -> bool:
 
 
 class GraphBuilder:
-    def __init__(self, ch: Chooser, data_seed: int, max_ops: int = 8):
+    def __init__(self, ch: Chooser, data_seed: int, max_ops: int = 8, avoid_known_bugs: bool = False):
         self.ch = ch
+        self.avoid_known_bugs = avoid_known_bugs
         self.g = torch.Generator().manual_seed(data_seed)
         self.fg = FuzzGraph([], [], [], [], data_seed)
         self.env: dict[str, torch.Tensor] = self.fg.tensors
@@ -649,14 +650,21 @@ class GraphBuilder:
         # gather of the indices topk found (shared subexpression)
         k = self.ch.int(1, min(4, s[-1]))
         t = self.tensor(x)
-        if not _topk_separated(t, k):
+        if not _topk_separated(t, k) or self._known_topk_bug(t):
             return None
         return self.emit(f"torch.gather({x.name}, -1, torch.topk({x.name}, {k}).indices) * 2.0", "f")
+
+    def _known_topk_bug(self, t: torch.Tensor) -> bool:
+        # KNOWN_BUGS: kernels/topk.py refuses inputs whose rows it cannot see as one strided 2-D
+        # view (tests/test_fuzz_regressions.py, xfail); drop this once that is fixed
+        return self.avoid_known_bugs and not t.is_contiguous()
 
     def op_topk(self) -> Any:
         x = self.float_val()
         s = self.shape(x)
         t = self.tensor(x)
+        if self._known_topk_bug(t):
+            return None
         if self.ch.bool():
             keep = self.ch.bool()
             return self.emit(f"torch.argmax({x.name}, dim=-1, keepdim={keep})", "i", ok=lambda _: _topk_separated(t, 1))
@@ -892,10 +900,11 @@ def fuzz_chip(name: str) -> Any:
     return _CHIPS[name]
 
 
-def draw_graph(ch: Chooser, data_seed: int, max_ops: int = 8) -> FuzzGraph:
-    """One random graph and the chip to run it on."""
+def draw_graph(ch: Chooser, data_seed: int, max_ops: int = 8, avoid_known_bugs: bool = False) -> FuzzGraph:
+    """One random graph and the chip to run it on. avoid_known_bugs: no graph that hits a bug
+    already pinned by an xfail test in tests/test_fuzz_regressions.py (see KNOWN_BUGS)."""
     chip = ch.choice(list(CHIP_OVERRIDES))
-    fg = GraphBuilder(ch, data_seed, max_ops).build()
+    fg = GraphBuilder(ch, data_seed, max_ops, avoid_known_bugs).build()
     fg.chip = chip
     return fg
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import warnings
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from fuzz_graph_gen import HypothesisChooser, draw_graph, fuzz_chip, run_graph
 
 
-@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+# No shrink phase: hypothesis' shrinking of a compile-and-simulate property runs for minutes;
+# a failure prints the whole graph as a standalone reproducer, and benchmarks/fuzz_graphs.py
+# shrinks its findings (one failing output, only the lines it needs).
+@settings(max_examples=50, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), data_seed=st.integers(0, 2**31 - 1))
 def test_random_graph_matches_eager(data: st.DataObject, data_seed: int) -> None:
-    fg = draw_graph(HypothesisChooser(data), data_seed)
+    # graphs that would hit a bug already pinned by an xfail test in test_fuzz_regressions.py
+    # are not drawn here (the long run draws them)
+    fg = draw_graph(HypothesisChooser(data), data_seed, avoid_known_bugs=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         outcome = run_graph(fg, fuzz_chip(fg.chip))

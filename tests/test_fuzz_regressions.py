@@ -107,3 +107,16 @@ def test_gather_rows_larger_than_scratchpad(case: str) -> None:
     else:
         x = torch.randn(5, 3, 9001)
         _check(Fn(lambda x, i: torch.index_select(x[:, 1, 1:], 0, i)), x, torch.tensor([3, 1]), chip=chip)
+
+
+@pytest.mark.parametrize("after", ["permute", "neg"])
+def test_rms_norm_pattern_read_by_a_one_input_op(after: str) -> None:
+    # compiler/patterns.py fuse_rms_norm read inputs[1] of the normalized value's only reader,
+    # looking for a weight mul; a permute (or any unary op) there raised IndexError
+    x = torch.randn(2, 1, 65)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return y.permute(2, 0, 1) if after == "permute" else -y
+
+    _check(Fn(fn), x)

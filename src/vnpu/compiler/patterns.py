@@ -78,8 +78,9 @@ def fuse_rms_norm(g: Graph) -> int:
         weight = None
         if _single_use(g, users, mul.output):
             wm = users[id(mul.output)][0]
-            other = wm.inputs[1] if wm.inputs[0] is mul.output else wm.inputs[0]
-            if (wm.op == "mul" and other.is_const and other.shape == a.shape[-1:]
+            # the one reader may be a one-input op (a permute): only a binary mul can be the weight
+            other = (wm.inputs[1] if wm.inputs[0] is mul.output else wm.inputs[0]) if wm.op == "mul" else None
+            if (other is not None and other.is_const and other.shape == a.shape[-1:]
                     and other.dtype == a.dtype and wm.output.shape == a.shape):
                 weight = other
                 chain.append(wm)

@@ -16,9 +16,9 @@ from vnpu.frontends.torch import ATEN, FallbackWarning, UnsupportedOpError
 
 
 # -- unsupported ops: host fallback by default, one error listing them all under strict -----
-class LgammaMedian(torch.nn.Module):
-    """Two ops with no vnpu lowering (aten.lgamma, aten.median.dim: special functions and order
-    statistics), each feeding further work."""
+class LgammaDet(torch.nn.Module):
+    """Two ops with no vnpu lowering (aten.lgamma, a special function, and aten._linalg_det,
+    a factorization), each feeding further work."""
 
     def __init__(self):
         super().__init__()
@@ -26,7 +26,7 @@ class LgammaMedian(torch.nn.Module):
 
     def forward(self, x):
         y = torch.lgamma(self.fc(x).abs() + 0.5)
-        return torch.median(y, dim=-1).values * 2.0 + 1.0
+        return torch.linalg.det(y.reshape(-1, 4, 4)) * 2.0 + 1.0
 
 
 class TwoUnsupportedOutputs(torch.nn.Module):
@@ -36,7 +36,7 @@ class TwoUnsupportedOutputs(torch.nn.Module):
         return torch.lgamma(x.abs() + 0.5), torch.digamma(x.abs() + 0.5)
 
 
-UNLOWERED = ("lgamma.", "digamma.", "median.")
+UNLOWERED = ("lgamma.", "digamma.", "_linalg_det.")
 
 
 def test_premise_ops_have_no_lowering():
@@ -45,7 +45,7 @@ def test_premise_ops_have_no_lowering():
 
 def test_unsupported_ops_fall_back_to_host_with_one_warning():
     torch.manual_seed(0)
-    m = LgammaMedian().eval()
+    m = LgammaDet().eval()
     x = torch.randn(4, 16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -53,8 +53,8 @@ def test_unsupported_ops_fall_back_to_host_with_one_warning():
     fb = [w for w in caught if issubclass(w.category, FallbackWarning)]
     assert len(fb) == 1, [str(w.message) for w in caught]
     msg = str(fb[0].message)
-    assert "lgamma" in msg and "median" in msg
-    assert set(cm.info.fallback_ops) == {"lgamma.default", "median.dim"}
+    assert "lgamma" in msg and "_linalg_det" in msg
+    assert set(cm.info.fallback_ops) == {"lgamma.default", "_linalg_det.default"}
     with torch.no_grad():
         ref = m(x)
     torch.testing.assert_close(cm(x), ref, rtol=1e-5, atol=1e-5)
@@ -73,13 +73,13 @@ def test_strict_lists_every_unsupported_op_independent_outputs():
 
 def test_strict_lists_every_unsupported_op_when_their_results_are_used():
     """Under strict=True an unsupported op downstream of another one is still reported:
-    the error lists lgamma and median together, so the user learns everything at once."""
+    the error lists lgamma and det together, so the user learns everything at once."""
     torch.manual_seed(0)
     x = torch.randn(4, 16)
     with pytest.raises(UnsupportedOpError) as ei:
-        vnpu.compile(LgammaMedian().eval(), (x,), strict=True)
+        vnpu.compile(LgammaDet().eval(), (x,), strict=True)
     msg = str(ei.value)
-    assert "lgamma.default" in msg and "median.dim" in msg
+    assert "lgamma.default" in msg and "_linalg_det.default" in msg
 
 
 # -- malformed chip files --------------------------------------------------------------------

@@ -462,16 +462,29 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
 
 
+# The child reports its own peak (VmHWM of its address space after exec) at exit: getrusage's
+# ru_maxrss would also count the pages it inherited from the forked pytest process.
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+OUT = sys.argv[1]
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(OUT, "w").write(line.split()[1])
+atexit.register(_peak)
+sys.argv = ["vnpu"] + sys.argv[2:]
+runpy.run_module("vnpu.cli", run_name="__main__")
+"""
+
+
 def _subprocess(args: list[str], tmp_path: Path) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in KiB) of `python -m vnpu.cli ARGS` under RLIMIT_AS."""
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    err = tmp_path / "stderr.txt"
+    err, peak = tmp_path / "stderr.txt", tmp_path / "peak_kb.txt"
     with open(err, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "vnpu.cli", *args], stdout=subprocess.DEVNULL, stderr=f,
-                             env=env, preexec_fn=_limit_memory)
-        _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, err.read_text(), usage.ru_maxrss
+        p = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak), *args], stdout=subprocess.DEVNULL,
+                           stderr=f, env=env, preexec_fn=_limit_memory, timeout=300)
+    return p.returncode, err.read_text(), int(peak.read_text())
 
 
 @pytest.mark.parametrize("args,needle", [

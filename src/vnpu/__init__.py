@@ -1,16 +1,42 @@
-"""vnpu: a software-defined AI inference chip, its compiler and its simulator."""
-from vnpu.api import compile, compile_ir, from_onnx, from_tensorflow, generate, vnpu_backend
-from vnpu.chip import Chip, ChipError, list_presets, load_chip
-from vnpu.dtypes import DType
-from vnpu.runtime.compiled import ArtifactError, CompiledModel
+"""vnpu: a software-defined AI inference chip, its compiler and its simulator.
+
+The public names load on first use (PEP 562), so that `import vnpu` — and every CLI command,
+`vnpu chips` or a refused `vnpu generate` — does not pay for the compiler and the simulator
+before it needs them."""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_WHERE = {
+    "compile": "vnpu.api", "compile_ir": "vnpu.api", "from_onnx": "vnpu.api", "from_tensorflow": "vnpu.api",
+    "generate": "vnpu.api", "vnpu_backend": "vnpu.api",
+    "Chip": "vnpu.chip", "ChipError": "vnpu.chip", "list_presets": "vnpu.chip", "load_chip": "vnpu.chip",
+    "DType": "vnpu.dtypes",
+    "CompiledModel": "vnpu.runtime.compiled", "ArtifactError": "vnpu.runtime.artifact",
+}
 
 
-def load(path: str, chip: str | Chip | None = None) -> CompiledModel:
-    """Loads a model saved with CompiledModel.save (no model code needed)."""
+def load(path: str, chip: Any = None) -> Any:
+    """Loads a model saved with CompiledModel.save (no model code needed; no code from the file runs)."""
+    from vnpu.chip import load_chip
+    from vnpu.runtime.compiled import CompiledModel
+
     return CompiledModel.load(path, load_chip(chip) if chip is not None else None)
 
 
-__version__ = "0.1.0"
-__all__ = ["compile", "compile_ir", "from_onnx", "from_tensorflow", "generate", "vnpu_backend", "load", "Chip", "ChipError",
-           "list_presets", "load_chip", "DType",
-           "CompiledModel", "ArtifactError", "__version__"]
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vnpu' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_WHERE))
+
+
+__all__ = [*_WHERE, "load", "__version__"]

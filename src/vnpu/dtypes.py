@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from enum import Enum
 
-import ml_dtypes
 import numpy as np
 
 
@@ -25,7 +24,7 @@ class DType(str, Enum):
 
     @property
     def np(self) -> np.dtype:
-        return _NUMPY[self]
+        return (_NUMPY or _numpy_types())[self]
 
     @property
     def itemsize(self) -> int:
@@ -39,31 +38,33 @@ class DType(str, Enum):
         return self.value
 
 
-_NUMPY: dict[DType, np.dtype] = {
-    DType.fp32: np.dtype(np.float32),
-    DType.bf16: np.dtype(ml_dtypes.bfloat16),
-    DType.fp16: np.dtype(np.float16),
-    DType.fp8_e4m3: np.dtype(ml_dtypes.float8_e4m3fn),
-    DType.fp8_e5m2: np.dtype(ml_dtypes.float8_e5m2),
-    DType.int64: np.dtype(np.int64),
-    DType.int32: np.dtype(np.int32),
-    DType.int8: np.dtype(np.int8),
-    # int4 is stored one value per byte in simulated memory; timing counts half a byte.
-    DType.int4: np.dtype(ml_dtypes.int4),
-    DType.bool: np.dtype(np.bool_),
-}
+# bytes per element in simulated memory; int4 is stored one value per byte (timing counts half a byte)
+_ITEMSIZE = {DType.fp32: 4, DType.bf16: 2, DType.fp16: 2, DType.fp8_e4m3: 1, DType.fp8_e5m2: 1, DType.int64: 8,
+             DType.int32: 4, DType.int8: 1, DType.int4: 1, DType.bool: 1}
 for _m in DType:  # the simulator asks every operand its itemsize: a plain attribute, not a dict lookup
-    _m._itemsize = _NUMPY[_m].itemsize
+    _m._itemsize = _ITEMSIZE[_m]
+
+_NUMPY: dict[DType, np.dtype] = {}
 
 
+def _numpy_types() -> dict[DType, np.dtype]:
+    """NumPy storage types, filled on first use: ml_dtypes' import costs ~0.1-0.6 s, which
+    commands that never touch tensor data (vnpu chips, a refused vnpu generate) do not pay."""
+    import ml_dtypes
 
-class UnsupportedDTypeError(TypeError):
-    """A framework dtype vnpu has no counterpart for (complex, uint64, ...)."""
+    _NUMPY.update({
+        DType.fp32: np.dtype(np.float32), DType.bf16: np.dtype(ml_dtypes.bfloat16), DType.fp16: np.dtype(np.float16),
+        DType.fp8_e4m3: np.dtype(ml_dtypes.float8_e4m3fn), DType.fp8_e5m2: np.dtype(ml_dtypes.float8_e5m2),
+        DType.int64: np.dtype(np.int64), DType.int32: np.dtype(np.int32), DType.int8: np.dtype(np.int8),
+        DType.int4: np.dtype(ml_dtypes.int4), DType.bool: np.dtype(np.bool_),
+    })
+    assert all(_NUMPY[d].itemsize == _ITEMSIZE[d] for d in DType)
+    return _NUMPY
 
 
 def from_numpy(dt: np.dtype) -> DType:
     dt = np.dtype(dt)
-    for k, v in _NUMPY.items():
+    for k, v in (_NUMPY or _numpy_types()).items():
         if v == dt:
             return k
     if dt == np.dtype(np.float64):
@@ -100,7 +101,7 @@ def numpy_to_torch(a: np.ndarray) -> "object":
     import torch
 
     a = np.require(a, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
-    if a.dtype == np.dtype(ml_dtypes.bfloat16):
+    if a.dtype == DType.bf16.np:
         return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(a.copy())
 
@@ -111,7 +112,7 @@ def torch_to_numpy(t: "object") -> np.ndarray:
 
     t = t.detach().cpu().contiguous()  # type: ignore[attr-defined]
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.view(torch.int16).numpy().view(DType.bf16.np)
     if t.dtype == torch.float64:
         return t.numpy().astype(np.float32)
     return t.numpy()

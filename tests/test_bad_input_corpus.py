@@ -353,13 +353,12 @@ def test_compiled_model_wrong_calls(linear_cm, args, match):
         linear_cm(*args)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "GAP (frontends/torch export, api.compile; not this branch's files): example inputs the model "
-    "cannot take escape as torch's RuntimeError from torch.export ('a and b must have same reduction "
-    "dim'), with torch's own error log on stderr, instead of a vnpu ValueError naming the input"))
 def test_compile_with_inputs_the_model_cannot_take():
-    with pytest.raises(ValueError, match="input"):
+    from vnpu.frontends.errors import ModelExportError
+
+    with pytest.raises(ModelExportError, match=r"example inputs \[\(2, 7\)\]") as ei:
         vnpu.compile(_Linear().eval(), (torch.randn(2, 7),))
+    assert "\n" not in str(ei.value)
 
 
 @pytest.mark.parametrize("x", [np.ones((2, 8), np.complex64), np.full((2, 8), "a"), np.full((2, 8), None)],

@@ -262,10 +262,11 @@ def _tf_dtype(dt: Any) -> DType:
 
 def model_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "this model file or its shapes cannot be used" (reported as bad input)."""
+    from vnpu.frontends.errors import ModelExportError
     from vnpu.frontends.onnx.importer import DynamicShapeError, OnnxModelError
     from vnpu.frontends.tensorflow.converter import TensorFlowModelError
 
-    return (SourceError, OnnxModelError, DynamicShapeError, TensorFlowModelError)
+    return (SourceError, OnnxModelError, DynamicShapeError, TensorFlowModelError, ModelExportError)
 
 
 def open_source(model: str, input_shapes: Mapping[str, tuple[int, ...]]) -> RunSource:

@@ -26,6 +26,11 @@ class DataDependentShapeError(ValueError):
     are compiled for static shapes, so neither the chip nor host fallback inside a program can run it."""
 
 
+class ModelExportError(ValueError):
+    """torch.export could not trace the model with the example inputs given (wrong shapes, dtypes
+    or count, or Python the tracer cannot follow): the framework's own reason, in one line."""
+
+
 class FallbackWarning(UserWarning):
     """Some ops of the model run on the host CPU instead of the chip."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from vnpu.frontends.errors import DataDependentShapeError
+from vnpu.frontends.errors import DataDependentShapeError, ModelExportError
 from vnpu.frontends.torch.importer import (ATEN, DataDependentValueError, FallbackWarning, ImportResult,
                                            UnsupportedOpError, constant_placeholders, import_fx, op_name)
 
@@ -17,7 +17,16 @@ def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs:
     """torch.export -> Core ATen decomposition -> IR."""
     model = model.eval()
     with torch.no_grad():
-        ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)
+        try:
+            ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)
+        except GuardOnDataDependentSymNode:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the tracer or the model raised, named as one line
+            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise ModelExportError(f"torch.export could not trace {type(model).__name__} with example inputs "
+                                   f"{shapes}: {type(e).__name__}: {first[:300]}. Check that the inputs are what "
+                                   "its forward takes") from None
         ep = to_core_aten(ep)
     return import_exported(ep, type(model).__name__, strict)
 

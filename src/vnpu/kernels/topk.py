@@ -20,10 +20,13 @@ def _rows_view(ref: HbmRef, r0: int, rn: int, width: int) -> HbmRef:
     lead = ref.shape[:-1]
     # leading dims must flatten: each stride the product of the inner extents
     st = ref.strides[-1]
-    row_stride = ref.strides[-2] if len(lead) else width * st
+    # the row stride is that of the innermost leading dim that is not 1 (a size-1 dim's stride is arbitrary)
+    row_stride = next((s for d, s in zip(reversed(lead), reversed(ref.strides[:-1])) if d != 1), width * st)
     expect = row_stride
     for d, s in zip(reversed(lead), reversed(ref.strides[:-1])):
-        if d != 1 and s != expect:
+        if d == 1:
+            continue  # a size-1 dim's stride says nothing about the spacing
+        if s != expect:
             raise ValueError(f"topk: rows of {ref.shape} with strides {ref.strides} are not evenly spaced")
         expect = s * d
     return HbmRef(ref.offset + r0 * row_stride * ref.dtype.itemsize, ref.dtype, (rn, width), (row_stride, st))

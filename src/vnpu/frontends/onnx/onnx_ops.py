@@ -14,6 +14,7 @@ import numpy as np
 
 from vnpu.dtypes import DType
 from vnpu.frontends import spatial
+from vnpu.frontends.spatial import same_pads
 from vnpu.frontends.onnx.importer import OnnxContext as Cx, _elem_dtype, onnx_op
 from vnpu.ir.graph import Value
 
@@ -250,12 +251,7 @@ def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], stride: list[
         return [(int(p[i]), int(p[i + n])) for i in range(n)]
     if auto == "VALID":
         return [(0, 0)] * n
-    out = []
-    for size, k, s, d in zip(spatial, kernel, stride, dilation):
-        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-        out.append((lo, total - lo))
-    return out
+    return same_pads(auto, spatial, kernel, stride, dilation)
 
 
 @onnx_op("Conv")

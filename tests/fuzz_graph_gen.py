@@ -650,21 +650,14 @@ class GraphBuilder:
         # gather of the indices topk found (shared subexpression)
         k = self.ch.int(1, min(4, s[-1]))
         t = self.tensor(x)
-        if not _topk_separated(t, k) or self._known_topk_bug(t):
+        if not _topk_separated(t, k):
             return None
         return self.emit(f"torch.gather({x.name}, -1, torch.topk({x.name}, {k}).indices) * 2.0", "f")
-
-    def _known_topk_bug(self, t: torch.Tensor) -> bool:
-        # KNOWN_BUGS: kernels/topk.py refuses inputs whose rows it cannot see as one strided 2-D
-        # view (tests/test_fuzz_regressions.py, xfail); drop this once that is fixed
-        return self.avoid_known_bugs and not t.is_contiguous()
 
     def op_topk(self) -> Any:
         x = self.float_val()
         s = self.shape(x)
         t = self.tensor(x)
-        if self._known_topk_bug(t):
-            return None
         if self.ch.bool():
             keep = self.ch.bool()
             return self.emit(f"torch.argmax({x.name}, dim=-1, keepdim={keep})", "i", ok=lambda _: _topk_separated(t, 1))

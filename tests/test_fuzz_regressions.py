@@ -42,10 +42,9 @@ def test_argmax_of_slice_with_size1_second_last_dim() -> None:
     _check(Fn(lambda x: torch.argmax(x[:, :, 0:1], dim=-1)), x)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/topk.py loads its rows as one strided 2-D view "
-                   "and refuses ([ValueError] 'rows ... are not evenly spaced') an input whose leading dims do not "
-                   "flatten (a permuted view), instead of copying it contiguous first")
 def test_topk_of_transposed_view() -> None:
+    """Was refused ('rows ... are not evenly spaced'): kernels/topk.py reads rows as one strided
+    2-D view; compiler/memory.materialize_views now copies a permuted input first."""
     x = torch.randn(3, 4, 9)
     _check(Fn(lambda x: torch.topk(x.transpose(0, 1), 2).values), x)
 

@@ -12,6 +12,7 @@ from vnpu.ir.graph import Graph, Node, Value
 from vnpu.ir.ops import OPS
 from vnpu.isa.instructions import HbmRef
 from vnpu.kernels import views
+from vnpu.kernels.topk import row_stride as topk_row_stride
 
 ALIGN = 256
 
@@ -59,18 +60,25 @@ def materialize_views(g: Graph) -> None:
             r = sym[id(v)] = HbmRef(0, v.dtype, v.shape, views.contiguous_strides(v.shape))
         return r
 
+    def copy_first_input(n: Node) -> None:
+        c = g.add_node("copy", [n.inputs[0]], {}, name=f"{n.name}_contig")
+        g.nodes.pop()
+        g.nodes.insert(g.nodes.index(n), c)
+        n.inputs[0] = c.output
+
     for n in list(g.nodes):
+        if n.op == "topk":
+            # the top-k kernel reads its rows as one strided 2-D view: a permuted input is copied first
+            src = ref(n.inputs[0])
+            if topk_row_stride(src.shape, src.strides) is None:
+                copy_first_input(n)
+            continue
         if OPS[n.op].kind != "view":
             continue
-        src = ref(n.inputs[0])
-        out = _view_of(n, src)
+        out = _view_of(n, ref(n.inputs[0]))
         if out is None:
-            pos = g.nodes.index(n)
-            c = g.add_node("copy", [n.inputs[0]], {}, name=f"{n.name}_contig")
-            g.nodes.pop()
-            g.nodes.insert(pos, c)
-            n.inputs[0] = c.output
-            out = _view_of(n, ref(c.output))
+            copy_first_input(n)
+            out = _view_of(n, ref(n.inputs[0]))
             assert out is not None
         sym[id(n.output)] = out
 

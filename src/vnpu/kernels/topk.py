@@ -15,21 +15,29 @@ from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
 
 
-def _rows_view(ref: HbmRef, r0: int, rn: int, width: int) -> HbmRef:
-    """Rows r0..r0+rn of `ref` seen as [rows, width] (leading dims flattened, C order)."""
-    lead = ref.shape[:-1]
-    # leading dims must flatten: each stride the product of the inner extents
-    st = ref.strides[-1]
+def row_stride(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
+    """The element spacing of the rows of a [..., width] view whose leading dims flatten
+    (C order), or None when they do not (a permuted view): the kernel reads its rows as one
+    strided 2-D view, so compiler/memory.materialize_views copies such an input first."""
+    lead = shape[:-1]
     # the row stride is that of the innermost leading dim that is not 1 (a size-1 dim's stride is arbitrary)
-    row_stride = next((s for d, s in zip(reversed(lead), reversed(ref.strides[:-1])) if d != 1), width * st)
-    expect = row_stride
-    for d, s in zip(reversed(lead), reversed(ref.strides[:-1])):
+    stride = next((s for d, s in zip(reversed(lead), reversed(strides[:-1])) if d != 1), shape[-1] * strides[-1])
+    expect = stride
+    for d, s in zip(reversed(lead), reversed(strides[:-1])):
         if d == 1:
             continue  # a size-1 dim's stride says nothing about the spacing
         if s != expect:
-            raise ValueError(f"topk: rows of {ref.shape} with strides {ref.strides} are not evenly spaced")
+            return None
         expect = s * d
-    return HbmRef(ref.offset + r0 * row_stride * ref.dtype.itemsize, ref.dtype, (rn, width), (row_stride, st))
+    return stride
+
+
+def _rows_view(ref: HbmRef, r0: int, rn: int, width: int) -> HbmRef:
+    """Rows r0..r0+rn of `ref` seen as [rows, width] (leading dims flattened, C order)."""
+    stride = row_stride(ref.shape, ref.strides)
+    if stride is None:  # materialize_views copies such inputs; reaching here is a compiler bug
+        raise ValueError(f"topk: rows of {ref.shape} with strides {ref.strides} are not evenly spaced")
+    return HbmRef(ref.offset + r0 * stride * ref.dtype.itemsize, ref.dtype, (rn, width), (stride, ref.strides[-1]))
 
 
 @kernel("topk")

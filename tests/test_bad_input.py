@@ -213,3 +213,14 @@ def test_weights_larger_than_hbm_raise_out_of_memory_saying_by_how_much():
     assert any(abs(v - over) <= 0.01 * over for v in stated_over), msg
     stated_w = _stated_bytes(msg.split("weights", 1)[1])
     assert stated_w and abs(stated_w[0] - weights) <= 0.01 * weights, msg
+
+
+def test_complex_and_uint64_torch_dtypes_raise_the_named_error() -> None:
+    # the class went missing once (a NameError reached users of fft.irfft / stft / hash_tensor)
+    import torch
+
+    from vnpu.dtypes import UnsupportedDTypeError, torch_to_dtype
+
+    for tdt in (torch.complex64, torch.uint64):
+        with pytest.raises(UnsupportedDTypeError, match="has no vnpu equivalent"):
+            torch_to_dtype(tdt)

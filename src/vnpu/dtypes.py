@@ -47,6 +47,10 @@ for _m in DType:  # the simulator asks every operand its itemsize: a plain attri
 _NUMPY: dict[DType, np.dtype] = {}
 
 
+class UnsupportedDTypeError(TypeError):
+    """A framework dtype vnpu has no counterpart for (complex, uint64, ...)."""
+
+
 def _numpy_types() -> dict[DType, np.dtype]:
     """NumPy storage types, filled on first use: ml_dtypes' import costs ~0.1-0.6 s, which
     commands that never touch tensor data (vnpu chips, a refused vnpu generate) do not pay."""

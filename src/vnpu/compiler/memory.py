@@ -6,13 +6,13 @@ liveness (best fit over lifetime intervals); weights and inputs get their own re
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from vnpu.ir.graph import Graph, Node, Value
 from vnpu.ir.ops import OPS
 from vnpu.isa.instructions import HbmRef
 from vnpu.kernels import views
-from vnpu.kernels.topk import row_stride as topk_row_stride
 
 ALIGN = 256
 
@@ -70,7 +70,7 @@ def materialize_views(g: Graph) -> None:
         if n.op == "topk":
             # the top-k kernel reads its rows as one strided 2-D view: a permuted input is copied first
             src = ref(n.inputs[0])
-            if topk_row_stride(src.shape, src.strides) is None:
+            if views.reshape(src, (math.prod(src.shape[:-1]), src.shape[-1])) is None:
                 copy_first_input(n)
             continue
         if OPS[n.op].kind != "view":

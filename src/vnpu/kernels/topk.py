@@ -12,32 +12,17 @@ import math
 from vnpu.dtypes import DType
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
+from vnpu.kernels import views
 from vnpu.kernels.base import CoreBuilder, KernelContext, deal_round_robin, kernel, sub_ref
 
 
-def row_stride(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
-    """The element spacing of the rows of a [..., width] view whose leading dims flatten
-    (C order), or None when they do not (a permuted view): the kernel reads its rows as one
-    strided 2-D view, so compiler/memory.materialize_views copies such an input first."""
-    lead = shape[:-1]
-    # the row stride is that of the innermost leading dim that is not 1 (a size-1 dim's stride is arbitrary)
-    stride = next((s for d, s in zip(reversed(lead), reversed(strides[:-1])) if d != 1), shape[-1] * strides[-1])
-    expect = stride
-    for d, s in zip(reversed(lead), reversed(strides[:-1])):
-        if d == 1:
-            continue  # a size-1 dim's stride says nothing about the spacing
-        if s != expect:
-            return None
-        expect = s * d
-    return stride
-
-
 def _rows_view(ref: HbmRef, r0: int, rn: int, width: int) -> HbmRef:
-    """Rows r0..r0+rn of `ref` seen as [rows, width] (leading dims flattened, C order)."""
-    stride = row_stride(ref.shape, ref.strides)
-    if stride is None:  # materialize_views copies such inputs; reaching here is a compiler bug
+    """Rows r0..r0+rn of `ref` seen as [rows, width] (leading dims flattened, C order).
+    compiler/memory.materialize_views copies an input whose leading dims do not flatten."""
+    rows = views.reshape(ref, (math.prod(ref.shape[:-1]), width))
+    if rows is None:  # reaching here is a compiler bug
         raise ValueError(f"topk: rows of {ref.shape} with strides {ref.strides} are not evenly spaced")
-    return HbmRef(ref.offset + r0 * stride * ref.dtype.itemsize, ref.dtype, (rn, width), (stride, ref.strides[-1]))
+    return views.slice_dim(rows, 0, r0, r0 + rn)
 
 
 @kernel("topk")

@@ -74,13 +74,16 @@ def _tiny_chip(scratchpad: int = 16384):
                       "core.scratchpad.bytes": scratchpad, "core.vector.lanes": 16, "core.vector.sfu_lanes": 4})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="kernels/layer_norm.py: the rms_norm path has no chunked-row "
-                   "fallback ('rms_norm: rows of 9000 elements do not fit the scratchpad') although layer_norm over "
-                   "the same rows and the unfused mean/rsqrt/mul chain both compile; compiler/patterns.py fuses the "
-                   "RMSNorm chain without knowing the chip")
-def test_rms_norm_rows_larger_than_scratchpad() -> None:
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rms_norm_rows_larger_than_scratchpad(weighted: bool) -> None:
+    # kernels/layer_norm.py raised "rms_norm: rows of 9000 elements do not fit the scratchpad";
+    # such rows now take two passes over row chunks, as layer_norm's do
     x = torch.randn(3, 9000)  # 36 KB rows, 16 KiB scratchpad
-    _check(Fn(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)), x, chip=_tiny_chip())
+    if weighted:
+        w = torch.randn(9000)
+        _check(Fn(lambda x: torch.nn.functional.rms_norm(x, (9000,), w, 1e-6)), x, chip=_tiny_chip())
+    else:
+        _check(Fn(lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)), x, chip=_tiny_chip())
 
 
 class _Embedding(torch.nn.Module):

@@ -8,7 +8,7 @@ Weight and bias are loaded once per core (static loads) and broadcast over the r
 Rows longer than the scratchpad holds take two passes over D chunks on one core: pass 1
 folds each chunk's mean and centred sum of squares into running ones (Chan et al.'s
 parallel variance update, stable unlike E[x^2] - mean^2); pass 2 normalizes each chunk,
-loading the matching weight and bias chunks.
+loading the matching weight and bias chunks. RMSNorm's pass 1 only sums squares.
 """
 from __future__ import annotations
 
@@ -57,8 +57,6 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
     cap = ctx.chip.core.scratchpad.bytes
     pc, rc, qc = plan_rows(lay, need, cap, spread_elems(ctx, x.numel), q_min=max(1, ctx.chip.hbm.burst_bytes // isz))
     chunked = rc < D
-    if chunked and rms:
-        raise ValueError(f"rms_norm: rows of {D} elements do not fit the scratchpad")
     pshape = (lambda r: (r, 1)) if lay.three_d else (lambda r: (r,))
     static = None if chunked or not params else [
         (lay.view(2 + i, None, ((0,) * len(lay.red), lay.red), None), pshape(D)) for i in range(len(params))]
@@ -122,6 +120,16 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
             v("add", m2, m2, eps)
             v("rsqrt", m2, m2)
             scale_shift(v, centred, out_t, m2, w, bias)
+        elif ps == 1 and rms:
+            # RMSNorm needs only the running sum of squares (no mean to keep stable)
+            v("mul", sq, xs, xs)
+            v("reduce_sum", m2 if rt.chunk == 0 else t2, sq, **ra)
+            if rt.chunk:
+                v("add", m2, m2, t2)
+            if rt.chunk == rt.chunks - 1:
+                v("mul", m2, m2, 1.0 / D)
+                v("add", m2, m2, eps)
+                v("rsqrt", m2, m2)
         elif ps == 1:
             if rt.chunk == 0:
                 state["n"] = n_b
@@ -150,6 +158,8 @@ def layer_norm_kernel(ctx: KernelContext) -> KernelLaunch:
                 v("mul", m2, m2, 1.0 / D)
                 v("add", m2, m2, eps)
                 v("rsqrt", m2, m2)
+        elif rms:
+            scale_shift(v, xs, out_t, m2, w, bias)
         else:
             v("sub", xc, xs, mean)
             scale_shift(v, xc, out_t, m2, w, bias)

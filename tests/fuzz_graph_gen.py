@@ -757,7 +757,7 @@ class GraphBuilder:
             return outs[-1]
         # scaled dot-product attention
         b, hds, s_, d = self.ch.choice([1, 2]), self.ch.choice([1, 2, 3]), self.ch.choice([1, 3, 8, 17]), \
-            self.ch.choice([4, 8, 16, 64])
+            self.ch.choice([4, 8, 16, 64, 320])
         l_ = s_ if self.ch.bool(0.7) else self.ch.choice([1, 5, 16])
         q = self.new_input((b, hds, s_, d))
         k = self.new_input((b, hds, l_, d))

@@ -121,3 +121,14 @@ def test_rms_norm_pattern_read_by_a_one_input_op(after: str) -> None:
         return y.permute(2, 0, 1) if after == "permute" else -y
 
     _check(Fn(fn), x)
+
+
+@pytest.mark.parametrize("causal,heads", [(False, (2, 2)), (True, (4, 2))])
+def test_attention_head_dim_larger_than_scratchpad(causal: bool, heads: tuple[int, int]) -> None:
+    # kernels/attention.py raised a bare "attention: ... do not fit a 16384-byte scratchpad"; such
+    # attention now compiles as matmul / where / softmax (compiler/passes.unfuse_oversized_attention)
+    hq, hkv = heads
+    q, k, v = torch.randn(2, hq, 5, 600), torch.randn(2, hkv, 7, 600), torch.randn(2, hkv, 7, 300)
+    fn = Fn(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                              enable_gqa=hq != hkv))
+    _check(fn, q, k, v, chip=_tiny_chip())

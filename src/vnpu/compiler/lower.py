@@ -18,7 +18,7 @@ from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, copy_on_write, materialize_views, plan_memory
-from vnpu.compiler.passes import legalize, set_precision, split_decode_attention
+from vnpu.compiler.passes import legalize, set_precision, split_decode_attention, unfuse_oversized_attention
 from vnpu.compiler.patterns import rewrite_llm_patterns
 
 
@@ -39,12 +39,15 @@ def chip_fingerprint(chip: Chip) -> str:
     return hashlib.sha256(chip.model_dump_json().encode()).hexdigest()[:16]
 
 
-def optimize(graph: Graph, dtype: DType) -> Graph:
-    """Runs the graph passes on a copy: precision, legalization, fusion, layout."""
+def optimize(graph: Graph, dtype: DType, chip: Chip | None = None) -> Graph:
+    """Runs the graph passes on a copy: precision, legalization, fusion, layout. With `chip`,
+    also the rewrites that depend on its sizes (attention too large for its scratchpad)."""
     g = graph.clone()
     set_precision(g, dtype)
     legalize(g)
     rewrite_llm_patterns(g)
+    if chip is not None:
+        unfuse_oversized_attention(g, chip, dtype)
     fuse(g)
     materialize_views(g)
     verify(g)
@@ -93,7 +96,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     if not chip.supports(dtype):
         raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
     verify(graph)
-    g = optimize(graph, dtype)
+    g = optimize(graph, dtype, chip)
     split_decode_attention(g, chip)
     copy_on_write(g)
     try:

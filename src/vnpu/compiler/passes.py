@@ -128,3 +128,63 @@ def split_decode_attention(g: Graph, chip: "Chip") -> None:
             n.attrs["kv_splits"] = splits
             scratch = infer_types("attention", [v.type for v in n.inputs], n.attrs)[1]
             n.outputs.append(Value(g._fresh(f"{n.name}_partials"), scratch, n))
+
+
+def unfuse_oversized_attention(g: Graph, chip: "Chip", dtype: DType) -> bool:
+    """Attention whose smallest tiles do not fit the chip's scratchpad (a head dim of
+    thousands on a 16 KiB core) becomes softmax(q k^T * scale [masked]) v on the matmul,
+    where and softmax kernels, which tile any size. Returns whether anything changed."""
+    from vnpu.kernels.attention import attention_tiles
+
+    changed = False
+    for n in list(g.nodes):
+        if n.op != "attention" or len(n.outputs) != 1:
+            continue
+        q, k, v = n.inputs[:3]
+        qpos = n.inputs[3] if len(n.inputs) > 3 else None
+        b, hq, s, d = q.shape
+        hkv, dv = k.shape[1], v.shape[3]
+        kv_len = int(n.attrs.get("kv_len", k.shape[2]))
+        try:
+            attention_tiles(chip.core.scratchpad.bytes, hq // hkv, s, kv_len, d, dv, dtype, n.output.dtype,
+                            qpos is not None, False)
+            continue
+        except ValueError:
+            pass
+        changed = True
+        grp = hq // hkv
+
+        def emit(op: str, inputs: list[Value], attrs: dict) -> Value:
+            return _insert_before(g, n, op, inputs, attrs)
+
+        if kv_len < k.shape[2]:
+            k = emit("slice", [k], {"axis": 2, "start": 0, "end": kv_len, "step": 1})
+            v = emit("slice", [v], {"axis": 2, "start": 0, "end": kv_len, "step": 1})
+        # query heads h*grp .. h*grp+grp-1 share KV head h: [B, Hkv, grp, S, D]
+        qg = emit("reshape", [q], {"shape": [b, hkv, grp * s, d]})
+        kt = emit("permute", [k], {"perm": [0, 1, 3, 2]})
+        scores = emit("matmul", [qg, kt], {})
+        fdt = scores.dtype
+        scale = g.add_const(f"{n.name}_scale", np.asarray(float(n.attrs["scale"])).astype(fdt.np), fdt)
+        scores = emit("mul", [scores, scale], {})
+        if qpos is not None:  # key j visible to query i iff j <= q_pos[i]
+            keys = g.add_const(f"{n.name}_keys", np.arange(kv_len, dtype=np.int64).reshape(1, kv_len), DType.int64)
+            pos = emit("reshape", [qpos], {"shape": [s, 1]})
+            if pos.dtype != DType.int64:
+                pos = emit("cast", [pos], {"dtype": DType.int64})
+            visible = emit("le", [keys, pos], {})  # [S, L]
+            scores = emit("reshape", [scores], {"shape": [b, hkv, grp, s, kv_len]})
+            neg = g.add_const(f"{n.name}_neg", np.asarray(float("-inf")).astype(fdt.np), fdt)
+            scores = emit("where", [visible, scores, neg], {})
+            scores = emit("reshape", [scores], {"shape": [b, hkv, grp * s, kv_len]})
+        probs = emit("softmax", [scores], {"axis": 3, "log": False})
+        if probs.dtype != v.dtype:
+            probs = emit("cast", [probs], {"dtype": v.dtype})
+        o = emit("matmul", [probs, v], {})  # [B, Hkv, grp*S, Dv]
+        o = emit("reshape", [o], {"shape": [b, hq, s, dv]})
+        o = emit("permute", [o], {"perm": [0, 2, 1, 3]})
+        if o.dtype != n.output.dtype:
+            o = emit("cast", [o], {"dtype": n.output.dtype})
+        g.replace_uses(n.output, o)
+        g.nodes.remove(n)
+    return changed

@@ -95,3 +95,23 @@ def test_nhwc_model_has_one_layout_transpose():
     x = np.random.default_rng(1).standard_normal((1, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(cm(x), model(x, training=False).numpy(), rtol=0, atol=1e-5)
     assert "permute" in cm.info.ir_text or "copy" in kinds  # the NHWC -> NCHW input transpose
+
+
+def test_keras_grouped_conv_converts_to_a_grouped_conv():
+    """Keras 3 runs grouped convolutions (ConvNeXt's depthwise 7x7 is Conv2D(groups=C)) in an
+    XLA-compiled tf.function, which tf2onnx left as an opaque StatefulPartitionedCall; the
+    converter traces them as plain convolutions, so they reach the chip as grouped Convs."""
+    keras.utils.set_random_seed(SEED)
+    inp = keras.Input((12, 12, 8))
+    h = keras.layers.Conv2D(8, 7, padding="same", groups=8)(inp)  # depthwise, as ConvNeXt
+    out = keras.layers.Conv2D(12, 3, groups=4, activation="relu")(h)
+    model = keras.Model(inp, out)
+    proto, _ = tensorflow_to_onnx(model)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "StatefulPartitionedCall" not in ops and ops.count("Conv") == 2
+    groups = sorted(a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    assert groups == [4, 8]
+    cm = vnpu.from_tensorflow(model, strict=True)
+    x = np.random.default_rng(2).standard_normal((1, 12, 12, 8)).astype(np.float32)
+    ref = model(x, training=False).numpy()
+    np.testing.assert_allclose(cm(x), ref, rtol=0, atol=1e-5 * max(1.0, float(np.abs(ref).max())))

@@ -6,9 +6,10 @@ input shapes are used, with an unknown batch dim taken as 1.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -126,6 +127,33 @@ def load_keras_file(path: Path) -> Any:
                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
+@contextlib.contextmanager
+def _keras_convs_traceable() -> Iterator[None]:
+    """Keras 3's TensorFlow backend wraps grouped (depthwise-as-grouped) and channels-first 3-D
+    convolutions in an XLA-compiled tf.function (plain TF kernels for them are broken on CPU);
+    tf2onnx cannot look inside such a call and leaves an opaque StatefulPartitionedCall.
+    Conversion only traces the graph and never runs it, so while it runs the convolution is
+    emitted as a plain tf.nn.convolution, which tf2onnx turns into a grouped Conv."""
+    try:
+        from keras.src.backend.tensorflow import nn as keras_tf_nn
+    except ImportError:  # Keras 2 / tf.keras: no XLA wrapper to undo
+        yield
+        return
+    keras_conv = keras_tf_nn.conv
+    tf = _tf()
+
+    def plain_conv(inputs: Any, kernel: Any, strides: Any = 1, padding: str = "valid", data_format: Any = None,
+                   dilation_rate: Any = 1) -> Any:
+        fmt = keras_tf_nn._convert_data_format(data_format, len(inputs.shape))
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=fmt, dilations=dilation_rate)
+
+    keras_tf_nn.conv = plain_conv
+    try:
+        yield
+    finally:
+        keras_tf_nn.conv = keras_conv
+
+
 def tensorflow_to_onnx(model: Any, input_signature: Sequence[Any] | None = None) -> tuple[Any, str]:
     """(ONNX ModelProto, model name) for a Keras model, .keras file, tf.function or SavedModel dir."""
     tf = _tf()
@@ -147,7 +175,8 @@ def tensorflow_to_onnx(model: Any, input_signature: Sequence[Any] | None = None)
             raise TensorFlowModelError(f"{path}: not a SavedModel directory or a .keras file")
     if _is_keras(model):
         sig = _static_specs(given or keras_input_specs(model), f"Keras model {model.name!r}", fill_batch=given is None)
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
+        with _keras_convs_traceable():
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
         return proto, model.name
     if hasattr(model, "get_concrete_function"):  # a tf.function
         own = getattr(model, "input_signature", None)
@@ -158,7 +187,8 @@ def tensorflow_to_onnx(model: Any, input_signature: Sequence[Any] | None = None)
         if own is not None and hasattr(model, "python_function"):
             # its own signature (with unknown dims) would win over ours: retrace the Python function
             fn = tf.function(model.python_function)
-        proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
+        with _keras_convs_traceable():  # a tf.function calling Keras layers
+            proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=OPSET, custom_op_handlers=handlers)
         _freeze_captures(proto, fn, sig)
         return proto, getattr(model, "__name__", None) or getattr(model, "name", None) or "tf_function"
     raise TypeError(f"from_tensorflow takes a Keras model, a tf.function, a SavedModel directory or a .keras file, "

@@ -156,3 +156,31 @@ def test_torch_compile_cnn_without_importing_vnpu(user_run):
     """Conv + BatchNorm + pooling + flatten: make_fx emits `aten.sym_size.int` for flatten's
     view sizes, which must be specialized to the static shape (it once crashed _host_call)."""
     _check("CNN", user_run)
+
+
+class _VmapScan(torch.nn.Module):
+    """One step of a parallel prefix scan written with torch.vmap, as transformers' Mamba
+    does: Dynamo puts the vmap's functorch transform calls into the graph itself."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        def combine(a_l, b_l, a_r, b_r):
+            return a_l * a_r, a_r * b_l + b_r
+        a2, b2 = torch.vmap(combine)(a[0::2], b[0::2], a[1::2], b[1::2])
+        return torch.cat([a2, b2], dim=-1).exp()
+
+
+def test_torch_compile_graph_with_vmap_inside():
+    # functionalize over a graph that enters vmap itself raised a functorch INTERNAL ASSERT
+    # (transformers' Mamba under torch.compile); such graphs are traced to ATen first
+    from vnpu.frontends.errors import FallbackWarning
+    import warnings
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 5), torch.randn(8, 5)
+    m = _VmapScan()
+    ref = m(a, b)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        out = torch.compile(m, backend="vnpu")(a, b)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)

@@ -153,9 +153,17 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     table.pop(torch.ops.aten._safe_softmax.default, None)
     # functionalized: in-place ops become functional ones, and an input the graph mutates
     # gets one copy_ at the end, which becomes an extra program output written back per call
+    args = [example_inputs[i] for i in traced_indices]
     with torch.no_grad():
-        aten_gm = make_fx(torch.func.functionalize(specialized, remove="mutations"), decomposition_table=table,
-                          tracing_mode="fake")(*[example_inputs[i] for i in traced_indices])
+        if _has_functorch_transforms(gm):
+            # vmap inside the graph (transformers' associative scans) cannot run under functionalize's
+            # transform layer (a functorch INTERNAL ASSERT): trace it to ATen first, which removes
+            # the batching, then functionalize that graph
+            plain = make_fx(specialized, decomposition_table=table, tracing_mode="fake")(*args)
+            aten_gm = make_fx(torch.func.functionalize(plain, remove="mutations"), tracing_mode="fake")(*args)
+        else:
+            aten_gm = make_fx(torch.func.functionalize(specialized, remove="mutations"), decomposition_table=table,
+                              tracing_mode="fake")(*args)
     phs = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
     by_input = dict(zip(traced_indices, phs))
     consts = {by_input[i].name: example_inputs[i] for i in const_indices if i in by_input}
@@ -165,6 +173,12 @@ def trace_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], const_indices:
     res = import_fx(aten_gm, consts, name=name, strict=strict, user_outputs=keep)
     runtime = [i for i in traced_indices if isinstance(example_inputs[i], torch.Tensor) and i not in const_indices]
     return DynamoTrace(res, runtime, outputs[:n_user], [(i, outputs[n_user + j][1]) for j, i in enumerate(mutated)])
+
+
+def _has_functorch_transforms(gm: torch.fx.GraphModule) -> bool:
+    """Whether the Dynamo graph enters a functorch transform itself (vmap's predispatch calls)."""
+    return any(n.op == "call_function" and getattr(n.target, "__module__", "") == "torch._functorch.predispatch"
+               for n in gm.graph.nodes)
 
 
 def _mutations_as_outputs(gm: torch.fx.GraphModule, input_of: dict, const_indices: set[int]) -> list[int]:

@@ -183,7 +183,7 @@ def _dequantize_linear(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 @onnx_op("DynamicQuantizeLinear")
 def _dynamic_quantize_linear(cx: Cx, ins: Ins, attrs: dict) -> tuple[Value, Value, Value] | None:
     """uint8 quantization with the range of x widened to include 0: scale = (max - min) / 255
-    (1 / 255 when max == min), zero point = round(clamp(-min / scale, 0, 255)), as the spec and
+    (1 when max == min, as onnxruntime), zero point = round(clamp(-min / scale, 0, 255)), as the spec and
     onnxruntime compute them."""
     (x,) = ins
     if x.dtype != DType.fp32 or x.type.numel == 0:
@@ -198,8 +198,9 @@ def _dynamic_quantize_linear(cx: Cx, ins: Ins, attrs: dict) -> tuple[Value, Valu
     lo = cx.emit("minimum", [lo, zero])
     hi = cx.emit("maximum", [hi, zero])
     span = cx.emit("sub", [hi, lo])
-    span = cx.emit("where", [cx.emit("eq", [span, zero]), cx.const(1.0, DType.fp32), span])
-    scale = cx.emit("div", [span, cx.const(255.0, DType.fp32)])
+    # an all-zero x: scale 1 (onnxruntime; the spec's formula divides 0 by 0 for the zero point)
+    scale = cx.emit("where", [cx.emit("eq", [span, zero]), cx.const(1.0, DType.fp32),
+                              cx.emit("div", [span, cx.const(255.0, DType.fp32)])])
     zp_f = cx.emit("sub", [zero, cx.emit("div", [lo, scale])])
     zp_f = cx.emit("round", [cx.emit("clamp", [zp_f], {"min": 0.0, "max": 255.0})])
     y = _quantize(cx, cx.emit("div", [x, scale]), zp_f, UINT8)

@@ -22,6 +22,7 @@ sum as fp32, times (scale_a * scale_b / scale_y) in fp32, rounded half to even, 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -49,22 +50,24 @@ EXACT_SUM = float(1 << 24)  # fp32 adds integers exactly while every partial sum
 
 
 # -- ONNX element types of the model's tensors --------------------------------------------------
-_types_cache: list[Any] = [None, {}, False]  # [model, name -> elem type, shape inference done]
+# the import whose types are cached (a weak reference: the cache keeps no model alive), its
+# name -> element type table, and whether shape inference has filled it
+_types_cache: list[Any] = [lambda: None, {}, False]
 
 
 def onnx_elem_type(cx: Cx, name: str) -> int | None:
     """The ONNX element type of tensor `name` in the model being imported: as declared (inputs,
-    initializers, value_info, outputs), else from ONNX shape inference (run once per model)."""
+    initializers, value_info, outputs), else from ONNX shape inference (run once per import)."""
     model = cx.model
     if model is None or not name:
         return None
-    if _types_cache[0] is not model:
+    if _types_cache[0]() is not cx:
         g = model.graph
         types = {t.name: int(t.data_type) for t in g.initializer}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 types[vi.name] = int(vi.type.tensor_type.elem_type)
-        _types_cache[:] = [model, types, False]
+        _types_cache[:] = [weakref.ref(cx), types, False]
     types = _types_cache[1]
     if name not in types and not _types_cache[2]:
         _types_cache[2] = True

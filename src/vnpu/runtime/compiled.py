@@ -19,6 +19,7 @@ from vnpu.sim.profile import Profile
 # NumPy dtype kinds an input may have, by whether the program takes floats (bf16 & co. are kind V)
 # or integers/bools (token ids: no silent truncation of floats). Complex, strings, objects: never.
 _ACCEPTED_KINDS = {True: "fiubV", False: "iub"}
+_NARROW_INTS = ("int4", "uint4", "int2", "uint2")  # ml_dtypes integer types (kind V), taken by value
 
 
 @dataclass
@@ -59,6 +60,8 @@ class CompiledModel:
         dev = self._dev()
         for i, ((name, ref), x) in enumerate(zip(user, inputs)):
             x = np.asarray(x)
+            if x.dtype.name in _NARROW_INTS:  # ml_dtypes 4-/2-bit integers (ONNX INT4 & co.): their values, as int8
+                x = x.astype(np.int8)
             if x.dtype.kind not in _ACCEPTED_KINDS[ref.dtype.is_float]:
                 raise ValueError(f"input {i} ({name}) has dtype {x.dtype}; this program takes {ref.dtype.value}"
                                  + ("" if ref.dtype.is_float else " (integer values)"))

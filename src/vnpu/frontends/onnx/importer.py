@@ -50,7 +50,10 @@ def _elem_dtype(elem: int) -> DType:
 
     table = {T.FLOAT: DType.fp32, T.DOUBLE: DType.fp32, T.FLOAT16: DType.fp16, T.BFLOAT16: DType.bf16,
              T.INT64: DType.int64, T.INT32: DType.int32, T.INT16: DType.int32, T.INT8: DType.int8,
-             T.UINT8: DType.int32, T.UINT16: DType.int32, T.UINT32: DType.int64, T.BOOL: DType.bool}
+             T.UINT8: DType.int32, T.UINT16: DType.int32, T.UINT32: DType.int64, T.BOOL: DType.bool,
+             # 4-/2-bit integers one value per byte in int8 (every value fits); lowerings that depend on the
+             # range (QuantizeLinear, Cast) read the ONNX type through OnnxContext.model
+             T.INT4: DType.int8, T.UINT4: DType.int8, T.INT2: DType.int8, T.UINT2: DType.int8}
     if elem not in table:
         import onnx
 
@@ -72,6 +75,7 @@ class OnnxContext(LoweringContext):
     g: Graph
     opset: int
     node: Any = None  # onnx.NodeProto
+    model: Any = None  # the onnx.ModelProto being imported (ONNX element types of values: ops_quant.onnx_elem_type)
 
     @property
     def node_label(self) -> str:
@@ -231,7 +235,7 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     gname = name or proto.graph.name or "onnx_model"
     g = Graph(gname)
     res = ImportResult(g, opset=opset)
-    cx = OnnxContext(g, opset)
+    cx = OnnxContext(g, opset, model=proto)
     env: dict[str, Value] = {}
     for t in proto.graph.initializer:
         arr = numpy_helper.to_array(t)

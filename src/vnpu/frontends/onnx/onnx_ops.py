@@ -189,12 +189,22 @@ def _where(cx: Cx, ins: Ins, attrs: dict) -> Value:
 
 
 @onnx_op("Cast")
-def _cast(cx: Cx, ins: Ins, attrs: dict) -> Value:
-    return cx.cast(ins[0], _elem_dtype(int(attrs["to"])))
+def _cast(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    from vnpu.frontends.onnx.ops_quant import NARROW_INTS, cast_to_narrow_int
+
+    to = int(attrs["to"])
+    if to in NARROW_INTS:  # 4-/2-bit targets are stored in int8: their range is not int8's
+        return cast_to_narrow_int(cx, ins[0], to)
+    return cx.cast(ins[0], _elem_dtype(to))
 
 
 @onnx_op("CastLike")
-def _cast_like(cx: Cx, ins: Ins, attrs: dict) -> Value:
+def _cast_like(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    from vnpu.frontends.onnx.ops_quant import NARROW_INTS, cast_to_narrow_int, onnx_elem_type
+
+    to = onnx_elem_type(cx, cx.node.input[1])
+    if to in NARROW_INTS:
+        return cast_to_narrow_int(cx, ins[0], to)
     return cx.cast(ins[0], ins[1].dtype)
 
 

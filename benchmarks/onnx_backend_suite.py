@@ -257,6 +257,18 @@ def _real_case(tc: Any) -> Case | None:
     return Case(tc.name, "real", model, [(ins, outs)], tc.rtol, tc.atol)
 
 
+def _as_array(x: Any) -> Any:
+    """A case's tensor as NumPy: the generators give TensorProtos for the element types NumPy has no
+    dtype for (4-/2-bit integers: ml_dtypes arrays), as the ONNX runner reads them back from .pb files."""
+    import onnx
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else x
+
+
+_ML_INTS = ("int4", "uint4", "int2", "uint2")  # ml_dtypes integer types (NumPy kind V): compared by value
+
+
 def collect(categories: tuple[str, ...] = CATEGORIES, float32_only: bool = True) -> list[Case]:
     """Every case of the installed onnx package in `categories`, float32 ones only by default."""
     from onnx.backend.test.loader import load_model_tests
@@ -269,8 +281,8 @@ def collect(categories: tuple[str, ...] = CATEGORIES, float32_only: bool = True)
                 from onnx.backend.test.case.node import collect_testcases
 
                 for tc in collect_testcases(None):
-                    cases.append(Case(tc.name, "node", tc.model, [(list(i), list(o)) for i, o in tc.data_sets],
-                                      tc.rtol, tc.atol))
+                    cases.append(Case(tc.name, "node", tc.model, [([_as_array(x) for x in i], [_as_array(x) for x in o])
+                                                                  for i, o in tc.data_sets], tc.rtol, tc.atol))
             elif cat == "real":
                 for tc in load_model_tests(kind="real"):
                     c = _real_case(tc)
@@ -325,8 +337,8 @@ def compare(outs: list[np.ndarray], refs: list[Any], rtol: float, atol: float) -
         o, r = np.asarray(o), np.asarray(r)
         if o.shape != r.shape:
             return f"output {i}: shape {o.shape}, expected {r.shape}"
-        if r.dtype.kind in "iub":
-            if o.dtype.kind not in "iub":
+        if r.dtype.kind in "iub" or r.dtype.name in _ML_INTS:
+            if o.dtype.kind not in "iub" and o.dtype.name not in _ML_INTS:
                 return f"output {i}: dtype {o.dtype}, expected {r.dtype}"
             if not np.array_equal(o.astype(np.int64), r.astype(np.int64)):
                 bad = int(np.sum(o.astype(np.int64) != r.astype(np.int64)))

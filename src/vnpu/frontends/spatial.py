@@ -148,9 +148,8 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
                    dilation: Sequence[int], output_padding: Sequence[int], groups: int) -> Value | None:
     """Transposed N-d convolution of x [N, C, *S] with w [C, O/g, *K] (PyTorch / ONNX layout):
     zero insertion between input pixels, then a stride-1 convolution with the flipped weight.
-    None when the weight is not a constant (it is rearranged at compile time)."""
-    if not w.is_const:
-        return None
+    A constant weight is rearranged at compile time; a run-time one by IR ops (a group-transposing
+    permute and a reversing gather per spatial axis) ahead of the same convolution."""
     nd = x.type.rank - 2
     c, og = w.shape[:2]
     k = list(w.shape[2:])
@@ -158,11 +157,15 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
         raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
                           f"do not match with groups={groups}")
     cg = c // groups
-    if list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
+    if w.is_const and list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) \
+            and not any(output_padding) and (bias is None or bias.is_const):
         return _conv_transpose_blocks(cx, x, w, bias, pads, groups)
-    wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
-    wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
-    wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
+    if w.is_const:
+        wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
+        wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
+        wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
+    else:
+        wc = _flipped_group_transpose(cx, cx.cast(w, x.dtype), groups)
     v = x
     if any(s > 1 for s in stride):  # [N, C, S1, 1, S2, 1, ...] padded to [N, C, S1, s1, ...]: zeros between pixels
         spread = list(x.shape[:2])
@@ -183,6 +186,24 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
             v = _slice(cx, v, a, max(-lo, 0), v.shape[a] + min(hi, 0))
         conv_pads.append((max(lo, 0), max(hi, 0)))
     return conv(cx, v, wc, bias, [1] * nd, conv_pads, dilation, groups)
+
+
+def _flipped_group_transpose(cx: Cx, w: Value, groups: int) -> Value:
+    """A run-time transposed-conv weight [C, O/g, *K] as the equivalent conv weight [O, C/g, *K]:
+    per group the two channel axes swapped (a permuted view, made contiguous by the reshape) and
+    every spatial axis reversed by a constant-index gather."""
+    c, og = w.shape[:2]
+    k = list(w.shape[2:])
+    nd = len(k)
+    cg = c // groups
+    v = reshape(cx, w, [groups, cg, og] + k)
+    v = cx.emit("permute", [v], {"perm": [0, 2, 1] + list(range(3, 3 + nd))})  # [g, O/g, C/g, *K]
+    v = cx.emit("reshape", [v], {"shape": [groups * og, cg] + k})
+    for a in range(nd):
+        if k[a] > 1:
+            rev = _const(cx, "flip_idx", np.arange(k[a] - 1, -1, -1), DType.int64)
+            v = cx.emit("gather", [v, rev], {"axis": 2 + a})
+    return v
 
 
 def _conv_transpose_blocks(cx: Cx, x: Value, w: Value, bias: Value | None, pads: Pads, groups: int) -> Value:

@@ -554,6 +554,39 @@ def interp_matrix(src: np.ndarray, size: int, mode: str, cubic_a: float = -0.75,
     raise ValueError(mode)
 
 
+def antialias_interp_matrix(src: np.ndarray, size: int, mode: str, scale: float, cubic_a: float = -0.75,
+                            exclude_outside: bool = False) -> np.ndarray:
+    """[out, size] weights of ONNX Resize with antialias=1: when downscaling (scale < 1) the linear
+    (triangle) or cubic filter is stretched by 1 / scale over 2 / scale (4 / scale) taps, normalized
+    per output; taps outside the input read the edge pixel (or, with exclude_outside, drop out)."""
+    s = min(float(scale), 1.0)
+    start = int(np.floor(-(1.0 if mode == "linear" else 2.0) / s) + 1)
+    offs = np.arange(start, 2 - start)  # tap offsets from the pixel left of (or just below) src
+    base = np.floor(src)
+    on_pixel = src == base  # an exact pixel counts as fraction 1 from its left neighbour
+    frac = np.where(on_pixel, 1.0, src - base)
+    left = np.where(on_pixel, base - 1, base).astype(np.int64)
+    t = np.abs((offs[None, :] - frac[:, None]) * s)
+    if mode == "linear":
+        wts = np.clip(1.0 - t, 0.0, 1.0)
+    elif mode == "cubic":
+        a = cubic_a
+        wts = np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                       np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+    else:
+        raise ValueError(mode)
+    wts = wts / wts.sum(axis=1, keepdims=True)
+    taps = left[:, None] + offs[None, :]
+    if exclude_outside:
+        wts = np.where((taps < 0) | (taps >= size), 0.0, wts)
+        total = wts.sum(axis=1, keepdims=True)
+        wts = wts / np.where(total == 0, 1.0, total)
+    m = np.zeros((len(src), size))
+    rows = np.repeat(np.arange(len(src)), len(offs))
+    np.add.at(m, (rows, np.clip(taps, 0, size - 1).reshape(-1)), wts.reshape(-1))
+    return m
+
+
 def interpolate(cx: Cx, x: Value, mode: str, srcs: dict[int, np.ndarray], cubic_a: float = -0.75,
                 exclude_outside: bool = False, clamp_linear: bool = True,
                 nearest_idx: dict[int, np.ndarray] | None = None) -> Value:

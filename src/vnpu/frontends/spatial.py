@@ -300,12 +300,15 @@ def _pool_geometry(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int
 
 
 def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
-                          dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool = False
-                          ) -> tuple[Value, Value] | None:
+                          dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool = False,
+                          column_major: bool = False) -> tuple[Value, Value] | None:
     """1-D / 2-D max pooling and its int64 indices: flat over each (n, c) plane (PyTorch) or over
-    the whole tensor (ONNX, whole_tensor). The indices come from pool2d's argmax kind with a
+    the whole tensor (ONNX, whole_tensor); column_major (ONNX storage_order=1, 2-D only) numbers
+    a plane's pixels column by column. The indices come from pool2d's argmax kind with a
     constant table of each window's tap indices."""
     nd = x.type.rank - 2
+    if column_major and nd != 2:
+        return None
     if nd == 3:
         return _max_pool3d_with_indices(cx, x, kernel, stride, pads, dilation, ceil_mode, whole_tensor)
     if nd not in (1, 2):
@@ -321,7 +324,8 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     x4, outs, full_pads = _pool_geometry(cx, x4, k2, s2, p2, d2, ceil_mode)
     rows = np.arange(outs[0])[:, None, None, None] * s2[0] + np.arange(k2[0])[None, None, :, None] * d2[0] - p2[0][0]
     cols = np.arange(outs[1])[None, :, None, None] * s2[1] + np.arange(k2[1])[None, None, None, :] * d2[1] - p2[1][0]
-    taps = (rows * hw[1] + cols).reshape(outs[0], outs[1], k2[0] * k2[1])
+    flat = cols * hw[0] + rows if column_major else rows * hw[1] + cols
+    taps = flat.reshape(outs[0], outs[1], k2[0] * k2[1])
     if np.abs(taps).max() >= 1 << 24:
         return None  # beyond fp32's exact integers
     # int32: bf16 storage (set_precision) leaves integer constants alone

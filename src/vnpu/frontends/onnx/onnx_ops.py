@@ -417,15 +417,15 @@ def _pool(kind: str):
         x = ins[0]
         nd = x.type.rank - 2
         with_indices = len(cx.node.output) > 1 and bool(cx.node.output[1])
-        if not 1 <= nd <= 3 or (with_indices and attrs.get("storage_order", 0)):
-            return None  # column-major indices: host
+        if not 1 <= nd <= 3:
+            return None
         k = [int(v) for v in attrs["kernel_shape"]]
         s = [int(v) for v in attrs.get("strides", [1] * nd)]
         d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
         if with_indices:
             return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
-                                                 whole_tensor=True)
+                                                 whole_tensor=True, column_major=bool(attrs.get("storage_order", 0)))
         return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
                             bool(attrs.get("count_include_pad", 0)))
     return h

@@ -645,17 +645,62 @@ def torch_nearest_index(out: int, size: int, scale: float | None, exact: bool = 
 
 
 # -- grid sampling -------------------------------------------------------------------------
-def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_corners: bool) -> Value | None:
-    """2-D grid sampling (PyTorch grid_sample / ONNX GridSample), bilinear or nearest, zeros or
-    border padding: the source coordinates and corner weights are elementwise ops on the grid,
-    the corners are runtime-index gathers of x's pixels (x seen as [N*H*W, C] rows), weighted
-    and summed. None for what it does not cover (bicubic, reflection, non-4-D)."""
-    if x.type.rank != 4 or grid.type.rank != 4 or grid.shape[-1] != 2 or mode not in ("bilinear", "nearest") \
-            or padding not in ("zeros", "border") or not x.dtype.is_float:
+def _cubic_taps(cx: Cx, t: Value, a: float) -> list[Value]:
+    """Keys' cubic weights of the taps at offsets -1, 0, 1, 2 for a run-time fraction t in [0, 1)."""
+    dt = t.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def near(s: Value) -> Value:  # ((a + 2) s - (a + 3)) s^2 + 1
+        p = cx.emit("sub", [cx.emit("mul", [s, k(a + 2)]), k(a + 3)])
+        return cx.emit("add", [cx.emit("mul", [p, cx.emit("mul", [s, s])]), k(1.0)])
+
+    def far(s: Value) -> Value:  # ((a s - 5a) s + 8a) s - 4a
+        p = cx.emit("sub", [cx.emit("mul", [s, k(a)]), k(5 * a)])
+        p = cx.emit("add", [cx.emit("mul", [p, s]), k(8 * a)])
+        return cx.emit("sub", [cx.emit("mul", [p, s]), k(4 * a)])
+
+    one_minus = cx.emit("sub", [k(1.0), t])
+    return [far(cx.emit("add", [t, k(1.0)])), near(t), near(one_minus), far(cx.emit("add", [one_minus, k(1.0)]))]
+
+
+def _reflect(cx: Cx, v: Value, lo: float, hi: float) -> Value:
+    """v mirrored back and forth between lo and hi until inside: lo + r - |(|v - lo| mod 2r) - r|, r = hi - lo."""
+    r = hi - lo
+    if r <= 0:
+        return cx.emit("clamp", [v], {"min": lo, "max": lo})
+    dt = v.dtype
+    d = cx.emit("abs", [cx.emit("sub", [v, cx.const(lo, dt)])])
+    m = cx.emit("sub", [d, cx.emit("mul", [cx.emit("floor", [cx.emit("mul", [d, cx.const(1.0 / (2 * r), dt)])]),
+                                           cx.const(2 * r, dt)])])
+    fold = cx.emit("abs", [cx.emit("sub", [m, cx.const(r, dt)])])
+    return cx.emit("clamp", [cx.emit("sub", [cx.const(lo + r, dt), fold])], {"min": lo, "max": hi})
+
+
+def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_corners: bool,
+                onnx_borders: bool = False) -> Value | None:
+    """2-D and 3-D grid sampling (PyTorch grid_sample / ONNX GridSample): nearest, bilinear or
+    bicubic; zeros, border or reflection padding. The source coordinates and tap weights are
+    elementwise ops on the grid; each tap (1, 2 or 4 per axis, all combinations) is a run-time-index
+    gather of x's pixels (x seen as [N * prod(S), C] rows), weighted and summed.
+
+    onnx_borders: the ONNX reference's rules (a coordinate outside the border box is clamped or
+    reflected first, then each tap is padded again); without it (PyTorch) bicubic and nearest
+    with reflection, whose rules differ, are None."""
+    nd = x.type.rank - 2
+    if nd not in (2, 3) or grid.type.rank != nd + 2 or grid.shape[-1] != nd or grid.shape[0] != x.shape[0] \
+            or mode not in ("bilinear", "nearest", "bicubic") or padding not in ("zeros", "border", "reflection") \
+            or not x.dtype.is_float:
         return None
-    n, c, h, w = x.shape
-    _, ho, wo, _ = grid.shape
-    if n * h * w >= 1 << 24:
+    if not onnx_borders and (mode == "bicubic" or (mode == "nearest" and padding == "reflection")):
+        return None
+    if mode == "bicubic" and nd != 2:
+        return None
+    n, c = x.shape[:2]
+    sizes = list(x.shape[2:])
+    out = list(grid.shape[1:-1])
+    if n * math.prod(sizes) >= 1 << 24:
         return None  # pixel indices beyond fp32's exact integers
     dt = x.dtype
     grid = cx.cast(grid, dt)
@@ -663,46 +708,74 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
     def k(v: float) -> Value:
         return cx.const(v, dt)
 
-    def unnormalize(axis: int, size: int) -> Value:
-        g = reshape(cx, _slice(cx, grid, 3, axis, axis + 1), [n, ho, wo])
+    def source(axis: int) -> Value:
+        """Source coordinate along spatial axis `axis` (grid component nd-1-axis: x is the last axis)."""
+        size = sizes[axis]
+        comp = nd - 1 - axis
+        g = reshape(cx, _slice(cx, grid, nd + 1, comp, comp + 1), [n] + out)
         if align_corners:
             s = cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k((size - 1) / 2)])
         else:
             s = cx.emit("mul", [cx.emit("sub", [cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k(float(size))]), k(1.0)]),
                                 k(0.5)])
+        if mode == "nearest":
+            s = cx.emit("round", [s])  # half to even, as nearbyint
+        lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
         if padding == "border":
-            s = cx.emit("clamp", [s], {"min": 0.0, "max": float(size - 1)})
+            if mode == "bicubic":  # only a coordinate outside the border box is clamped (ONNX)
+                outside = cx.emit("or", [cx.emit("lt", [s, k(lo)]), cx.emit("gt", [s, k(hi)])])
+                s = cx.emit("where", [outside, cx.emit("clamp", [s], {"min": 0.0, "max": size - 1.0}), s])
+            else:  # the same pixels as clamping only outside the box: taps read the edge either way
+                s = cx.emit("clamp", [s], {"min": 0.0, "max": size - 1.0})
+        elif padding == "reflection":
+            s = _reflect(cx, s, lo, hi)
         return s
 
-    ix, iy = unnormalize(0, w), unnormalize(1, h)
-    table = reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
+    def tap(axis: int, pos: Value, weight: Value | None) -> tuple[Value, Value | None]:
+        """(int64 pixel index along the axis, weight or None); zeros padding: weight 0 outside."""
+        size = sizes[axis]
+        if padding == "reflection":
+            lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+            pos = _reflect(cx, pos, lo, hi)
+        elif padding == "zeros":
+            ok = cx.emit("and", [cx.emit("ge", [pos, k(0.0)]), cx.emit("le", [pos, k(size - 1.0)])])
+            weight = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
+        idx = cx.cast(cx.emit("clamp", [pos], {"min": 0.0, "max": size - 1.0}), DType.int64)
+        return idx, weight
+
+    per_axis: list[list[tuple[Value, Value | None]]] = []
+    for axis in range(nd):
+        s = source(axis)
+        if mode == "nearest":
+            per_axis.append([tap(axis, s, None)])
+            continue
+        s0 = cx.emit("floor", [s])
+        t = cx.emit("sub", [s, s0])
+        if mode == "bilinear":
+            offsets, weights = [0.0, 1.0], [cx.emit("sub", [k(1.0), t]), t]
+        else:
+            offsets, weights = [-1.0, 0.0, 1.0, 2.0], _cubic_taps(cx, t, -0.75)
+        per_axis.append([tap(axis, s0 if o == 0 else cx.emit("add", [s0, k(o)]), w) for o, w in zip(offsets, weights)])
+
+    table = reshape(cx, cx.emit("permute", [x], {"perm": [0] + list(range(2, nd + 2)) + [1]}), [n * math.prod(sizes), c])
     # pixel indices in int64 arithmetic: exact whatever the float storage (bf16 holds integers only to 256)
-    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), DType.int64)
-
-    def corner(xi: Value, yi: Value, weight: Value | None) -> Value:
-        ok = cx.emit("and", [cx.emit("and", [cx.emit("ge", [xi, k(0.0)]), cx.emit("le", [xi, k(w - 1.0)])]),
-                             cx.emit("and", [cx.emit("ge", [yi, k(0.0)]), cx.emit("le", [yi, k(h - 1.0)])])])
-        xc = cx.emit("clamp", [xi], {"min": 0.0, "max": float(w - 1)})
-        yc = cx.emit("clamp", [yi], {"min": 0.0, "max": float(h - 1)})
-        xq, yq = cx.cast(xc, DType.int64), cx.cast(yc, DType.int64)
-        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yq, cx.const(w, DType.int64)]), xq]), base])
-        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, Ho, Wo, C]
-        wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
-        return cx.emit("mul", [rows, reshape(cx, wt, [n, ho, wo, 1])])
-
-    if mode == "nearest":
-        out = corner(cx.emit("round", [ix]), cx.emit("round", [iy]), None)  # half to even, as nearbyint
-    else:
-        x0, y0 = cx.emit("floor", [ix]), cx.emit("floor", [iy])
-        x1, y1 = cx.emit("add", [x0, k(1.0)]), cx.emit("add", [y0, k(1.0)])
-        wx1, wy1 = cx.emit("sub", [ix, x0]), cx.emit("sub", [iy, y0])
-        wx0, wy0 = cx.emit("sub", [k(1.0), wx1]), cx.emit("sub", [k(1.0), wy1])
-        out = None
-        for xi, yi, wx, wy in ((x0, y0, wx0, wy0), (x1, y0, wx1, wy0), (x0, y1, wx0, wy1), (x1, y1, wx1, wy1)):
-            term = corner(xi, yi, cx.emit("mul", [wx, wy]))
-            out = term if out is None else cx.emit("add", [out, term])
-    assert out is not None
-    return cx.emit("permute", [out], {"perm": [0, 3, 1, 2]})
+    base = _const(cx, "image_base", (np.arange(n) * math.prod(sizes)).reshape([n] + [1] * nd), DType.int64)
+    strides = [math.prod(sizes[a + 1:]) for a in range(nd)]
+    acc = None
+    for combo in np.ndindex(*[len(taps) for taps in per_axis]):
+        flat, weight = base, None
+        for axis, j in enumerate(combo):
+            idx, w = per_axis[axis][j]
+            term = idx if strides[axis] == 1 else cx.emit("mul", [idx, cx.const(strides[axis], DType.int64)])
+            flat = cx.emit("add", [term, flat])
+            if w is not None:
+                weight = w if weight is None else cx.emit("mul", [weight, w])
+        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, *out, C]
+        if weight is not None:
+            rows = cx.emit("mul", [rows, reshape(cx, weight, [n] + out + [1])])
+        acc = rows if acc is None else cx.emit("add", [acc, rows])
+    assert acc is not None
+    return cx.emit("permute", [acc], {"perm": [0, nd + 1] + list(range(1, nd + 1))})
 
 
 def antialias_matrix(out: int, size: int, align_corners: bool, scale: float | None, mode: str) -> np.ndarray:

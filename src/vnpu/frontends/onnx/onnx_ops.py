@@ -868,7 +868,7 @@ def _upsample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
     return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
-                               bool(attrs.get("align_corners", 0)))
+                               bool(attrs.get("align_corners", 0)), onnx_borders=True)
 
 
 # -- elementwise math family (opinfo) ------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""ONNX lowerings: sampling-grid generation and index-driven spatial ops (AffineGrid, MaxUnpool).
+
+Entries register with `onnx_op` like those in onnx_ops.py; kept in their own module so each family
+is one file.
+
+- AffineGrid: the grid is the constant homogeneous base grid [P, nd + 1] (normalized pixel
+  centres, or corners with align_corners) times each batch's transposed theta: one batched
+  matmul with theta a run-time input.
+- MaxUnpool: the pooled values written at their (whole-tensor flat) indices into a zero tensor of
+  the unpooled size, by the index_write scatter kernel; output_shape larger than that size pads
+  zeros at the end of each spatial axis (as the ONNX reference does).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.frontends import spatial
+from vnpu.frontends.onnx.importer import OnnxContext as Cx, onnx_op
+from vnpu.ir.graph import Value
+
+Ins = list[Value | None]
+
+
+def affine_base_grid(sizes: list[int], align_corners: bool) -> np.ndarray:
+    """[prod(sizes), nd + 1] homogeneous normalized coordinates (x, y[, z], 1) of every output
+    position, x running along the last axis: pixel centres (-1 + (2i + 1) / L) or, with
+    align_corners, the corners (-1 + 2i / (L - 1); -1 for L = 1)."""
+    axes = []
+    for size in sizes:
+        i = np.arange(size, dtype=np.float64)
+        if align_corners:
+            axes.append(-1.0 + 2.0 * i / (size - 1) if size > 1 else np.full(size, -1.0))
+        else:
+            axes.append(-1.0 + (2.0 * i + 1.0) / size)
+    mesh = np.meshgrid(*axes, indexing="ij")  # one array per spatial axis, [*sizes]
+    cols = [m.reshape(-1) for m in reversed(mesh)] + [np.ones(math.prod(sizes))]
+    return np.stack(cols, axis=1)
+
+
+@onnx_op("AffineGrid")
+def _affine_grid(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    theta = ins[0]
+    size = cx.ints(ins[1])
+    if size is None or len(size) not in (4, 5) or not theta.dtype.is_float:
+        return None
+    nd = len(size) - 2
+    n, sizes = size[0], size[2:]
+    if theta.shape != (n, nd, nd + 1):
+        return None
+    base = cx.const(affine_base_grid(sizes, bool(attrs.get("align_corners", 0))), theta.dtype)  # [P, nd + 1]
+    theta_t = cx.emit("permute", [theta], {"perm": [0, 2, 1]})  # [N, nd + 1, nd]
+    grid = cx.emit("matmul", [base, cx.emit("copy", [theta_t])])  # [N, P, nd]
+    return spatial.reshape(cx, grid, [n] + list(sizes) + [nd])
+
+
+@onnx_op("MaxUnpool")
+def _max_unpool(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, idx = ins[0], ins[1]
+    shape_v = ins[2] if len(ins) > 2 else None
+    nd = x.type.rank - 2
+    if nd < 1 or not x.dtype.is_float or idx.shape != x.shape or idx.dtype.is_float:
+        return None
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    stride = [int(s) for s in attrs.get("strides", [1] * nd)]
+    pads = [int(p) for p in attrs.get("pads", [0] * (2 * nd))]
+    unpooled = list(x.shape[:2]) + [(x.shape[2 + a] - 1) * stride[a] - pads[a] - pads[nd + a] + kernel[a]
+                                    for a in range(nd)]
+    target = unpooled
+    if shape_v is not None and shape_v.type.numel:
+        target = cx.ints(shape_v)
+        if target is None or len(target) != x.type.rank or any(t < u for t, u in zip(target, unpooled)):
+            return None  # a run-time output shape, or one smaller than the unpooled tensor
+    total = math.prod(unpooled)
+    if total >= 1 << 31 or any(u < 1 for u in unpooled):
+        return None
+    zeros = cx.const(np.zeros((total, 1), np.float32), x.dtype)
+    flat_idx = spatial.reshape(cx, cx.cast(idx, DType.int64), [x.type.numel])
+    rows = spatial.reshape(cx, x, [x.type.numel, 1])
+    y = cx.emit("index_write", [zeros, flat_idx, rows], {"axis": 0})
+    y = spatial.reshape(cx, y, unpooled)
+    if target != unpooled:  # the extra positions of a larger output_shape stay zero
+        y = cx.emit("pad", [y], {"pads": [(0, t - u) for t, u in zip(target, unpooled)], "value": 0.0})
+    return y

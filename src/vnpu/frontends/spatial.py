@@ -731,6 +731,23 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
             s = _reflect(cx, s, lo, hi)
         return s
 
+    return sample_at(cx, x, [source(axis) for axis in range(nd)], mode, padding, align_corners)
+
+
+def sample_at(cx: Cx, x: Value, coords: list[Value], mode: str, padding: str, align_corners: bool = False) -> Value:
+    """x [N, C, *S] sampled at run-time pixel coordinates (one [N, *out] tensor per spatial axis,
+    already clamped / reflected / rounded as the mode needs): nearest, bilinear or bicubic taps,
+    each a gather of x's pixels (x seen as [N * prod(S), C] rows); zeros padding gives taps
+    outside the image weight 0. Returns [N, C, *out]."""
+    nd = x.type.rank - 2
+    n, c = x.shape[:2]
+    sizes = list(x.shape[2:])
+    out = list(coords[0].shape[1:])
+    dt = x.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
     def tap(axis: int, pos: Value, weight: Value | None) -> tuple[Value, Value | None]:
         """(int64 pixel index along the axis, weight or None); zeros padding: weight 0 outside."""
         size = sizes[axis]
@@ -745,7 +762,7 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
 
     per_axis: list[list[tuple[Value, Value | None]]] = []
     for axis in range(nd):
-        s = source(axis)
+        s = coords[axis]
         if mode == "nearest":
             per_axis.append([tap(axis, s, None)])
             continue

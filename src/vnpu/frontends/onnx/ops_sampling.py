@@ -84,3 +84,52 @@ def _max_unpool(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if target != unpooled:  # the extra positions of a larger output_shape stay zero
         y = cx.emit("pad", [y], {"pads": [(0, t - u) for t, u in zip(target, unpooled)], "value": 0.0})
     return y
+
+
+@onnx_op("DeformConv")
+def _deform_conv(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """2-D deformable convolution: every kernel tap of every output position reads x bilinearly
+    (zeros outside) at its regular position plus its run-time offset (spatial.sample_at, per offset
+    group), times the optional mask; the sampled columns [N, C * kH * kW, oH * oW] then meet the
+    weight in one batched matmul per conv group, like an im2col convolution."""
+    x, w, offset = ins[0], ins[1], ins[2]
+    bias = ins[3] if len(ins) > 3 else None
+    mask = ins[4] if len(ins) > 4 else None
+    if x.type.rank != 4 or w.type.rank != 4 or offset.type.rank != 4 or not x.dtype.is_float:
+        return None
+    n, c, h, wd = x.shape
+    oc = w.shape[0]
+    kh, kw = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
+    sh, sw = [int(s) for s in attrs.get("strides", [1, 1])]
+    dh, dw = [int(d) for d in attrs.get("dilations", [1, 1])]
+    pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+    groups, og = int(attrs.get("group", 1)), int(attrs.get("offset_group", 1))
+    oh, ow = offset.shape[2:]
+    if (kh, kw) != tuple(w.shape[2:]) or c % og or c % groups or oc % groups or w.shape[1] * groups != c \
+            or offset.shape[:2] != (n, og * 2 * kh * kw) or n * og * h * wd >= 1 << 24 \
+            or (mask is not None and mask.shape != (n, og * kh * kw, oh, ow)):
+        return None
+    dt = x.dtype
+    taps = kh * kw
+    # regular sampling positions [kH, kW, oH, oW] per axis, then plus the offsets
+    rows = (np.arange(kh)[:, None, None, None] * dh + np.arange(oh)[None, None, :, None] * sh - pads[0])
+    cols = (np.arange(kw)[None, :, None, None] * dw + np.arange(ow)[None, None, None, :] * sw - pads[1])
+    off = spatial.reshape(cx, cx.cast(offset, dt), [n * og, kh, kw, 2, oh, ow])
+    coords = []
+    for comp, regular in ((0, rows), (1, cols)):
+        d = spatial.reshape(cx, cx.emit("slice", [off], {"axis": 3, "start": comp, "end": comp + 1, "step": 1}),
+                            [n * og, kh, kw, oh, ow])
+        pos = cx.emit("add", [d, cx.const(np.broadcast_to(regular, (kh, kw, oh, ow)).astype(np.float32), dt)])
+        coords.append(spatial.reshape(cx, pos, [n * og, taps * oh, ow]))
+    xg = spatial.reshape(cx, x, [n * og, c // og, h, wd])  # one image per (sample, offset group)
+    sampled = spatial.sample_at(cx, xg, coords, "bilinear", "zeros", align_corners=True)  # [N*og, C/og, taps*oH, oW]
+    if mask is not None:
+        m = spatial.reshape(cx, cx.cast(mask, dt), [n * og, 1, taps * oh, ow])
+        sampled = cx.emit("mul", [sampled, m])
+    cols_v = spatial.reshape(cx, sampled, [n, groups, (c // groups) * taps, oh * ow])  # channel, tap, position
+    wm = spatial.reshape(cx, cx.cast(w, dt), [groups, oc // groups, (c // groups) * taps])
+    y = cx.emit("matmul", [wm, cols_v])  # [N, groups, oC/groups, oH*oW]
+    y = spatial.reshape(cx, y, [n, oc, oh, ow])
+    if bias is not None:
+        y = cx.emit("add", [y, spatial.reshape(cx, cx.cast(bias, dt), [oc, 1, 1])])
+    return y

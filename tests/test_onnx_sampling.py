@@ -1,6 +1,7 @@
 """ONNX spatial and sampling lowerings against onnxruntime (onnx.reference where onnxruntime lacks
 the case): ConvTranspose with a run-time weight, GridSample (bicubic, reflection, 3-D), AffineGrid,
-MaxUnpool, MaxPool's column-major indices, Resize antialias / keep_aspect_ratio_policy."""
+MaxUnpool, MaxPool's column-major indices, Resize antialias / keep_aspect_ratio_policy, DeformConv,
+RoiAlign."""
 from __future__ import annotations
 
 import numpy as np
@@ -172,3 +173,36 @@ def test_resize_matches_reference(attrs: dict, scales: list | None, sizes: list 
     ins = ["x", "roi", "scales"] + (["sizes"] if sizes else [])
     m = _model([helper.make_node("Resize", ins, ["y"], **attrs)], {"x": x}, [("y", T.FLOAT)], inits=inits, opset=19)
     _close(_vnpu(m, {"x": x})[0], ReferenceEvaluator(m).run(None, {"x": x})[0])
+
+
+# -- DeformConv and RoiAlign: sampling at run-time positions -------------------------------------
+@pytest.mark.parametrize("attrs,with_mask", [
+    (dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), False),
+    (dict(kernel_shape=[2, 3], strides=[2, 1], dilations=[1, 2], group=2, offset_group=2), True),
+])
+def test_deform_conv_matches_reference(attrs: dict, with_mask: bool) -> None:
+    x = _a(2, 4, 6, 7)
+    kh, kw = attrs["kernel_shape"]
+    g, og = attrs.get("group", 1), attrs.get("offset_group", 1)
+    w, b = _a(6, 4 // g, kh, kw), _a(6)
+    s, d, p = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]), attrs.get("pads", [0, 0, 0, 0])
+    oh = (6 + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (7 + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    offset = (1.5 * _a(2, og * 2 * kh * kw, oh, ow)).astype(np.float32)  # some taps land outside the image
+    feeds = {"x": x, "w": w, "offset": offset, "b": b}
+    if with_mask:
+        feeds["mask"] = RNG.random((2, og * kh * kw, oh, ow)).astype(np.float32)
+    m = _model([helper.make_node("DeformConv", list(feeds), ["y"], **attrs)], feeds, [("y", T.FLOAT)], opset=19)
+    _close(_vnpu(m, feeds)[0], ReferenceEvaluator(m).run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("attrs", [dict(output_height=3, output_width=4, sampling_ratio=2, spatial_scale=0.5),
+                                   dict(output_height=2, output_width=2, sampling_ratio=3, mode="max",
+                                        coordinate_transformation_mode="output_half_pixel")])
+def test_roi_align_matches_onnxruntime(attrs: dict) -> None:
+    x = _a(2, 3, 9, 10)
+    corners = RNG.random((5, 2, 2)) * np.array([20.0, 18.0]) - 1.0  # (x, y) pairs, some beyond the image
+    rois = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
+    feeds = {"x": x, "rois": rois, "batch": np.array([0, 1, 1, 0, 1], np.int64)}
+    m = _model([helper.make_node("RoiAlign", list(feeds), ["y"], **attrs)], feeds, [("y", T.FLOAT)], opset=16)
+    _close(_vnpu(m, feeds)[0], _ort(m, feeds)[0])

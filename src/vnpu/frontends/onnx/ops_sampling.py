@@ -1,4 +1,5 @@
-"""ONNX lowerings: sampling-grid generation and index-driven spatial ops (AffineGrid, MaxUnpool).
+"""ONNX lowerings: sampling grids and sampling at run-time positions or indices (AffineGrid,
+MaxUnpool, DeformConv, RoiAlign).
 
 Entries register with `onnx_op` like those in onnx_ops.py; kept in their own module so each family
 is one file.
@@ -9,6 +10,10 @@ is one file.
 - MaxUnpool: the pooled values written at their (whole-tensor flat) indices into a zero tensor of
   the unpooled size, by the index_write scatter kernel; output_shape larger than that size pads
   zeros at the end of each spatial axis (as the ONNX reference does).
+- DeformConv: bilinear taps at the regular positions plus run-time offsets (spatial.sample_at,
+  GridSample's gather core), then an im2col-style batched matmul with the weight.
+- RoiAlign: run-time boxes give run-time sample positions; bilinear corners are gathers, each
+  bin's samples reduced (avg or max).
 """
 from __future__ import annotations
 
@@ -133,3 +138,81 @@ def _deform_conv(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if bias is not None:
         y = cx.emit("add", [y, spatial.reshape(cx, cx.cast(bias, dt), [oc, 1, 1])])
     return y
+
+
+def _roi_axis(cx: Cx, rois: Value, axis: int, size: int, pooled: int, grid: int, scale: float, half_pixel: bool
+              ) -> list[tuple[Value, Value]]:
+    """RoiAlign's sample positions along one image axis (rois column axis / axis + 2: start / end):
+    the two bilinear taps of each of the [R, pooled * grid] samples as (int64 index, weight), weight 0
+    for a sample beyond one pixel outside the image, positions clamped into it as the ONNX reference."""
+    r = rois.shape[0]
+    dt = rois.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def column(j: int) -> Value:
+        v = cx.emit("slice", [rois], {"axis": 1, "start": j, "end": j + 1, "step": 1})  # [R, 1]
+        return cx.emit("sub", [cx.emit("mul", [v, k(scale)]), k(0.5 if half_pixel else 0.0)])
+
+    start, end = column(axis), column(axis + 2)
+    length = cx.emit("sub", [end, start])
+    if not half_pixel:
+        length = cx.emit("maximum", [length, k(1.0)])
+    bin_size = cx.emit("mul", [length, k(1.0 / pooled)])
+    frac = (np.arange(pooled)[:, None] + (np.arange(grid)[None, :] + 0.5) / grid).reshape(1, pooled * grid)
+    pos = cx.emit("add", [start, cx.emit("mul", [bin_size, cx.const(frac.astype(np.float32), dt)])])  # [R, P*G]
+    inside = cx.emit("and", [cx.emit("ge", [pos, k(-1.0)]), cx.emit("le", [pos, k(float(size))])])
+    p = cx.emit("clamp", [pos], {"min": 0.0, "max": size - 1.0})
+    low = cx.emit("floor", [p])
+    high = cx.emit("clamp", [cx.emit("add", [low, k(1.0)])], {"min": 0.0, "max": size - 1.0})
+    t = cx.emit("sub", [p, low])
+    zero = k(0.0)
+    w_low = cx.emit("where", [inside, cx.emit("sub", [k(1.0), t]), zero])
+    w_high = cx.emit("where", [inside, t, zero])
+    assert pos.shape == (r, pooled * grid)
+    return [(cx.cast(low, DType.int64), w_low), (cx.cast(high, DType.int64), w_high)]
+
+
+@onnx_op("RoiAlign")
+def _roi_align(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Each region's bins averaged (or maxed) over sampling_ratio^2 bilinear samples at run-time
+    positions (the boxes are a run-time input): per corner one gather of x's pixel rows
+    [N * H * W, C] at [R, oH * G, oW * G] indices, weighted; then a reduce over each bin's samples.
+    sampling_ratio 0 (as many samples as the box is pixels wide: data-dependent) is left to the host."""
+    x, rois, batch_idx = ins[0], ins[1], ins[2]
+    grid = int(attrs.get("sampling_ratio", 0))
+    mode = attrs.get("mode", "avg")
+    ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if x.type.rank != 4 or rois.type.rank != 2 or rois.shape[1] != 4 or batch_idx.shape != (rois.shape[0],) \
+            or grid < 1 or mode not in ("avg", "max") or ctm not in ("half_pixel", "output_half_pixel") \
+            or not x.dtype.is_float:
+        return None
+    n, c, h, w = x.shape
+    r = rois.shape[0]
+    ph, pw = int(attrs.get("output_height", 1)), int(attrs.get("output_width", 1))
+    if n * h * w >= 1 << 24:
+        return None
+    dt = x.dtype
+    boxes = cx.cast(rois, dt)
+    scale, half = float(attrs.get("spatial_scale", 1.0)), ctm == "half_pixel"
+    ys = _roi_axis(cx, boxes, 1, h, ph, grid, scale, half)
+    xs = _roi_axis(cx, boxes, 0, w, pw, grid, scale, half)
+    table = spatial.reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
+    base = cx.emit("mul", [spatial.reshape(cx, cx.cast(batch_idx, DType.int64), [r, 1, 1]),
+                           cx.const(h * w, DType.int64)])
+    acc = None
+    for yi, wy in ys:
+        row = cx.emit("add", [cx.emit("mul", [spatial.reshape(cx, yi, [r, ph * grid, 1]), cx.const(w, DType.int64)]),
+                              base])
+        for xi, wx in xs:
+            flat = cx.emit("add", [row, spatial.reshape(cx, xi, [r, 1, pw * grid])])  # [R, oH*G, oW*G]
+            wt = cx.emit("mul", [spatial.reshape(cx, wy, [r, ph * grid, 1, 1]), spatial.reshape(cx, wx, [r, 1, pw * grid, 1])])
+            term = cx.emit("mul", [cx.emit("gather", [table, flat], {"axis": 0}), wt])  # [R, oH*G, oW*G, C]
+            acc = term if acc is None else cx.emit("add" if mode == "avg" else "maximum", [acc, term])
+    assert acc is not None
+    bins = spatial.reshape(cx, acc, [r, ph, grid, pw, grid, c])
+    y = cx.emit("reduce", [bins], {"kind": "sum" if mode == "avg" else "max", "axes": [2, 4], "keepdim": False})
+    if mode == "avg":
+        y = cx.emit("mul", [y, cx.const(1.0 / (grid * grid), dt)])
+    return cx.emit("permute", [y], {"perm": [0, 3, 1, 2]})

@@ -73,9 +73,10 @@ def test_conv_transpose_runtime_weight_matches_onnxruntime(x_shape: tuple, w_sha
 
 
 # -- GridSample ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["cubic", "linear", "nearest"])
-@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("align_corners", [0, 1])
+@pytest.mark.parametrize("mode,padding_mode,align_corners", [
+    *[("cubic", p, a) for p in ("zeros", "border", "reflection") for a in (0, 1)],
+    ("linear", "reflection", 0), ("linear", "reflection", 1), ("nearest", "reflection", 0), ("nearest", "zeros", 1),
+])
 def test_grid_sample_2d_matches_onnxruntime(mode: str, padding_mode: str, align_corners: int) -> None:
     x = _a(2, 3, 5, 6)
     grid = (RNG.random((2, 4, 7, 2)) * 3.6 - 1.8).astype(np.float32)  # many samples outside the image
@@ -206,3 +207,22 @@ def test_roi_align_matches_onnxruntime(attrs: dict) -> None:
     feeds = {"x": x, "rois": rois, "batch": np.array([0, 1, 1, 0, 1], np.int64)}
     m = _model([helper.make_node("RoiAlign", list(feeds), ["y"], **attrs)], feeds, [("y", T.FLOAT)], opset=16)
     _close(_vnpu(m, feeds)[0], _ort(m, feeds)[0])
+
+
+# -- the same grid sampling core through the PyTorch frontend ---------------------------------------
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_torch_grid_sample_reflection_matches_eager(align_corners: bool) -> None:
+    """Bilinear reflection: PyTorch reflects then clips the coordinate, ONNX reflects the coordinate
+    and then each tap: the same pixels, so the PyTorch frontend takes it too."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    class Sample(torch.nn.Module):
+        def forward(self, x: "torch.Tensor", grid: "torch.Tensor") -> "torch.Tensor":
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)
+
+    torch.manual_seed(3)
+    x, grid = torch.randn(2, 3, 5, 6), torch.rand(2, 4, 7, 2) * 3.6 - 1.8
+    m = Sample().eval()
+    out, ref = vnpu.compile(m, (x, grid), strict=True)(x, grid), m(x, grid)
+    _close(out.numpy(), ref.numpy())

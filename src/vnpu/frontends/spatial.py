@@ -148,9 +148,8 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
                    dilation: Sequence[int], output_padding: Sequence[int], groups: int) -> Value | None:
     """Transposed N-d convolution of x [N, C, *S] with w [C, O/g, *K] (PyTorch / ONNX layout):
     zero insertion between input pixels, then a stride-1 convolution with the flipped weight.
-    None when the weight is not a constant (it is rearranged at compile time)."""
-    if not w.is_const:
-        return None
+    A constant weight is rearranged at compile time; a run-time one by IR ops (a group-transposing
+    permute and a reversing gather per spatial axis) ahead of the same convolution."""
     nd = x.type.rank - 2
     c, og = w.shape[:2]
     k = list(w.shape[2:])
@@ -158,11 +157,15 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
         raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
                           f"do not match with groups={groups}")
     cg = c // groups
-    if list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
+    if w.is_const and list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) \
+            and not any(output_padding) and (bias is None or bias.is_const):
         return _conv_transpose_blocks(cx, x, w, bias, pads, groups)
-    wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
-    wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
-    wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
+    if w.is_const:
+        wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
+        wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
+        wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
+    else:
+        wc = _flipped_group_transpose(cx, cx.cast(w, x.dtype), groups)
     v = x
     if any(s > 1 for s in stride):  # [N, C, S1, 1, S2, 1, ...] padded to [N, C, S1, s1, ...]: zeros between pixels
         spread = list(x.shape[:2])
@@ -183,6 +186,24 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
             v = _slice(cx, v, a, max(-lo, 0), v.shape[a] + min(hi, 0))
         conv_pads.append((max(lo, 0), max(hi, 0)))
     return conv(cx, v, wc, bias, [1] * nd, conv_pads, dilation, groups)
+
+
+def _flipped_group_transpose(cx: Cx, w: Value, groups: int) -> Value:
+    """A run-time transposed-conv weight [C, O/g, *K] as the equivalent conv weight [O, C/g, *K]:
+    per group the two channel axes swapped (a permuted view, made contiguous by the reshape) and
+    every spatial axis reversed by a constant-index gather."""
+    c, og = w.shape[:2]
+    k = list(w.shape[2:])
+    nd = len(k)
+    cg = c // groups
+    v = reshape(cx, w, [groups, cg, og] + k)
+    v = cx.emit("permute", [v], {"perm": [0, 2, 1] + list(range(3, 3 + nd))})  # [g, O/g, C/g, *K]
+    v = cx.emit("reshape", [v], {"shape": [groups * og, cg] + k})
+    for a in range(nd):
+        if k[a] > 1:
+            rev = _const(cx, "flip_idx", np.arange(k[a] - 1, -1, -1), DType.int64)
+            v = cx.emit("gather", [v, rev], {"axis": 2 + a})
+    return v
 
 
 def _conv_transpose_blocks(cx: Cx, x: Value, w: Value, bias: Value | None, pads: Pads, groups: int) -> Value:
@@ -279,12 +300,15 @@ def _pool_geometry(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int
 
 
 def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Sequence[int], pads: Pads,
-                          dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool = False
-                          ) -> tuple[Value, Value] | None:
+                          dilation: Sequence[int], ceil_mode: bool, whole_tensor: bool = False,
+                          column_major: bool = False) -> tuple[Value, Value] | None:
     """1-D / 2-D max pooling and its int64 indices: flat over each (n, c) plane (PyTorch) or over
-    the whole tensor (ONNX, whole_tensor). The indices come from pool2d's argmax kind with a
+    the whole tensor (ONNX, whole_tensor); column_major (ONNX storage_order=1, 2-D only) numbers
+    a plane's pixels column by column. The indices come from pool2d's argmax kind with a
     constant table of each window's tap indices."""
     nd = x.type.rank - 2
+    if column_major and nd != 2:
+        return None
     if nd == 3:
         return _max_pool3d_with_indices(cx, x, kernel, stride, pads, dilation, ceil_mode, whole_tensor)
     if nd not in (1, 2):
@@ -300,7 +324,8 @@ def max_pool_with_indices(cx: Cx, x: Value, kernel: Sequence[int], stride: Seque
     x4, outs, full_pads = _pool_geometry(cx, x4, k2, s2, p2, d2, ceil_mode)
     rows = np.arange(outs[0])[:, None, None, None] * s2[0] + np.arange(k2[0])[None, None, :, None] * d2[0] - p2[0][0]
     cols = np.arange(outs[1])[None, :, None, None] * s2[1] + np.arange(k2[1])[None, None, None, :] * d2[1] - p2[1][0]
-    taps = (rows * hw[1] + cols).reshape(outs[0], outs[1], k2[0] * k2[1])
+    flat = cols * hw[0] + rows if column_major else rows * hw[1] + cols
+    taps = flat.reshape(outs[0], outs[1], k2[0] * k2[1])
     if np.abs(taps).max() >= 1 << 24:
         return None  # beyond fp32's exact integers
     # int32: bf16 storage (set_precision) leaves integer constants alone
@@ -533,6 +558,39 @@ def interp_matrix(src: np.ndarray, size: int, mode: str, cubic_a: float = -0.75,
     raise ValueError(mode)
 
 
+def antialias_interp_matrix(src: np.ndarray, size: int, mode: str, scale: float, cubic_a: float = -0.75,
+                            exclude_outside: bool = False) -> np.ndarray:
+    """[out, size] weights of ONNX Resize with antialias=1: when downscaling (scale < 1) the linear
+    (triangle) or cubic filter is stretched by 1 / scale over 2 / scale (4 / scale) taps, normalized
+    per output; taps outside the input read the edge pixel (or, with exclude_outside, drop out)."""
+    s = min(float(scale), 1.0)
+    start = int(np.floor(-(1.0 if mode == "linear" else 2.0) / s) + 1)
+    offs = np.arange(start, 2 - start)  # tap offsets from the pixel left of (or just below) src
+    base = np.floor(src)
+    on_pixel = src == base  # an exact pixel counts as fraction 1 from its left neighbour
+    frac = np.where(on_pixel, 1.0, src - base)
+    left = np.where(on_pixel, base - 1, base).astype(np.int64)
+    t = np.abs((offs[None, :] - frac[:, None]) * s)
+    if mode == "linear":
+        wts = np.clip(1.0 - t, 0.0, 1.0)
+    elif mode == "cubic":
+        a = cubic_a
+        wts = np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                       np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+    else:
+        raise ValueError(mode)
+    wts = wts / wts.sum(axis=1, keepdims=True)
+    taps = left[:, None] + offs[None, :]
+    if exclude_outside:
+        wts = np.where((taps < 0) | (taps >= size), 0.0, wts)
+        total = wts.sum(axis=1, keepdims=True)
+        wts = wts / np.where(total == 0, 1.0, total)
+    m = np.zeros((len(src), size))
+    rows = np.repeat(np.arange(len(src)), len(offs))
+    np.add.at(m, (rows, np.clip(taps, 0, size - 1).reshape(-1)), wts.reshape(-1))
+    return m
+
+
 def interpolate(cx: Cx, x: Value, mode: str, srcs: dict[int, np.ndarray], cubic_a: float = -0.75,
                 exclude_outside: bool = False, clamp_linear: bool = True,
                 nearest_idx: dict[int, np.ndarray] | None = None) -> Value:
@@ -587,17 +645,62 @@ def torch_nearest_index(out: int, size: int, scale: float | None, exact: bool = 
 
 
 # -- grid sampling -------------------------------------------------------------------------
-def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_corners: bool) -> Value | None:
-    """2-D grid sampling (PyTorch grid_sample / ONNX GridSample), bilinear or nearest, zeros or
-    border padding: the source coordinates and corner weights are elementwise ops on the grid,
-    the corners are runtime-index gathers of x's pixels (x seen as [N*H*W, C] rows), weighted
-    and summed. None for what it does not cover (bicubic, reflection, non-4-D)."""
-    if x.type.rank != 4 or grid.type.rank != 4 or grid.shape[-1] != 2 or mode not in ("bilinear", "nearest") \
-            or padding not in ("zeros", "border") or not x.dtype.is_float:
+def _cubic_taps(cx: Cx, t: Value, a: float) -> list[Value]:
+    """Keys' cubic weights of the taps at offsets -1, 0, 1, 2 for a run-time fraction t in [0, 1)."""
+    dt = t.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def near(s: Value) -> Value:  # ((a + 2) s - (a + 3)) s^2 + 1
+        p = cx.emit("sub", [cx.emit("mul", [s, k(a + 2)]), k(a + 3)])
+        return cx.emit("add", [cx.emit("mul", [p, cx.emit("mul", [s, s])]), k(1.0)])
+
+    def far(s: Value) -> Value:  # ((a s - 5a) s + 8a) s - 4a
+        p = cx.emit("sub", [cx.emit("mul", [s, k(a)]), k(5 * a)])
+        p = cx.emit("add", [cx.emit("mul", [p, s]), k(8 * a)])
+        return cx.emit("sub", [cx.emit("mul", [p, s]), k(4 * a)])
+
+    one_minus = cx.emit("sub", [k(1.0), t])
+    return [far(cx.emit("add", [t, k(1.0)])), near(t), near(one_minus), far(cx.emit("add", [one_minus, k(1.0)]))]
+
+
+def _reflect(cx: Cx, v: Value, lo: float, hi: float) -> Value:
+    """v mirrored back and forth between lo and hi until inside: lo + r - |(|v - lo| mod 2r) - r|, r = hi - lo."""
+    r = hi - lo
+    if r <= 0:
+        return cx.emit("clamp", [v], {"min": lo, "max": lo})
+    dt = v.dtype
+    d = cx.emit("abs", [cx.emit("sub", [v, cx.const(lo, dt)])])
+    m = cx.emit("sub", [d, cx.emit("mul", [cx.emit("floor", [cx.emit("mul", [d, cx.const(1.0 / (2 * r), dt)])]),
+                                           cx.const(2 * r, dt)])])
+    fold = cx.emit("abs", [cx.emit("sub", [m, cx.const(r, dt)])])
+    return cx.emit("clamp", [cx.emit("sub", [cx.const(lo + r, dt), fold])], {"min": lo, "max": hi})
+
+
+def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_corners: bool,
+                onnx_borders: bool = False) -> Value | None:
+    """2-D and 3-D grid sampling (PyTorch grid_sample / ONNX GridSample): nearest, bilinear or
+    bicubic; zeros, border or reflection padding. The source coordinates and tap weights are
+    elementwise ops on the grid; each tap (1, 2 or 4 per axis, all combinations) is a run-time-index
+    gather of x's pixels (x seen as [N * prod(S), C] rows), weighted and summed.
+
+    onnx_borders: the ONNX reference's rules (a coordinate outside the border box is clamped or
+    reflected first, then each tap is padded again); without it (PyTorch) bicubic and nearest
+    with reflection, whose rules differ, are None."""
+    nd = x.type.rank - 2
+    if nd not in (2, 3) or grid.type.rank != nd + 2 or grid.shape[-1] != nd or grid.shape[0] != x.shape[0] \
+            or mode not in ("bilinear", "nearest", "bicubic") or padding not in ("zeros", "border", "reflection") \
+            or not x.dtype.is_float:
         return None
-    n, c, h, w = x.shape
-    _, ho, wo, _ = grid.shape
-    if n * h * w >= 1 << 24:
+    if not onnx_borders and (mode == "bicubic" or (mode == "nearest" and padding == "reflection")):
+        return None
+    if mode == "bicubic" and nd != 2:
+        return None
+    n, c = x.shape[:2]
+    sizes = list(x.shape[2:])
+    out = list(grid.shape[1:-1])
+    if n * math.prod(sizes) >= 1 << 24:
         return None  # pixel indices beyond fp32's exact integers
     dt = x.dtype
     grid = cx.cast(grid, dt)
@@ -605,46 +708,91 @@ def grid_sample(cx: Cx, x: Value, grid: Value, mode: str, padding: str, align_co
     def k(v: float) -> Value:
         return cx.const(v, dt)
 
-    def unnormalize(axis: int, size: int) -> Value:
-        g = reshape(cx, _slice(cx, grid, 3, axis, axis + 1), [n, ho, wo])
+    def source(axis: int) -> Value:
+        """Source coordinate along spatial axis `axis` (grid component nd-1-axis: x is the last axis)."""
+        size = sizes[axis]
+        comp = nd - 1 - axis
+        g = reshape(cx, _slice(cx, grid, nd + 1, comp, comp + 1), [n] + out)
         if align_corners:
             s = cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k((size - 1) / 2)])
         else:
             s = cx.emit("mul", [cx.emit("sub", [cx.emit("mul", [cx.emit("add", [g, k(1.0)]), k(float(size))]), k(1.0)]),
                                 k(0.5)])
+        if mode == "nearest":
+            s = cx.emit("round", [s])  # half to even, as nearbyint
+        lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
         if padding == "border":
-            s = cx.emit("clamp", [s], {"min": 0.0, "max": float(size - 1)})
+            if mode == "bicubic":  # only a coordinate outside the border box is clamped (ONNX)
+                outside = cx.emit("or", [cx.emit("lt", [s, k(lo)]), cx.emit("gt", [s, k(hi)])])
+                s = cx.emit("where", [outside, cx.emit("clamp", [s], {"min": 0.0, "max": size - 1.0}), s])
+            else:  # the same pixels as clamping only outside the box: taps read the edge either way
+                s = cx.emit("clamp", [s], {"min": 0.0, "max": size - 1.0})
+        elif padding == "reflection":
+            s = _reflect(cx, s, lo, hi)
         return s
 
-    ix, iy = unnormalize(0, w), unnormalize(1, h)
-    table = reshape(cx, cx.emit("permute", [x], {"perm": [0, 2, 3, 1]}), [n * h * w, c])
+    return sample_at(cx, x, [source(axis) for axis in range(nd)], mode, padding, align_corners)
+
+
+def sample_at(cx: Cx, x: Value, coords: list[Value], mode: str, padding: str, align_corners: bool = False) -> Value:
+    """x [N, C, *S] sampled at run-time pixel coordinates (one [N, *out] tensor per spatial axis,
+    already clamped / reflected / rounded as the mode needs): nearest, bilinear or bicubic taps,
+    each a gather of x's pixels (x seen as [N * prod(S), C] rows); zeros padding gives taps
+    outside the image weight 0. Returns [N, C, *out]."""
+    nd = x.type.rank - 2
+    n, c = x.shape[:2]
+    sizes = list(x.shape[2:])
+    out = list(coords[0].shape[1:])
+    dt = x.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def tap(axis: int, pos: Value, weight: Value | None) -> tuple[Value, Value | None]:
+        """(int64 pixel index along the axis, weight or None); zeros padding: weight 0 outside."""
+        size = sizes[axis]
+        if padding == "reflection":
+            lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+            pos = _reflect(cx, pos, lo, hi)
+        elif padding == "zeros":
+            ok = cx.emit("and", [cx.emit("ge", [pos, k(0.0)]), cx.emit("le", [pos, k(size - 1.0)])])
+            weight = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
+        idx = cx.cast(cx.emit("clamp", [pos], {"min": 0.0, "max": size - 1.0}), DType.int64)
+        return idx, weight
+
+    per_axis: list[list[tuple[Value, Value | None]]] = []
+    for axis in range(nd):
+        s = coords[axis]
+        if mode == "nearest":
+            per_axis.append([tap(axis, s, None)])
+            continue
+        s0 = cx.emit("floor", [s])
+        t = cx.emit("sub", [s, s0])
+        if mode == "bilinear":
+            offsets, weights = [0.0, 1.0], [cx.emit("sub", [k(1.0), t]), t]
+        else:
+            offsets, weights = [-1.0, 0.0, 1.0, 2.0], _cubic_taps(cx, t, -0.75)
+        per_axis.append([tap(axis, s0 if o == 0 else cx.emit("add", [s0, k(o)]), w) for o, w in zip(offsets, weights)])
+
+    table = reshape(cx, cx.emit("permute", [x], {"perm": [0] + list(range(2, nd + 2)) + [1]}), [n * math.prod(sizes), c])
     # pixel indices in int64 arithmetic: exact whatever the float storage (bf16 holds integers only to 256)
-    base = _const(cx, "image_base", (np.arange(n) * (h * w)).reshape(n, 1, 1), DType.int64)
-
-    def corner(xi: Value, yi: Value, weight: Value | None) -> Value:
-        ok = cx.emit("and", [cx.emit("and", [cx.emit("ge", [xi, k(0.0)]), cx.emit("le", [xi, k(w - 1.0)])]),
-                             cx.emit("and", [cx.emit("ge", [yi, k(0.0)]), cx.emit("le", [yi, k(h - 1.0)])])])
-        xc = cx.emit("clamp", [xi], {"min": 0.0, "max": float(w - 1)})
-        yc = cx.emit("clamp", [yi], {"min": 0.0, "max": float(h - 1)})
-        xq, yq = cx.cast(xc, DType.int64), cx.cast(yc, DType.int64)
-        flat = cx.emit("add", [cx.emit("add", [cx.emit("mul", [yq, cx.const(w, DType.int64)]), xq]), base])
-        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, Ho, Wo, C]
-        wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
-        return cx.emit("mul", [rows, reshape(cx, wt, [n, ho, wo, 1])])
-
-    if mode == "nearest":
-        out = corner(cx.emit("round", [ix]), cx.emit("round", [iy]), None)  # half to even, as nearbyint
-    else:
-        x0, y0 = cx.emit("floor", [ix]), cx.emit("floor", [iy])
-        x1, y1 = cx.emit("add", [x0, k(1.0)]), cx.emit("add", [y0, k(1.0)])
-        wx1, wy1 = cx.emit("sub", [ix, x0]), cx.emit("sub", [iy, y0])
-        wx0, wy0 = cx.emit("sub", [k(1.0), wx1]), cx.emit("sub", [k(1.0), wy1])
-        out = None
-        for xi, yi, wx, wy in ((x0, y0, wx0, wy0), (x1, y0, wx1, wy0), (x0, y1, wx0, wy1), (x1, y1, wx1, wy1)):
-            term = corner(xi, yi, cx.emit("mul", [wx, wy]))
-            out = term if out is None else cx.emit("add", [out, term])
-    assert out is not None
-    return cx.emit("permute", [out], {"perm": [0, 3, 1, 2]})
+    base = _const(cx, "image_base", (np.arange(n) * math.prod(sizes)).reshape([n] + [1] * nd), DType.int64)
+    strides = [math.prod(sizes[a + 1:]) for a in range(nd)]
+    acc = None
+    for combo in np.ndindex(*[len(taps) for taps in per_axis]):
+        flat, weight = base, None
+        for axis, j in enumerate(combo):
+            idx, w = per_axis[axis][j]
+            term = idx if strides[axis] == 1 else cx.emit("mul", [idx, cx.const(strides[axis], DType.int64)])
+            flat = cx.emit("add", [term, flat])
+            if w is not None:
+                weight = w if weight is None else cx.emit("mul", [weight, w])
+        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, *out, C]
+        if weight is not None:
+            rows = cx.emit("mul", [rows, reshape(cx, weight, [n] + out + [1])])
+        acc = rows if acc is None else cx.emit("add", [acc, rows])
+    assert acc is not None
+    return cx.emit("permute", [acc], {"perm": [0, nd + 1] + list(range(1, nd + 1))})
 
 
 def antialias_matrix(out: int, size: int, align_corners: bool, scale: float | None, mode: str) -> np.ndarray:

@@ -225,7 +225,7 @@ def _attrs(node: Any) -> dict[str, Any]:
 def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, name: str | None = None,
                 strict: bool = False) -> ImportResult:
     # importing the lowering modules registers their handlers
-    from vnpu.frontends.onnx import onnx_ops, ops_control, ops_losses, ops_quant, ops_signal  # noqa: F401
+    from vnpu.frontends.onnx import onnx_ops, ops_control, ops_losses, ops_quant, ops_sampling, ops_signal  # noqa: F401
     from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu, lift_layer_norm
 
     numpy_helper = require("onnx.numpy_helper", "onnx")

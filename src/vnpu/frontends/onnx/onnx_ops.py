@@ -427,15 +427,15 @@ def _pool(kind: str):
         x = ins[0]
         nd = x.type.rank - 2
         with_indices = len(cx.node.output) > 1 and bool(cx.node.output[1])
-        if not 1 <= nd <= 3 or (with_indices and attrs.get("storage_order", 0)):
-            return None  # column-major indices: host
+        if not 1 <= nd <= 3:
+            return None
         k = [int(v) for v in attrs["kernel_shape"]]
         s = [int(v) for v in attrs.get("strides", [1] * nd)]
         d = [int(v) for v in attrs.get("dilations", [1] * nd)]
         pads = _conv_pads(attrs, list(x.shape[2:]), k, s, d)
         if with_indices:
             return spatial.max_pool_with_indices(cx, x, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
-                                                 whole_tensor=True)
+                                                 whole_tensor=True, column_major=bool(attrs.get("storage_order", 0)))
         return spatial.pool(cx, x, kind, k, s, pads, d, bool(attrs.get("ceil_mode", 0)),
                             bool(attrs.get("count_include_pad", 0)))
     return h
@@ -671,13 +671,16 @@ def _pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 
 # -- Resize: nearest and (bi)linear as constant-index gathers; integer nearest upsampling as a broadcast
 def _source_coords(mode: str, out_n: int, in_n: int, scale: float) -> np.ndarray:
+    """Source coordinate of each output position (ONNX Resize); align_corners spans the unrounded
+    output length in_n * scale, as the ONNX reference does when scales (not sizes) are given."""
     o = np.arange(out_n, dtype=np.float64)
     if mode == "half_pixel":
         return (o + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
         return (o + 0.5) / scale - 0.5 if out_n > 1 else np.zeros(out_n)
     if mode == "align_corners":
-        return o * (in_n - 1) / (out_n - 1) if out_n > 1 else np.zeros(out_n)
+        span = in_n * scale - 1
+        return o * (in_n - 1) / span if span != 0 else np.zeros(out_n)
     if mode == "asymmetric":
         return o / scale
     if mode == "half_pixel_symmetric":
@@ -704,8 +707,11 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if mode not in ("nearest", "linear", "cubic") or ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners",
                                                                  "asymmetric", "half_pixel_symmetric",
                                                                  "tf_crop_and_resize") \
-            or attrs.get("antialias", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        return None  # antialiasing: host
+            or (attrs.get("antialias", 0) and mode == "nearest"):
+        return None
+    policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        return None
     scales_v = ins[2] if len(ins) > 2 else None
     sizes_v = ins[3] if len(ins) > 3 else None
     rank = x.type.rank
@@ -718,6 +724,10 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         for a, v in zip(axes, given):
             sizes[a] = v
         scales = [s / d for s, d in zip(sizes, x.shape)]
+        if policy != "stretch":  # one scale for all resized axes (the smaller / larger), sizes rounded half up
+            one = (min if policy == "not_larger" else max)(scales[a] for a in axes)
+            scales = [one if a in axes else 1.0 for a in range(rank)]
+            sizes = [int(one * x.shape[a] + 0.5) if a in axes else x.shape[a] for a in range(rank)]
     elif scales_v is not None and scales_v.is_const and scales_v.type.numel:
         scales = [1.0] * rank
         for a, v in zip(axes, np.asarray(scales_v.data).reshape(-1)):
@@ -753,6 +763,10 @@ def _resize(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
                 continue
             idx = np.clip(_nearest(src, nm), 0, x.shape[a] - 1).astype(np.int64)
             y = cx.emit("gather", [y, cx.const(idx, DType.int64)], {"axis": a})
+        elif attrs.get("antialias", 0):  # the filter widened by 1 / scale when downscaling
+            y = spatial.interpolate_matrix(cx, y, a, spatial.antialias_interp_matrix(
+                src, x.shape[a], mode, scales[a], float(attrs.get("cubic_coeff_a", -0.75)),
+                bool(attrs.get("exclude_outside", 0))))
         else:  # linear / cubic: one matmul with the constant interpolation matrix (frontends/spatial.py)
             y = spatial.interpolate(cx, y, mode, {a: src}, cubic_a=float(attrs.get("cubic_coeff_a", -0.75)),
                                     exclude_outside=bool(attrs.get("exclude_outside", 0)))
@@ -864,7 +878,7 @@ def _upsample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
 def _grid_sample(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     mode = {"linear": "bilinear", "cubic": "bicubic"}.get(attrs.get("mode", "bilinear"), attrs.get("mode", "bilinear"))
     return spatial.grid_sample(cx, ins[0], ins[1], mode, attrs.get("padding_mode", "zeros"),
-                               bool(attrs.get("align_corners", 0)))
+                               bool(attrs.get("align_corners", 0)), onnx_borders=True)
 
 
 # -- elementwise math family (opinfo) ------------------------------------------------------------

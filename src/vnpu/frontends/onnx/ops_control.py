@@ -178,6 +178,8 @@ def _scan(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
     if len(lengths) != 1 or 0 in lengths:
         return None  # scan inputs of different lengths, or none to step over
     steps = lengths.pop()
+    if steps * len(body.node) > cx.unroll_budget:
+        return None  # more unrolled body nodes than the model's budget allows
 
     def unroll() -> tuple | None:
         state = states
@@ -323,6 +325,8 @@ def _sequence_map(cx: Cx, ins: Ins, attrs: dict) -> tuple | None:
     n = len(seqs[0]) if seqs else 0
     if any(len(s) != n for s in seqs):
         raise OnnxModelError(f"node {cx.node_label} (SequenceMap): its input sequences differ in length")
+    if n * len(body.node) > cx.unroll_budget:
+        return None
 
     def unroll() -> tuple:
         outs: list[list[Value]] = [[] for _ in body.output]

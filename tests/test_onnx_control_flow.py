@@ -162,6 +162,24 @@ def test_loop_with_runtime_trip_count_or_too_many_iterations_is_named() -> None:
     np.testing.assert_allclose(cm.run_numpy(list(feeds.values()))[0], _ort(runtime, feeds)[0], rtol=1e-6)
 
 
+def test_loop_carrying_a_sequence() -> None:
+    # each iteration appends x * i to a sequence that starts empty; read back concatenated
+    body = helper.make_graph([
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        helper.make_node("Cast", ["i"], ["i_f"], to=T.FLOAT),
+        helper.make_node("Mul", ["x", "i_f"], ["xi"]),
+        helper.make_node("SequenceInsert", ["seq_in", "xi"], ["seq_out"]),
+    ], "body", [_vi("i", T.INT64, []), _vi("cond_in", T.BOOL, []),
+                helper.make_tensor_sequence_value_info("seq_in", T.FLOAT, [2])],
+        [_vi("cond_out", T.BOOL, []), helper.make_tensor_sequence_value_info("seq_out", T.FLOAT, [2])])
+    nodes = [helper.make_node("SequenceEmpty", [], ["empty"], dtype=T.FLOAT),
+             helper.make_node("Loop", ["M", "c", "empty"], ["seq"], body=body),
+             helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=0)]
+    m = _model(nodes, [_vi("x", T.FLOAT, [2])], [_vi("y", T.FLOAT, [8])],
+               {"M": np.array(4, np.int64), "c": np.array(True)})
+    _check_on_chip(m, {"x": RNG.standard_normal(2).astype(np.float32)})
+
+
 # -- Scan -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("out_dir", [0, 1])
 def test_scan_cumulative_sum_in_reverse_along_axis_1(out_dir: int) -> None:

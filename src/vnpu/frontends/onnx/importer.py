@@ -6,6 +6,10 @@ Initializers become weights. A node whose inputs are all constants (Shape-driven
 subgraphs: Shape -> Gather -> Concat -> Reshape, ConstantOfShape, Range...) is evaluated
 once at import time with `onnx.reference`. A node with no entry runs on the host as a
 `host_call` (executed there with `onnx.reference`), or is named in one error under strict=True.
+Control flow (If, Loop, Scan) is unrolled here too: `import_nodes` imports a subgraph body into
+the same graph, its names chaining to the enclosing scope's; sequences and optionals are
+compile-time values (`SeqValue`, `OptionalValue`, see ops_control.py), never program inputs
+or outputs.
 """
 from __future__ import annotations
 

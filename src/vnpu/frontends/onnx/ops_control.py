@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from vnpu.dtypes import DType
+from vnpu.frontends.errors import UnsupportedOpError
 from vnpu.frontends.onnx.importer import TAKES_NON_TENSORS, OnnxContext as Cx, OnnxModelError, OnnxValue, \
     OptionalValue, SeqValue, UnrollLimitError, _elem_dtype, onnx_op
 from vnpu.frontends.onnx.onnx_ops import _axis, _reshape_to
 from vnpu.ir.graph import Value
 from vnpu.ir.ops import IRTypeError
-from vnpu.frontends.errors import UnsupportedOpError
 
 Ins = list[Any]  # a node's inputs: Values, SeqValues, OptionalValues, None for an omitted one
 

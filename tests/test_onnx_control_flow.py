@@ -220,6 +220,14 @@ def test_sequence_round_trip() -> None:
     _check_on_chip(m, {"x": RNG.standard_normal((3, 6)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("pos", [1, -1])
+def test_sequence_at_a_runtime_position(pos: int) -> None:
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0),
+             helper.make_node("SequenceAt", ["seq", "p"], ["y"])]
+    m = _model(nodes, [_vi("x", T.FLOAT, [3, 4]), _vi("p", T.INT64, [])], [_vi("y", T.FLOAT, [4])])
+    _check_on_chip(m, {"x": RNG.standard_normal((3, 4)).astype(np.float32), "p": np.array(pos, np.int64)})
+
+
 def test_sequence_map_and_optional() -> None:
     body = helper.make_graph([helper.make_node("Mul", ["e", "e"], ["sq"])], "square",
                              [_vi("e", T.FLOAT, [2, 1])], [_vi("sq", T.FLOAT, [2, 1])])

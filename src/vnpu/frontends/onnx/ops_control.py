@@ -23,7 +23,7 @@ from vnpu.dtypes import DType
 from vnpu.frontends.errors import UnsupportedOpError
 from vnpu.frontends.onnx.importer import TAKES_NON_TENSORS, OnnxContext as Cx, OnnxModelError, OnnxValue, \
     OptionalValue, SeqValue, UnrollLimitError, _elem_dtype, onnx_op
-from vnpu.frontends.onnx.onnx_ops import _axis, _reshape_to
+from vnpu.frontends.onnx.onnx_ops import _axis, _gather, _reshape_to, _wrap_negative
 from vnpu.ir.graph import Value
 from vnpu.ir.ops import IRTypeError
 
@@ -245,7 +245,15 @@ def _sequence_length(cx: Cx, ins: Ins, attrs: dict) -> Value:
 def _sequence_at(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     seq = _seq(cx, ins[0])
     p = _position(cx, ins[1], len(seq), 0)
-    return None if p is None else seq[p]
+    if p is not None:
+        return seq[p]
+    # a run-time position: the elements (of one shape) stacked, the one asked for gathered
+    if not seq or ins[1].type.numel != 1:
+        return None
+    stacked = _stack(cx, list(seq), 0)
+    if stacked is None:
+        return None
+    return _gather(cx, [stacked, _reshape_to(cx, _wrap_negative(cx, ins[1], len(seq)), [])], {"axis": 0})
 
 
 @_control_op("SequenceInsert")
@@ -285,6 +293,8 @@ def _split_to_sequence(cx: Cx, ins: Ins, attrs: dict) -> SeqValue | None:
         if given is None:
             return None  # run-time split sizes: the elements' shapes are not known at import
         if split.type.rank == 0:  # one chunk size; the last chunk takes what is left
+            if given[0] <= 0:
+                raise OnnxModelError(f"node {cx.node_label} (SplitToSequence): split size {given[0]} is not positive")
             sizes = [min(given[0], n - s) for s in range(0, n, given[0])]
         else:
             sizes = given

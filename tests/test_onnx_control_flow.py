@@ -197,6 +197,19 @@ def test_scan_cumulative_sum_in_reverse_along_axis_1(out_dir: int) -> None:
     assert res.graph.outputs[1].shape == (2, 4)
 
 
+def test_opset8_scan_with_a_batch_axis_and_reverse_direction() -> None:
+    # opset 8: a batch axis before the scan axis; each batch element scanned on its own
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "xt"], ["s_out"]), helper.make_node("Mul", ["s_out", "xt"], ["y_t"])],
+        "body", [_vi("s_in", T.FLOAT, [3]), _vi("xt", T.FLOAT, [3])], [_vi("s_out", T.FLOAT, [3]), _vi("y_t", T.FLOAT, [3])])
+    node = helper.make_node("Scan", ["", "s0", "x"], ["s", "y"], body=body, num_scan_inputs=1, directions=[1])
+    g = helper.make_graph([node], "scan8", [_vi("s0", T.FLOAT, [2, 3]), _vi("x", T.FLOAT, [2, 4, 3])],
+                          [_vi("s", T.FLOAT, [2, 3]), _vi("y", T.FLOAT, [2, 4, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)], ir_version=4)
+    feeds = {"s0": RNG.standard_normal((2, 3)).astype(np.float32), "x": RNG.standard_normal((2, 4, 3)).astype(np.float32)}
+    _check_on_chip(m, feeds)
+
+
 # -- sequences and optionals ----------------------------------------------------------------------
 def test_sequence_round_trip() -> None:
     # split into a sequence, edit it, read it back as tensors

@@ -229,10 +229,15 @@ def load_model(model: Any) -> Any:
         return proto  # only other domains' ops (training, ML): named by strict mode, run on the host otherwise
     if opset < 9 and any(n.op_type == "Scan" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
         # the converter's Scan 8 -> 9 step drops the batch axis from the model's own inputs and
-        # outputs, which would change what the program takes and returns
-        raise UnsupportedOpError({"Scan": 1}, "vnpu/frontends/onnx/ops_control.py",
-                                 {"Scan": ["opset-8 Scan (batch axis): the ONNX version converter cannot upgrade it "
-                                           "without changing the model's input shapes; re-export with opset >= 9"]})
+        # outputs, which would change what the program takes and returns: ops_control upgrades them
+        from vnpu.frontends.onnx.ops_control import upgrade_scan8
+
+        upgraded = upgrade_scan8(proto, MIN_OPSET)
+        if upgraded is None:
+            raise UnsupportedOpError({"Scan": 1}, "vnpu/frontends/onnx/ops_control.py",
+                                     {"Scan": ["opset-8 Scan (batch axis) with sequence_lens, a dynamic batch or a body "
+                                               "reading enclosing values: re-export with opset >= 9"]})
+        return upgraded
     if opset < MIN_OPSET:
         try:
             from onnx import version_converter

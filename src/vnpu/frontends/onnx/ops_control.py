@@ -372,3 +372,103 @@ def _optional_get_element(cx: Cx, ins: Ins, attrs: dict) -> OnnxValue:
             raise OnnxModelError(f"node {cx.node_label} (OptionalGetElement): the optional is empty")
         return v.value
     return v  # a tensor or sequence input is its own element (opset 18)
+
+
+# -- Scan, opset 8 (a batch axis) ------------------------------------------------------------------
+_LEGACY_DOMAIN = "vnpu.legacy"
+
+
+def upgrade_scan8(proto: Any, target_opset: int) -> Any | None:
+    """An opset-8 model whose top-level Scan nodes (batch axis first, sequence_lens omitted) are
+    rewritten as one opset-9 Scan per batch element, the rest of the model upgraded by the ONNX
+    version converter; None when some Scan cannot be rewritten (sequence_lens given, a batch
+    size not known statically, a body that does not upgrade on its own).
+
+    (The converter's own Scan 8 -> 9 step drops the batch axis from the model's inputs and
+    outputs, changing what the program takes and returns; the Scans are kept out of its way
+    behind placeholder nodes of another domain, which it leaves alone.)"""
+    import onnx
+    from onnx import helper, version_converter
+
+    opset = next(int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx"))
+    try:
+        typed = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - no shapes: no batch size
+        return None
+    types = {vi.name: vi.type for vi in list(typed.graph.input) + list(typed.graph.value_info) + list(typed.graph.output)}
+
+    def batch_of(name: str) -> int | None:
+        t = types.get(name)
+        if t is None or not t.HasField("tensor_type") or not t.tensor_type.shape.dim:
+            return None
+        d = t.tensor_type.shape.dim[0]
+        return int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    scans: dict[str, tuple[Any, Any, int]] = {}  # placeholder name -> (the Scan node, its upgraded body, batch size)
+    for k, node in enumerate(m.graph.node):
+        if node.op_type != "Scan" or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.input and node.input[0]:
+            return None  # sequence_lens: per-element lengths are not static
+        batches = {batch_of(i) for i in node.input[1:] if i}
+        if len(batches) != 1 or None in batches:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        body = onnx.ModelProto()
+        body.CopyFrom(helper.make_model(attrs["body"], opset_imports=[helper.make_opsetid("", opset)],
+                                        ir_version=proto.ir_version))
+        try:
+            body = version_converter.convert_version(body, target_opset)
+        except Exception:  # noqa: BLE001 - e.g. a body reading the enclosing graph's values
+            return None
+        name = f"__scan8_{k}"
+        original = onnx.NodeProto()
+        original.CopyFrom(node)  # (node itself is overwritten by the placeholder below)
+        scans[name] = (original, body.graph, batches.pop())
+        placeholder = helper.make_node("Scan8", [i for i in node.input[1:]], list(node.output), name=name,
+                                       domain=_LEGACY_DOMAIN)
+        m.graph.node[k].CopyFrom(placeholder)
+    if not scans:
+        return None
+    m.opset_import.append(helper.make_opsetid(_LEGACY_DOMAIN, 1))
+    try:
+        m = version_converter.convert_version(m, target_opset)
+    except Exception:  # noqa: BLE001
+        return None
+    nodes = []
+    for node in m.graph.node:
+        if node.domain != _LEGACY_DOMAIN:
+            nodes.append(node)
+            continue
+        scan, body, batch = scans[node.name]
+        attrs = {a.name: helper.get_attribute_value(a) for a in scan.attribute}
+        n_in = int(attrs["num_scan_inputs"])
+        pre = node.name
+        axis0 = f"{pre}_axis0"
+        nodes.append(helper.make_node("Constant", [], [axis0], value=helper.make_tensor(axis0, onnx.TensorProto.INT64, [1], [0])))
+        per_batch: list[list[str]] = [[] for _ in scan.output]
+        for b in range(batch):
+            at = f"{pre}_b{b}"
+            nodes.append(helper.make_node("Constant", [], [at], value=helper.make_tensor(at, onnx.TensorProto.INT64, [], [b])))
+            ins = []
+            for i in node.input:  # element b of every state and scan input (the batch axis dropped)
+                ins.append(f"{pre}_{i}_b{b}")
+                nodes.append(helper.make_node("Gather", [i, at], [ins[-1]], axis=0))
+            outs = [f"{pre}_{o}_b{b}" for o in scan.output]
+            extra = {"scan_input_directions": list(attrs["directions"])} if "directions" in attrs else {}
+            nodes.append(helper.make_node("Scan", ins, outs, name=f"{scan.name or pre}_b{b}", body=body,
+                                          num_scan_inputs=n_in, **extra))
+            for k, o in enumerate(outs):
+                per_batch[k].append(f"{o}_1")
+                nodes.append(helper.make_node("Unsqueeze", [o, axis0], [per_batch[k][-1]]))
+        for o, parts in zip(scan.output, per_batch):  # the batch axis back in front
+            nodes.append(helper.make_node("Concat", parts, [o], axis=0) if len(parts) > 1
+                         else helper.make_node("Identity", parts, [o]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    keep = [i for i in m.opset_import if i.domain != _LEGACY_DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m

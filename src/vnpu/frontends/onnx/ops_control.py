@@ -5,7 +5,9 @@ subgraph body is imported into the same Graph (`OnnxContext.inline`, its env cha
 enclosing one), once per branch, iteration or scan step. An If on a constant condition inlines
 the branch taken; on a run-time condition both branches (ONNX subgraphs have no side effects)
 and `where` selects between their outputs. A Loop needs a constant trip count or a condition
-that folds to a constant every iteration; a Scan steps over its inputs' static length. The
+that folds to a constant every iteration; a Scan steps over its inputs' static length (an
+opset-8 Scan, with its batch axis, is rewritten as one opset-9 Scan per batch element before
+the model is upgraded: `upgrade_scan8`). The
 unrolled body nodes of a model are bounded by MAX_UNROLLED_NODES; past it the node is not
 lowered (the host runs it, or strict=True names it).
 
@@ -15,7 +17,7 @@ graph input or output (programs take and return tensors).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +32,7 @@ from vnpu.ir.ops import IRTypeError
 Ins = list[Any]  # a node's inputs: Values, SeqValues, OptionalValues, None for an omitted one
 
 
-def _control_op(*names: str):
+def _control_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Registers a lowering that may take sequence / optional inputs."""
     TAKES_NON_TENSORS.update(names)
     return onnx_op(*names)

@@ -6,13 +6,18 @@ Initializers become weights. A node whose inputs are all constants (Shape-driven
 subgraphs: Shape -> Gather -> Concat -> Reshape, ConstantOfShape, Range...) is evaluated
 once at import time with `onnx.reference`. A node with no entry runs on the host as a
 `host_call` (executed there with `onnx.reference`), or is named in one error under strict=True.
+Control flow (If, Loop, Scan) is unrolled here too: `import_nodes` imports a subgraph body into
+the same graph, its names chaining to the enclosing scope's; sequences and optionals are
+compile-time values (`SeqValue`, `OptionalValue`, see ops_control.py), never program inputs
+or outputs.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections import ChainMap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
@@ -22,14 +27,21 @@ from vnpu.frontends.registry import Handler, ImportResult, LoweringContext, regi
 from vnpu.ir.graph import Graph, TensorType, Value
 
 MIN_OPSET = 13
+# Control flow is unrolled at import: at most this many subgraph-body nodes are imported per
+# model (over every If branch, Loop iteration, Scan step and SequenceMap element, nested included)
+MAX_UNROLLED_NODES = 4096
 MAX_FOLD_GROWTH = 4  # a folded constant may be at most this many times its inputs (or < 1 MiB)
 # Ops whose result is not a function of their inputs: never folded.
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}
 
 
-# Ops on sequences and optionals: never folded (their values are not tensors)
+# Ops on sequences and optionals: never folded (their values are not tensors; their
+# lowerings in ops_control.py keep them as compile-time lists)
 _NON_TENSOR_PREFIXES = ("Sequence", "SplitToSequence", "ConcatFromSequence", "Optional")
+# Op types whose lowerings take sequence / optional values as inputs (ops_control.py adds its
+# entries when it registers them); any other op reading one is refused by name
+TAKES_NON_TENSORS: set[str] = set()
 
 
 class OnnxModelError(ValueError):
@@ -68,14 +80,51 @@ def dtype_to_onnx(dt: DType) -> int:
             DType.int32: T.INT32, DType.int8: T.INT8, DType.bool: T.BOOL}[dt]
 
 
+class SeqValue(list):
+    """An ONNX sequence, known at import time: a Python list of tensor Values (its length is
+    static; the elements are computed by the program). `elem_dtype` is kept for an empty one."""
+
+    def __init__(self, items: Sequence[Value] = (), elem_dtype: DType | None = None):
+        super().__init__(items)
+        self.elem_dtype = elem_dtype if elem_dtype is not None or not items else items[0].dtype
+
+
+@dataclass
+class OptionalValue:
+    """An ONNX optional, known at import time: its element (a tensor or a sequence) or None."""
+
+    value: Value | SeqValue | None
+
+
+# what an ONNX name is bound to while importing: a tensor Value, or a sequence / optional
+OnnxValue = Value | SeqValue | OptionalValue
+Env = MutableMapping[str, OnnxValue]
+
+
+def value_kind(v: Any) -> str:
+    """'tensor', 'sequence' or 'optional': for naming a value where another kind is needed."""
+    return "sequence" if isinstance(v, SeqValue) else "optional" if isinstance(v, OptionalValue) else "tensor"
+
+
+class UnrollLimitError(ValueError):
+    """Unrolling control flow would import more than MAX_UNROLLED_NODES subgraph-body nodes."""
+
+
 @dataclass
 class OnnxContext(LoweringContext):
-    """What a handler sees: the graph being built and the node being lowered."""
+    """What a handler sees: the graph being built and the node being lowered (and, for control
+    flow, the names visible to it and the import's bookkeeping, to import subgraph bodies)."""
 
     g: Graph
     opset: int
     node: Any = None  # onnx.NodeProto
     model: Any = None  # the onnx.ModelProto being imported (ONNX element types of values: ops_quant.onnx_elem_type)
+    env: Env = field(default_factory=dict)  # names visible to `node` (a subgraph's env chains to the outer one)
+    strict: bool = False
+    result: ImportResult | None = None
+    unsupported: dict[str, int] = field(default_factory=dict)  # strict=True: op type -> count, raised at the end
+    where: dict[str, list[str]] = field(default_factory=dict)  # op type -> node labels not lowered
+    unroll_budget: int = MAX_UNROLLED_NODES
 
     @property
     def node_label(self) -> str:
@@ -94,6 +143,54 @@ class OnnxContext(LoweringContext):
         if v is None or not v.is_const:
             return None
         return [int(i) for i in np.asarray(v.data).reshape(-1)]
+
+    def inline(self, graph: Any, bound: Sequence[OnnxValue | None]) -> list[OnnxValue]:
+        """Imports a subgraph body (onnx.GraphProto) into this graph, its inputs bound to `bound`
+        and every other name it reads resolved in the enclosing scope; its outputs' values.
+        Raises UnrollLimitError when the model's budget of unrolled body nodes is spent."""
+        numpy_helper = require("onnx.numpy_helper", "onnx")
+        if len(graph.node) > self.unroll_budget:
+            raise UnrollLimitError(f"node {self.node_label} ({self.node.op_type}): unrolling its control flow "
+                                   f"imports more than {MAX_UNROLLED_NODES} subgraph nodes")
+        self.unroll_budget -= len(graph.node)
+        local: dict[str, OnnxValue] = {}
+        for t in graph.initializer:
+            local[t.name] = self.g.add_const(t.name, numpy_helper.to_array(t), _elem_dtype(t.data_type))
+        for vi, v in zip(graph.input, bound):
+            if v is not None:
+                local[vi.name] = v
+        env = import_nodes(self, graph.node, ChainMap(local, self.env))
+        missing = [o.name for o in graph.output if o.name not in env]
+        if missing:
+            raise OnnxModelError(f"node {self.node_label} ({self.node.op_type}): subgraph {graph.name!r} output "
+                                 f"{missing[0]!r} is not produced by any of its nodes")
+        return [env[o.name] for o in graph.output]
+
+    def tentatively(self, build: Callable[[], Any], tolerate: tuple[type[Exception], ...] = (UnrollLimitError,)) -> Any:
+        """build()'s result; when it returns None or raises one of `tolerate` (an unroll too
+        large; for a branch that may never run, any import error), None, with the nodes it added
+        and the fallbacks it recorded undone, so the node is handled as if never tried."""
+        n_nodes, budget = len(self.g.nodes), self.unroll_budget
+        unsupported = dict(self.unsupported)
+        where = {k: list(v) for k, v in self.where.items()}
+        res = self.result
+        fallback, folded = (dict(res.fallback_ops), res.folded) if res is not None else ({}, 0)
+        try:
+            out = build()
+        except tolerate:
+            out = None
+        if out is None:
+            del self.g.nodes[n_nodes:]
+            self.unroll_budget = budget
+            self.unsupported.clear()
+            self.unsupported.update(unsupported)
+            self.where.clear()
+            self.where.update(where)
+            if res is not None:
+                res.fallback_ops.clear()
+                res.fallback_ops.update(fallback)
+                res.folded = folded
+        return out
 
 
 ONNX: dict[str, Handler] = {}
@@ -134,6 +231,17 @@ def load_model(model: Any) -> Any:
     opset = _opset(proto)
     if opset == 0 and not any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
         return proto  # only other domains' ops (training, ML): named by strict mode, run on the host otherwise
+    if opset < 9 and any(n.op_type == "Scan" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        # the converter's Scan 8 -> 9 step drops the batch axis from the model's own inputs and
+        # outputs, which would change what the program takes and returns: ops_control upgrades them
+        from vnpu.frontends.onnx.ops_control import upgrade_scan8
+
+        upgraded = upgrade_scan8(proto, MIN_OPSET)
+        if upgraded is None:
+            raise UnsupportedOpError({"Scan": 1}, "vnpu/frontends/onnx/ops_control.py",
+                                     {"Scan": ["opset-8 Scan (batch axis) with sequence_lens, a dynamic batch or a body "
+                                               "reading enclosing values: re-export with opset >= 9"]})
+        return upgraded
     if opset < MIN_OPSET:
         try:
             from onnx import version_converter
@@ -235,8 +343,8 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     gname = name or proto.graph.name or "onnx_model"
     g = Graph(gname)
     res = ImportResult(g, opset=opset)
-    cx = OnnxContext(g, opset, model=proto)
-    env: dict[str, Value] = {}
+    cx = OnnxContext(g, opset, model=proto, strict=strict, result=res)
+    env: dict[str, OnnxValue] = {}
     for t in proto.graph.initializer:
         arr = numpy_helper.to_array(t)
         env[t.name] = g.add_const(t.name, arr, _elem_dtype(t.data_type))
@@ -245,49 +353,21 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         if env[iname].type.numel == 0:  # a zero-size input holds no data: what it feeds is folded
             env[iname] = _empty(g, env[iname])
 
-    unsupported: dict[str, int] = {}
-    where: dict[str, list[str]] = {}
-    for node in proto.graph.node:
-        cx.node = node
-        label = cx.node_label
-        for i in node.input:
-            if i and i not in env:
-                raise OnnxModelError(f"node {label} ({node.op_type}) reads {i!r}, which no input, initializer or "
-                                     "earlier node provides")
-        ins = [env[i] if i else None for i in node.input]
-        present = [v for v in ins if v is not None]
-        out: Any = None
-        is_default = node.domain in ("", "ai.onnx")
-        has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
-        all_const = all(v.is_const for v in present)
-        if is_default and all_const and not has_subgraph and node.op_type not in _NONDETERMINISTIC \
-                and not node.op_type.startswith(_NON_TENSOR_PREFIXES):
-            out = _fold(cx, node, ins, opset)
-        if out is not None:
-            # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
-            # cheaper to compute on the chip than to store as a weight, when there is a lowering
-            in_bytes = sum(v.type.nbytes for v in present)
-            if node.op_type in ONNX and sum(v.type.nbytes for v in out) > max(MAX_FOLD_GROWTH * in_bytes, 1 << 20):
-                out = None
-            else:
-                res.folded += 1
-        if out is None and is_default and not has_subgraph and node.op_type in ONNX:
-            out = ONNX[node.op_type](cx, ins, _attrs(node))
-        if out is None:
-            out = _host_call(cx, node, ins, opset)
-            bucket = unsupported if strict else res.fallback_ops
-            key = node.op_type if is_default else f"{node.domain}.{node.op_type}"
-            bucket[key] = bucket.get(key, 0) + 1
-            where.setdefault(key, []).append(label)
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        for oname, v in zip(node.output, outs):
-            if oname and v is not None:
-                env[oname] = _empty(g, v) if v.type.numel == 0 and not v.is_const else v
+    for o in proto.graph.output:
+        if not o.type.HasField("tensor_type"):
+            raise OnnxModelError(f"output {o.name!r} is not a tensor ({o.type.WhichOneof('value')}); vnpu programs "
+                                 "return tensors only")
+    import_nodes(cx, proto.graph.node, env)
+    unsupported, where = cx.unsupported, cx.where
     if unsupported:
         raise UnsupportedOpError(unsupported, "vnpu/frontends/onnx/onnx_ops.py", where)
     for o in proto.graph.output:
         if o.name not in env:
             raise OnnxModelError(f"graph output {o.name!r} is not produced by any node")
+    for o in proto.graph.output:
+        if not isinstance(env[o.name], Value):
+            raise OnnxModelError(f"graph output {o.name!r} is a {value_kind(env[o.name])}; vnpu programs return "
+                                 "tensors only")
     g.outputs = _own_outputs(g, [env[o.name] for o in proto.graph.output])
     lift_gelu(g)
     lift_layer_norm(g)
@@ -298,6 +378,72 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         warnings.warn(f"vnpu: {len(res.fallback_ops)} ONNX op type(s) run on the host CPU instead of the chip: {listing}",
                       FallbackWarning, stacklevel=3)
     return res
+
+
+def import_nodes(cx: OnnxContext, nodes: Sequence[Any], env: Env) -> Env:
+    """Lowers `nodes` (a model's graph or a subgraph body) in order, reading and binding names
+    in `env`; returns env. Each node is folded when its inputs are constants, lowered by its
+    ONNX entry, or else run on the host (recorded in cx; strict=True names it at the end)."""
+    outer_env, outer_node = cx.env, cx.node
+    cx.env = env
+    try:
+        for node in nodes:
+            cx.node = node
+            _import_node(cx, node, env)
+    finally:
+        cx.env, cx.node = outer_env, outer_node
+    return env
+
+
+def _import_node(cx: OnnxContext, node: Any, env: Env) -> None:
+    g, opset, res = cx.g, cx.opset, cx.result
+    label = cx.node_label
+    for i in node.input:
+        if i and i not in env:
+            raise OnnxModelError(f"node {label} ({node.op_type}) reads {i!r}, which no input, initializer or "
+                                 "earlier node provides")
+    ins = [env[i] if i else None for i in node.input]
+    present = [v for v in ins if v is not None]
+    non_tensor = [(n, v) for n, v in zip(node.input, ins) if v is not None and not isinstance(v, Value)]
+    out: Any = None
+    is_default = node.domain in ("", "ai.onnx")
+    has_subgraph = any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+    if non_tensor and not (is_default and (node.op_type in TAKES_NON_TENSORS or node.op_type == "Identity")):
+        n, v = non_tensor[0]
+        raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/ops_control.py",
+                                 {node.op_type: [f"{label} (its input {n!r} is a {value_kind(v)}, which neither its "
+                                                 "lowering nor the host takes)"]})
+    if non_tensor and node.op_type == "Identity":
+        out = ins[0]  # a sequence / optional passes through as the same compile-time value
+    all_const = not non_tensor and all(v.is_const for v in present)
+    if out is None and is_default and all_const and not has_subgraph and node.op_type not in _NONDETERMINISTIC \
+            and not node.op_type.startswith(_NON_TENSOR_PREFIXES):
+        out = _fold(cx, node, ins, opset)
+        if out is not None:
+            # a small constant blown up into a large one (Expand, Tile, ConstantOfShape...) is
+            # cheaper to compute on the chip than to store as a weight, when there is a lowering
+            in_bytes = sum(v.type.nbytes for v in present)
+            if node.op_type in ONNX and sum(v.type.nbytes for v in out) > max(MAX_FOLD_GROWTH * in_bytes, 1 << 20):
+                out = None
+            elif res is not None:
+                res.folded += 1
+    if out is None and is_default and node.op_type in ONNX:
+        out = ONNX[node.op_type](cx, ins, _attrs(node))
+    if out is None:
+        if non_tensor:
+            n, v = non_tensor[0]
+            raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/ops_control.py",
+                                     {node.op_type: [f"{label} (not lowered for these inputs, and the host cannot "
+                                                     f"take its {value_kind(v)} input {n!r})"]})
+        out = _host_call(cx, node, ins, opset)
+        bucket = cx.unsupported if cx.strict or res is None else res.fallback_ops
+        key = node.op_type if is_default else f"{node.domain}.{node.op_type}"
+        bucket[key] = bucket.get(key, 0) + 1
+        cx.where.setdefault(key, []).append(label)
+    outs = list(out) if isinstance(out, (tuple, list)) and not isinstance(out, SeqValue) else [out]
+    for oname, v in zip(node.output, outs):
+        if oname and v is not None:
+            env[oname] = _empty(g, v) if isinstance(v, Value) and v.type.numel == 0 and not v.is_const else v
 
 
 def _empty(g: Graph, v: Value) -> Value:
@@ -349,22 +495,59 @@ def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tu
 
 def _host_call(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...]:
     """A node the chip cannot run, executed on the host with onnx.reference; output types
-    come from ONNX shape inference of the node alone (its constant inputs included)."""
-    out_types = _infer_node(cx, node, ins, opset)
-    inputs = [v for v in ins if v is not None]
-    payload = {"node": node.SerializeToString(), "opset": opset,
-               "input_names": [n for n, v in zip(node.input, ins) if n and v is not None]}
+    come from ONNX shape inference of the node alone (its constant inputs included). The
+    enclosing-scope values its subgraphs read are fed to it like inputs."""
+    names = [n for n, v in zip(node.input, ins) if n and v is not None]
+    inputs = [v for n, v in zip(node.input, ins) if n and v is not None]
+    for n in _outer_names(node):
+        if n in names:
+            continue
+        if n not in cx.env:
+            raise OnnxModelError(f"node {cx.node_label} ({node.op_type}): a subgraph reads {n!r}, which no enclosing "
+                                 "scope provides")
+        if not isinstance(cx.env[n], Value):
+            raise UnsupportedOpError({node.op_type: 1}, "vnpu/frontends/onnx/ops_control.py",
+                                     {node.op_type: [f"{cx.node_label} (its subgraph reads the {value_kind(cx.env[n])} "
+                                                     f"{n!r}, which the host cannot take)"]})
+        names.append(n)
+        inputs.append(cx.env[n])
+    out_types = _infer_node(cx, node, names, inputs, opset)
+    payload = {"node": node.SerializeToString(), "opset": opset, "input_names": names}
     n = cx.g.add_node("host_call", inputs, {"target": f"onnx:{node.op_type}", "out_types": out_types, "payload": payload},
                       name=cx.node_label)
     return tuple(n.outputs)
 
 
-def _infer_node(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> list[TensorType]:
+def _outer_names(node: Any) -> list[str]:
+    """The names a node's subgraphs (nested ones included) read from outside themselves."""
+    free: list[str] = []
+
+    def walk(graph: Any, outside: set[str]) -> None:
+        local = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
+        for n in graph.node:
+            for i in n.input:
+                if i and i not in local and i not in outside and i not in free:
+                    free.append(i)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs) if a.type == a.GRAPHS else []):
+                    walk(sub, outside | local)
+            local.update(o for o in n.output if o)
+        for o in graph.output:
+            if o.name not in local and o.name not in outside and o.name not in free:
+                free.append(o.name)
+
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs) if a.type == a.GRAPHS else []):
+            walk(sub, set())
+    return free
+
+
+def _infer_node(cx: OnnxContext, node: Any, names: list[str], ins: list[Value], opset: int) -> list[TensorType]:
     import onnx
     from onnx import helper, numpy_helper
 
     inputs, inits = [], []
-    for n, v in zip(node.input, ins):
+    for n, v in zip(names, ins):
         if not n or v is None:
             continue
         if v.is_const:
@@ -398,7 +581,7 @@ def _infer_node(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int)
                                  {f"{node.domain}.{node.op_type}": [cx.node_label]})
     # shape inference could not pin the output shape: run the node once on zeros of the right shapes
     feeds = {n: (v.data if v.is_const else np.zeros(v.shape, v.dtype.np if v.dtype != DType.bf16 else np.float32))
-             for n, v in zip(node.input, ins) if n and v is not None}
+             for n, v in zip(names, ins) if n and v is not None}
     try:
         outs = _node_evaluator(node, opset).run(None, feeds)
     except Exception as e:  # noqa: BLE001

@@ -2,5 +2,160 @@
 
 Entries register with `onnx_op` like those in onnx_ops.py; kept in their own module so each family
 is one file.
+
+DFT and STFT: a complex tensor is ONNX's real representation, a last dim of 2 (real, imaginary)
+or 1 (real only). With the transformed axis moved next to that last dim, each row's (time, part)
+pairs are one vector, and the whole transform (forward or inverse, one- or two-sided, padded or
+truncated to dft_length) is one matmul with a constant real matrix holding the cos / sin terms
+of every (input part, output part) pair, so the output comes out already interleaved.
 """
 from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.frontends.onnx.importer import OnnxContext as Cx, onnx_op
+from vnpu.frontends.onnx.onnx_ops import Ins, _axis, _reshape_to, _take
+from vnpu.ir.graph import Value
+
+
+# -- DFT / STFT --------------------------------------------------------------------------------
+def _unit_circle(m: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of 2*pi*m/n (m reduced mod n first), exact at the quarter turns, where the
+    float64 sin(pi) ~ 1e-16 would otherwise leave a residue in bins the reference has at 0."""
+    m = np.asarray(m) % n
+    ang = 2.0 * np.pi * m / n
+    c, s = np.cos(ang), np.sin(ang)
+    quarter = (4 * m) % n == 0
+    c = np.where(quarter, np.round(c), c)
+    s = np.where(quarter, np.round(s), s)
+    return c, s
+
+
+def dft_matrix(n_in: int, n: int, parts_in: int, inverse: bool, onesided: bool) -> tuple[np.ndarray, int]:
+    """The real matrix of a length-n DFT over n_in input samples (n_in <= n: the zero padding
+    contributes nothing), [n_in * parts_in, bins * parts_out] with (sample, part) and (bin, part)
+    interleaved, and parts_out.
+
+    forward:  Y[k] = sum_t X[t] e^{-2 pi i k t / n}, k < n (onesided: k <= n // 2)
+    inverse:  Y[t] = (1/n) sum_k X[k] e^{+2 pi i k t / n}, t < n
+    inverse onesided (irfft): X holds bins 0..n_in-1 of a Hermitian spectrum; the real output
+    counts each bin strictly between 0 and n/2 twice (its mirror), and drops the imaginary part
+    of bins 0 and n/2 (sin is 0 there), as numpy.fft.irfft does."""
+    if inverse and onesided:
+        k = np.arange(n_in)[:, None]
+        t = np.arange(n)[None, :]
+        c, s = _unit_circle(k * t, n)
+        twice = np.where((k == 0) | ((n % 2 == 0) & (k == n // 2)), 1.0, 2.0) / n
+        w = np.zeros((n_in, parts_in, n, 1))
+        w[:, 0, :, 0] = twice * c
+        if parts_in == 2:
+            w[:, 1, :, 0] = -twice * s
+        return w.reshape(n_in * parts_in, n), 1
+    bins = n // 2 + 1 if onesided and not inverse else n
+    t = np.arange(n_in)[:, None]
+    k = np.arange(bins)[None, :]
+    c, s = _unit_circle(t * k, n)
+    sign, scale = (1.0, 1.0 / n) if inverse else (-1.0, 1.0)
+    # (xr + i xi)(c + i sign s) = (xr c - sign xi s) + i (sign xr s + xi c)
+    w = np.zeros((n_in, parts_in, bins, 2))
+    w[:, 0, :, 0] = c * scale
+    w[:, 0, :, 1] = sign * s * scale
+    if parts_in == 2:
+        w[:, 1, :, 0] = -sign * s * scale
+        w[:, 1, :, 1] = c * scale
+    return w.reshape(n_in * parts_in, bins * 2), 2
+
+
+def _dft_along(cx: Cx, x: Value, axis: int, n: int, inverse: bool, onesided: bool,
+               window: np.ndarray | None = None) -> Value | None:
+    """x [..., L (at axis), ..., parts] -> the DFT along `axis`, [..., bins, ..., parts_out]:
+    one matmul of the rows (the other dims flattened) with dft_matrix (times a constant window
+    over the samples, when given)."""
+    r = x.type.rank
+    parts = x.shape[-1]
+    if parts not in (1, 2) or not (0 <= axis < r - 1) or n < 1 or not x.dtype.is_float:
+        return None
+    used = min(x.shape[axis], n // 2 + 1 if inverse and onesided else n)  # samples (bins) read
+    if used < x.shape[axis]:  # truncated to dft_length
+        x = cx.emit("slice", [x], {"axis": axis, "start": 0, "end": used, "step": 1})
+    # the transformed axis next to the parts dim: rows [others, used * parts]
+    others = [i for i in range(r - 1) if i != axis]
+    perm = others + [axis, r - 1]
+    if perm != list(range(r)):
+        x = cx.emit("permute", [x], {"perm": perm})
+    lead = [x.shape[i] for i in range(r - 2)]
+    rows = math.prod(lead)
+    if rows == 0:
+        return None
+    w, parts_out = dft_matrix(used, n, parts, inverse, onesided)
+    if window is not None:
+        w = w * np.repeat(np.asarray(window, np.float64)[:used], parts)[:, None]
+    y = cx.emit("matmul", [_reshape_to(cx, x, [rows, used * parts]), cx.const(w, x.dtype)])
+    bins = w.shape[1] // parts_out
+    y = _reshape_to(cx, y, lead + [bins, parts_out])
+    if perm != list(range(r)):
+        inv = [0] * r
+        for i, p in enumerate(perm):
+            inv[p] = i
+        y = cx.emit("permute", [y], {"perm": inv})
+    return y
+
+
+def _scalar_int(cx: Cx, ins: Ins, i: int) -> int | None | bool:
+    """The constant integer scalar input i; None when omitted; False when known only at run time."""
+    if len(ins) <= i or ins[i] is None or ins[i].type.numel == 0:
+        return None
+    v = cx.ints(ins[i])
+    return False if v is None or len(v) != 1 else v[0]
+
+
+@onnx_op("DFT")
+def _dft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x = ins[0]
+    inverse, onesided = bool(attrs.get("inverse", 0)), bool(attrs.get("onesided", 0))
+    if cx.opset >= 20:  # axis became an input (default -2)
+        axis = _scalar_int(cx, ins, 2)
+        axis = -2 if axis is None else axis
+    else:
+        axis = int(attrs.get("axis", 1))
+    n = _scalar_int(cx, ins, 1)
+    if axis is False or n is False:
+        return None  # run-time axis / length: the output shape is unknown here
+    axis = _axis(axis, x.type.rank)
+    if n is None:
+        n = 2 * (x.shape[axis] - 1) if inverse and onesided else x.shape[axis]
+    return _dft_along(cx, x, axis, n, inverse, onesided)
+
+
+@onnx_op("STFT")
+def _stft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """signal [B, L, parts] -> [B, frames, bins, 2]: the frames as one constant-index gather
+    [frames, frame_length] along the signal axis, each frame times the window, then the DFT."""
+    x = ins[0]
+    step = _scalar_int(cx, ins, 1)
+    length = _scalar_int(cx, ins, 3)
+    window = ins[2] if len(ins) > 2 and ins[2] is not None and ins[2].type.numel else None
+    if step is None or step is False or length is False or x.type.rank != 3 or step < 1:
+        return None
+    if length is None:
+        length = window.shape[0] if window is not None else x.shape[1]
+    if window is not None and (window.type.rank != 1 or window.shape[0] != length):
+        return None  # the spec requires window length == frame_length
+    frames = 1 + (x.shape[1] - length) // step
+    if frames < 1 or length < 1:
+        return None
+    starts = np.arange(frames) * step
+    idx = starts[:, None] + np.arange(length)[None, :]
+    framed = _take(cx, x, 1, idx[0]) if frames == 1 else cx.emit("gather", [x, cx.const(idx, DType.int64)], {"axis": 1})
+    if frames == 1:
+        framed = _reshape_to(cx, framed, [x.shape[0], 1, length, x.shape[2]])
+    const_window = None
+    if window is not None and window.is_const:
+        const_window = np.asarray(window.data, np.float64)  # folded into the DFT matrix
+    elif window is not None:
+        w = _reshape_to(cx, cx.cast(window, x.dtype), [1, 1, length, 1])
+        framed = cx.emit("mul", [framed, w])
+    return _dft_along(cx, framed, 2, length, False, bool(attrs.get("onesided", 1)), const_window)

@@ -159,3 +159,94 @@ def _stft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         w = _reshape_to(cx, cx.cast(window, x.dtype), [1, 1, length, 1])
         framed = cx.emit("mul", [framed, w])
     return _dft_along(cx, framed, 2, length, False, bool(attrs.get("onesided", 1)), const_window)
+
+
+# -- data movement -----------------------------------------------------------------------------
+@onnx_op("CenterCropPad")
+def _center_crop_pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Per listed axis: a centred slice where the target is smaller, a centred zero pad where it
+    is larger (the odd element of either going to the end, as the reference places it)."""
+    x = ins[0]
+    shape = cx.ints(ins[1])
+    r = x.type.rank
+    axes = [_axis(int(a), r) for a in attrs.get("axes", range(r))]
+    if shape is None or len(shape) != len(axes) or any(s < 0 for s in shape):
+        return None
+    pads = [(0, 0)] * r
+    for a, s in zip(axes, shape):
+        d = x.shape[a]
+        if s < d:
+            lo = (d - s) // 2
+            x = cx.emit("slice", [x], {"axis": a, "start": lo, "end": lo + s, "step": 1})
+        elif s > d:
+            pads[a] = ((s - d) // 2, s - d - (s - d) // 2)
+    if any(lo or hi for lo, hi in pads):
+        x = cx.emit("pad", [x], {"pads": pads, "value": 0.0})
+    return x
+
+
+@onnx_op("Compress")
+def _compress(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """A constant condition picks constant indices: a gather along the axis (of the flattened
+    input without one). A run-time condition decides the output shape at run time: host."""
+    x, cond = ins[0], ins[1]
+    if not cond.is_const:
+        return None
+    keep = np.asarray(cond.data).reshape(-1).astype(bool)
+    if "axis" in attrs:
+        axis = _axis(int(attrs["axis"]), x.type.rank)
+    else:
+        x, axis = _reshape_to(cx, x, [x.type.numel]), 0
+    if keep.size > x.shape[axis]:
+        return None  # the spec's condition is at most as long as the axis
+    idx = np.nonzero(keep)[0]
+    if idx.size == 0:
+        shape = list(x.shape)
+        shape[axis] = 0
+        return cx.const(np.zeros(shape), x.dtype)
+    return _take(cx, x, axis, idx)
+
+
+# -- linear algebra ----------------------------------------------------------------------------
+DET_MAX_N = 4  # larger determinants need a factorization (pivoting): host
+
+
+@onnx_op("Det")
+def _det(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """det of [..., n, n] for n <= 4: the Laplace (cofactor) expansion along the first row,
+    recursively, with elementwise mul / add / sub on the entries sliced out as [..., 1, 1];
+    each minor is built once and shared by the expansions that need it."""
+    x = ins[0]
+    r = x.type.rank
+    if r < 2 or x.shape[-1] != x.shape[-2] or not x.dtype.is_float or not (1 <= x.shape[-1] <= DET_MAX_N):
+        return None
+    n = x.shape[-1]
+    row_cache: dict[int, Value] = {}
+    entry_cache: dict[tuple[int, int], Value] = {}
+
+    def entry(i: int, j: int) -> Value:
+        if (i, j) not in entry_cache:
+            if i not in row_cache:
+                row_cache[i] = x if n == 1 else cx.emit("slice", [x], {"axis": r - 2, "start": i, "end": i + 1, "step": 1})
+            row = row_cache[i]
+            entry_cache[(i, j)] = row if n == 1 else cx.emit("slice", [row], {"axis": r - 1, "start": j, "end": j + 1, "step": 1})
+        return entry_cache[(i, j)]
+
+    minors: dict[tuple[int, ...], Value] = {}
+
+    def minor(cols: tuple[int, ...]) -> Value:
+        """det of the rows n - len(cols) .. n - 1 and the given columns."""
+        if cols in minors:
+            return minors[cols]
+        top = n - len(cols)
+        if len(cols) == 1:
+            v = entry(top, cols[0])
+        else:
+            v = None
+            for k, c in enumerate(cols):
+                term = cx.emit("mul", [entry(top, c), minor(cols[:k] + cols[k + 1:])])
+                v = term if v is None else cx.emit("sub" if k % 2 else "add", [v, term])
+        minors[cols] = v
+        return v
+
+    return _reshape_to(cx, minor(tuple(range(n))), list(x.shape[:-2]))

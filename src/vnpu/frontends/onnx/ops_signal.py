@@ -250,3 +250,26 @@ def _det(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         return v
 
     return _reshape_to(cx, minor(tuple(range(n))), list(x.shape[:-2]))
+
+
+@onnx_op("BitCast")
+def _bitcast(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """The same bytes read as `to` (float32 <-> int32 and other equal-width pairs vnpu has);
+    ONNX types vnpu narrows on import (uint32 held as int64, double as float32) would change the
+    bytes' width, so those run on the host."""
+    from onnx import TensorProto as T
+
+    from vnpu.frontends.onnx.importer import _elem_dtype
+
+    x = ins[0]
+    exact = {T.FLOAT: DType.fp32, T.INT32: DType.int32, T.INT64: DType.int64, T.FLOAT16: DType.fp16,
+             T.BFLOAT16: DType.bf16, T.INT8: DType.int8}
+    to = int(attrs["to"])
+    if to not in exact or x.dtype not in exact.values() or exact[to].itemsize != x.dtype.itemsize:
+        return None
+    dt = _elem_dtype(to)
+    if dt == x.dtype:
+        return x
+    if x.is_const:
+        return cx.g.add_const(x.name, np.ascontiguousarray(x.data).view(dt.np), dt)
+    return cx.emit("bitcast", [x], {"dtype": dt})

@@ -161,6 +161,55 @@ def _stft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     return _dft_along(cx, framed, 2, length, False, bool(attrs.get("onesided", 1)), const_window)
 
 
+
+@onnx_op("MelWeightMatrix")
+def _mel_weight_matrix(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """[dft_length // 2 + 1, num_mel_bins] triangular filters whose edges come from run-time
+    lower / upper edge frequencies (constant ones fold at import): the mel-spaced edge bins by
+    elementwise ops in fp32, then each (spectrum bin j, filter i) weight by compares and wheres,
+    rising (j - left) / (centre - left) on [left, centre], falling (right - j) / (right - centre)
+    on [centre, right), a lone 1 at the centre when left == centre, as the reference fills it."""
+    from vnpu.frontends.onnx.importer import _elem_dtype
+
+    counts = [_scalar_int(cx, ins, i) for i in range(3)]
+    if any(c is None or c is False for c in counts) or len(ins) < 5 or ins[3] is None or ins[4] is None:
+        return None
+    mels, dft_length, sample_rate = counts
+    if mels < 1 or dft_length < 1 or sample_rate < 1:
+        return None
+    spectrum = dft_length // 2 + 1
+    f32 = DType.fp32
+
+    def c(v: float | np.ndarray) -> Value:
+        return cx.const(np.asarray(v, np.float32), f32)
+
+    def hertz_to_mel(hz: Value) -> Value:
+        hz = _reshape_to(cx, cx.cast(hz, f32), [1, 1])
+        return cx.emit("div", [cx.emit("mul", [c(2595.0), cx.emit("log1p", [cx.emit("div", [hz, c(700.0)])])]),
+                               c(np.log(10.0))])
+
+    lo, hi = hertz_to_mel(ins[3]), hertz_to_mel(ins[4])
+    step = cx.emit("div", [cx.emit("sub", [hi, lo]), c(mels + 2)])
+    edges_mel = cx.emit("add", [cx.emit("mul", [c(np.arange(mels + 2)[None, :]), step]), lo])
+    edges_hz = cx.emit("mul", [c(700.0), cx.emit("expm1", [cx.emit("mul", [cx.emit("div", [edges_mel, c(2595.0)]),
+                                                                            c(np.log(10.0))])])])
+    edges = cx.emit("floordiv", [cx.emit("mul", [c(dft_length + 1), edges_hz]), c(sample_rate)])  # [1, mels + 2]
+    left, centre, right = (cx.emit("slice", [edges], {"axis": 1, "start": k, "end": k + mels, "step": 1}) for k in range(3))
+    j = c(np.arange(spectrum)[:, None])
+
+    def both(a: Value, b: Value) -> Value:
+        return cx.emit("and", [a, b])
+
+    flat = cx.emit("eq", [centre, left])
+    rising = both(both(cx.emit("ge", [j, left]), cx.emit("le", [j, centre])), cx.emit("not", [flat]))
+    falling = both(cx.emit("ge", [j, centre]), cx.emit("lt", [j, right]))
+    up = cx.emit("div", [cx.emit("sub", [j, left]), cx.emit("maximum", [cx.emit("sub", [centre, left]), c(1.0)])])
+    down = cx.emit("div", [cx.emit("sub", [right, j]), cx.emit("maximum", [cx.emit("sub", [right, centre]), c(1.0)])])
+    peak = cx.emit("where", [both(flat, cx.emit("eq", [j, centre])), c(1.0), c(0.0)])
+    out = cx.emit("where", [falling, down, cx.emit("where", [rising, up, peak])])
+    return cx.cast(out, _elem_dtype(int(attrs.get("output_datatype", 1))))
+
+
 # -- data movement -----------------------------------------------------------------------------
 @onnx_op("CenterCropPad")
 def _center_crop_pad(cx: Cx, ins: Ins, attrs: dict) -> Value | None:

@@ -322,3 +322,86 @@ def _bitcast(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if x.is_const:
         return cx.g.add_const(x.name, np.ascontiguousarray(x.data).view(dt.np), dt)
     return cx.emit("bitcast", [x], {"dtype": dt})
+
+
+# -- n-gram counting ----------------------------------------------------------------------------
+def _pool_ngrams(attrs: dict) -> dict[int, dict[tuple[int, ...], int]] | None:
+    """The pool's n-grams of the counted sizes, per size: n-gram -> output column. The pool holds
+    the 1-grams from ngram_counts[0], the 2-grams from ngram_counts[1]...; the n-gram with (1-based)
+    id k counts into column ngram_indexes[k - 1], a repeated n-gram keeping its last id."""
+    pool = attrs.get("pool_int64s")
+    counts, indexes = list(attrs.get("ngram_counts", [])), list(attrs.get("ngram_indexes", []))
+    if pool is None or not counts:
+        return None  # string pools: no string type on the chip
+    lo, hi = int(attrs["min_gram_length"]), int(attrs["max_gram_length"])
+    out: dict[int, dict[tuple[int, ...], int]] = {}
+    ngram_id = 1
+    for i, start in enumerate(counts):
+        size = i + 1
+        end = counts[i + 1] if i + 1 < len(counts) else len(pool)
+        items = (end - start) // size
+        for g in range(items):
+            if lo <= size <= hi:
+                if ngram_id - 1 >= len(indexes):
+                    return None
+                out.setdefault(size, {})[tuple(int(v) for v in pool[start + g * size:start + (g + 1) * size])] = \
+                    int(indexes[ngram_id - 1])
+            ngram_id += 1
+    return out
+
+
+@onnx_op("TfIdfVectorizer")
+def _tfidf_vectorizer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    """Integer tokens [C] or [B, C] against a constant n-gram pool. For each n-gram size n and
+    skip distance d (unigrams once, d = 1), the n strided windows of the row are slices; each is
+    compared with the pool's k-th tokens ([B, P, 1] == [G]), the n compares and-ed and summed
+    over the P positions: the count of each pool n-gram [B, G]; a constant 0/1 matrix [G, out]
+    adds them into their output columns. TF is the count, IDF the weight (or 1) where the count
+    is > 0, TFIDF the count times the weight."""
+    x = ins[0]
+    grams = _pool_ngrams(attrs)
+    mode = attrs.get("mode", "TF")
+    if grams is None or x.dtype.is_float or x.dtype == DType.bool or x.type.rank > 2 or mode not in ("TF", "IDF", "TFIDF"):
+        return None
+    width = max(attrs["ngram_indexes"]) + 1
+    weights = attrs.get("weights")
+    rows = x.shape[0] if x.type.rank == 2 else 1
+    length = x.shape[-1] if x.type.rank else 1
+    xs = _reshape_to(cx, x, [rows, length])
+    info = np.iinfo(x.dtype.np)
+    if weights and len(weights) < width:
+        return None
+    total: Value | None = None
+    for size, table in sorted(grams.items()):
+        table = {g: col for g, col in table.items() if all(info.min <= t <= info.max for t in g)}  # else never equal
+        if not table:
+            continue
+        pool = np.array(list(table), np.int64)  # [G, size]
+        to_cols = np.zeros((len(table), width), np.float32)
+        to_cols[np.arange(len(table)), list(table.values())] = 1.0
+        skips = [1] if size == 1 else range(1, int(attrs.get("max_skip_count", 0)) + 2)
+        counts: Value | None = None
+        for d in skips:
+            span = length - (size - 1) * d  # window starts
+            if span <= 0:
+                break
+            hit: Value | None = None
+            for k in range(size):
+                tokens = _reshape_to(cx, _take(cx, xs, 1, np.arange(span) + k * d), [rows, span, 1])
+                eq = cx.emit("eq", [tokens, cx.const(pool[:, k], x.dtype)])  # [rows, span, G]
+                hit = eq if hit is None else cx.emit("and", [hit, eq])
+            found = cx.emit("reduce", [cx.cast(hit, DType.fp32)], {"kind": "sum", "axes": [1], "keepdim": False})
+            counts = found if counts is None else cx.emit("add", [counts, found])
+        if counts is None:
+            continue
+        cols = cx.emit("matmul", [counts, cx.const(to_cols, DType.fp32)])
+        total = cols if total is None else cx.emit("add", [total, cols])
+    if total is None:  # no pool n-gram fits a row: all zeros
+        total = cx.const(np.zeros((rows, width)), DType.fp32)
+    if mode != "TF":
+        w = cx.const(np.asarray(weights, np.float32)[:width] if weights else np.ones(width), DType.fp32)
+        if mode == "IDF":
+            total = cx.emit("where", [cx.emit("gt", [total, cx.const(0.0, DType.fp32)]), w, cx.const(0.0, DType.fp32)])
+        elif weights:
+            total = cx.emit("mul", [total, w])
+    return _reshape_to(cx, total, [rows, width] if x.type.rank == 2 else [width])

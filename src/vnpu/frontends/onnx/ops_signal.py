@@ -357,7 +357,7 @@ def _tfidf_vectorizer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     compared with the pool's k-th tokens ([B, P, 1] == [G]), the n compares and-ed and summed
     over the P positions: the count of each pool n-gram [B, G]; a constant 0/1 matrix [G, out]
     adds them into their output columns. TF is the count, IDF the weight (or 1) where the count
-    is > 0, TFIDF the count times the weight."""
+    is > 0, TFIDF the count times the weight (a column's weight: that of its pool n-gram)."""
     x = ins[0]
     grams = _pool_ngrams(attrs)
     mode = attrs.get("mode", "TF")
@@ -369,7 +369,7 @@ def _tfidf_vectorizer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     length = x.shape[-1] if x.type.rank else 1
     xs = _reshape_to(cx, x, [rows, length])
     info = np.iinfo(x.dtype.np)
-    if weights and len(weights) < width:
+    if weights and len(weights) != len(attrs["ngram_indexes"]):
         return None
     total: Value | None = None
     for size, table in sorted(grams.items()):
@@ -399,7 +399,12 @@ def _tfidf_vectorizer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     if total is None:  # no pool n-gram fits a row: all zeros
         total = cx.const(np.zeros((rows, width)), DType.fp32)
     if mode != "TF":
-        w = cx.const(np.asarray(weights, np.float32)[:width] if weights else np.ones(width), DType.fp32)
+        # weights[i] belongs to the i-th pool n-gram, which counts into column ngram_indexes[i]
+        # (as onnxruntime reads the spec; onnx.reference indexes the weights by column instead)
+        col_w = np.ones(width, np.float32)
+        if weights:
+            col_w[np.asarray(attrs["ngram_indexes"], np.int64)] = np.asarray(weights, np.float32)
+        w = cx.const(col_w, DType.fp32)
         if mode == "IDF":
             total = cx.emit("where", [cx.emit("gt", [total, cx.const(0.0, DType.fp32)]), w, cx.const(0.0, DType.fp32)])
         elif weights:

@@ -104,29 +104,30 @@ def _dft_along(cx: Cx, x: Value, axis: int, n: int, inverse: bool, onesided: boo
     return y
 
 
-def _scalar_int(cx: Cx, ins: Ins, i: int) -> int | None | bool:
-    """The constant integer scalar input i; None when omitted; False when known only at run time."""
+def _scalar_int(cx: Cx, ins: Ins, i: int, default: int | None) -> int | None:
+    """The constant integer scalar input i, `default` when it is omitted, None when it is known
+    only at run time (or is not a scalar)."""
     if len(ins) <= i or ins[i] is None or ins[i].type.numel == 0:
-        return None
+        return default
     v = cx.ints(ins[i])
-    return False if v is None or len(v) != 1 else v[0]
+    return None if v is None or len(v) != 1 else v[0]
 
 
 @onnx_op("DFT")
 def _dft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x = ins[0]
     inverse, onesided = bool(attrs.get("inverse", 0)), bool(attrs.get("onesided", 0))
-    if cx.opset >= 20:  # axis became an input (default -2)
-        axis = _scalar_int(cx, ins, 2)
-        axis = -2 if axis is None else axis
-    else:
-        axis = int(attrs.get("axis", 1))
-    n = _scalar_int(cx, ins, 1)
-    if axis is False or n is False:
-        return None  # run-time axis / length: the output shape is unknown here
+    # opset 20 made the axis an input (default -2)
+    axis = _scalar_int(cx, ins, 2, -2) if cx.opset >= 20 else int(attrs.get("axis", 1))
+    if axis is None:
+        return None  # a run-time axis: the output shape is unknown here
     axis = _axis(axis, x.type.rank)
+    if not 0 <= axis < x.type.rank - 1:
+        return None
+    # default length: the input's, or for irfft that of the even signal the one-sided bins come from
+    n = _scalar_int(cx, ins, 1, 2 * (x.shape[axis] - 1) if inverse and onesided else x.shape[axis])
     if n is None:
-        n = 2 * (x.shape[axis] - 1) if inverse and onesided else x.shape[axis]
+        return None  # a run-time dft_length
     return _dft_along(cx, x, axis, n, inverse, onesided)
 
 
@@ -135,14 +136,14 @@ def _stft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     """signal [B, L, parts] -> [B, frames, bins, 2]: the frames as one constant-index gather
     [frames, frame_length] along the signal axis, each frame times the window, then the DFT."""
     x = ins[0]
-    step = _scalar_int(cx, ins, 1)
-    length = _scalar_int(cx, ins, 3)
     window = ins[2] if len(ins) > 2 and ins[2] is not None and ins[2].type.numel else None
-    if step is None or step is False or length is False or x.type.rank != 3 or step < 1:
+    if x.type.rank != 3 or (window is not None and window.type.rank != 1):
         return None
-    if length is None:
-        length = window.shape[0] if window is not None else x.shape[1]
-    if window is not None and (window.type.rank != 1 or window.shape[0] != length):
+    step = _scalar_int(cx, ins, 1, None)
+    length = _scalar_int(cx, ins, 3, window.shape[0] if window is not None else x.shape[1])
+    if step is None or length is None or step < 1:
+        return None
+    if window is not None and window.shape[0] != length:
         return None  # the spec requires window length == frame_length
     frames = 1 + (x.shape[1] - length) // step
     if frames < 1 or length < 1:
@@ -161,7 +162,6 @@ def _stft(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     return _dft_along(cx, framed, 2, length, False, bool(attrs.get("onesided", 1)), const_window)
 
 
-
 @onnx_op("MelWeightMatrix")
 def _mel_weight_matrix(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     """[dft_length // 2 + 1, num_mel_bins] triangular filters whose edges come from run-time
@@ -171,8 +171,10 @@ def _mel_weight_matrix(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     on [centre, right), a lone 1 at the centre when left == centre, as the reference fills it."""
     from vnpu.frontends.onnx.importer import _elem_dtype
 
-    counts = [_scalar_int(cx, ins, i) for i in range(3)]
-    if any(c is None or c is False for c in counts) or len(ins) < 5 or ins[3] is None or ins[4] is None:
+    if len(ins) < 5 or any(v is None for v in ins[:5]):
+        return None
+    counts = [_scalar_int(cx, ins, i, None) for i in range(3)]
+    if any(c is None for c in counts):
         return None
     mels, dft_length, sample_rate = counts
     if mels < 1 or dft_length < 1 or sample_rate < 1:

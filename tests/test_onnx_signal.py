@@ -223,3 +223,10 @@ def test_tfidf_vectorizer_matches_reference(mode: str, weights: str | None, lo: 
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_dft_too_long_for_a_dense_matrix_runs_on_the_host() -> None:
+    x = np.zeros((1, 4096, 2), np.float32)
+    m = _model("DFT", {"x": x}, opset=17, axis=1)
+    with pytest.raises(UnsupportedOpError, match="DFT"):
+        vnpu.from_onnx(m, strict=True)

@@ -69,6 +69,10 @@ def dft_matrix(n_in: int, n: int, parts_in: int, inverse: bool, onesided: bool) 
     return w.reshape(n_in * parts_in, bins * 2), 2
 
 
+# The dense DFT matrix grows as n^2 (a 4096-point complex DFT: 256 MiB); past this it runs on the host.
+DFT_MAX_MATRIX_BYTES = 64 << 20
+
+
 def _dft_along(cx: Cx, x: Value, axis: int, n: int, inverse: bool, onesided: bool,
                window: np.ndarray | None = None) -> Value | None:
     """x [..., L (at axis), ..., parts] -> the DFT along `axis`, [..., bins, ..., parts_out]:
@@ -89,6 +93,9 @@ def _dft_along(cx: Cx, x: Value, axis: int, n: int, inverse: bool, onesided: boo
     lead = [x.shape[i] for i in range(r - 2)]
     rows = math.prod(lead)
     if rows == 0:
+        return None
+    bins_out = n // 2 + 1 if onesided and not inverse else n
+    if used * parts * bins_out * 2 * x.dtype.itemsize > DFT_MAX_MATRIX_BYTES:
         return None
     w, parts_out = dft_matrix(used, n, parts, inverse, onesided)
     if window is not None:

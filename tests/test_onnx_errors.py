@@ -30,12 +30,12 @@ def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None, 
 
 
 def _det_model() -> onnx.ModelProto:
-    """Relu -> Det (no vnpu lowering: declined, docs/onnx_backend.md) -> Mul: the middle node must go to the host."""
+    """Relu -> Det of 5x5 matrices (past the on-chip cofactor expansion, n <= 4) -> Mul: the middle node must go to the host."""
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="first_relu"),
              helper.make_node("Det", ["r"], ["c"], name="my_det"),
              helper.make_node("Mul", ["c", "two"], ["y"], name="scale")]
     inits = [numpy_helper.from_array(np.array(2, np.float32), "two")]
-    return _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, [2, 3, 3])],
+    return _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, [2, 5, 5])],
                   [helper.make_tensor_value_info("y", T.FLOAT, [2])], inits)
 
 
@@ -82,7 +82,7 @@ def test_unsupported_op_runs_on_host_with_a_warning_naming_it():
     msgs = [str(w.message) for w in caught if issubclass(w.category, FallbackWarning)]
     assert len(msgs) == 1 and "Det" in msgs[0] and "my_det" in msgs[0]
     assert cm.info.fallback_ops == {"Det": 1} and cm.has_host_ops
-    xv = np.random.default_rng(3).standard_normal((2, 3, 3)).astype(np.float32)
+    xv = np.random.default_rng(3).standard_normal((2, 5, 5)).astype(np.float32)
     (ref,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})
     np.testing.assert_allclose(cm(xv), ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ref, 2 * np.linalg.det(np.maximum(xv, 0)), rtol=1e-5, atol=1e-6)  # the reference is what we think

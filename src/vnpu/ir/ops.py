@@ -262,6 +262,16 @@ def _copy(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [ins[0]]
 
 
+@register("bitcast", "copy")
+def _bitcast(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x's bytes read as attrs dtype (the same width): ONNX BitCast."""
+    (x,) = ins
+    dt = DType(attrs["dtype"])
+    if dt.itemsize != x.dtype.itemsize:
+        raise IRTypeError(f"bitcast: {x.dtype} -> {dt} changes the element width")
+    return [TensorType(x.shape, dt)]
+
+
 @register("host_call", "host")
 def _host_call(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return list(attrs["out_types"])

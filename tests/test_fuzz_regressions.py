@@ -132,3 +132,12 @@ def test_attention_head_dim_larger_than_scratchpad(causal: bool, heads: tuple[in
     fn = Fn(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                                               enable_gqa=hq != hkv))
     _check(fn, q, k, v, chip=_tiny_chip())
+
+
+def test_router_topk_of_broadcast_view() -> None:
+    # fuzz seed 1 graph 5634: softmax + topk fuse into moe_router, whose rows view of an expanded
+    # input (strides (0, 1, 1)) raised "rows ... are not evenly spaced"; the input is now copied first
+    x = torch.randn(129, 1)
+    _check(Fn(lambda x: torch.topk(torch.softmax(x.expand(2, 129, 1), dim=-1), 1)[0]), x)
+    y = torch.randn(7, 5)
+    _check(Fn(lambda y: torch.topk(torch.softmax(y.expand(3, 7, 5), dim=-1), 2)[0]), y)

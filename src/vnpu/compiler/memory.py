@@ -67,8 +67,9 @@ def materialize_views(g: Graph) -> None:
         n.inputs[0] = c.output
 
     for n in list(g.nodes):
-        if n.op == "topk":
-            # the top-k kernel reads its rows as one strided 2-D view: a permuted input is copied first
+        if n.op in ("topk", "moe_router"):
+            # the top-k kernels (and the fused softmax + top-k router) read their rows as one strided
+            # 2-D view: a permuted or broadcast input is copied first
             src = ref(n.inputs[0])
             if views.reshape(src, (math.prod(src.shape[:-1]), src.shape[-1])) is None:
                 copy_first_input(n)

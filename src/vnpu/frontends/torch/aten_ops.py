@@ -528,18 +528,20 @@ def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
 def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
     """x[..., idx, ...] = values along the one indexed axis: in place on persistent state (a KV
     cache's index_copy_), into a fresh copy otherwise (compiler.memory.copy_on_write)."""
+    from vnpu.frontends.torch.aten_scatter import index_put_scatter  # general indices: one-hot scatter
+
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
     if accumulate:
-        return _index_put_accumulate(cx, x, indices, values)
+        return _index_put_accumulate(cx, x, indices, values) or index_put_scatter(cx, x, indices, values, True)
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
-        return None
+        return index_put_scatter(cx, x, indices, values, False)
     ax, idx = live[0]
     if idx.dtype == DType.bool:
-        return None
+        return index_put_scatter(cx, x, indices, values, False)
     want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
     if values.shape != want:
         if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
-            return None
+            return index_put_scatter(cx, x, indices, values, False)
         values = cx.emit("expand", [values], {"shape": list(want)})
     return cx.emit("index_write", [x, idx, cx.cast(values, x.dtype)], {"axis": ax})
 
@@ -1663,3 +1665,6 @@ def _signbit(cx: Cx, x: Value) -> Value:
     if not x.dtype.is_float:
         return cx.emit("lt", [x, cx.const(0, x.dtype)])
     return cx.emit("signbit", [x])
+
+
+from vnpu.frontends.torch import aten_misc, aten_scatter  # noqa: E402,F401  (register their lowerings)

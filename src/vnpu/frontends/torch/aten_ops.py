@@ -1535,13 +1535,15 @@ def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int 
     """Only the restride that is a plain reshape of x's dense row-major data (decompositions
     emit it to set the memory format of a pooled [N, C, 1, 1] result); any other view runs on
     the host."""
+    from vnpu.frontends.torch.aten_misc import as_strided_gather  # any other view: a constant-index gather
+
     size = [int(s) for s in size]
     if storage_offset not in (None, 0) or math.prod(size) != math.prod(x.shape):
-        return None
+        return as_strided_gather(cx, x, size, stride, storage_offset)
     dense = 1
     for d, s in zip(reversed(size), reversed([int(s) for s in stride])):
         if d != 1 and s != dense:
-            return None
+            return as_strided_gather(cx, x, size, stride, storage_offset)
         dense *= d
     return cx.emit("reshape", [x], {"shape": size})
 
@@ -1577,6 +1579,8 @@ def _unfold_windows(cx: Cx, x: Value, dim: int, size: int, step: int) -> Value |
     n = x.shape[d] if r else 1
     if size < 1 or step < 1 or size > n:
         return None
+    if r == 0:  # a 0-d tensor's one window of size 1
+        return cx.emit("reshape", [x], {"shape": [1]})
     w = (n - size) // step + 1
     idx = cx.const((np.arange(w)[:, None] * step + np.arange(size)[None, :]).astype(np.int64), DType.int64)
     if r == 0:

@@ -264,3 +264,83 @@ def _nextafter(cx: Cx, a: Value, b: Value) -> Value | None:
     y = cx.emit("where", [cx.emit("eq", [a_, b]), cx.emit("expand", [b], {"shape": list(out)}) if b.shape != tuple(out) else b, y])
     nan = cx.emit("or", [cx.emit("isnan", [a_]), cx.emit("isnan", [b])])
     return cx.emit("where", [nan, cx.const(math.nan, dt), y])
+
+
+# -- batch norm's training form, group norm's statistics ----------------------------------------------
+def _per_channel(cx: Cx, v: Value, x: Value) -> Value:
+    return cx.cast(_reshape(cx, v, [x.shape[1]] + [1] * (x.type.rank - 2)), x.dtype)
+
+
+def _affine(cx: Cx, y: Value, x: Value, w: Value | None, b: Value | None) -> Value:
+    if w is not None:
+        y = cx.emit("mul", [y, _per_channel(cx, w, x)])
+    if b is not None:
+        y = cx.emit("add", [y, _per_channel(cx, b, x)])
+    return y
+
+
+def batch_norm_running_stats(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value,
+                             eps: float) -> Value:
+    """(x - running_mean) / sqrt(running_var + eps), then the affine: stats known only at run time."""
+    rstd = cx.emit("rsqrt", [cx.emit("add", [_per_channel(cx, var, x), cx.const(float(eps), x.dtype)])])
+    y = cx.emit("mul", [cx.emit("sub", [x, _per_channel(cx, mean, x)]), rstd])
+    return _affine(cx, y, x, w, b)
+
+
+def _batch_stats_norm(cx: Cx, x: Value, w: Value | None, b: Value | None, rm: Value | None, rv: Value | None,
+                      momentum: float, eps: float) -> tuple[Value, Value, Value, Value | None, Value | None]:
+    """Batch norm over the batch's own statistics: per channel over N and the positions. Gives the
+    output, the saved mean and 1/sqrt(var + eps) ([C]), and the updated running stats
+    ((1 - momentum) * running + momentum * batch stat; the variance unbiased, n / (n - 1))."""
+    axes = [0] + list(range(2, x.type.rank))
+    n = math.prod(x.shape[a] for a in axes)
+    mean = cx.emit("reduce", [x], {"kind": "mean", "axes": axes, "keepdim": True})
+    dev = cx.emit("sub", [x, mean])
+    var = cx.emit("reduce", [cx.emit("mul", [dev, dev])], {"kind": "mean", "axes": axes, "keepdim": True})
+    rstd = cx.emit("rsqrt", [cx.emit("add", [var, cx.const(float(eps), x.dtype)])])
+    y = _affine(cx, cx.emit("mul", [dev, rstd]), x, w, b)
+    c = [x.shape[1]]
+    mean_c, var_c, rstd_c = _reshape(cx, mean, c), _reshape(cx, var, c), _reshape(cx, rstd, c)
+    new_rm = new_rv = None
+    mom = float(momentum)
+    if rm is not None:
+        new_rm = cx.emit("add", [cx.emit("mul", [cx.cast(rm, x.dtype), cx.const(1.0 - mom, x.dtype)]),
+                                 cx.emit("mul", [mean_c, cx.const(mom, x.dtype)])])
+        new_rm = cx.cast(new_rm, rm.dtype)
+    if rv is not None:
+        unbiased = cx.emit("mul", [var_c, cx.const(n / (n - 1) if n > 1 else math.inf, x.dtype)])
+        new_rv = cx.emit("add", [cx.emit("mul", [cx.cast(rv, x.dtype), cx.const(1.0 - mom, x.dtype)]),
+                                 cx.emit("mul", [unbiased, cx.const(mom, x.dtype)])])
+        new_rv = cx.cast(new_rv, rv.dtype)
+    return y, mean_c, rstd_c, new_rm, new_rv
+
+
+@aten("_native_batch_norm_legit_functional.default")
+def _bn_functional(cx: Cx, x: Value, w: Value | None, b: Value | None, rm: Value, rv: Value, training: bool,
+                   momentum: float, eps: float) -> tuple | None:
+    if not x.dtype.is_float or x.type.rank < 2 or x.type.numel == 0:
+        return None
+    if not training:  # the running statistics, left as they are; no saved statistics
+        return (batch_norm_running_stats(cx, x, w, b, rm, rv, eps), _zeros(cx, 1), _zeros(cx, 2), rm, rv)
+    y, mean, rstd, new_rm, new_rv = _batch_stats_norm(cx, x, w, b, rm, rv, momentum, eps)
+    return (y, mean, rstd, new_rm, new_rv)
+
+
+@aten("_batch_norm_with_update_functional.default")
+def _bn_with_update(cx: Cx, x: Value, w: Value | None, b: Value | None, rm: Value, rv: Value, momentum: float,
+                    eps: float) -> tuple | None:
+    if not x.dtype.is_float or x.type.rank < 2 or x.type.numel == 0:
+        return None
+    y, mean, rstd, new_rm, new_rv = _batch_stats_norm(cx, x, w, b, rm, rv, momentum, eps)
+    return (y, mean, rstd, _zeros(cx, 3), new_rm, new_rv)  # output 3: cuDNN's reserve space, empty on CPU
+
+
+def group_norm_stats(cx: Cx, x: Value, groups: int, eps: float) -> tuple[Value, Value]:
+    """native_group_norm's saved statistics: mean and 1/sqrt(var + eps) per (sample, group), [N, G]."""
+    n = x.shape[0]
+    v = _reshape(cx, x, [n, groups, x.type.numel // max(n * groups, 1)])
+    mean = cx.emit("reduce", [v], {"kind": "mean", "axes": [2], "keepdim": True})
+    dev = cx.emit("sub", [v, mean])
+    var = cx.emit("reduce", [cx.emit("mul", [dev, dev])], {"kind": "mean", "axes": [2], "keepdim": False})
+    rstd = cx.emit("rsqrt", [cx.emit("add", [var, cx.const(float(eps), x.dtype)])])
+    return _reshape(cx, mean, [n, groups]), rstd

@@ -194,7 +194,12 @@ def _conv(cx: Cx, x: Value, w: Value, bias: Value | None, stride: list, padding:
 def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, momentum: float,
                   eps: float) -> tuple | None:
     if not (mean.is_const and var.is_const and (w is None or w.is_const) and (b is None or b.is_const)):
-        return None
+        from vnpu.frontends.torch.aten_misc import batch_norm_running_stats  # stats known at run time
+
+        if not x.dtype.is_float or x.type.rank < 2:
+            return None
+        empty = cx.const(np.zeros(cx.meta_type(1).shape), x.dtype)
+        return (batch_norm_running_stats(cx, x, w, b, mean, var, eps), empty, empty)
     scale = 1.0 / np.sqrt(var.data.astype(np.float64) + eps)
     if w is not None:
         scale = scale * w.data
@@ -762,7 +767,12 @@ def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
 @aten("native_group_norm.default")
 def _native_group_norm(cx: Cx, x: Value, w: Value | None, b: Value | None, n: int, c: int, hxw: int, groups: int,
                        eps: float) -> tuple:
-    return (spatial.group_norm(cx, x, int(groups), w, b, float(eps)), None, None)
+    y = spatial.group_norm(cx, x, int(groups), w, b, float(eps))
+    if not (_uses_output(cx, 1) or _uses_output(cx, 2)):
+        return (y, None, None)
+    from vnpu.frontends.torch.aten_misc import group_norm_stats
+
+    return (y, *group_norm_stats(cx, x, int(groups), float(eps)))
 
 
 @aten("_native_batch_norm_legit.no_stats")

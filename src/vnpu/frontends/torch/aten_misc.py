@@ -344,3 +344,302 @@ def group_norm_stats(cx: Cx, x: Value, groups: int, eps: float) -> tuple[Value, 
     var = cx.emit("reduce", [cx.emit("mul", [dev, dev])], {"kind": "mean", "axes": [2], "keepdim": False})
     rstd = cx.emit("rsqrt", [cx.emit("add", [var, cx.const(float(eps), x.dtype)])])
     return _reshape(cx, mean, [n, groups]), rstd
+
+
+# -- order statistics ---------------------------------------------------------------------------------
+def _out_shape(cx: Cx, v: Value, i: int | None = None) -> Value:
+    want = list(cx.meta_type(i).shape)
+    return v if list(v.shape) == want else _reshape(cx, v, want)
+
+
+@aten("mode.default")
+def _mode(cx: Cx, x: Value, dim: int = -1, keepdim: bool = False) -> tuple | None:
+    """The most frequent value along dim (the smallest of equally frequent ones) and the last
+    index holding it, as PyTorch's CPU kernel gives: each element's count of equal elements
+    (an [.., n, n] compare summed), the max count, the smallest value reaching it, then the
+    largest position equal to that value."""
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    if x.type.rank == 0:
+        return (x, _zeros(cx, 1))
+    d = _dim(dim, x.type.rank)
+    n = x.shape[d]
+    if x.type.numel * n > 1 << 22:
+        return None
+    r = x.type.rank
+    perm = [a for a in range(r) if a != d] + [d]
+    y = _materialize(cx, cx.emit("permute", [x], {"perm": perm})) if perm != list(range(r)) else x  # [.., n]
+    lead = list(y.shape[:-1])
+    eq = cx.emit("eq", [_reshape(cx, y, lead + [n, 1]), _reshape(cx, y, lead + [1, n])])
+    counts = cx.emit("reduce", [cx.cast(eq, DType.fp32)], {"kind": "sum", "axes": [r], "keepdim": False})  # [.., n]
+    top = cx.emit("reduce", [counts], {"kind": "max", "axes": [r - 1], "keepdim": True})
+    cand = cx.emit("where", [cx.emit("eq", [counts, top]), y, cx.const(math.inf, x.dtype)])
+    val = cx.emit("reduce", [cand], {"kind": "min", "axes": [r - 1], "keepdim": True})  # [.., 1]
+    pos = cx.const(np.arange(n, dtype=np.float32), DType.fp32)
+    at = cx.emit("where", [cx.emit("eq", [y, val]), pos, cx.const(-1.0, DType.fp32)])
+    idx = cx.cast(cx.emit("reduce", [at], {"kind": "max", "axes": [r - 1], "keepdim": True}), DType.int64)
+    return (_out_shape(cx, val, 0), _out_shape(cx, idx, 1))
+
+
+def _nanmedian_rows(cx: Cx, y: Value) -> tuple[Value, Value]:
+    """The lower median of each row of y [.., n] ignoring NaNs, with its index: NaN set to +inf,
+    an ascending sort, then the ((count - 1) // 2)-th entry (count: the row's non-NaN values);
+    an all-NaN row gives NaN at its first NaN."""
+    r = y.type.rank
+    n = y.shape[-1]
+    nan = cx.emit("isnan", [y])
+    filled = cx.emit("where", [nan, cx.const(math.inf, y.dtype), y])
+    vals, idx = _topk_along(cx, filled, n, r - 1, largest=False)
+    count = cx.emit("reduce", [cx.cast(cx.emit("not", [nan]), DType.fp32)], {"kind": "sum", "axes": [r - 1],
+                                                                            "keepdim": True})
+    k = cx.emit("floor", [cx.emit("mul", [cx.emit("maximum", [cx.emit("sub", [count, cx.const(1.0, DType.fp32)]),
+                                                                 cx.const(0.0, DType.fp32)]), cx.const(0.5, DType.fp32)])])
+    k = cx.cast(k, DType.int64)  # [.., 1]
+    v = _gather_any(cx, vals, r - 1, k)
+    i = _gather_any(cx, idx, r - 1, k)
+    empty = cx.emit("eq", [count, cx.const(0.0, DType.fp32)])
+    v = cx.emit("where", [empty, cx.const(math.nan, y.dtype), v])
+    return v, i
+
+
+@aten("nanmedian.default", "nanmedian.dim")
+def _nanmedian(cx: Cx, x: Value, dim: int | None = None, keepdim: bool = False) -> Any:
+    if not x.dtype.is_float or x.type.numel == 0:
+        return None
+    if dim is None:
+        if x.type.rank == 0:
+            return x
+        v, _ = _nanmedian_rows(cx, _reshape(cx, x, [x.type.numel]))
+        return _reshape(cx, v, [])
+    if x.type.rank == 0:
+        return (x, _zeros(cx, 1))
+    d = _dim(dim, x.type.rank)
+    r = x.type.rank
+    perm = [a for a in range(r) if a != d] + [d]
+    y = cx.emit("permute", [x], {"perm": perm}) if perm != list(range(r)) else x
+    v, i = _nanmedian_rows(cx, y)
+    return (_out_shape(cx, v, 0), _out_shape(cx, i, 1))
+
+
+# -- distances, bilinear forms --------------------------------------------------------------------------
+def _p_norm_last(cx: Cx, d: Value, p: float) -> Value:
+    """||d||_p over the last axis: p = 0 (count of nonzeros), 1, 2, inf and any other p > 0."""
+    from vnpu.frontends.torch.aten_ops import _vector_norm
+
+    return _vector_norm(cx, d, float(p), [d.type.rank - 1], False)
+
+
+DIST_MAX_CELLS = 1 << 22  # elements of the broadcast difference tensor
+
+
+@aten("_cdist_forward.default")
+def _cdist(cx: Cx, a: Value, b: Value, p: float, compute_mode: int | None = None) -> Value | None:
+    """cdist: every pair of rows of a [.., P, M] and b [.., R, M] differenced ([.., P, R, M]) and
+    normed over M (more exact than the |a|^2 + |b|^2 - 2ab form, which PyTorch too only uses for
+    large inputs)."""
+    if not a.dtype.is_float or a.type.rank < 2:
+        return None
+    *lead, pn, m = a.shape
+    rn = b.shape[-2]
+    if pn * rn * m * max(math.prod(lead), 1) > DIST_MAX_CELLS:
+        return None
+    if pn == 0 or rn == 0 or m == 0:
+        return _zeros(cx)
+    diff = cx.emit("sub", [_reshape(cx, a, list(a.shape[:-1]) + [1, m]), _reshape(cx, b, list(b.shape[:-2]) + [1, rn, m])])
+    return _out_shape(cx, _p_norm_last(cx, diff, p))
+
+
+@aten("_pdist_forward.default")
+def _pdist(cx: Cx, x: Value, p: float = 2.0) -> Value | None:
+    """pdist: the norms of row i - row j for i < j (row-major pairs), rows picked by constant gathers."""
+    if not x.dtype.is_float or x.type.rank != 2:
+        return None
+    n, m = x.shape
+    i, j = np.triu_indices(n, 1)
+    if i.size == 0 or m == 0:
+        return _zeros(cx)
+    if i.size * m > DIST_MAX_CELLS:
+        return None
+    xi = cx.emit("gather", [x, cx.const(i.astype(np.int64), DType.int64)], {"axis": 0})
+    xj = cx.emit("gather", [x, cx.const(j.astype(np.int64), DType.int64)], {"axis": 0})
+    return _p_norm_last(cx, cx.emit("sub", [xi, xj]), p)
+
+
+@aten("_trilinear.default")
+def _trilinear(cx: Cx, i1: Value, i2: Value, i3: Value, expand1: list, expand2: list, expand3: list,
+               sumdim: list, unroll_dim: int = 1) -> Value | None:
+    """sum over sumdim of i1 * i2 * i3, each unsqueezed at its expand dims (bilinear's
+    x1^T A x2): a broadcast product and one reduction (small operands)."""
+    ins = []
+    for v, ex in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        shape = list(v.shape)
+        for e in sorted(int(e) for e in ex):
+            shape.insert(e, 1)
+        ins.append(_reshape(cx, v, shape))
+    full = tuple(max(s) for s in zip(*(v.shape for v in ins)))
+    if math.prod(full) == 0:
+        return _zeros(cx)
+    if math.prod(full) > DIST_MAX_CELLS or not all(v.dtype.is_float for v in ins):
+        return None
+    y = cx.emit("mul", [cx.emit("mul", [ins[0], ins[1]]), ins[2]])
+    axes = sorted(int(s) for s in sumdim)
+    if axes:
+        y = cx.emit("reduce", [y], {"kind": "sum", "axes": axes, "keepdim": False})
+    return _out_shape(cx, y)
+
+
+# -- histograms -------------------------------------------------------------------------------------------
+def _linspace_edges(cx: Cx, lo: Value, hi: Value, bins: int) -> Value:
+    """bins + 1 edges from lo to hi ([1] each), as torch.linspace places them: start + i * step in
+    the first half, end - (bins - i) * step in the second."""
+    dt = lo.dtype
+    i = np.arange(bins + 1, dtype=np.float32)
+    step = cx.emit("div", [cx.emit("sub", [hi, lo]), cx.const(float(bins), dt)])
+    first = cx.emit("add", [lo, cx.emit("mul", [step, cx.const(i, dt)])])
+    second = cx.emit("sub", [hi, cx.emit("mul", [step, cx.const(bins - i, dt)])])
+    return cx.emit("where", [cx.const(i < (bins + 1) // 2, DType.bool), first, second])
+
+
+def _histogram_counts(cx: Cx, x: Value, edges: Value, weight: Value | None, density: bool) -> Value:
+    """Counts (weighted sums) of the elements in [e_k, e_k+1) per bin, the last bin closed: with
+    G_k the count of elements >= e_k, bin k holds G_k - G_k+1, the last G_B-1 - (count > e_B)."""
+    n = x.type.numel
+    flat = _reshape(cx, x, [n, 1])
+    e = _reshape(cx, edges, [1, edges.type.numel])
+    bins = edges.type.numel - 1
+    ge = cx.cast(cx.emit("ge", [flat, e]), x.dtype)  # [N, B + 1]
+    above = cx.cast(cx.emit("gt", [flat, cx.emit("slice", [e], {"axis": 1, "start": bins, "end": bins + 1, "step": 1})]),
+                    x.dtype)  # [N, 1]
+    if weight is not None:
+        w = _reshape(cx, cx.cast(weight, x.dtype), [n, 1])
+        ge, above = cx.emit("mul", [ge, w]), cx.emit("mul", [above, w])
+    g = cx.emit("reduce", [ge], {"kind": "sum", "axes": [0], "keepdim": False})  # [B + 1]
+    over = cx.emit("reduce", [above], {"kind": "sum", "axes": [0], "keepdim": False})  # [1]
+    nxt = cx.emit("concat", [cx.emit("slice", [g], {"axis": 0, "start": 1, "end": bins, "step": 1}), over], {"axis": 0}) \
+        if bins > 1 else over
+    hist = cx.emit("sub", [cx.emit("slice", [g], {"axis": 0, "start": 0, "end": bins, "step": 1}), nxt])
+    if density:
+        width = cx.emit("sub", [cx.emit("slice", [edges], {"axis": 0, "start": 1, "end": bins + 1, "step": 1}),
+                                cx.emit("slice", [edges], {"axis": 0, "start": 0, "end": bins, "step": 1})])
+        total = cx.emit("reduce", [hist], {"kind": "sum", "axes": [0], "keepdim": True})
+        hist = cx.emit("div", [hist, cx.emit("mul", [total, width])])
+    return hist
+
+
+@aten("histogram.bin_ct")
+def _histogram(cx: Cx, x: Value, bins: int = 100, *, range: Any = None, weight: Value | None = None,
+               density: bool = False) -> tuple | None:
+    """torch.histogram with a bin count: edges over the given range (constants) or the data's
+    min..max (computed, widened by 0.5 each way when they are equal), then the counts."""
+    if not x.dtype.is_float or x.type.numel == 0 or bins < 1:
+        return None
+    dt = x.dtype
+    if range is not None:
+        lo, hi = float(range[0]), float(range[1])
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        lo_v, hi_v = cx.const(np.array([lo]), dt), cx.const(np.array([hi]), dt)
+    else:
+        flat = _reshape(cx, x, [x.type.numel])
+        lo_v = _reshape(cx, cx.emit("reduce", [flat], {"kind": "min", "axes": [0], "keepdim": False}), [1])
+        hi_v = _reshape(cx, cx.emit("reduce", [flat], {"kind": "max", "axes": [0], "keepdim": False}), [1])
+        same = cx.emit("eq", [lo_v, hi_v])
+        lo_v = cx.emit("where", [same, cx.emit("sub", [lo_v, cx.const(0.5, dt)]), lo_v])
+        hi_v = cx.emit("where", [same, cx.emit("add", [hi_v, cx.const(0.5, dt)]), hi_v])
+    edges = _linspace_edges(cx, lo_v, hi_v, int(bins))
+    return (_histogram_counts(cx, x, edges, weight, bool(density)), edges)
+
+
+@aten("histogram.bins_tensor")
+def _histogram_edges(cx: Cx, x: Value, bins: Value, *, weight: Value | None = None, density: bool = False) -> tuple | None:
+    if not x.dtype.is_float or x.type.numel == 0 or bins.type.rank != 1 or bins.type.numel < 2:
+        return None
+    return (_histogram_counts(cx, x, cx.cast(bins, x.dtype), weight, bool(density)), bins)
+
+
+# -- segment_reduce ---------------------------------------------------------------------------------------
+@aten("segment_reduce.default")
+def _segment_reduce(cx: Cx, data: Value, reduce: str, *, lengths: Value | None = None, indices: Any = None,
+                    offsets: Value | None = None, axis: int = 0, unsafe: bool = False,
+                    initial: Any = None) -> Value | None:
+    """Segments of data along axis 0 given by run-time lengths (or offsets): each element's
+    segment is the number of segment ends at or before it, a one-hot [S, N] of it then reduces
+    each segment (sum / mean as a matmul, max / min / prod over a filled [S, N, ...] tensor),
+    starting from `initial` when given (an empty segment is `initial`, else the reduction's
+    identity; mean: NaN)."""
+    if _dim(axis, data.type.rank) != 0 or not data.dtype.is_float or reduce not in ("sum", "mean", "max", "min", "prod"):
+        return None
+    n = data.shape[0]
+    dt = data.dtype
+    if offsets is not None:
+        if offsets.type.rank != 1:
+            return None
+        offs = cx.cast(offsets, DType.int64)
+        s = offsets.shape[0] - 1
+        ends = cx.emit("slice", [offs], {"axis": 0, "start": 1, "end": s + 1, "step": 1})
+        starts = cx.emit("slice", [offs], {"axis": 0, "start": 0, "end": s, "step": 1})
+        lens = cx.emit("sub", [ends, starts])
+    elif lengths is not None:
+        if lengths.type.rank != 1:
+            return None
+        from vnpu.frontends.torch.aten_scatter import inclusive_count
+
+        lens = cx.cast(lengths, DType.int64)
+        s = lengths.shape[0]
+        ends = inclusive_count(cx, lens)
+        starts = cx.emit("sub", [ends, lens])
+    else:
+        return None
+    rest = list(data.shape[1:])
+    c = math.prod(rest)
+    if s * n * max(c, 1) > 1 << 22 or s == 0:
+        return None
+    pos = cx.const(np.arange(n, dtype=np.int64).reshape(1, n), DType.int64)
+    member = cx.emit("and", [cx.emit("ge", [pos, _reshape(cx, starts, [s, 1])]),
+                             cx.emit("lt", [pos, _reshape(cx, ends, [s, 1])])])  # [S, N]
+    flat = _reshape(cx, data, [n, c])
+    cnt = cx.cast(_reshape(cx, lens, [s, 1]), dt)
+    empty = cx.emit("eq", [cnt, cx.const(0.0, dt)])
+    init = None if initial is None else cx.const(float(initial), dt)
+    if reduce in ("sum", "mean"):
+        y = cx.emit("matmul", [cx.cast(member, dt), flat])  # [S, C]
+        if init is not None:
+            y = cx.emit("add", [y, init])
+        if reduce == "mean":
+            y = cx.emit("div", [y, cnt])
+            if init is not None:
+                y = cx.emit("where", [empty, init, y])
+    else:
+        fill = {"max": -math.inf, "min": math.inf, "prod": 1.0}[reduce]
+        cand = cx.emit("where", [_reshape(cx, member, [s, n, 1]), _reshape(cx, flat, [1, n, c]), cx.const(fill, dt)])
+        y = cx.emit("reduce", [cand], {"kind": reduce, "axes": [1], "keepdim": False})
+        if init is not None:
+            y = cx.emit({"max": "maximum", "min": "minimum", "prod": "mul"}[reduce], [y, init])
+    return _reshape(cx, y, [s] + rest)
+
+
+# -- nonzero_static ---------------------------------------------------------------------------------------
+@aten("nonzero_static.default")
+def _nonzero_static(cx: Cx, x: Value, *, size: int, fill_value: int = -1) -> Value | None:
+    """The coordinates of the first `size` nonzero elements (row-major), rows past the count
+    filled with fill_value: each nonzero's rank among them (a running count), a one-hot
+    [size, N] of the ranks, and a matmul with the constant coordinate table [N, rank]."""
+    want = cx.meta_type().shape
+    n = x.type.numel
+    r = x.type.rank
+    if size == 0 or r == 0 or n == 0:  # no coordinates to compute: an empty result or only fill rows
+        return cx.const(np.full(want, fill_value), DType.int64)
+    if size * n > 1 << 22 or n > 1 << 24:
+        return None
+    from vnpu.frontends.torch.aten_scatter import inclusive_count
+
+    nz = cx.emit("ne", [_reshape(cx, x, [n]), cx.const(0, x.dtype)])
+    rank = cx.emit("sub", [inclusive_count(cx, cx.cast(nz, DType.int64)), cx.const(1, DType.int64)])
+    rank = cx.emit("where", [nz, rank, cx.const(-1, DType.int64)])
+    onehot = cx.emit("eq", [_reshape(cx, rank, [1, n]), cx.const(np.arange(size, dtype=np.int64).reshape(size, 1),
+                                                                     DType.int64)])  # [size, N]
+    coords = np.stack(np.unravel_index(np.arange(n), x.shape), axis=1).astype(np.float32)  # [N, rank]
+    got = cx.emit("matmul", [cx.cast(onehot, DType.fp32), cx.const(coords, DType.fp32)])  # [size, rank]
+    filled = cx.emit("reduce", [cx.cast(onehot, DType.fp32)], {"kind": "max", "axes": [1], "keepdim": True})
+    got = cx.emit("where", [cx.emit("gt", [filled, cx.const(0.0, DType.fp32)]), got, cx.const(float(fill_value), DType.fp32)])
+    return cx.cast(got, DType.int64)

@@ -399,6 +399,7 @@ def _nanmedian_rows(cx: Cx, y: Value) -> tuple[Value, Value]:
     i = _gather_any(cx, idx, r - 1, k)
     empty = cx.emit("eq", [count, cx.const(0.0, DType.fp32)])
     v = cx.emit("where", [empty, cx.const(math.nan, y.dtype), v])
+    i = cx.emit("where", [empty, cx.const(0, DType.int64), i])  # an all-NaN row: its first element
     return v, i
 
 

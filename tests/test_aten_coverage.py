@@ -173,6 +173,11 @@ def test_histogram():
     wt = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5, 1.5])
     check(lambda x, w, e: (*torch.histogram(x, 3), *torch.histogram(x, 4, range=(0.0, 4.0), weight=w, density=True),
                            *torch.histogram(x, e)), x, wt, torch.tensor([0.0, 2.0, 3.0, 5.0]))
+    pts = torch.randn(7, 2, generator=g(28))
+    check(lambda p, w, e: (*torch.histogramdd(p, [3, 2]), torch.histogramdd(p, [2, 2], range=[-1.0, 1.0, 0.0, 2.0],
+                                                                           weight=w, density=True).hist,
+                           torch.histogramdd(p, [e, e]).hist), pts, torch.rand(7, generator=g(29)),
+          torch.tensor([-3.0, 0.0, 0.5, 3.0]))
 
 
 def test_segment_reduce():

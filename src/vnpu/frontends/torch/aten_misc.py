@@ -501,61 +501,130 @@ def _linspace_edges(cx: Cx, lo: Value, hi: Value, bins: int) -> Value:
     return cx.emit("where", [cx.const(i < (bins + 1) // 2, DType.bool), first, second])
 
 
-def _histogram_counts(cx: Cx, x: Value, edges: Value, weight: Value | None, density: bool) -> Value:
-    """Counts (weighted sums) of the elements in [e_k, e_k+1) per bin, the last bin closed: with
-    G_k the count of elements >= e_k, bin k holds G_k - G_k+1, the last G_B-1 - (count > e_B)."""
-    n = x.type.numel
-    flat = _reshape(cx, x, [n, 1])
-    e = _reshape(cx, edges, [1, edges.type.numel])
-    bins = edges.type.numel - 1
-    ge = cx.cast(cx.emit("ge", [flat, e]), x.dtype)  # [N, B + 1]
-    above = cx.cast(cx.emit("gt", [flat, cx.emit("slice", [e], {"axis": 1, "start": bins, "end": bins + 1, "step": 1})]),
-                    x.dtype)  # [N, 1]
+def _bin_membership(cx: Cx, col: Value, edges: Value) -> Value:
+    """[N, B] 0/1 in col's dtype: element n lies in [e_k, e_k+1) (the last bin closed). With
+    G[n, k] = (x_n >= e_k), bin k is G[:, k] - G[:, k+1], the last G[:, B-1] - (x_n > e_B)."""
+    b = edges.type.numel - 1
+    e = _reshape(cx, edges, [1, b + 1])
+    ge = cx.cast(cx.emit("ge", [col, e]), col.dtype)  # [N, B + 1]
+    above = cx.cast(cx.emit("gt", [col, cx.emit("slice", [e], {"axis": 1, "start": b, "end": b + 1, "step": 1})]),
+                    col.dtype)  # [N, 1]
+    lower = cx.emit("slice", [ge], {"axis": 1, "start": 0, "end": b, "step": 1})
+    upper = cx.emit("concat", [cx.emit("slice", [ge], {"axis": 1, "start": 1, "end": b, "step": 1}), above],
+                    {"axis": 1}) if b > 1 else above
+    return cx.emit("sub", [lower, upper])
+
+
+def _widths(cx: Cx, edges: Value) -> Value:
+    b = edges.type.numel - 1
+    return cx.emit("sub", [cx.emit("slice", [edges], {"axis": 0, "start": 1, "end": b + 1, "step": 1}),
+                           cx.emit("slice", [edges], {"axis": 0, "start": 0, "end": b, "step": 1})])
+
+
+def _histogram_counts(cx: Cx, x: Value, edges: list[Value], weight: Value | None, density: bool) -> Value:
+    """Counts (weighted sums) of x's rows (x [N, D], one edge vector per column) in each cell of
+    the D-dimensional grid of bins: the per-column memberships multiplied out ([N, B1 * B2 ...])
+    and summed over N; density divides by the total and each cell's volume."""
+    n = x.shape[0]
+    joint = None
+    for d, e in enumerate(edges):
+        col = cx.emit("slice", [x], {"axis": 1, "start": d, "end": d + 1, "step": 1}) if x.shape[1] > 1 else x
+        m = _bin_membership(cx, col, e)  # [N, Bd]
+        if joint is None:
+            joint = m
+        else:
+            cells = joint.shape[1] * m.shape[1]
+            joint = _reshape(cx, cx.emit("mul", [_reshape(cx, joint, [n, joint.shape[1], 1]),
+                                                 _reshape(cx, m, [n, 1, m.shape[1]])]), [n, cells])
     if weight is not None:
-        w = _reshape(cx, cx.cast(weight, x.dtype), [n, 1])
-        ge, above = cx.emit("mul", [ge, w]), cx.emit("mul", [above, w])
-    g = cx.emit("reduce", [ge], {"kind": "sum", "axes": [0], "keepdim": False})  # [B + 1]
-    over = cx.emit("reduce", [above], {"kind": "sum", "axes": [0], "keepdim": False})  # [1]
-    nxt = cx.emit("concat", [cx.emit("slice", [g], {"axis": 0, "start": 1, "end": bins, "step": 1}), over], {"axis": 0}) \
-        if bins > 1 else over
-    hist = cx.emit("sub", [cx.emit("slice", [g], {"axis": 0, "start": 0, "end": bins, "step": 1}), nxt])
+        joint = cx.emit("mul", [joint, _reshape(cx, cx.cast(weight, x.dtype), [n, 1])])
+    hist = cx.emit("reduce", [joint], {"kind": "sum", "axes": [0], "keepdim": False})
+    shape = [e.type.numel - 1 for e in edges]
+    hist = _reshape(cx, hist, shape)
     if density:
-        width = cx.emit("sub", [cx.emit("slice", [edges], {"axis": 0, "start": 1, "end": bins + 1, "step": 1}),
-                                cx.emit("slice", [edges], {"axis": 0, "start": 0, "end": bins, "step": 1})])
-        total = cx.emit("reduce", [hist], {"kind": "sum", "axes": [0], "keepdim": True})
-        hist = cx.emit("div", [hist, cx.emit("mul", [total, width])])
+        vol = None
+        for d, e in enumerate(edges):
+            w = _reshape(cx, _widths(cx, e), [1] * d + [shape[d]] + [1] * (len(shape) - d - 1))
+            vol = w if vol is None else cx.emit("mul", [vol, w])
+        total = cx.emit("reduce", [hist], {"kind": "sum", "axes": list(range(len(shape))), "keepdim": True})
+        hist = cx.emit("div", [hist, cx.emit("mul", [total, vol])])
     return hist
+
+
+def _auto_edges(cx: Cx, x: Value, bins: list[int], ranges: Any) -> list[Value]:
+    """Each column's bins + 1 edges over the given range (constants) or the column's min..max
+    (computed; widened by 0.5 each way when the two are equal, as PyTorch)."""
+    dt = x.dtype
+    out = []
+    for d, b in enumerate(bins):
+        if ranges is not None:
+            lo, hi = float(ranges[2 * d]), float(ranges[2 * d + 1])
+            if lo == hi:
+                lo, hi = lo - 0.5, hi + 0.5
+            lo_v, hi_v = cx.const(np.array([lo]), dt), cx.const(np.array([hi]), dt)
+        else:
+            col = cx.emit("slice", [x], {"axis": 1, "start": d, "end": d + 1, "step": 1}) if x.shape[1] > 1 else x
+            lo_v = _reshape(cx, cx.emit("reduce", [col], {"kind": "min", "axes": [0], "keepdim": False}), [1])
+            hi_v = _reshape(cx, cx.emit("reduce", [col], {"kind": "max", "axes": [0], "keepdim": False}), [1])
+            same = cx.emit("eq", [lo_v, hi_v])
+            lo_v = cx.emit("where", [same, cx.emit("sub", [lo_v, cx.const(0.5, dt)]), lo_v])
+            hi_v = cx.emit("where", [same, cx.emit("add", [hi_v, cx.const(0.5, dt)]), hi_v])
+        out.append(_linspace_edges(cx, lo_v, hi_v, int(b)))
+    return out
+
+
+def _hist_input(x: Value) -> bool:
+    return x.dtype.is_float and x.type.numel > 0 and x.type.numel <= 1 << 16
 
 
 @aten("histogram.bin_ct")
 def _histogram(cx: Cx, x: Value, bins: int = 100, *, range: Any = None, weight: Value | None = None,
                density: bool = False) -> tuple | None:
-    """torch.histogram with a bin count: edges over the given range (constants) or the data's
-    min..max (computed, widened by 0.5 each way when they are equal), then the counts."""
-    if not x.dtype.is_float or x.type.numel == 0 or bins < 1:
+    """torch.histogram with a bin count: the edges, then the counts."""
+    if not _hist_input(x) or bins < 1:
         return None
-    dt = x.dtype
-    if range is not None:
-        lo, hi = float(range[0]), float(range[1])
-        if lo == hi:
-            lo, hi = lo - 0.5, hi + 0.5
-        lo_v, hi_v = cx.const(np.array([lo]), dt), cx.const(np.array([hi]), dt)
-    else:
-        flat = _reshape(cx, x, [x.type.numel])
-        lo_v = _reshape(cx, cx.emit("reduce", [flat], {"kind": "min", "axes": [0], "keepdim": False}), [1])
-        hi_v = _reshape(cx, cx.emit("reduce", [flat], {"kind": "max", "axes": [0], "keepdim": False}), [1])
-        same = cx.emit("eq", [lo_v, hi_v])
-        lo_v = cx.emit("where", [same, cx.emit("sub", [lo_v, cx.const(0.5, dt)]), lo_v])
-        hi_v = cx.emit("where", [same, cx.emit("add", [hi_v, cx.const(0.5, dt)]), hi_v])
-    edges = _linspace_edges(cx, lo_v, hi_v, int(bins))
-    return (_histogram_counts(cx, x, edges, weight, bool(density)), edges)
+    col = _reshape(cx, x, [x.type.numel, 1])
+    (edges,) = _auto_edges(cx, col, [int(bins)], range)
+    return (_reshape(cx, _histogram_counts(cx, col, [edges], weight, bool(density)), [int(bins)]), edges)
 
 
 @aten("histogram.bins_tensor")
 def _histogram_edges(cx: Cx, x: Value, bins: Value, *, weight: Value | None = None, density: bool = False) -> tuple | None:
-    if not x.dtype.is_float or x.type.numel == 0 or bins.type.rank != 1 or bins.type.numel < 2:
+    if not _hist_input(x) or bins.type.rank != 1 or bins.type.numel < 2:
         return None
-    return (_histogram_counts(cx, x, cx.cast(bins, x.dtype), weight, bool(density)), bins)
+    col = _reshape(cx, x, [x.type.numel, 1])
+    return (_histogram_counts(cx, col, [cx.cast(bins, x.dtype)], weight, bool(density)), bins)
+
+
+def _dd_rows(cx: Cx, x: Value) -> Value:
+    """histogramdd's input [..., D] as rows [N, D]."""
+    return _reshape(cx, x, [x.type.numel // x.shape[-1], x.shape[-1]])
+
+
+@aten("_histogramdd_bin_edges.default")
+def _histogramdd_bin_edges(cx: Cx, x: Value, bins: list, *, range: Any = None, weight: Value | None = None,
+                           density: bool = False) -> tuple | None:
+    if not _hist_input(x) or x.type.rank < 1 or len(bins) != x.shape[-1]:
+        return None
+    return tuple(_auto_edges(cx, _dd_rows(cx, x), [int(b) for b in bins], range))
+
+
+@aten("_histogramdd_from_bin_cts.default")
+def _histogramdd_from_bin_cts(cx: Cx, x: Value, bins: list, *, range: Any = None, weight: Value | None = None,
+                              density: bool = False) -> Value | None:
+    if not _hist_input(x) or x.type.rank < 1 or len(bins) != x.shape[-1] or math.prod(bins) > 1 << 12:
+        return None
+    rows = _dd_rows(cx, x)
+    return _histogram_counts(cx, rows, _auto_edges(cx, rows, [int(b) for b in bins], range), weight, bool(density))
+
+
+@aten("_histogramdd_from_bin_tensors.default")
+def _histogramdd_from_bin_tensors(cx: Cx, x: Value, bins: list, *, weight: Value | None = None,
+                                  density: bool = False) -> Value | None:
+    if (not _hist_input(x) or x.type.rank < 1 or len(bins) != x.shape[-1]
+            or any(b.type.rank != 1 or b.type.numel < 2 for b in bins) or math.prod(b.type.numel - 1 for b in bins) > 1 << 12):
+        return None
+    return _histogram_counts(cx, _dd_rows(cx, x), [cx.cast(b, x.dtype) for b in bins], weight, bool(density))
 
 
 # -- segment_reduce ---------------------------------------------------------------------------------------

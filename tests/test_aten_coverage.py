@@ -191,3 +191,12 @@ def test_segment_reduce():
 def test_nonzero_static():
     x = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 3.0]])
     check(lambda x: (torch.nonzero_static(x, size=2), torch.nonzero_static(x, size=5, fill_value=-7)), x)
+
+
+def test_max_pool_backward():
+    x, gy = torch.randn(2, 3, 5, 6, generator=g(30)), torch.randn(2, 3, 3, 4, generator=g(31))
+
+    def grad(x, gy):  # overlapping windows (stride 2, kernel 3, ceil mode): repeated argmax targets add up
+        _, idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+        return torch.ops.aten.max_pool2d_with_indices_backward(gy, x, [3, 3], [2, 2], [1, 1], [1, 1], True, idx)
+    check(grad, x, gy)

@@ -324,3 +324,22 @@ def inclusive_count(cx: Cx, v: Value) -> Value:
         v = cx.emit("add", [v, cx.emit("concat", [cx.const(np.zeros(step, np.int64), DType.int64), head], {"axis": 0})])
         step *= 2
     return v
+
+
+@aten("max_pool2d_with_indices_backward.default", "max_pool3d_with_indices_backward.default")
+def _max_pool_backward(cx: Cx, grad: Value, x: Value, kernel: list, stride: list, padding: list, dilation: list,
+                       ceil_mode: bool, indices: Value) -> Value | None:
+    """The gradient of a max pool: each output's gradient added at its argmax (indices are flat
+    within each (n, c) plane): a scatter-add into zeros shaped like the input."""
+    if not x.dtype.is_float or x.type.rank < 3:
+        return None
+    spatial_dims = 3 if cx.node.target._schema.name.endswith("3d_with_indices_backward") else 2  # type: ignore[union-attr]
+    lead = x.type.rank - spatial_dims  # [N, C] or unbatched [C]
+    planes, plane = math.prod(x.shape[:lead]), math.prod(x.shape[lead:])
+    per_plane = grad.type.numel // max(planes, 1)
+    base = cx.const((np.arange(planes, dtype=np.int64) * plane).reshape(planes, 1), DType.int64)
+    at = cx.emit("add", [_reshape(cx, cx.cast(indices, DType.int64), [planes, per_plane]), base])
+    zeros = cx.const(np.zeros((x.type.numel, 1)), x.dtype)
+    y = scatter_rows(cx, zeros, _reshape(cx, at, [grad.type.numel]), _reshape(cx, cx.cast(grad, x.dtype),
+                                                                            [grad.type.numel, 1]), "sum")
+    return None if y is None else _reshape(cx, y, x.shape)

@@ -200,3 +200,10 @@ def test_max_pool_backward():
         _, idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
         return torch.ops.aten.max_pool2d_with_indices_backward(gy, x, [3, 3], [2, 2], [1, 1], [1, 1], True, idx)
     check(grad, x, gy)
+
+
+def test_adaptive_max_pool_indices():
+    x2, x3 = torch.randn(2, 3, 7, 5, generator=g(32)), torch.randn(1, 2, 5, 4, 6, generator=g(33))
+    check(lambda a, b: (*torch.nn.functional.adaptive_max_pool2d(a, (3, 2), return_indices=True),
+                        *torch.nn.functional.adaptive_max_pool1d(a[0], 4, return_indices=True),
+                        *torch.nn.functional.adaptive_max_pool3d(b, (2, 3, 4), return_indices=True)), x2, x3)

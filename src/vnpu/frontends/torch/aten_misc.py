@@ -713,3 +713,42 @@ def _nonzero_static(cx: Cx, x: Value, *, size: int, fill_value: int = -1) -> Val
     filled = cx.emit("reduce", [cx.cast(onehot, DType.fp32)], {"kind": "max", "axes": [1], "keepdim": True})
     got = cx.emit("where", [cx.emit("gt", [filled, cx.const(0.0, DType.fp32)]), got, cx.const(float(fill_value), DType.fp32)])
     return cx.cast(got, DType.int64)
+
+
+# -- adaptive max pooling with indices ----------------------------------------------------------------------
+def _adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_max_pool_with_indices(cx: Cx, x: Value, out_size: list) -> tuple | None:
+    """Adaptive max pooling over the trailing nd dims and the argmax's flat index in each plane:
+    every output's window taps (row-major, a short window repeating its first tap) as a constant
+    table [O, K], one gather of the flattened planes, a max over K, and the top-1 (ties: the first
+    tap, as PyTorch's strict > scan) mapped back through the table."""
+    nd = len(out_size)
+    if not x.dtype.is_float or x.type.rank < nd + 1 or x.type.numel == 0:
+        return None
+    sp = list(x.shape[-nd:])
+    outs = [int(o) if o is not None else s for o, s in zip(out_size, sp)]
+    wins = [_adaptive_windows(s, o) for s, o in zip(sp, outs)]
+    per_axis = []  # for each axis: [out_j, k_j] source coordinate of each tap
+    for win in wins:
+        k = max(b - a for a, b in win)
+        per_axis.append([[a + t if a + t < b else a for t in range(k)] for a, b in win])
+    taps = np.zeros(tuple(outs) + tuple(len(p[0]) for p in per_axis), np.int64)
+    strides = [math.prod(sp[j + 1:]) for j in range(nd)]
+    for j, p in enumerate(per_axis):
+        arr = np.asarray(p, np.int64)  # [out_j, k_j]
+        shape = [1] * (2 * nd)
+        shape[j], shape[nd + j] = outs[j], arr.shape[1]
+        taps = taps + arr.reshape(shape) * strides[j]
+    o_n, k_n = math.prod(outs), math.prod(taps.shape[nd:])
+    taps = taps.reshape(o_n, k_n)
+    lead = list(x.shape[:-nd])
+    planes = _reshape(cx, x, [math.prod(lead), math.prod(sp)])
+    win = cx.emit("gather", [planes, cx.const(taps, DType.int64)], {"axis": 1})  # [P, O, K]
+    vals = cx.emit("reduce", [win], {"kind": "max", "axes": [2], "keepdim": False})
+    best = cx.g.add_node("topk", [win], {"k": 1}, name=cx.node.name).outputs[1]  # [P, O, 1]
+    flat_at = cx.emit("add", [best, cx.const((np.arange(o_n, dtype=np.int64) * k_n).reshape(1, o_n, 1), DType.int64)])
+    idx = cx.emit("gather", [cx.const(taps.reshape(-1), DType.int64), flat_at], {"axis": 0})
+    return (_reshape(cx, vals, lead + outs), _reshape(cx, idx, lead + outs))

@@ -837,8 +837,10 @@ aten("upsample_bicubic2d.vec", "upsample_bicubic2d.default")(_upsample_interp("c
 
 @aten("adaptive_max_pool2d.default", "adaptive_max_pool3d.default", "adaptive_max_pool1d.default")
 def _adaptive_max(cx: Cx, x: Value, out_size: list) -> tuple | None:
-    if _uses_output(cx, 1):
-        return None  # the indices output runs on the host
+    if _uses_output(cx, 1):  # the indices: a window-table gather and a top-1
+        from vnpu.frontends.torch.aten_misc import adaptive_max_pool_with_indices
+
+        return adaptive_max_pool_with_indices(cx, x, list(out_size))
     return (spatial.adaptive_pool(cx, x, "max", list(out_size)), None)
 
 

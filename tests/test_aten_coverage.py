@@ -207,3 +207,15 @@ def test_adaptive_max_pool_indices():
     check(lambda a, b: (*torch.nn.functional.adaptive_max_pool2d(a, (3, 2), return_indices=True),
                         *torch.nn.functional.adaptive_max_pool1d(a[0], 4, return_indices=True),
                         *torch.nn.functional.adaptive_max_pool3d(b, (2, 3, 4), return_indices=True)), x2, x3)
+
+
+def test_linear_cross_entropy_chunked():
+    x, w, b = torch.randn(6, 4, generator=g(34)), torch.randn(5, 4, generator=g(35)), torch.randn(5, generator=g(36))
+    t = torch.tensor([0, 4, 2, 4, 1, 3])
+    cw = torch.rand(5, generator=g(37)) + 0.5
+    opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2, chunking_method="auto")
+    lce = torch.nn.functional.linear_cross_entropy
+    check(lambda x, w, t, b, cw: (lce(x, w, t, linear_bias=b, weight=cw, ignore_index=4, options=opts),
+                                  lce(x, w, t, reduction="sum", label_smoothing=0.2, options=opts),
+                                  lce(x, w, t, reduction="none", ignore_index=2, options=opts)),
+          x, w, t, b, cw, rtol=1e-4, atol=1e-5)

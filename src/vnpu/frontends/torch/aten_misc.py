@@ -752,3 +752,63 @@ def adaptive_max_pool_with_indices(cx: Cx, x: Value, out_size: list) -> tuple | 
     flat_at = cx.emit("add", [best, cx.const((np.arange(o_n, dtype=np.int64) * k_n).reshape(1, o_n, 1), DType.int64)])
     idx = cx.emit("gather", [cx.const(taps.reshape(-1), DType.int64), flat_at], {"axis": 0})
     return (_reshape(cx, vals, lead + outs), _reshape(cx, idx, lead + outs))
+
+
+# -- linear + cross entropy (torch.nn.functional.linear_cross_entropy's chunked ops) ------------------------
+def _linear_ce_rows(cx: Cx, x: Value, lw: Value, target: Value, lb: Value | None, weight: Value | None,
+                    ignore_index: int, label_smoothing: float) -> tuple[Value, Value] | None:
+    """Per-row loss [N] (0 for ignored rows) and per-row weight [N] (its share of a mean) of
+    cross_entropy(x @ lw^T + lb, target): logsumexp of the logits minus the target's logit (picked
+    with a one-hot compare), scaled by the class weight; label smoothing mixes in the mean of
+    logsumexp - logit over the classes. One matmul holds the whole [N, V] logits: the chunking
+    PyTorch does to save memory has no bearing on the result."""
+    if x.type.rank != 2 or lw.type.rank != 2 or not x.dtype.is_float or (label_smoothing and weight is not None):
+        return None
+    n, v = x.shape[0], lw.shape[0]
+    dt = x.dtype
+    logits = cx.emit("matmul", [x, cx.emit("permute", [cx.cast(lw, dt)], {"perm": [1, 0]})])
+    if lb is not None:
+        logits = cx.emit("add", [logits, cx.cast(lb, dt)])
+    m = cx.emit("reduce", [logits], {"kind": "max", "axes": [1], "keepdim": True})
+    lse = cx.emit("add", [cx.emit("log", [cx.emit("reduce", [cx.emit("exp", [cx.emit("sub", [logits, m])])],
+                                                             {"kind": "sum", "axes": [1], "keepdim": True})]), m])
+    t = _reshape(cx, cx.cast(target, DType.int64), [n, 1])
+    onehot = cx.emit("eq", [t, cx.const(np.arange(v, dtype=np.int64).reshape(1, v), DType.int64)])
+    picked = cx.emit("reduce", [cx.emit("where", [onehot, logits, cx.const(0.0, dt)])], {"kind": "sum", "axes": [1],
+                                                                                           "keepdim": True})
+    loss = cx.emit("sub", [lse, picked])  # [N, 1]
+    keep = cx.cast(cx.emit("ne", [t, cx.const(int(ignore_index), DType.int64)]), dt)
+    wt = keep
+    if weight is not None:
+        cw = _reshape(cx, cx.cast(weight, dt), [1, v])
+        wt = cx.emit("mul", [keep, cx.emit("reduce", [cx.emit("where", [onehot, cw, cx.const(0.0, dt)])],
+                                           {"kind": "sum", "axes": [1], "keepdim": True})])
+    loss = cx.emit("mul", [loss, wt])
+    if label_smoothing:
+        ls = float(label_smoothing)
+        smooth = cx.emit("sub", [lse, cx.emit("reduce", [logits], {"kind": "mean", "axes": [1], "keepdim": True})])
+        loss = cx.emit("add", [cx.emit("mul", [loss, cx.const(1.0 - ls, dt)]),
+                               cx.emit("mul", [cx.emit("mul", [smooth, keep]), cx.const(ls, dt)])])
+    return _reshape(cx, loss, [n]), _reshape(cx, wt, [n])
+
+
+@aten("_linear_cross_entropy_batch_chunked.default")
+def _linear_ce(cx: Cx, x: Value, lw: Value, target: Value, lb: Value | None, weight: Value | None, reduction: str,
+               ignore_index: int, label_smoothing: float, *rest: Any) -> tuple | None:
+    if reduction not in ("mean", "sum") or any(_uses_output(cx, i) for i in (1, 2, 3)):
+        return None  # the gradient outputs
+    rows = _linear_ce_rows(cx, x, lw, target, lb, weight, ignore_index, label_smoothing)
+    if rows is None:
+        return None
+    loss, wt = rows
+    total = cx.emit("reduce", [loss], {"kind": "sum", "axes": [0], "keepdim": False})
+    if reduction == "mean":
+        total = cx.emit("div", [total, cx.emit("reduce", [wt], {"kind": "sum", "axes": [0], "keepdim": False})])
+    return (total, None, None, None)
+
+
+@aten("_linear_cross_entropy_batch_chunked_no_reduction.default")
+def _linear_ce_none(cx: Cx, x: Value, lw: Value, target: Value, lb: Value | None, weight: Value | None,
+                    ignore_index: int, *rest: Any) -> Value | None:
+    rows = _linear_ce_rows(cx, x, lw, target, lb, weight, ignore_index, 0.0)
+    return None if rows is None else rows[0]

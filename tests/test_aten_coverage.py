@@ -219,3 +219,13 @@ def test_linear_cross_entropy_chunked():
                                   lce(x, w, t, reduction="sum", label_smoothing=0.2, options=opts),
                                   lce(x, w, t, reduction="none", ignore_index=2, options=opts)),
           x, w, t, b, cw, rtol=1e-4, atol=1e-5)
+
+
+def test_embedding_bag_runtime_offsets():
+    w = torch.randn(10, 3, generator=g(38))
+    idx, offs = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9]), torch.tensor([0, 3, 3, 6])
+    psw = torch.rand(8, generator=g(39))
+    eb = torch.nn.functional.embedding_bag
+    check(lambda w, i, o, p: (eb(i, w, o, mode="sum", per_sample_weights=p), eb(i, w, o, mode="mean", padding_idx=4),
+                              eb(i, w, o, mode="max"), eb(i, w, torch.cat([o, o.new_tensor([8])]), mode="sum",
+                                                          include_last_offset=True)), w, idx, offs, psw)

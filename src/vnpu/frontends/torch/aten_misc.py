@@ -812,3 +812,52 @@ def _linear_ce_none(cx: Cx, x: Value, lw: Value, target: Value, lb: Value | None
                     ignore_index: int, *rest: Any) -> Value | None:
     rows = _linear_ce_rows(cx, x, lw, target, lb, weight, ignore_index, 0.0)
     return None if rows is None else rows[0]
+
+
+# -- embedding_bag with run-time offsets -------------------------------------------------------------------------
+def embedding_bag_runtime_offsets(cx: Cx, w: Value, idx: Value, offsets: Value, mode: int,
+                                  per_sample_weights: Value | None, include_last_offset: bool,
+                                  padding_idx: int | None) -> Value | None:
+    """Bags whose offsets are known only at run time: bag b holds positions offsets[b] ..
+    offsets[b + 1] - 1 (the last bag runs to the end), a [bags, n] membership compare (rows equal
+    to padding_idx left out), then sum / mean as one matmul with the gathered rows and max as a
+    reduction over the rows filled with -inf outside the bag (an empty bag is 0, as PyTorch)."""
+    if idx.type.rank != 1 or offsets.type.rank != 1 or int(mode) not in (0, 1, 2) or not w.dtype.is_float:
+        return None
+    n = idx.shape[0]
+    offs = cx.cast(offsets, DType.int64)
+    k = offsets.shape[0]
+    bags = k - 1 if include_last_offset else k
+    if bags < 1 or n == 0 or bags * n * w.shape[1] > 1 << 22:
+        return None
+    starts = cx.emit("slice", [offs], {"axis": 0, "start": 0, "end": bags, "step": 1})
+    if include_last_offset:
+        ends = cx.emit("slice", [offs], {"axis": 0, "start": 1, "end": k, "step": 1})
+    else:
+        nxt = [cx.emit("slice", [offs], {"axis": 0, "start": 1, "end": k, "step": 1})] if k > 1 else []
+        ends = cx.emit("concat", nxt + [cx.const(np.array([n]), DType.int64)], {"axis": 0}) if nxt \
+            else cx.const(np.array([n]), DType.int64)
+    pos = cx.const(np.arange(n, dtype=np.int64).reshape(1, n), DType.int64)
+    member = cx.emit("and", [cx.emit("ge", [pos, _reshape(cx, starts, [bags, 1])]),
+                             cx.emit("lt", [pos, _reshape(cx, ends, [bags, 1])])])  # [bags, n]
+    if padding_idx is not None and padding_idx >= 0:
+        real = cx.emit("ne", [_reshape(cx, cx.cast(idx, DType.int64), [1, n]), cx.const(int(padding_idx), DType.int64)])
+        member = cx.emit("and", [member, real])
+    rows = cx.emit("gather", [w, idx], {"axis": 0})  # [n, D]
+    dt = w.dtype
+    if per_sample_weights is not None:
+        if int(mode) != 0:
+            return None
+        rows = cx.emit("mul", [rows, _reshape(cx, cx.cast(per_sample_weights, dt), [n, 1])])
+    m = cx.cast(member, dt)
+    if int(mode) in (0, 1):
+        y = cx.emit("matmul", [m, rows])
+        if int(mode) == 1:
+            count = cx.emit("reduce", [m], {"kind": "sum", "axes": [1], "keepdim": True})
+            y = cx.emit("div", [y, cx.emit("maximum", [count, cx.const(1.0, dt)])])
+        return y
+    cand = cx.emit("where", [_reshape(cx, member, [bags, n, 1]), _reshape(cx, rows, [1, n, w.shape[1]]),
+                             cx.const(-math.inf, dt)])
+    y = cx.emit("reduce", [cand], {"kind": "max", "axes": [1], "keepdim": False})
+    empty = cx.emit("eq", [cx.emit("reduce", [m], {"kind": "sum", "axes": [1], "keepdim": True}), cx.const(0.0, dt)])
+    return cx.emit("where", [empty, cx.const(0.0, dt), y])

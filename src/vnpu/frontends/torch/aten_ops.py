@@ -874,8 +874,14 @@ def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_f
     """Bags with constant offsets (a 2-D input's fixed-size bags, or offsets known at export): the
     rows gathered, then each bag reduced: sum / mean as one matmul with a constant [bags, rows]
     segment matrix, max as a reduction over the bags' rows (a shorter bag repeats its last row)."""
-    if not offsets.is_const or any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
-        return None  # offsets known only at run time: bag boundaries are data
+    if any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
+        return None
+    if not offsets.is_const:  # bag boundaries are data: a run-time membership compare
+        from vnpu.frontends.torch.aten_misc import embedding_bag_runtime_offsets
+
+        y = embedding_bag_runtime_offsets(cx, w, idx, offsets, int(mode), per_sample_weights,
+                                          bool(include_last_offset), padding_idx)
+        return None if y is None else (y, None, None, None)
     n = idx.shape[0]
     starts = [int(o) for o in np.asarray(offsets.data).reshape(-1)]
     ends = starts[1:] + [n]

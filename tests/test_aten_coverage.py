@@ -229,3 +229,12 @@ def test_embedding_bag_runtime_offsets():
     check(lambda w, i, o, p: (eb(i, w, o, mode="sum", per_sample_weights=p), eb(i, w, o, mode="mean", padding_idx=4),
                               eb(i, w, o, mode="max"), eb(i, w, torch.cat([o, o.new_tensor([8])]), mode="sum",
                                                           include_last_offset=True)), w, idx, offs, psw)
+
+
+def test_conv_transpose_runtime_weight():
+    x1, w1 = torch.randn(2, 4, 7, generator=g(40)), torch.randn(4, 3, 3, generator=g(41))
+    x2, w2 = torch.randn(1, 4, 5, 4, generator=g(42)), torch.randn(4, 2, 3, 2, generator=g(43))
+    ct = torch.nn.functional
+    check(lambda x1, w1, x2, w2: (ct.conv_transpose1d(x1, w1, stride=2, padding=1, output_padding=1),
+                                  ct.conv_transpose2d(x2, w2, stride=(2, 1), groups=2, dilation=(1, 2)),
+                                  ct.conv_transpose2d(x2, w2[:, :, :2], stride=2)), x1, w1, x2, w2, rtol=1e-4, atol=1e-5)

@@ -147,10 +147,9 @@ def _conv3d(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Sequence[int
 def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Sequence[int], pads: Pads,
                    dilation: Sequence[int], output_padding: Sequence[int], groups: int) -> Value | None:
     """Transposed N-d convolution of x [N, C, *S] with w [C, O/g, *K] (PyTorch / ONNX layout):
-    zero insertion between input pixels, then a stride-1 convolution with the flipped weight.
-    None when the weight is not a constant (it is rearranged at compile time)."""
-    if not w.is_const:
-        return None
+    zero insertion between input pixels, then a stride-1 convolution with the flipped weight
+    (rearranged at compile time, or on the chip by views and reversing gathers when it is a
+    run-time input)."""
     nd = x.type.rank - 2
     c, og = w.shape[:2]
     k = list(w.shape[2:])
@@ -158,11 +157,17 @@ def conv_transpose(cx: Cx, x: Value, w: Value, bias: Value | None, stride: Seque
         raise IRTypeError(f"transposed convolution: input {x.type} and weight {w.type} (layout [C_in, O/groups, *k]) "
                           f"do not match with groups={groups}")
     cg = c // groups
-    if list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
+    if not w.is_const:
+        wr = cx.emit("permute", [reshape(cx, w, [groups, cg, og] + k)], {"perm": [0, 2, 1] + list(range(3, 3 + nd))})
+        for a in range(3, 3 + nd):  # [g, O/g, C/g, *K], spatially flipped
+            wr = cx.emit("gather", [wr, _const(cx, "flip", np.arange(k[a - 3])[::-1], DType.int64)], {"axis": a})
+        wc = cx.cast(reshape(cx, cx.emit("copy", [wr]), [groups * og, cg] + k), x.dtype)
+    elif list(k) == [int(v) for v in stride] and all(d == 1 for d in dilation) and not any(output_padding):
         return _conv_transpose_blocks(cx, x, w, bias, pads, groups)
-    wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
-    wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
-    wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
+    else:
+        wd = np.asarray(w.data).reshape((groups, cg, og) + tuple(k))
+        wd = np.flip(wd.swapaxes(1, 2), axis=tuple(range(3, 3 + nd)))  # [g, O/g, C/g, *K], spatially flipped
+        wc = _const(cx, f"{w.name}_convT", wd.reshape((groups * og, cg) + tuple(k)), x.dtype)
     v = x
     if any(s > 1 for s in stride):  # [N, C, S1, 1, S2, 1, ...] padded to [N, C, S1, s1, ...]: zeros between pixels
         spread = list(x.shape[:2])

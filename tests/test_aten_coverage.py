@@ -238,3 +238,10 @@ def test_conv_transpose_runtime_weight():
     check(lambda x1, w1, x2, w2: (ct.conv_transpose1d(x1, w1, stride=2, padding=1, output_padding=1),
                                   ct.conv_transpose2d(x2, w2, stride=(2, 1), groups=2, dilation=(1, 2)),
                                   ct.conv_transpose2d(x2, w2[:, :, :2], stride=2)), x1, w1, x2, w2, rtol=1e-4, atol=1e-5)
+
+
+def test_grid_sampler_3d():
+    x, grid = torch.randn(2, 3, 4, 5, 6, generator=g(44)), torch.rand(2, 3, 2, 4, 3, generator=g(45)) * 2.4 - 1.2
+    gs = torch.nn.functional.grid_sample
+    check(lambda x, gr: [gs(x, gr, mode=m, padding_mode=p, align_corners=a) for m in ("bilinear", "nearest")
+                         for p, a in (("zeros", False), ("border", True))], x, grid, rtol=1e-4, atol=1e-5)

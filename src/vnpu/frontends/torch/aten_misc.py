@@ -861,3 +861,74 @@ def embedding_bag_runtime_offsets(cx: Cx, w: Value, idx: Value, offsets: Value, 
     y = cx.emit("reduce", [cand], {"kind": "max", "axes": [1], "keepdim": False})
     empty = cx.emit("eq", [cx.emit("reduce", [m], {"kind": "sum", "axes": [1], "keepdim": True}), cx.const(0.0, dt)])
     return cx.emit("where", [empty, cx.const(0.0, dt), y])
+
+
+# -- 3-D grid sampling ---------------------------------------------------------------------------------------
+@aten("grid_sampler_3d.default")
+def _grid_sampler_3d(cx: Cx, x: Value, grid: Value, interpolation_mode: int, padding_mode: int,
+                     align_corners: bool) -> Value | None:
+    """Volumetric grid_sample (trilinear or nearest; zeros or border padding), as the 2-D lowering
+    in frontends/spatial.py: source coordinates from the grid by elementwise ops, each of the 8
+    (or 1) corner voxels a run-time gather of x's voxels seen as [N*D*H*W, C] rows, weighted
+    (0 outside the volume) and summed."""
+    mode = {0: "bilinear", 1: "nearest"}.get(int(interpolation_mode))
+    padding = {0: "zeros", 1: "border"}.get(int(padding_mode))
+    if mode is None or padding is None or x.type.rank != 5 or grid.type.rank != 5 or not x.dtype.is_float:
+        return None
+    n, c, d, h, w = x.shape
+    _, do, ho, wo, _ = grid.shape
+    if n * d * h * w >= 1 << 24 or n * do * ho * wo * c > 1 << 22:
+        return None
+    dt = x.dtype
+    grid = cx.cast(grid, dt)
+    out_sp = [n, do, ho, wo]
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def unnormalize(axis: int, size: int) -> Value:
+        gv = _reshape(cx, cx.emit("slice", [grid], {"axis": 4, "start": axis, "end": axis + 1, "step": 1}), out_sp)
+        if align_corners:
+            s = cx.emit("mul", [cx.emit("add", [gv, k(1.0)]), k((size - 1) / 2)])
+        else:
+            s = cx.emit("mul", [cx.emit("sub", [cx.emit("mul", [cx.emit("add", [gv, k(1.0)]), k(float(size))]),
+                                                k(1.0)]), k(0.5)])
+        if padding == "border":
+            s = cx.emit("clamp", [s], {"min": 0.0, "max": float(size - 1)})
+        return s
+
+    coords = [unnormalize(0, w), unnormalize(1, h), unnormalize(2, d)]  # x (W), y (H), z (D)
+    sizes = [w, h, d]
+    strides = [1, w, w * h]
+    table = _reshape(cx, cx.emit("copy", [cx.emit("permute", [x], {"perm": [0, 2, 3, 4, 1]})]), [n * d * h * w, c])
+    base = cx.const((np.arange(n) * (d * h * w)).reshape(n, 1, 1, 1), DType.int64)
+
+    def corner(pts: list[Value], weight: Value | None) -> Value:
+        ok = None
+        flat = base
+        for p, size, st in zip(pts, sizes, strides):
+            inside = cx.emit("and", [cx.emit("ge", [p, k(0.0)]), cx.emit("le", [p, k(size - 1.0)])])
+            ok = inside if ok is None else cx.emit("and", [ok, inside])
+            q = cx.cast(cx.emit("clamp", [p], {"min": 0.0, "max": float(size - 1)}), DType.int64)
+            flat = cx.emit("add", [flat, q if st == 1 else cx.emit("mul", [q, cx.const(st, DType.int64)])])
+        rows = cx.emit("gather", [table, flat], {"axis": 0})  # [N, Do, Ho, Wo, C]
+        wt = cx.emit("where", [ok, weight if weight is not None else k(1.0), k(0.0)])
+        return cx.emit("mul", [rows, _reshape(cx, wt, out_sp + [1])])
+
+    if mode == "nearest":
+        out = corner([cx.emit("round", [p]) for p in coords], None)  # half to even, as nearbyint
+    else:
+        lo = [cx.emit("floor", [p]) for p in coords]
+        frac = [cx.emit("sub", [p, f]) for p, f in zip(coords, lo)]
+        out = None
+        for bits in range(8):
+            pts, wt = [], None
+            for a in range(3):
+                hi = (bits >> a) & 1
+                pts.append(cx.emit("add", [lo[a], k(1.0)]) if hi else lo[a])
+                wa = frac[a] if hi else cx.emit("sub", [k(1.0), frac[a]])
+                wt = wa if wt is None else cx.emit("mul", [wt, wa])
+            term = corner(pts, wt)
+            out = term if out is None else cx.emit("add", [out, term])
+    assert out is not None
+    return cx.emit("permute", [out], {"perm": [0, 4, 1, 2, 3]})

@@ -84,7 +84,8 @@ def test_index_add_and_index_reduce():
     check(lambda x, i, s: [x.index_add(0, i, s, alpha=2.0)] + [x.index_reduce(0, i, s, reduce, include_self=False)
                                                                 for reduce in ("prod", "mean", "amax", "amin")],
           X, idx, src)
-    check(lambda x, i, s: x.index_reduce(1, i, s, "amax"), X, torch.tensor([4, 0, 4]), torch.randn(6, 3, generator=g(6)))
+    check(lambda x, i, s: x.index_reduce(1, i, s, "amax"), X, torch.tensor([4, 0, 4]),
+          torch.randn(6, 3, generator=g(6)))
 
 
 def test_put_and_masked_scatter():
@@ -237,7 +238,8 @@ def test_conv_transpose_runtime_weight():
     ct = torch.nn.functional
     check(lambda x1, w1, x2, w2: (ct.conv_transpose1d(x1, w1, stride=2, padding=1, output_padding=1),
                                   ct.conv_transpose2d(x2, w2, stride=(2, 1), groups=2, dilation=(1, 2)),
-                                  ct.conv_transpose2d(x2, w2[:, :, :2], stride=2)), x1, w1, x2, w2, rtol=1e-4, atol=1e-5)
+                                  ct.conv_transpose2d(x2, w2[:, :, :2], stride=2)),
+          x1, w1, x2, w2, rtol=1e-4, atol=1e-5)
 
 
 def test_grid_sampler_3d():

@@ -261,7 +261,8 @@ def _nextafter(cx: Cx, a: Value, b: Value) -> Value | None:
     y = cx.emit("where", [zero, cx.emit("copysign", [cx.emit("expand", [tiny], {"shape": list(out)}), b]), y])
     inf = cx.emit("isinf", [a_])
     y = cx.emit("where", [inf, cx.emit("copysign", [cx.const(np.full(out, np.finfo(np.float32).max), dt), a_]), y])
-    y = cx.emit("where", [cx.emit("eq", [a_, b]), cx.emit("expand", [b], {"shape": list(out)}) if b.shape != tuple(out) else b, y])
+    b_ = cx.emit("expand", [b], {"shape": list(out)}) if b.shape != tuple(out) else b
+    y = cx.emit("where", [cx.emit("eq", [a_, b]), b_, y])
     nan = cx.emit("or", [cx.emit("isnan", [a_]), cx.emit("isnan", [b])])
     return cx.emit("where", [nan, cx.const(math.nan, dt), y])
 
@@ -392,8 +393,8 @@ def _nanmedian_rows(cx: Cx, y: Value) -> tuple[Value, Value]:
     vals, idx = _topk_along(cx, filled, n, r - 1, largest=False)
     count = cx.emit("reduce", [cx.cast(cx.emit("not", [nan]), DType.fp32)], {"kind": "sum", "axes": [r - 1],
                                                                             "keepdim": True})
-    k = cx.emit("floor", [cx.emit("mul", [cx.emit("maximum", [cx.emit("sub", [count, cx.const(1.0, DType.fp32)]),
-                                                                 cx.const(0.0, DType.fp32)]), cx.const(0.5, DType.fp32)])])
+    above = cx.emit("maximum", [cx.emit("sub", [count, cx.const(1.0, DType.fp32)]), cx.const(0.0, DType.fp32)])
+    k = cx.emit("floor", [cx.emit("mul", [above, cx.const(0.5, DType.fp32)])])
     k = cx.cast(k, DType.int64)  # [.., 1]
     v = _gather_any(cx, vals, r - 1, k)
     i = _gather_any(cx, idx, r - 1, k)
@@ -446,7 +447,8 @@ def _cdist(cx: Cx, a: Value, b: Value, p: float, compute_mode: int | None = None
         return None
     if pn == 0 or rn == 0 or m == 0:
         return _zeros(cx)
-    diff = cx.emit("sub", [_reshape(cx, a, list(a.shape[:-1]) + [1, m]), _reshape(cx, b, list(b.shape[:-2]) + [1, rn, m])])
+    diff = cx.emit("sub", [_reshape(cx, a, list(a.shape[:-1]) + [1, m]),
+                           _reshape(cx, b, list(b.shape[:-2]) + [1, rn, m])])
     return _out_shape(cx, _p_norm_last(cx, diff, p))
 
 
@@ -589,7 +591,8 @@ def _histogram(cx: Cx, x: Value, bins: int = 100, *, range: Any = None, weight: 
 
 
 @aten("histogram.bins_tensor")
-def _histogram_edges(cx: Cx, x: Value, bins: Value, *, weight: Value | None = None, density: bool = False) -> tuple | None:
+def _histogram_edges(cx: Cx, x: Value, bins: Value, *, weight: Value | None = None,
+                     density: bool = False) -> tuple | None:
     if not _hist_input(x) or bins.type.rank != 1 or bins.type.numel < 2:
         return None
     col = _reshape(cx, x, [x.type.numel, 1])
@@ -622,7 +625,8 @@ def _histogramdd_from_bin_cts(cx: Cx, x: Value, bins: list, *, range: Any = None
 def _histogramdd_from_bin_tensors(cx: Cx, x: Value, bins: list, *, weight: Value | None = None,
                                   density: bool = False) -> Value | None:
     if (not _hist_input(x) or x.type.rank < 1 or len(bins) != x.shape[-1]
-            or any(b.type.rank != 1 or b.type.numel < 2 for b in bins) or math.prod(b.type.numel - 1 for b in bins) > 1 << 12):
+            or any(b.type.rank != 1 or b.type.numel < 2 for b in bins)
+            or math.prod(b.type.numel - 1 for b in bins) > 1 << 12):
         return None
     return _histogram_counts(cx, _dd_rows(cx, x), [cx.cast(b, x.dtype) for b in bins], weight, bool(density))
 
@@ -637,7 +641,8 @@ def _segment_reduce(cx: Cx, data: Value, reduce: str, *, lengths: Value | None =
     each segment (sum / mean as a matmul, max / min / prod over a filled [S, N, ...] tensor),
     starting from `initial` when given (an empty segment is `initial`, else the reduction's
     identity; mean: NaN)."""
-    if _dim(axis, data.type.rank) != 0 or not data.dtype.is_float or reduce not in ("sum", "mean", "max", "min", "prod"):
+    if (_dim(axis, data.type.rank) != 0 or not data.dtype.is_float
+            or reduce not in ("sum", "mean", "max", "min", "prod")):
         return None
     n = data.shape[0]
     dt = data.dtype
@@ -711,7 +716,8 @@ def _nonzero_static(cx: Cx, x: Value, *, size: int, fill_value: int = -1) -> Val
     coords = np.stack(np.unravel_index(np.arange(n), x.shape), axis=1).astype(np.float32)  # [N, rank]
     got = cx.emit("matmul", [cx.cast(onehot, DType.fp32), cx.const(coords, DType.fp32)])  # [size, rank]
     filled = cx.emit("reduce", [cx.cast(onehot, DType.fp32)], {"kind": "max", "axes": [1], "keepdim": True})
-    got = cx.emit("where", [cx.emit("gt", [filled, cx.const(0.0, DType.fp32)]), got, cx.const(float(fill_value), DType.fp32)])
+    got = cx.emit("where", [cx.emit("gt", [filled, cx.const(0.0, DType.fp32)]), got,
+                            cx.const(float(fill_value), DType.fp32)])
     return cx.cast(got, DType.int64)
 
 

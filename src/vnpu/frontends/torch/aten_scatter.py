@@ -333,7 +333,8 @@ def _max_pool_backward(cx: Cx, grad: Value, x: Value, kernel: list, stride: list
     within each (n, c) plane): a scatter-add into zeros shaped like the input."""
     if not x.dtype.is_float or x.type.rank < 3:
         return None
-    spatial_dims = 3 if cx.node.target._schema.name.endswith("3d_with_indices_backward") else 2  # type: ignore[union-attr]
+    name = cx.node.target._schema.name  # type: ignore[union-attr]
+    spatial_dims = 3 if name.endswith("3d_with_indices_backward") else 2
     lead = x.type.rank - spatial_dims  # [N, C] or unbatched [C]
     planes, plane = math.prod(x.shape[:lead]), math.prod(x.shape[lead:])
     per_plane = grad.type.numel // max(planes, 1)

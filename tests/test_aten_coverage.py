@@ -247,3 +247,11 @@ def test_grid_sampler_3d():
     gs = torch.nn.functional.grid_sample
     check(lambda x, gr: [gs(x, gr, mode=m, padding_mode=p, align_corners=a) for m in ("bilinear", "nearest")
                          for p, a in (("zeros", False), ("border", True))], x, grid, rtol=1e-4, atol=1e-5)
+
+
+def test_lgamma_and_mvlgamma():
+    x = torch.cat([torch.linspace(-7.7, 30.0, 97), torch.tensor([0.5, 1.0, 2.0, 1e4, 0.0, -3.0, -float("inf"),
+                                                             float("inf"), float("nan")])])
+    pos = torch.rand(4, 5, generator=g(46)) * 6 + 2.1
+    check(lambda x, p: (torch.lgamma(x), torch.mvlgamma(p, 1), torch.mvlgamma(p, 3), torch.special.multigammaln(p, 5)),
+          x, pos, rtol=1e-4, atol=1e-4)

@@ -938,3 +938,56 @@ def _grid_sampler_3d(cx: Cx, x: Value, grid: Value, interpolation_mode: int, pad
             out = term if out is None else cx.emit("add", [out, term])
     assert out is not None
     return cx.emit("permute", [out], {"perm": [0, 4, 1, 2, 3]})
+
+
+# -- lgamma ------------------------------------------------------------------------------------------------------
+LGAMMA_SHIFT = 8  # Stirling's series is used at x + 8 and above, where its truncation error is ~1e-9
+
+
+def _lgamma_positive(cx: Cx, x: Value) -> Value:
+    """log|Gamma(x)| for x >= 0.5: Stirling's series at y = x + 8 (x below 8) minus
+    log|x (x + 1) ... (x + 7)| (the recurrence Gamma(x + 1) = x Gamma(x)), or at x itself."""
+    dt = x.dtype
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    def stirling(y: Value) -> Value:
+        inv = cx.emit("reciprocal", [y])
+        inv2 = cx.emit("mul", [inv, inv])
+        series = cx.emit("mul", [inv, cx.emit("add", [k(1 / 12), cx.emit("mul", [inv2, cx.emit(
+            "add", [k(-1 / 360), cx.emit("mul", [inv2, k(1 / 1260)])])])])])
+        main = cx.emit("sub", [cx.emit("mul", [cx.emit("sub", [y, k(0.5)]), cx.emit("log", [y])]), y])
+        return cx.emit("add", [cx.emit("add", [main, k(0.5 * math.log(2 * math.pi))]), series])
+
+    small = cx.emit("lt", [x, k(float(LGAMMA_SHIFT))])
+    prod = x
+    for i in range(1, LGAMMA_SHIFT):
+        prod = cx.emit("mul", [prod, cx.emit("add", [x, k(float(i))])])
+    shifted = cx.emit("sub", [stirling(cx.emit("add", [x, k(float(LGAMMA_SHIFT))])), cx.emit("log", [prod])])
+    direct = stirling(cx.emit("where", [small, k(float(LGAMMA_SHIFT)), x]))  # (the where keeps log finite)
+    return cx.emit("where", [small, shifted, direct])
+
+
+@aten("lgamma.default")
+def _lgamma(cx: Cx, x: Value) -> Value | None:
+    """log|Gamma(x)|: the positive branch for x >= 0.5, the reflection log(pi / |sin(pi x)|) -
+    lgamma(1 - x) below (inf at the poles 0, -1, -2, ...), inf at +inf, NaN for NaN."""
+    dt = cx.out_dtype()
+    if dt != DType.fp32:
+        return None
+    x = cx.cast(x, dt)
+
+    def k(v: float) -> Value:
+        return cx.const(v, dt)
+
+    big = cx.emit("ge", [x, k(0.5)])
+    pos = _lgamma_positive(cx, cx.emit("where", [big, x, k(1.0)]))
+    neg_arg = cx.emit("where", [big, k(0.0), x])
+    refl = cx.emit("sub", [cx.emit("log", [cx.emit("div", [k(math.pi), cx.emit("abs", [
+        cx.emit("sin", [cx.emit("mul", [neg_arg, k(math.pi)])])])])]),
+        _lgamma_positive(cx, cx.emit("sub", [k(1.0), neg_arg]))])
+    y = cx.emit("where", [big, pos, refl])
+    pole = cx.emit("and", [cx.emit("le", [x, k(0.0)]), cx.emit("eq", [x, cx.emit("floor", [x])])])
+    y = cx.emit("where", [cx.emit("or", [pole, cx.emit("isinf", [x])]), k(math.inf), y])
+    return cx.emit("where", [cx.emit("isnan", [x]), x, y])

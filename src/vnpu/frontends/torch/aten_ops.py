@@ -194,7 +194,12 @@ def _conv(cx: Cx, x: Value, w: Value, bias: Value | None, stride: list, padding:
 def _bn_inference(cx: Cx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, momentum: float,
                   eps: float) -> tuple | None:
     if not (mean.is_const and var.is_const and (w is None or w.is_const) and (b is None or b.is_const)):
-        return None
+        from vnpu.frontends.torch.aten_misc import batch_norm_running_stats  # stats known at run time
+
+        if not x.dtype.is_float or x.type.rank < 2:
+            return None
+        empty = cx.const(np.zeros(cx.meta_type(1).shape), x.dtype)
+        return (batch_norm_running_stats(cx, x, w, b, mean, var, eps), empty, empty)
     scale = 1.0 / np.sqrt(var.data.astype(np.float64) + eps)
     if w is not None:
         scale = scale * w.data
@@ -528,18 +533,20 @@ def _assert_metadata(cx: Cx, *args: Any, **kwargs: Any) -> tuple:
 def _index_put(cx: Cx, x: Value, indices: list, values: Value, accumulate: bool = False) -> Value | None:
     """x[..., idx, ...] = values along the one indexed axis: in place on persistent state (a KV
     cache's index_copy_), into a fresh copy otherwise (compiler.memory.copy_on_write)."""
+    from vnpu.frontends.torch.aten_scatter import index_put_scatter  # general indices: one-hot scatter
+
     live = [(i, v) for i, v in enumerate(indices) if v is not None]
     if accumulate:
-        return _index_put_accumulate(cx, x, indices, values)
+        return _index_put_accumulate(cx, x, indices, values) or index_put_scatter(cx, x, indices, values, True)
     if len(live) != 1 or not isinstance(live[0][1], Value) or live[0][1].type.rank != 1:
-        return None
+        return index_put_scatter(cx, x, indices, values, False)
     ax, idx = live[0]
     if idx.dtype == DType.bool:
-        return None
+        return index_put_scatter(cx, x, indices, values, False)
     want = x.shape[:ax] + (idx.shape[0],) + x.shape[ax + 1:]
     if values.shape != want:
         if values.type.numel != 1 and values.shape != want[len(want) - values.type.rank:]:
-            return None
+            return index_put_scatter(cx, x, indices, values, False)
         values = cx.emit("expand", [values], {"shape": list(want)})
     return cx.emit("index_write", [x, idx, cx.cast(values, x.dtype)], {"axis": ax})
 
@@ -760,7 +767,12 @@ def _index_separable(cx: Cx, x: Value, indices: list) -> Value | None:
 @aten("native_group_norm.default")
 def _native_group_norm(cx: Cx, x: Value, w: Value | None, b: Value | None, n: int, c: int, hxw: int, groups: int,
                        eps: float) -> tuple:
-    return (spatial.group_norm(cx, x, int(groups), w, b, float(eps)), None, None)
+    y = spatial.group_norm(cx, x, int(groups), w, b, float(eps))
+    if not (_uses_output(cx, 1) or _uses_output(cx, 2)):
+        return (y, None, None)
+    from vnpu.frontends.torch.aten_misc import group_norm_stats
+
+    return (y, *group_norm_stats(cx, x, int(groups), float(eps)))
 
 
 @aten("_native_batch_norm_legit.no_stats")
@@ -825,8 +837,10 @@ aten("upsample_bicubic2d.vec", "upsample_bicubic2d.default")(_upsample_interp("c
 
 @aten("adaptive_max_pool2d.default", "adaptive_max_pool3d.default", "adaptive_max_pool1d.default")
 def _adaptive_max(cx: Cx, x: Value, out_size: list) -> tuple | None:
-    if _uses_output(cx, 1):
-        return None  # the indices output runs on the host
+    if _uses_output(cx, 1):  # the indices: a window-table gather and a top-1
+        from vnpu.frontends.torch.aten_misc import adaptive_max_pool_with_indices
+
+        return adaptive_max_pool_with_indices(cx, x, list(out_size))
     return (spatial.adaptive_pool(cx, x, "max", list(out_size)), None)
 
 
@@ -860,8 +874,14 @@ def _embedding_bag(cx: Cx, w: Value, idx: Value, offsets: Value, scale_grad_by_f
     """Bags with constant offsets (a 2-D input's fixed-size bags, or offsets known at export): the
     rows gathered, then each bag reduced: sum / mean as one matmul with a constant [bags, rows]
     segment matrix, max as a reduction over the bags' rows (a shorter bag repeats its last row)."""
-    if not offsets.is_const or any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
-        return None  # offsets known only at run time: bag boundaries are data
+    if any(_uses_output(cx, i) for i in (1, 2, 3)) or idx.type.rank != 1:
+        return None
+    if not offsets.is_const:  # bag boundaries are data: a run-time membership compare
+        from vnpu.frontends.torch.aten_misc import embedding_bag_runtime_offsets
+
+        y = embedding_bag_runtime_offsets(cx, w, idx, offsets, int(mode), per_sample_weights,
+                                          bool(include_last_offset), padding_idx)
+        return None if y is None else (y, None, None, None)
     n = idx.shape[0]
     starts = [int(o) for o in np.asarray(offsets.data).reshape(-1)]
     ends = starts[1:] + [n]
@@ -1533,13 +1553,15 @@ def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int 
     """Only the restride that is a plain reshape of x's dense row-major data (decompositions
     emit it to set the memory format of a pooled [N, C, 1, 1] result); any other view runs on
     the host."""
+    from vnpu.frontends.torch.aten_misc import as_strided_gather  # any other view: a constant-index gather
+
     size = [int(s) for s in size]
     if storage_offset not in (None, 0) or math.prod(size) != math.prod(x.shape):
-        return None
+        return as_strided_gather(cx, x, size, stride, storage_offset)
     dense = 1
     for d, s in zip(reversed(size), reversed([int(s) for s in stride])):
         if d != 1 and s != dense:
-            return None
+            return as_strided_gather(cx, x, size, stride, storage_offset)
         dense *= d
     return cx.emit("reshape", [x], {"shape": size})
 
@@ -1575,6 +1597,8 @@ def _unfold_windows(cx: Cx, x: Value, dim: int, size: int, step: int) -> Value |
     n = x.shape[d] if r else 1
     if size < 1 or step < 1 or size > n:
         return None
+    if r == 0:  # a 0-d tensor's one window of size 1
+        return cx.emit("reshape", [x], {"shape": [1]})
     w = (n - size) // step + 1
     idx = cx.const((np.arange(w)[:, None] * step + np.arange(size)[None, :]).astype(np.int64), DType.int64)
     if r == 0:
@@ -1663,3 +1687,6 @@ def _signbit(cx: Cx, x: Value) -> Value:
     if not x.dtype.is_float:
         return cx.emit("lt", [x, cx.const(0, x.dtype)])
     return cx.emit("signbit", [x])
+
+
+from vnpu.frontends.torch import aten_misc, aten_scatter  # noqa: E402,F401  (register their lowerings)

@@ -60,8 +60,8 @@ def family(name: str) -> str:
     return "torch"
 
 
-def excluded(name: str) -> bool:
-    return family(name) in ("linalg", "fft", "special", "complex", "sparse")
+EXCLUDED_FAMILIES = ("linalg", "fft", "special", "complex", "sparse")
+
 
 
 def is_vnpu_error(e: BaseException) -> bool:

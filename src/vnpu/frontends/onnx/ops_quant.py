@@ -139,6 +139,18 @@ def _quantize(cx: Cx, y: Value, zp: Value | None, elem: int) -> Value:
 
 
 # -- QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear ------------------------------------
+def _scale_and_zero_point(cx: Cx, x: Value, scale: Value, zp: Value | None,
+                          attrs: dict) -> tuple[Value, Value | None] | None:
+    """Scale and zero point broadcast against x (per tensor, per `axis`, or per `block_size` block of it)."""
+    axis = _axis(int(attrs.get("axis", 1)), x.type.rank)
+    block = int(attrs.get("block_size", 0))
+    s = _broadcast_param(cx, scale, x, axis, block)
+    z = None if zp is None else _broadcast_param(cx, zp, x, axis, block)
+    if s is None or (zp is not None and z is None):
+        return None
+    return s, z
+
+
 @onnx_op("QuantizeLinear")
 def _quantize_linear(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     x, scale = ins[0], ins[1]
@@ -148,12 +160,10 @@ def _quantize_linear(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
     elem = _input_type(cx, 2) if zp is not None else int(attrs.get("output_dtype", 0) or UINT8)
     if elem not in INT_RANGES:
         return None  # float8 / float4 outputs
-    axis = _axis(int(attrs.get("axis", 1)), x.type.rank)
-    block = int(attrs.get("block_size", 0))
-    s = _broadcast_param(cx, scale, x, axis, block)
-    z = None if zp is None else _broadcast_param(cx, zp, x, axis, block)
-    if s is None or (zp is not None and z is None):
+    params = _scale_and_zero_point(cx, x, scale, zp, attrs)
+    if params is None:
         return None
+    s, z = params
     return _quantize(cx, cx.emit("div", [x, s]), z, elem)
 
 
@@ -166,12 +176,10 @@ def _dequantize_linear(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         return None  # float8 / float4 inputs
     if scale.dtype != DType.fp32 or int(attrs.get("output_dtype", 0) or FLOAT) != FLOAT:
         return None
-    axis = _axis(int(attrs.get("axis", 1)), x.type.rank)
-    block = int(attrs.get("block_size", 0))
-    s = _broadcast_param(cx, scale, x, axis, block)
-    z = None if zp is None else _broadcast_param(cx, zp, x, axis, block)
-    if s is None or (zp is not None and z is None):
+    params = _scale_and_zero_point(cx, x, scale, zp, attrs)
+    if params is None:
         return None
+    s, z = params
     if z is not None and z.is_const and not np.any(z.data):
         z = None
     if elem == INT32:

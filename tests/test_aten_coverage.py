@@ -255,3 +255,11 @@ def test_lgamma_and_mvlgamma():
     pos = torch.rand(4, 5, generator=g(46)) * 6 + 2.1
     check(lambda x, p: (torch.lgamma(x), torch.mvlgamma(p, 1), torch.mvlgamma(p, 3), torch.special.multigammaln(p, 5)),
           x, pos, rtol=1e-4, atol=1e-4)
+
+
+def test_index_tensor_after_leading_slices() -> None:
+    # x[:, i, j] (DLRM's pairwise-interaction pick with triu_indices) ran index.Tensor on the host
+    z = torch.randn(3, 5, 5)
+    iu = torch.triu_indices(5, 5, 1)
+    check(lambda z: z[:, iu[0], iu[1]], z)
+    check(lambda z: z[:, torch.tensor([[0, -1], [2, 1]]), torch.tensor([1, 0])], z)

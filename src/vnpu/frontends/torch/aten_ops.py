@@ -1567,14 +1567,17 @@ def _as_strided(cx: Cx, x: Value, size: list, stride: list, storage_offset: int 
 
 
 def _index_leading(cx: Cx, x: Value, indices: list) -> Value | None:
-    """x[i0, i1, ..., ik-1] with integer index tensors on the k leading dims (broadcast
+    """x[i0, i1, ..., ik-1] (or x[:, ..., i0, ..., ik-1]) with integer index tensors on k adjacent dims (broadcast
     together; HF's padding masks and pooled-token picks): one gather of x's leading dims
     flattened, at the linear index sum_j i_j * stride_j (negative indices wrapped)."""
+    # leading full slices (x[:, i, j], DLRM's pairwise-interaction pick) keep their dims in front
+    d0 = next((d for d, v in enumerate(indices) if v is not None), len(indices))
+    indices = indices[d0:]
     k = len(indices)
-    if any(not isinstance(v, Value) or v.dtype not in (DType.int64, DType.int32) for v in indices) or k > x.type.rank:
+    if any(not isinstance(v, Value) or v.dtype not in (DType.int64, DType.int32) for v in indices) or d0 + k > x.type.rank:
         return None
-    lead = x.shape[:k]
-    flat = cx.emit("reshape", [x], {"shape": [math.prod(lead)] + list(x.shape[k:])})
+    lead = x.shape[d0:d0 + k]
+    flat = cx.emit("reshape", [x], {"shape": list(x.shape[:d0]) + [math.prod(lead)] + list(x.shape[d0 + k:])})
     linear = None
     for j, v in enumerate(indices):
         v = cx.cast(v, DType.int64)
@@ -1584,7 +1587,7 @@ def _index_leading(cx: Cx, x: Value, indices: list) -> Value | None:
         stride = math.prod(lead[j + 1:])
         term = v if stride == 1 else cx.emit("mul", [v, cx.const(stride, DType.int64)])
         linear = term if linear is None else cx.emit("add", [linear, term])
-    return cx.emit("gather", [flat, linear], {"axis": 0})
+    return cx.emit("gather", [flat, linear], {"axis": d0})
 
 
 @aten("unfold.default")

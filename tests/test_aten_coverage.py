@@ -263,3 +263,23 @@ def test_index_tensor_after_leading_slices() -> None:
     iu = torch.triu_indices(5, 5, 1)
     check(lambda z: z[:, iu[0], iu[1]], z)
     check(lambda z: z[:, torch.tensor([[0, -1], [2, 1]]), torch.tensor([1, 0])], z)
+
+
+def test_complex_intermediates_fall_back_on_real_views():
+    """torch.fft.irfft / hfft2 compute through complex64 tensors, which have no IR dtype: those
+    nodes run on the host as real views [..., 2] between the chip's real tensors. Strict mode
+    names them; the results match eager."""
+    import pytest
+
+    from vnpu.frontends.errors import FallbackWarning, UnsupportedOpError
+
+    x = torch.randn(4, 6, generator=g(7))
+    fns = [lambda x: torch.fft.irfft(x) * 2 + 1, lambda x: torch.fft.hfft2(x).relu(),
+           lambda x: torch.view_as_real(torch.fft.rfft(x)).sum(-1), lambda x: torch.fft.fft(x).abs() - x]
+    for fn in fns:
+        m = Fn(fn)
+        with pytest.warns(FallbackWarning):
+            cm = vnpu.compile(m, (x,))
+        torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(UnsupportedOpError, match="_fft_c2r"):
+        vnpu.compile(Fn(fns[0]), (x,), strict=True)

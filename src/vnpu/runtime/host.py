@@ -42,9 +42,13 @@ def execute_host(launch: HostLaunch, inputs: list[np.ndarray]) -> list[np.ndarra
         tensors = [numpy_to_torch(a) for a in inputs]
         # host ops compute in fp32 like the reference; results are rounded to the program's dtype on write-back
         tensors = [t.float() if t.is_floating_point() else t for t in tensors]
+        for i in launch.payload.get("complex_args", ()):  # complex tensors travel as their real views
+            tensors[i] = torch.view_as_complex(tensors[i].contiguous())
         with torch.no_grad():
             out = op(*_rebuild(launch.payload["args"], tensors), **_rebuild(launch.payload["kwargs"], tensors))
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        for i in launch.payload.get("complex_outs", ()):
+            outs[i] = torch.view_as_real(outs[i].resolve_conj().resolve_neg()).contiguous()
         return [torch_to_numpy(o).astype(ref.dtype.np) for o, ref in zip(outs, launch.outputs)]
     if launch.target.startswith("onnx:"):
         return _execute_onnx(launch, inputs)

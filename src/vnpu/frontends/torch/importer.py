@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +34,9 @@ class ImportContext(LoweringContext):
     g: Graph
     node: fx.Node | None = None
     shape_only: bool = False  # weights are shape-only stand-ins (meta-device model)
+    # Values holding a complex tensor as its real view (trailing dim of 2, fp32): complex
+    # intermediates (inside torch.fft.irfft, hfft, ...) run on the host between real tensors
+    complex_values: set = field(default_factory=set)
 
     # -- helpers for handlers --------------------------------------------------------
     def emit(self, op: str, inputs: list[Value], attrs: dict | None = None) -> Value:
@@ -153,6 +156,11 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
             continue
         vals = _values_in((args, kwargs))
         name_ = op_name(node.target)
+        if _is_complex_node(cx, node, vals):  # no chip kernel and no IR dtype: the host, on real views
+            env[node] = _host_call(cx, node, args, kwargs)
+            bucket = unsupported if strict else res.fallback_ops
+            bucket[name_] = bucket.get(name_, 0) + 1
+            continue
         if vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals)):
             env[node] = _fold(cx, node, args, kwargs, vals)
             res.folded += 1
@@ -241,6 +249,13 @@ class DataDependentValueError(ValueError):
     under Dynamo's capture_scalar_outputs): a chip program has fixed shapes and constants."""
 
 
+def _is_complex_node(cx: ImportContext, node: fx.Node, vals: list[Value]) -> bool:
+    val = node.meta.get("val")
+    outs = val if isinstance(val, (tuple, list)) else [val]
+    return (any(isinstance(v, torch.Tensor) and v.dtype.is_complex for v in outs)
+            or any(v.name in cx.complex_values for v in vals))
+
+
 def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
     val = node.meta.get("val")
     if not all(isinstance(v, torch.Tensor) for v in (val if isinstance(val, (tuple, list)) else [val])):
@@ -266,15 +281,23 @@ def _host_call(cx: ImportContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
     if not all(isinstance(v, torch.Tensor) for v in vals):  # e.g. item(): a scalar read from tensor data
         raise DataDependentShapeError(f"{node.name} ({op_name(node.target)}) gives a Python number computed from "
                                       "tensor values; vnpu programs cannot feed one back into shapes or arguments")
-    out_types = [TensorType(_shape_of(v), torch_to_dtype(v.dtype)) for v in vals]
+    complex_outs = [i for i, v in enumerate(vals) if v.dtype.is_complex]
+    if any(v.dtype != torch.complex64 for v in vals if v.dtype.is_complex):
+        torch_to_dtype(next(v.dtype for v in vals if v.dtype.is_complex and v.dtype != torch.complex64))  # raises
+    out_types = [TensorType(_shape_of(v) + (2,), DType.fp32) if v.dtype.is_complex
+                 else TensorType(_shape_of(v), torch_to_dtype(v.dtype)) for v in vals]
+    complex_args = [i for i, v in enumerate(inputs) if v.name in cx.complex_values]
+    if complex_outs or complex_args:  # the host rebuilds complex tensors from their real views and back
+        payload["complex_args"], payload["complex_outs"] = complex_args, complex_outs
     target = f"torch:{node.target._schema.name}.{node.target._overloadname}"  # type: ignore[union-attr]
     n = cx.g.add_node("host_call", inputs, {"target": target, "out_types": out_types, "payload": payload}, name=node.name)
+    cx.complex_values.update(n.outputs[i].name for i in complex_outs)
     return tuple(n.outputs) if multi else n.outputs[0]
 
 
 def _check_meta(node: fx.Node, out: Any) -> None:
     val = node.meta.get("val")
-    if isinstance(out, Value) and isinstance(val, torch.Tensor):
+    if isinstance(out, Value) and isinstance(val, torch.Tensor) and not val.dtype.is_complex:
         if out.shape != _shape_of(val):
             raise AssertionError(f"vnpu importer bug: {node.name} ({op_name(node.target)}) gave shape {out.shape}, "
                                  f"PyTorch says {_shape_of(val)}")

@@ -14,33 +14,69 @@ from vnpu.runtime.compiled import CompiledModel, ModelInfo
 
 
 def compile_ir(graph: Graph, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32", name: str | None = None,
-               fallback_ops: dict[str, int] | None = None) -> CompiledModel:
+               fallback_ops: dict[str, int] | None = None, quant: str | None = None,
+               calibration: Any = None, calibration_method: str = "minmax") -> CompiledModel:
     chip_ = load_chip(chip)
     dt = DType(dtype)
     output_dtypes = [v.dtype for v in graph.outputs]
+    quant_bytes: list[int] = []
+    if quant is not None:
+        graph, stats = quantized_graph(graph, chip_, quant, calibration, calibration_method)
+        quant_bytes = [stats.weight_elems * dt.itemsize, stats.quant_bytes]
     program, optimized = compile_graph(graph, chip_, dt)
     info = ModelInfo(name or graph.name, dt, [r.shape for _, r in program.user_inputs()], output_dtypes,
                      dict(fallback_ops or {}),
-                     str(optimized))
+                     str(optimized), quant or "", quant_bytes)
     return CompiledModel(program, chip_, info)
 
 
+def quantized_graph(graph: Graph, chip: Chip, quant: str, calibration: Any = None,
+                    calibration_method: str = "minmax") -> tuple[Graph, Any]:
+    """A copy of `graph` with its weight matmuls quantized under scheme `quant`
+    (compiler/quantize.py), and the pass's QuantStats; static schemes calibrate on
+    `calibration` (example batches)."""
+    from vnpu.compiler.quantize import QuantError, check_chip, get_scheme, quantize
+
+    scheme = get_scheme(quant)
+    check_chip(scheme, chip)
+    ranges = None
+    if scheme.activations == "per_tensor":
+        if not calibration:
+            raise QuantError(f"scheme {quant} quantizes activations with calibrated scales: pass calibration="
+                             "[example batches] (each a tuple of the model's inputs)")
+        from vnpu.runtime.calibrate import activation_ranges
+
+        ranges = activation_ranges(graph, chip, calibration, calibration_method)
+    g = graph.clone()
+    stats = quantize(g, scheme, ranges)
+    return g, stats
+
+
 def compile(model: Any, example_inputs: tuple | list, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32",
-            strict: bool = False, example_kwargs: dict | None = None, name: str | None = None) -> CompiledModel:
+            strict: bool = False, example_kwargs: dict | None = None, name: str | None = None,
+            quant: str | None = None, calibration: Any = None, calibration_method: str = "minmax") -> CompiledModel:
     """Compiles a torch.nn.Module for the chip through torch.export and Core ATen.
 
     Ops without a vnpu lowering run on the host with one warning listing them;
     strict=True raises UnsupportedOpError listing every such op instead.
+    `quant`: a post-training quantization scheme (vnpu.compiler.quantize.SCHEMES, e.g.
+    "w8a8-int8"); static ones calibrate on `calibration`, a list of example batches.
     """
+    if quant is not None:  # a bad scheme or chip is refused before the model is traced
+        from vnpu.compiler.quantize import check_chip, get_scheme
+
+        check_chip(get_scheme(quant), load_chip(chip))
     from vnpu.frontends.torch import export_module
 
     res = export_module(model, tuple(example_inputs), example_kwargs, strict=strict)
-    return compile_ir(res.graph, chip, dtype, name or type(model).__name__, res.fallback_ops)
+    return compile_ir(res.graph, chip, dtype, name or type(model).__name__, res.fallback_ops, quant, calibration,
+                      calibration_method)
 
 
 def from_onnx(model: Any, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32",
               input_shapes: dict[str, tuple[int, ...]] | None = None, strict: bool = False,
-              name: str | None = None) -> CompiledModel:
+              name: str | None = None, quant: str | None = None, calibration: Any = None,
+              calibration_method: str = "minmax") -> CompiledModel:
     """Compiles an ONNX model (a path, bytes or onnx.ModelProto; opset 13 and newer) for the chip.
 
     `input_shapes` gives the shape of each input whose dims are dynamic in the model (a
@@ -53,8 +89,13 @@ def from_onnx(model: Any, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = 
     from vnpu.frontends.onnx import import_onnx
 
     default = Path(model).stem if isinstance(model, (str, Path)) else None
+    if quant is not None:
+        from vnpu.compiler.quantize import check_chip, get_scheme
+
+        check_chip(get_scheme(quant), load_chip(chip))
     res = import_onnx(model, input_shapes, name=name or default, strict=strict)
-    return compile_ir(res.graph, chip, dtype, name or res.graph.name, res.fallback_ops)
+    return compile_ir(res.graph, chip, dtype, name or res.graph.name, res.fallback_ops, quant, calibration,
+                      calibration_method)
 
 
 def from_tensorflow(model: Any, input_signature: Any = None, chip: str | Chip = DEFAULT_CHIP,

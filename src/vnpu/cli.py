@@ -284,12 +284,15 @@ def run(
     input_shape: Annotated[Optional[list[str]], typer.Option(
         "--input-shape", help="model files: the shape of an input with dynamic dims, NAME=D0,D1,... (repeatable); "
         "a dynamic leading dim takes --batch", metavar="NAME=DIMS")] = None,
+    quant: Annotated[Optional[str], typer.Option(
+        "--quant", help="post-training quantization scheme (w8a8-int8, w8a8-fp8, ...-static: calibrated on this "
+        "run's inputs); the report adds its accuracy against the fp32 reference", metavar="SCHEME")] = None,
 ) -> None:
     """Compile a model, simulate it, compare with the source framework (PyTorch eager,
     onnxruntime or TensorFlow, fp32) and report.
 
     Exit code 1 when the numerics check fails (fp32: max|err| <= 1e-4 * max|ref|;
-    bf16: cosine >= 0.999), 2 on bad input.
+    bf16: cosine >= 0.999; --quant: cosine >= 0.99), 2 on bad input.
     """
     dt_name = dtype.strip().lower()
     if dt_name not in RUN_DTYPES:
@@ -305,6 +308,13 @@ def run(
     if not c.supports(dt):
         _die(f"chip {c.name} has no matrix rate for {dt.value}; it supports "
              f"{', '.join(DType(d).value for d in c.core.matrix.rate)}")
+    if quant is not None:
+        from vnpu.compiler.quantize import QuantError, check_chip, get_scheme
+
+        try:
+            check_chip(get_scheme(quant), c)
+        except QuantError as e:
+            _die(e)
     from vnpu.run_sources import SourceError, open_source, parse_input_shapes
     from vnpu.workloads.zoo import UnknownWorkloadError
 
@@ -324,7 +334,7 @@ def run(
         c, dt = saved.chip, saved.info.dtype
 
     try:
-        code = _run(source, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top)
+        code = _run(source, c, dt, batch, json_path, trace_path, timing_only, show_ir, strict, top, quant)
     except _Fail as e:
         _die(e)
     if code:
@@ -332,7 +342,7 @@ def run(
 
 
 def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None, trace_path: Path | None,
-         timing_only: bool, show_ir: bool, strict: bool, top: int) -> int:
+         timing_only: bool, show_ir: bool, strict: bool, top: int, quant: str | None = None) -> int:
     from vnpu.compiler import CompileError, OutOfMemoryError
     from vnpu.compiler.lower import chip_fingerprint
     from vnpu.frontends.errors import MissingExtraError, UnsupportedOpError
@@ -349,8 +359,9 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
     try:
         with _quiet_warnings(), _step(err, f"building {workload.name} (batch {batch})") as s_build:
             source.build(batch, chip)
-        with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({dt.value})") as s_comp:
-            cm = source.compile(chip, dt, strict)
+        label = f"{dt.value}, {quant}" if quant else dt.value
+        with _quiet_warnings(), _step(err, f"exporting and compiling for {chip.name} ({label})") as s_comp:
+            cm = source.compile(chip, dt, strict, quant)
     except (MissingExtraError, *model_errors()) as e:
         raise _Fail(f"{e}") from None
     except UnsupportedOpError as e:
@@ -390,7 +401,7 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
                 with _quiet_warnings(), _step(err, f"running the {source.reference_label} reference") as s_eager:
                     ref = source.reference()
                 eager_s = s_eager.seconds
-                numerics = compare(outs, ref, dt)
+                numerics = compare(outs, ref, dt, quant or "")
                 numerics.reference = source.reference_label
     except HostMemoryError as e:  # the simulated HBM image fits the chip, not this host
         raise _Fail(f"{workload.name} (batch {batch}, {dt.value}): {e}") from None
@@ -410,6 +421,7 @@ def _run(source: Any, chip: Chip, dt: DType, batch: int, json_path: Path | None,
         "input_shapes": [list(s) for s in cm.info.input_shapes],
         "weight_bytes": p.weight_bytes, "activation_bytes": p.activation_bytes, "hbm_image_bytes": p.hbm_bytes,
         "launches": len(p.launches), "instructions": p.instruction_count(),
+        "quant": cm.info.quant, "quantized_weight_bytes": list(cm.info.quant_bytes) or None,
     }
     try:
         if json_path is not None:

@@ -46,6 +46,10 @@ for _m in DType:  # the simulator asks every operand its itemsize: a plain attri
 
 _NUMPY: dict[DType, np.dtype] = {}
 
+# The matrix engine's low-precision operand formats and what a product of two of them accumulates
+# in: int8 x int8 in int32 (exact), fp8 x fp8 (e4m3 / e5m2, mixed as Hopper allows) in fp32.
+QUANT_MATMUL_ACC = {DType.int8: DType.int32, DType.fp8_e4m3: DType.fp32, DType.fp8_e5m2: DType.fp32}
+
 
 class UnsupportedDTypeError(TypeError):
     """A framework dtype vnpu has no counterpart for (complex, uint64, ...)."""

@@ -121,7 +121,8 @@ class RunSource:
         host's memory are refused (SourceError) before they are allocated."""
         raise NotImplementedError
 
-    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+    def compile(self, chip: Chip, dtype: DType, strict: bool, quant: str | None = None) -> CompiledModel:
+        """`quant`: a post-training scheme; static ones calibrate on this run's own inputs."""
         raise NotImplementedError
 
     def reference(self) -> list[np.ndarray]:
@@ -143,10 +144,11 @@ class ZooSource(RunSource):
         self.model, self.torch_inputs = self.workload.build(batch)
         self.inputs = [torch_to_numpy(x) for x in self.torch_inputs]
 
-    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+    def compile(self, chip: Chip, dtype: DType, strict: bool, quant: str | None = None) -> CompiledModel:
         import vnpu
 
-        return vnpu.compile(self.model, self.torch_inputs, chip=chip, dtype=dtype, strict=strict, name=self.name)
+        return vnpu.compile(self.model, self.torch_inputs, chip=chip, dtype=dtype, strict=strict, name=self.name,
+                            quant=quant, calibration=[self.torch_inputs])
 
     def reference(self) -> list[np.ndarray]:
         import torch
@@ -181,11 +183,11 @@ class OnnxFileSource(RunSource):
         if extra:
             raise SourceError(f"--input-shape names {extra}, which are not inputs of {self.path}; its inputs are {names}")
 
-    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+    def compile(self, chip: Chip, dtype: DType, strict: bool, quant: str | None = None) -> CompiledModel:
         import vnpu
 
         return vnpu.from_onnx(self.proto, chip=chip, dtype=dtype, input_shapes=self.shapes, strict=strict,
-                              name=self.name)
+                              name=self.name, quant=quant, calibration=[self.inputs])
 
     def reference(self) -> list[np.ndarray]:
         from vnpu.frontends.errors import require
@@ -241,10 +243,11 @@ class TensorFlowSource(RunSource):
         self.inputs = [_random_input(rng, tuple(s.shape.as_list()), _tf_dtype(s.dtype), DEFAULT_INT_BOUND) for s in fixed]
         self.proto, _ = tensorflow_to_onnx(self.fn if self.path.is_dir() else model, fixed)
 
-    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+    def compile(self, chip: Chip, dtype: DType, strict: bool, quant: str | None = None) -> CompiledModel:
         import vnpu
 
-        return vnpu.from_onnx(self.proto, chip=chip, dtype=dtype, strict=strict, name=self.name)
+        return vnpu.from_onnx(self.proto, chip=chip, dtype=dtype, strict=strict, name=self.name, quant=quant,
+                              calibration=[self.inputs])
 
     def reference(self) -> list[np.ndarray]:
         tf = __import__("tensorflow")
@@ -262,11 +265,12 @@ def _tf_dtype(dt: Any) -> DType:
 
 def model_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "this model file or its shapes cannot be used" (reported as bad input)."""
+    from vnpu.compiler.quantize import QuantError
     from vnpu.frontends.errors import ModelExportError
     from vnpu.frontends.onnx.importer import DynamicShapeError, OnnxModelError
     from vnpu.frontends.tensorflow.converter import TensorFlowModelError
 
-    return (SourceError, OnnxModelError, DynamicShapeError, TensorFlowModelError, ModelExportError)
+    return (SourceError, OnnxModelError, DynamicShapeError, TensorFlowModelError, ModelExportError, QuantError)
 
 
 def open_source(model: str, input_shapes: Mapping[str, tuple[int, ...]]) -> RunSource:
@@ -316,7 +320,10 @@ class ArtifactSource(RunSource):
         rng = np.random.default_rng(INPUT_SEED)
         self.inputs = [_random_input(rng, ref.shape, ref.dtype, DEFAULT_INT_BOUND) for _, ref in self.cm.program.user_inputs()]
 
-    def compile(self, chip: Chip, dtype: DType, strict: bool) -> CompiledModel:
+    def compile(self, chip: Chip, dtype: DType, strict: bool, quant: str | None = None) -> CompiledModel:
+        if quant is not None and quant != getattr(self.cm.info, "quant", ""):
+            raise SourceError(f"{self.path} was compiled {'with ' + self.cm.info.quant if self.cm.info.quant else 'unquantized'}; "
+                              f"recompile it to run it under {quant}")
         if self.cm.info.fallback_ops and strict:
             ops = ", ".join(sorted(self.cm.info.fallback_ops))
             raise SourceError(f"--strict: {self.path} runs {ops} on the host CPU")

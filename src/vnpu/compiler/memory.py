@@ -67,7 +67,7 @@ def materialize_views(g: Graph) -> None:
         n.inputs[0] = c.output
 
     for n in list(g.nodes):
-        if n.op in ("topk", "moe_router"):
+        if n.op in ("topk", "moe_router", "quantize_rows"):
             # the top-k kernels (and the fused softmax + top-k router) read their rows as one strided
             # 2-D view: a permuted or broadcast input is copied first
             src = ref(n.inputs[0])

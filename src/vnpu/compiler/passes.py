@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from vnpu.chip.schema import Chip
 
 
+# the floats the program's precision applies to; fp8 tensors (quantized operands) keep their format
+WIDE_FLOATS = (DType.fp32, DType.bf16, DType.fp16)
+
+
 def set_precision(g: Graph, dtype: DType) -> None:
     """Stores every floating-point tensor in `dtype` (weights rounded once, at compile time).
 
@@ -20,12 +24,16 @@ def set_precision(g: Graph, dtype: DType) -> None:
     if dtype == DType.fp32:
         return
     seen: set[int] = selection_keys(g)  # stay fp32
+    for n in g.nodes:  # quantization scales and dequantization chains (compiler/quantize.py)
+        if n.attrs.get("quant_fp32"):
+            seen.update(id(v) for v in n.outputs)
+            seen.update(id(v) for v in n.inputs if v.is_const)
 
     def fix(v: Value) -> None:
         if id(v) in seen:
             return
         seen.add(id(v))
-        if v.dtype.is_float and v.dtype != dtype:
+        if v.dtype in WIDE_FLOATS and v.dtype != dtype:
             v.type = TensorType(v.shape, dtype)
             if v.data is not None:
                 if is_shape_only(v.data):  # a meta-device weight's stand-in: keep it free
@@ -38,10 +46,13 @@ def set_precision(g: Graph, dtype: DType) -> None:
     for n in g.nodes:
         for v in n.inputs + n.outputs:
             fix(v)
-        if n.op == "cast" and DType(n.attrs["dtype"]).is_float:
+        if (n.op in ("matmul", "conv2d") and n.inputs[0].dtype in (DType.fp8_e4m3, DType.fp8_e5m2)
+                and not n.attrs.get("quant_fp32")):
+            n.attrs["out_dtype"] = dtype  # the fp32 accumulator is stored in the program's precision
+        if n.op == "cast" and DType(n.attrs["dtype"]) in WIDE_FLOATS and not n.attrs.get("quant_fp32"):
             n.attrs["dtype"] = dtype
         if n.op == "host_call":
-            n.attrs["out_types"] = [TensorType(t.shape, dtype) if t.dtype.is_float else t for t in n.attrs["out_types"]]
+            n.attrs["out_types"] = [TensorType(t.shape, dtype) if t.dtype in WIDE_FLOATS else t for t in n.attrs["out_types"]]
     for v in g.outputs:
         fix(v)
 

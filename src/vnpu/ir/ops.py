@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vnpu.dtypes import DType
+from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.ir.graph import TensorType
 
 
@@ -111,10 +111,23 @@ def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if a.shape[-1] != b.shape[-2]:
         raise IRTypeError(f"matmul: inner dims differ: {a} @ {b}")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    dt = _same_dtype("matmul", [a, b])
+    dt = matmul_result_dtype(a.dtype, b.dtype)
+    if dt == DType.fp32 and a.dtype != DType.fp32 and "out_dtype" in attrs:  # fp8 operands, rounded on store
+        dt = DType(attrs["out_dtype"])
     if "out_type" in attrs:  # with a fused epilogue
         return [attrs["out_type"]]
     return [TensorType(batch + (a.shape[-2], b.shape[-1]), dt)]
+
+
+def matmul_result_dtype(a: DType, b: DType) -> DType:
+    """The dtype a matmul of `a` and `b` operands produces (its accumulator's for quantized ones)."""
+    if a in QUANT_MATMUL_ACC or b in QUANT_MATMUL_ACC:
+        if QUANT_MATMUL_ACC.get(a) != QUANT_MATMUL_ACC.get(b) or QUANT_MATMUL_ACC.get(a) is None:
+            raise IRTypeError(f"matmul: quantized operands must both be int8 or both fp8, got {a} and {b}")
+        return QUANT_MATMUL_ACC[a]
+    if a != b:
+        raise IRTypeError(f"matmul: inputs have mixed dtypes {sorted(map(str, {a, b}))}; insert a cast")
+    return a
 
 
 def conv_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -138,7 +151,10 @@ def _conv2d(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     ow = conv_out_size(x.shape[3], wshape[3], sw, pl, pr, dw)
     if "out_type" in attrs:
         return [attrs["out_type"]]
-    return [TensorType((x.shape[0], wshape[0], oh, ow), _same_dtype("conv2d", [x, w]))]
+    dt = matmul_result_dtype(x.dtype, w.dtype)
+    if dt == DType.fp32 and x.dtype != DType.fp32 and "out_dtype" in attrs:  # fp8 operands, rounded on store
+        dt = DType(attrs["out_dtype"])
+    return [TensorType((x.shape[0], wshape[0], oh, ow), dt)]
 
 
 @register("pool2d", "pool")
@@ -413,6 +429,19 @@ def _rms_norm(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if len(ins) > 1 and ins[1].shape != x.shape[-1:]:
         raise IRTypeError(f"rms_norm: weight {ins[1]} does not match the last dim of {x}")
     return [x]
+
+
+@register("quantize_rows", "norm")
+def _quantize_rows(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Dynamic per-row quantization (kernels/quantize_rows.py): x [..., K] float -> q [..., K] in
+    attrs["fmt"] (int8 / fp8) and the row's dequantization scale [..., 1] fp32 (max|x| / attrs["qmax"])."""
+    (x,) = ins
+    if not x.dtype.is_float or x.rank < 1:
+        raise IRTypeError(f"quantize_rows: needs a float tensor, got {x}")
+    fmt = DType(attrs["fmt"])
+    if fmt not in QUANT_MATMUL_ACC:
+        raise IRTypeError(f"quantize_rows: format {fmt} is not a matrix-engine format")
+    return [TensorType(x.shape, fmt), TensorType(x.shape[:-1] + (1,), DType.fp32)]
 
 
 @register("rope", "rope")

@@ -3,7 +3,7 @@ from vnpu.kernels.base import KERNELS, KernelContext, KernelError
 
 # importing registers each kernel
 from vnpu.kernels import (  # noqa: F401,E402
-    attention, bitcast, conv2d, copy, elementwise, gather, layer_norm, matmul, moe, moe_combine, moe_matmul, moe_router, pool2d, reduce, rope, scatter,
+    attention, bitcast, conv2d, copy, elementwise, gather, layer_norm, matmul, moe, moe_combine, moe_matmul, moe_router, pool2d, quantize_rows, reduce, rope, scatter,
     softmax, topk,
 )
 

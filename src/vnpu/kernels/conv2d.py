@@ -27,7 +27,7 @@ import math
 from collections import Counter
 
 from vnpu.chip.schema import Chip
-from vnpu.dtypes import DType
+from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.isa.instructions import HbmRef, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import KernelContext, KernelError, emit_expr, expr_temps, kernel, sub_ref
@@ -127,7 +127,9 @@ def conv2d_kernel(ctx: KernelContext) -> KernelLaunch:
     og = o_ch // groups
     k_all = cg * kh * kw
     khw = kh * kw
-    dt = ctx.dtype
+    dt = x.dtype if x.dtype in QUANT_MATMUL_ACC else ctx.dtype  # int8 / fp8 operands at their format's rate
+    if dt in QUANT_MATMUL_ACC and not ctx.chip.supports(dt):
+        raise KernelError(f"conv2d {ctx.node.name}: chip {ctx.chip.name} has no {dt} matrix rate")
     expr, epi_refs, epi_scalars = epilogue_of(ctx, 2)
     epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     # an operand constant over all output pixels (bias, BatchNorm) loads as a [co_t, 1] column
@@ -217,7 +219,7 @@ def conv2d_kernel(ctx: KernelContext) -> KernelLaunch:
     flops = 2 * n * o_ch * oh * ow * cg * khw
     min_bytes = (x.footprint_bytes() + w.numel * w.dtype.itemsize + out.numel * out.dtype.itemsize
                  + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
-    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "conv", flops, min_bytes)
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "conv", flops, min_bytes, dt)
 
 
 def _depthwise(ctx: KernelContext, groups: int, mult: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from vnpu.chip.schema import Chip
-from vnpu.dtypes import DType
+from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.isa import cost
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul
 from vnpu.isa.program import KernelLaunch
@@ -168,10 +168,13 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 
 
 def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: GemmTiling, expr: Expr,
-              epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int) -> KernelLaunch:
-    """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines."""
+              epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int,
+              operand_dtype: DType | None = None) -> KernelLaunch:
+    """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines. Operand
+    tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32."""
     chip = ctx.chip
-    dt = ctx.dtype
+    dt = operand_dtype or ctx.dtype
+    acc_dt = DType.int32 if QUANT_MATMUL_ACC.get(dt) == DType.int32 else DType.fp32
     out_dt = ctx.outputs[0].dtype
     n_epi = len(epi_scalars)
     streams = []
@@ -184,7 +187,7 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         nbuf = tiling.nbuf
         abuf = [b.alloc(dt, (mt_max, kt_max)) for _ in range(nbuf)]
         bbuf = [b.alloc(dt, (kt_max, nt_max)) for _ in range(nbuf)]
-        acc = [b.alloc(DType.fp32, (mt_max, nt_max)) for _ in range(2)]
+        acc = [b.alloc(acc_dt, (mt_max, nt_max)) for _ in range(2)]
         epi_max = [max((t.epi_shape(i) for t in core_tiles), key=math.prod) for i in range(n_epi)]
         epi = [[b.alloc(r.dtype, epi_max[i]) if r is not None else None
                 for i, r in enumerate(core_tiles[0].epilogue)] for _ in range(2)]

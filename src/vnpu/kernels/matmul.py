@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from vnpu.dtypes import DType
+from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import Expr, KernelContext, KernelError, kernel
@@ -40,14 +40,19 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     expr, epi_refs, epi_scalars = epilogue_of(ctx, 2)
     epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     groups = math.prod(batch) if batch else 1
+    # int8 / fp8 operands stream in their own format at its matrix rate; others in the program's dtype
+    op_dt = a_ref.dtype if a_ref.dtype in QUANT_MATMUL_ACC else ctx.dtype
+    if op_dt in QUANT_MATMUL_ACC and not ctx.chip.supports(op_dt):
+        raise KernelError(f"matmul {ctx.node.name}: chip {ctx.chip.name} has no {op_dt} matrix rate "
+                          f"(its formats: {', '.join(d.value for d in ctx.chip.core.matrix.rate)})")
     if k == 0:  # frontends lower an empty contraction to zeros; the GEMM pipeline needs K >= 1
         raise KernelError(f"matmul {ctx.node.name}: inner dimension is 0 ({a_ref.shape} @ {b_ref.shape})")
     if (ctx.chip.core.matrix.mapping == "fold_stream" and not batch and not expr.steps
-            and out.dtype == DType.fp32):
+            and out.dtype == DType.fp32 and op_dt not in QUANT_MATMUL_ACC):
         return emit_fold_stream(ctx, a, b, out, 2 * m * n * k, (a_ref.numel + b_ref.numel) * ctx.dtype.itemsize
                                 + out.numel * out.dtype.itemsize)
     n_temps = max(len(expr.steps) - 1, 0)
-    tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, ctx.dtype, out.dtype.itemsize,
+    tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, op_dt, out.dtype.itemsize,
                                 sum(e is not None for e in epi), n_temps)
     tiles = []
     for idx in itertools.product(*(range(d) for d in batch)):
@@ -62,10 +67,10 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
                 tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
                                       _at(out, idx, m0, mt, n0, nt), mt, nt))
     flops = 2 * groups * m * n * k
-    isz = ctx.dtype.itemsize
+    isz = op_dt.itemsize
     min_bytes = (a_ref.numel + b_ref.numel) * isz + out.numel * out.dtype.itemsize + sum(
         r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None)
-    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes)
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, op_dt)
 
 
 __all__ = ["matmul_kernel", "epilogue_of"]

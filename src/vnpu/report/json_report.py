@@ -13,6 +13,8 @@ Top level
 ``chip_spec``           the full chip spec used (every field of ``vnpu.chip.schema.Chip``)
 ``model``               workload name (``vnpu zoo`` lists them)
 ``model_info``          object: ``family``, ``description``, ``input_shapes``, ``weight_bytes``,
+                        ``quant`` (scheme or ``""``), ``quantized_weight_bytes`` (``[before, after]``: the
+                        weights the scheme quantized at ``dtype``, and quantized with their scales),
                         ``activation_bytes``, ``hbm_image_bytes`` (simulated HBM the program needs),
                         ``launches`` (kernels + host ops), ``instructions`` (device instructions)
 ``dtype``               compute dtype: ``"fp32"`` or ``"bf16"``
@@ -57,7 +59,10 @@ Top level
                           ``max_abs_ref``, ``elements``, ``outputs``, ``nonfinite`` (NaN/inf outputs
                           where the reference is finite);
                           ``criterion``: the pass rule (fp32: ``max_abs_err <= 1e-4 * max|ref|``;
-                          bf16: ``cosine >= 0.999``); ``passed``: bool
+                          bf16: ``cosine >= 0.999``; quantized: ``cosine >= 0.99``); ``passed``: bool;
+                          ``quant``: the scheme (``""`` when not quantized); ``top1_agreement``:
+                          quantized runs with 2-D outputs (logits), the fraction of rows whose argmax
+                          matches the reference's, else ``null``
 ``build_s``             wall time to build the PyTorch model and inputs
 ``compile_s``           wall time of ``vnpu.compile`` (torch.export + compiler)
 ``simulate_s``          wall time of the simulation (functional, or timing-only)

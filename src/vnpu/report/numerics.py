@@ -6,6 +6,11 @@ Pass criteria, by the model's compute dtype:
 * bf16 / fp16 (and fp8): ``cosine >= 0.999`` between the flattened outputs and the reference.
 
 Non-finite values in the outputs (where the reference is finite) always fail.
+
+A quantized program (``quant``: a post-training scheme) is held to ``cosine >= 0.99`` against the
+fp32 reference on the same inputs, the accuracy the literature reports for W8A8 on transformers
+and CNNs (SmoothQuant, LLM.int8()); the report adds, for 2-D outputs (classifier logits
+[batch, classes]), the top-1 agreement: the fraction of rows whose argmax matches the reference's.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from vnpu.dtypes import DType
 REFERENCE = "torch eager fp32"
 FP32_REL_TOL = 1e-4
 LOW_PRECISION_MIN_COSINE = 0.999
+QUANT_MIN_COSINE = 0.99
 _LOW_PRECISION = {DType.bf16, DType.fp16, DType.fp8_e4m3, DType.fp8_e5m2}
 
 
@@ -35,12 +41,16 @@ class Numerics:
     elements: int = 0
     outputs: int = 0
     reference: str = REFERENCE
+    quant: str = ""  # the quantization scheme the outputs ran under ("" = none)
+    top1_agreement: float | None = None  # quantized runs, 2-D outputs: argmax agreement per row
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def criterion(dtype: DType | str) -> str:
+def criterion(dtype: DType | str, quant: str = "") -> str:
+    if quant:
+        return f"cosine >= {QUANT_MIN_COSINE} ({quant})"
     dt = DType(dtype)
     if dt in _LOW_PRECISION:
         return f"cosine >= {LOW_PRECISION_MIN_COSINE}"
@@ -64,8 +74,20 @@ def flatten_outputs(out: Any) -> list[Any]:
     return [out]
 
 
-def compare(outputs: Iterable[Any], references: Iterable[Any], dtype: DType | str) -> Numerics:
+def _top1_agreement(outputs: list[Any], references: list[Any]) -> float | None:
+    rows = agree = 0
+    for o, r in zip(outputs, references):
+        o = o.detach().float().numpy() if type(o).__module__.startswith("torch") else np.asarray(o, np.float64)
+        r = r.detach().float().numpy() if type(r).__module__.startswith("torch") else np.asarray(r, np.float64)
+        if o.ndim == 2 and o.shape == r.shape and o.shape[1] >= 2:
+            rows += o.shape[0]
+            agree += int(np.count_nonzero(o.argmax(1) == r.argmax(1)))
+    return agree / rows if rows else None
+
+
+def compare(outputs: Iterable[Any], references: Iterable[Any], dtype: DType | str, quant: str = "") -> Numerics:
     """Error statistics over all outputs concatenated (each flattened), and the pass verdict."""
+    outputs, references = list(outputs), list(references)
     outs = [_as_f64(o) for o in outputs]
     refs = [_as_f64(r) for r in references]
     if len(outs) != len(refs):
@@ -90,11 +112,14 @@ def compare(outputs: Iterable[Any], references: Iterable[Any], dtype: DType | st
     else:
         cos = float(np.dot(yv, rv) / (ny * nr))
     dt = DType(dtype)
-    if dt in _LOW_PRECISION:
+    if quant:
+        passed = cos >= QUANT_MIN_COSINE
+    elif dt in _LOW_PRECISION:
         passed = cos >= LOW_PRECISION_MIN_COSINE
     else:
         passed = max_abs <= FP32_REL_TOL * max_abs_ref
     passed = bool(passed and nonfinite == 0)
     return Numerics(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cos, max_abs_ref=max_abs_ref,
-                    criterion=criterion(dt), passed=passed, nonfinite=nonfinite, elements=int(y.size),
-                    outputs=len(outs))
+                    criterion=criterion(dt, quant), passed=passed, nonfinite=nonfinite, elements=int(y.size),
+                    outputs=len(outs), quant=quant,
+                    top1_agreement=_top1_agreement(outputs, references) if quant else None)

@@ -133,6 +133,8 @@ def numerics_table(num: Numerics, dtype: DType | str) -> Table:
     t.add_row("max |err|", f"{num.max_abs_err:.3e}  (max |ref| {num.max_abs_ref:.3e})")
     t.add_row("max rel err", f"{num.max_rel_err:.3e}  (max |err| / max |ref|)")
     t.add_row("cosine", f"{num.cosine:.7f}")
+    if num.top1_agreement is not None:
+        t.add_row("top-1 agreement", f"{100 * num.top1_agreement:.1f}% of rows (argmax vs the reference)")
     if num.nonfinite:
         t.add_row("non-finite", Text(f"{num.nonfinite} of {num.elements} elements", "bold red"))
     verdict = Text("PASS", "bold green") if num.passed else Text("FAIL", "bold red")

@@ -30,6 +30,9 @@ class ModelInfo:
     output_dtypes: list[DType]  # what the source framework returns (outputs are cast back to these)
     fallback_ops: dict[str, int] = field(default_factory=dict)
     ir_text: str = ""  # the optimized IR, for `vnpu run --show-ir` and debugging
+    quant: str = ""  # the post-training quantization scheme it was compiled with ("" = none)
+    # with `quant`: [bytes of the weights it quantized at the program's dtype, their bytes quantized + scales]
+    quant_bytes: list[int] = field(default_factory=list)
 
 
 class CompiledModel:

@@ -12,6 +12,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vnpu.chip.schema import Chip
+from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.gcpause import gc_paused
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
@@ -155,11 +156,15 @@ class Device:
             prof.energy.vector_j += kp.vector_ops * e.pj_per_vector_op * 1e-12
             prof.energy.hbm_j += kp.hbm_bytes * e.pj_per_hbm_byte * 1e-12
             prof.energy.l2_j += (kp.hbm_bytes + kp.l2_hit_bytes) * e.pj_per_l2_byte * 1e-12  # all DMA traffic crosses L2
-        pj_mac = e.pj_per_mac.get(program.dtype, max(e.pj_per_mac.values()))
-        prof.energy.mac_j = prof.macs * pj_mac * 1e-12
+        pj_default = e.pj_per_mac.get(program.dtype, max(e.pj_per_mac.values()))
+
+        def pj_mac(kp: KernelProfile) -> float:  # a kernel's matrix work in its own format
+            return e.pj_per_mac.get(DType(kp.mac_dtype), pj_default) if kp.mac_dtype else pj_default
+
+        prof.energy.mac_j = sum(kp.macs * pj_mac(kp) for kp in prof.kernels) * 1e-12
         prof.energy.static_j = e.static_w * prof.seconds
         for kp in prof.kernels:
-            kp.energy_j = (kp.macs * pj_mac + kp.vector_ops * e.pj_per_vector_op + kp.sram_bytes * e.pj_per_sram_byte
+            kp.energy_j = (kp.macs * pj_mac(kp) + kp.vector_ops * e.pj_per_vector_op + kp.sram_bytes * e.pj_per_sram_byte
                            + kp.hbm_bytes * (e.pj_per_hbm_byte + e.pj_per_l2_byte)) * 1e-12 + e.static_w * kp.cycles / chip.clock_hz
         prof.l2_bytes = sum(k.hbm_bytes + k.l2_hit_bytes for k in prof.kernels)
         return prof
@@ -228,7 +233,8 @@ class Device:
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
             n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]
-            cyc = cost.matmul_cycles(chip, m, k, n, dtype if chip.supports(dtype) else ins.a.dtype, ins.continues, ins.drains)
+            rate_dt = ins.a.dtype if ins.a.dtype in QUANT_MATMUL_ACC or not chip.supports(dtype) else dtype
+            cyc = cost.matmul_cycles(chip, m, k, n, rate_dt, ins.continues, ins.drains)
             r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1), None)
         else:
             n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel
@@ -247,7 +253,8 @@ class Device:
         lat = self._lat
         hbm_bpc = self._hbm_bpc
         dtype = launch.dtype
-        kp = KernelProfile(launch.name, launch.kind, launch.ops, t0, 0.0, launch.flops, 0, 0, 0, 0, 0)
+        kp = KernelProfile(launch.name, launch.kind, launch.ops, t0, 0.0, launch.flops, 0, 0, 0, 0, 0,
+                           mac_dtype=launch.dtype.value)
         busy = [0.0] * 4
         stall = [0.0] * 4
         hbm_free = t0

@@ -234,12 +234,28 @@ def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
     if ins.trans_b:
         b = b.T
 
+    if a.dtype.kind == "i":  # int8 x int8: exact int32 accumulation (float64 holds every partial sum exactly)
+        def start_int() -> tuple[np.ndarray, np.ndarray]:
+            r = _exact_int_matmul(a, b)
+            if accumulate:
+                r = r + acc
+            return acc, r
+        return start_int
+
     def start() -> tuple[np.ndarray, np.ndarray]:
-        r = _f32(a) @ _f32(b)  # bf16/fp16 operands are exact in fp32; products accumulate in fp32
+        r = _f32(a) @ _f32(b)  # bf16/fp16/fp8 operands are exact in fp32; products accumulate in fp32
         if accumulate:
             r += acc
         return acc, r
     return start
+
+
+def _exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for int8 operands as the array's int32 accumulators hold it. Each product is at most
+    2^14 in magnitude, so float64 (53-bit mantissa) sums any K < 2^39 exactly, at BLAS speed; the
+    result wraps to int32 like the hardware's accumulator (K <= 2^17 never wraps)."""
+    r = a.astype(np.float64) @ b.astype(np.float64)
+    return r.astype(np.int64).astype(np.int32)
 
 
 def prepare_vec(ins: VecOp, hbm: np.ndarray, sram: np.ndarray) -> Start:

@@ -30,6 +30,7 @@ class KernelProfile:
     compute_bound_cycles: float = 0.0  # matrix/vector work at peak on all cores
     memory_bound_cycles: float = 0.0  # HBM traffic at peak bandwidth
     energy_j: float = 0.0
+    mac_dtype: str = ""  # the format its matrix work ran in (int8, fp8_e4m3, ...): priced per MAC by it
 
     @property
     def roofline_cycles(self) -> float:

@@ -1,0 +1,201 @@
+"""Post-training quantization: a scheme turns the graph's weight matmuls into low-precision ones.
+
+A scheme is one entry of SCHEMES. For each matmul whose right operand is a constant weight
+[..., K, N] and whose left operand is a float activation, the pass
+
+- quantizes the weight once, at compile time, per output channel (one scale per column n:
+  max |W[:, n]| / qmax), saturating to the format's range and rounding half to even;
+- quantizes the activation on the chip at run time, per token (one scale per row: the row's
+  max |x| / qmax, a reduce kernel) or per tensor with a scale calibrated from example batches;
+- runs the matmul on the matrix engine in the format (int8 x int8 -> int32, exact; fp8 x fp8 ->
+  fp32), at the format's rate in the chip schema;
+- dequantizes in the matmul's epilogue: acc (as fp32) x activation scale x weight scale, which
+  fusion merges with the bias / activation / residual that follow.
+
+Quantizing x (fp32 arithmetic throughout, amax the row's or the calibrated max |x|):
+q = cast(clamp(round(x * (qmax / amax)), -qmax, qmax), int8) (the cast is exact: an in-range
+integer), or for fp8 q = cast(clamp(x * (qmax / amax), -qmax, qmax), fp8) (the cast rounds to
+nearest even; the clamp first, because a bare fp8 cast turns overflow into NaN); the
+dequantization scale is amax / qmax. One division per row, a multiply per element. Scales stay fp32.
+
+Static (per-tensor) schemes also quantize convolutions (constant OIHW weight): weights per
+output channel, activations with their calibrated scale, as int8 CNN deployments do
+(TensorRT, onnxruntime's quantize_static); zero padding stays exact (symmetric: 0 is q = 0).
+Dynamic schemes leave convolutions in the program's precision: a per-image scale over
+C x H x W would be one long reduction before every layer (a barrier and a launch each).
+
+Not quantized (documented, kept in the program's precision): matmuls between two run-time
+operands (attention's Q K^T and P V), depthwise convolutions (they run on the vector engine),
+contractions shorter than MIN_K.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph, Node, TensorType, Value
+
+MIN_K = 16  # smaller contractions gain nothing from the narrow format
+KEEP_FP32 = "quant_fp32"  # node attr: set_precision leaves its float outputs (and constant inputs) fp32
+QMAX = {DType.int8: 127.0, DType.fp8_e4m3: 448.0, DType.fp8_e5m2: 57344.0}
+
+
+class QuantError(ValueError):
+    """An unknown scheme, a format the chip lacks, or calibration data that does not fit."""
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    fmt: DType  # the matmul operands' format
+    activations: str  # "per_token" (dynamic, computed on the chip) | "per_tensor" (static, calibrated)
+    description: str
+
+
+SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
+    QuantScheme("w8a8-int8", DType.int8, "per_token",
+                "int8 weights per output channel, int8 activations per token (dynamic), int32 accumulation"),
+    QuantScheme("w8a8-int8-static", DType.int8, "per_tensor",
+                "int8 weights per output channel, int8 activations per tensor (scale calibrated from example "
+                "batches), int32 accumulation"),
+    QuantScheme("w8a8-fp8", DType.fp8_e4m3, "per_token",
+                "fp8 e4m3 weights per output channel, fp8 e4m3 activations per token (dynamic), fp32 accumulation"),
+    QuantScheme("w8a8-fp8-static", DType.fp8_e4m3, "per_tensor",
+                "fp8 e4m3 weights per output channel, fp8 e4m3 activations per tensor (calibrated), fp32 accumulation"),
+]}
+
+
+def get_scheme(name: str) -> QuantScheme:
+    if name not in SCHEMES:
+        raise QuantError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def check_chip(scheme: QuantScheme, chip: "object") -> None:
+    if not chip.supports(scheme.fmt):  # type: ignore[attr-defined]
+        rates = ", ".join(d.value for d in chip.core.matrix.rate)  # type: ignore[attr-defined]
+        raise QuantError(f"chip {chip.name} has no {scheme.fmt} matrix rate, which scheme {scheme.name} needs "  # type: ignore[attr-defined]
+                         f"(its formats: {rates}); pick another scheme or chip")
+
+
+def quantizable_matmuls(g: Graph, convs: bool = True) -> list[Node]:
+    """The nodes the pass rewrites: float activation @ constant float weight with K >= MIN_K
+    (matmul), and with `convs` convolutions with a constant OIHW weight that run on the matrix
+    engine (not depthwise, which runs on the vector engine)."""
+    out = []
+    for n in g.nodes:
+        if n.op not in ("matmul", "conv2d") or len(n.inputs) != 2 or "epilogue" in n.attrs:
+            continue
+        a, w = n.inputs
+        if not (w.data is not None and a.data is None and a.dtype.is_float and w.dtype.is_float
+                and a.dtype not in QMAX):
+            continue
+        if n.op == "matmul" and w.shape[-2] >= MIN_K:
+            out.append(n)
+        elif (convs and n.op == "conv2d" and w.type.rank == 4 and not n.attrs.get("weight_gkn")
+              and not (n.attrs.get("groups", 1) > 1 and w.shape[1] == 1) and w.type.numel // w.shape[0] >= MIN_K):
+            out.append(n)
+    return out
+
+
+def quantize_weight(w: np.ndarray, fmt: DType, axis: int = -2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel quantization of a weight, its contraction over `axis` (a [..., K, N]
+    matmul weight: -2; an OIHW conv weight: (1, 2, 3)): (q in `fmt`, fp32 scales, dims kept)."""
+    w = np.asarray(w, np.float32)
+    qmax = np.float32(QMAX[fmt])
+    amax = np.abs(w).max(axis=axis, keepdims=True)
+    scale = np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
+    y = np.clip(w / scale, -qmax, qmax)
+    q = np.round(y).astype(np.int8) if fmt == DType.int8 else y.astype(fmt.np)
+    return q, scale
+
+
+@dataclass
+class QuantStats:
+    matmuls: int = 0  # matmuls quantized
+    weight_elems: int = 0  # elements of the weights they quantized
+    quant_bytes: int = 0  # those weights' bytes in the format, with their scales
+
+
+def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None = None) -> QuantStats:
+    """Rewrites the graph's weight matmuls under `scheme` in place.
+    `act_scales`: per matmul node name, the calibrated activation amax (per-tensor schemes)."""
+    nodes = quantizable_matmuls(g, convs=scheme.activations == "per_tensor")
+    if scheme.activations == "per_tensor":
+        missing = [n.name for n in nodes if n.name not in (act_scales or {})]
+        if missing:
+            raise QuantError(f"scheme {scheme.name} needs calibration data (activation ranges) for "
+                             f"{len(missing)} matmul(s), e.g. {missing[0]}; pass calibration=[example batches]")
+    stats = QuantStats(matmuls=len(nodes))
+    for n in nodes:
+        w = n.inputs[1]
+        stats.weight_elems += w.type.numel
+        channels = w.shape[0] if n.op == "conv2d" else w.type.numel // w.shape[-2]
+        stats.quant_bytes += w.type.numel * scheme.fmt.itemsize + channels * 4  # + one fp32 scale per channel
+        _quantize_matmul(g, n, scheme, (act_scales or {}).get(n.name))
+    return stats
+
+
+def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None) -> None:
+    a, w = n.inputs
+    fmt = scheme.fmt
+    qmax = QMAX[fmt]
+    new: list[Node] = []
+
+    def add(op: str, ins: list[Value], attrs: dict | None = None) -> Value:
+        node = g.add_node(op, ins, attrs or {}, name=f"{n.name}_{op}")
+        g.nodes.pop()
+        new.append(node)
+        return node.outputs[0]
+
+    def const(name: str, data: np.ndarray, dt: DType) -> Value:
+        return g.add_const(f"{n.name}_{name}", data, dt)
+
+    conv = n.op == "conv2d"
+    qw, sw = quantize_weight(w.data, fmt, (1, 2, 3) if conv else -2)
+    if conv:  # per output channel of [N, O, OH, OW]
+        sw = sw.reshape(1, -1, 1, 1)
+    w_q = const("wq", qw, fmt)
+    if w.name in g.weight_names:
+        g.weight_names.add(w_q.name)
+    f32 = DType.fp32
+    keep = {KEEP_FP32: True}  # scales and the dequantization chain stay fp32 in bf16 programs
+    if amax is None:  # per token: one kernel computes each row's scale and quantizes it
+        qn = g.add_node("quantize_rows", [a], {"fmt": fmt, "qmax": qmax, **keep}, name=f"{n.name}_quant")
+        g.nodes.pop()
+        new.append(qn)
+        x_q, s_x = qn.outputs
+    else:
+        amax = max(float(amax), 1e-30)
+        s_x = const("sx", np.array(np.float32(amax) / np.float32(qmax), np.float32), f32)
+        inv_s = const("inv_sx", np.array(np.float32(qmax) / np.float32(amax), np.float32), f32)
+        x = a if a.dtype == f32 else add("cast", [a], {"dtype": f32, **keep})
+        y = add("mul", [x, inv_s], keep)
+        if fmt == DType.int8:
+            y = add("round", [y], keep)
+        y = add("clamp", [y], {"min": -qmax, "max": qmax, **keep})
+        x_q = add("cast", [y], {"dtype": fmt})
+    mm = Node(n.op, [x_q, w_q], [], {**n.attrs, **keep}, n.name)
+    acc_t = TensorType(n.output.shape, DType.int32 if fmt == DType.int8 else f32)
+    mm.outputs = [Value(g._fresh(n.name + "_acc"), acc_t, mm)]
+    new.append(mm)
+    acc = mm.outputs[0] if fmt != DType.int8 else add("cast", [mm.outputs[0]], {"dtype": f32, **keep})
+    y = add("mul", [acc, s_x], keep)
+    y = add("mul", [y, const("sw", sw, f32)], keep)
+    out = n.output  # keeps its identity (users, graph outputs); set_precision rounds it to the program's dtype
+    back = Node("cast", [y], [out], {"dtype": out.dtype}, f"{n.name}_dequant")
+    out.producer = back
+    new.append(back)
+    i = g.nodes.index(n)
+    g.nodes[i:i + 1] = new
+
+
+def calibration_targets(g: Graph) -> list[tuple[str, Value]]:
+    """(matmul name, its activation operand) for every matmul a per-tensor scheme calibrates."""
+    return [(n.name, n.inputs[0]) for n in quantizable_matmuls(g)]
+
+
+__all__ = ["QuantError", "QuantScheme", "QuantStats", "SCHEMES", "get_scheme", "check_chip", "quantize", "quantize_weight",
+           "quantizable_matmuls", "calibration_targets", "QMAX", "KEEP_FP32"]

@@ -1,0 +1,212 @@
+"""Low-precision matrix work: int8 / fp8 matmuls on the chip against NumPy references computed
+here from the documented formulas (int64 for int8, float64 for fp8), the post-training schemes
+of compiler/quantize.py, their timing at the format's rate, and their errors."""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import vnpu
+from conftest import make_chip
+from vnpu.chip import load_chip
+from vnpu.compiler.quantize import QuantError
+from vnpu.dtypes import DType
+from vnpu.ir.graph import Graph, TensorType
+from vnpu.isa import cost
+
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+TINY = np.finfo(np.float32).tiny
+
+
+def _matmul_graph(m: int, k: int, n: int, dt: DType, batch: tuple[int, ...] = ()) -> Graph:
+    g = Graph("qmm")
+    a = g.add_input("a", TensorType(batch + (m, k), dt))
+    b = g.add_input("b", TensorType((k, n), dt))
+    g.outputs = [g.add_node("matmul", [a, b]).output]
+    return g
+
+
+SMALL = {"name": "q-small", "cores": 3, "core.scratchpad.bytes": 65536}  # many K chunks, uneven core split
+
+
+@pytest.mark.parametrize("chip", ["vnpu-v1", "small"])
+@pytest.mark.parametrize("shape", [(1, 4096, 64), (37, 1000, 70), (130, 3001, 129)])
+def test_int8_matmul_is_exact_int32(shape: tuple[int, int, int], chip: str) -> None:
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    a[0, :] = -128  # the extreme products, summed over a long K
+    b[:, 0] = -128
+    ch = make_chip(SMALL) if chip == "small" else load_chip(chip)
+    cm = vnpu.compile_ir(_matmul_graph(m, k, n, DType.int8), ch, "bf16")
+    got = np.asarray(cm(a, b))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_int8_batched_matmul_is_exact() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(-128, 128, (3, 20, 300)).astype(np.int8)
+    b = rng.integers(-128, 128, (300, 50)).astype(np.int8)
+    got = np.asarray(vnpu.compile_ir(_matmul_graph(20, 300, 50, DType.int8, (3,)), dtype="fp32")(a, b))
+    np.testing.assert_array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_fp8_matmul_accumulates_in_fp32() -> None:
+    m, k, n = 33, 2000, 65
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((m, k)) * 30).astype(E4M3)
+    b = (rng.standard_normal((k, n)) * 0.5).astype(E4M3)
+    cm = vnpu.compile_ir(_matmul_graph(m, k, n, DType.fp8_e4m3), dtype="fp32")
+    got = np.asarray(cm(a, b)).astype(np.float64)
+    exact = a.astype(np.float64) @ b.astype(np.float64)  # fp8 products are exact in fp32 and float64
+    # fp32 accumulation: each partial sum rounds once, so |err| <= K * eps32 * sum |a||b|
+    bound = k * np.finfo(np.float32).eps * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+    assert np.all(np.abs(got - exact) <= bound)
+    assert np.abs(got - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+def test_quantized_operands_must_match() -> None:
+    from vnpu.ir.ops import IRTypeError
+
+    g = Graph("mixed")
+    a = g.add_input("a", TensorType((4, 32), DType.int8))
+    b = g.add_input("b", TensorType((32, 8), DType.fp8_e4m3))
+    with pytest.raises(IRTypeError, match="both be int8 or both fp8"):
+        g.add_node("matmul", [a, b])
+
+
+def test_matmul_cycles_at_the_format_rate() -> None:
+    """One MatMul instruction on a 64x64 WS array, by hand: preload R + streamed rows / rate + skew."""
+    chip = load_chip("vnpu-v1")
+    m, k, n = 256, 64, 64  # one fold: K = R, N = C
+    skew = 64 + 64 - 2
+    assert cost.matmul_cycles(chip, m, k, n, DType.bf16) == 64 + 256 + skew
+    assert cost.matmul_cycles(chip, m, k, n, DType.int8) == 64 + 128 + skew  # rate 2
+    assert cost.matmul_cycles(chip, m, k, n, DType.fp8_e4m3) == 64 + 128 + skew
+
+
+def test_int8_gemm_runs_at_twice_the_bf16_rate_and_prices_int8_macs() -> None:
+    chip = load_chip("vnpu-v1")
+    s = 2048
+    p_bf16 = vnpu.compile_ir(_matmul_graph(s, s, s, DType.bf16), chip, "bf16").profile()
+    cm = vnpu.compile_ir(_matmul_graph(s, s, s, DType.int8), chip, "bf16")
+    p_int8 = cm.profile()
+    kb, ki = p_bf16.kernels[0], p_int8.kernels[0]
+    # every MatMul instruction is timed at the int8 rate (the hand-checked cost above)
+    from vnpu.isa.instructions import MatMul
+
+    mms = [i for st in cm.program.launches[0].cores for i in st.queues["matrix"] if isinstance(i, MatMul)]
+    assert all(i.a.dtype == DType.int8 and i.acc.dtype == DType.int32 for i in mms)
+    assert ki.busy["matrix"] == sum(cost.matmul_cycles(chip, *i.a.shape, i.b.shape[1], DType.int8) for i in mms)
+    assert ki.compute_bound_cycles == kb.compute_bound_cycles / 2  # the int8 peak is twice bf16's
+    assert kb.cycles / ki.cycles > 1.7  # compute-bound at 2048^3 (4096^3: benchmarks/bench_gemm_peak.py)
+    assert ki.mac_dtype == "int8" and ki.macs == kb.macs == s ** 3
+    assert p_int8.energy.mac_j == pytest.approx(s ** 3 * chip.energy.pj_per_mac[DType.int8] * 1e-12)
+
+
+# -- post-training quantization -----------------------------------------------------------------
+def _w8a8_reference(x: np.ndarray, w_kn: np.ndarray, bias: np.ndarray, fmt: str) -> np.ndarray:
+    """The documented formula, in NumPy: per-channel weights, per-token activations."""
+    qmax = np.float32(127 if fmt == "int8" else 448)
+    amax_w = np.abs(w_kn).max(0, keepdims=True)
+    sw = np.where(amax_w > 0, amax_w / qmax, np.float32(1)).astype(np.float32)
+    amax = np.maximum(np.abs(x).max(1, keepdims=True), np.float32(TINY) * qmax).astype(np.float32)
+    inv = (qmax / amax).astype(np.float32)
+    sx = (amax / qmax).astype(np.float32)
+    if fmt == "int8":
+        qw = np.round(np.clip(w_kn / sw, -qmax, qmax)).astype(np.int64)
+        qx = np.clip(np.round((x * inv).astype(np.float32)), -qmax, qmax).astype(np.int64)
+        acc = (qx @ qw).astype(np.float32)
+    else:
+        qw = np.clip(w_kn / sw, -qmax, qmax).astype(E4M3).astype(np.float64)
+        qx = np.clip((x * inv).astype(np.float32), -qmax, qmax).astype(E4M3).astype(np.float64)
+        acc = (qx @ qw).astype(np.float32)
+    return ((acc * sx).astype(np.float32) * sw).astype(np.float32) + bias
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_w8a8_linear_matches_the_numpy_formula(fmt: str) -> None:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(300, 70).eval()
+    x = torch.randn(5, 9, 300)
+    x[0, 0, 7] = 1e6  # saturation: a bare fp8 cast would give NaN
+    cm = vnpu.compile(lin, (x,), quant=f"w8a8-{fmt}", strict=True)
+    assert [k.ops[0] for k in cm.profile().kernels] == ["quantize_rows", "matmul"]  # dequant fused
+    got = cm(x).numpy().reshape(-1, 70)
+    w = lin.weight.detach().numpy().T.copy()
+    ref = _w8a8_reference(x.numpy().reshape(-1, 300), w, lin.bias.detach().numpy(), fmt)
+    assert np.isfinite(got).all()
+    if fmt == "int8":
+        np.testing.assert_array_equal(got, ref)  # bit for bit: the int32 sums are exact
+    else:  # fp32 accumulation order differs from float64's by rounding only
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_static_scheme_uses_calibrated_ranges() -> None:
+    torch.manual_seed(1)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)).eval()
+    batches = [(torch.randn(8, 64),) for _ in range(3)]
+    # the calibrated ranges, measured here with forward hooks on the eager model
+    seen: dict[int, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, i=i: seen.__setitem__(
+        i, max(seen.get(i, 0.0), inp[0].abs().max().item()))) for i, m in enumerate([mlp[0], mlp[2]])]
+    for (b,) in batches:
+        mlp(b)
+    for h in hooks:
+        h.remove()
+    x = torch.randn(8, 64)
+    cm = vnpu.compile(mlp, (x,), quant="w8a8-int8-static", calibration=batches, strict=True)
+    got = cm(x).numpy()
+
+    def layer(h: np.ndarray, lin: torch.nn.Linear, amax: float) -> np.ndarray:
+        w = lin.weight.detach().numpy().T
+        qmax = np.float32(127)
+        sw = (np.abs(w).max(0, keepdims=True) / qmax).astype(np.float32)
+        qw = np.round(np.clip(w / sw, -127, 127)).astype(np.int64)
+        inv, sx = np.float32(qmax / np.float32(amax)), np.float32(np.float32(amax) / qmax)
+        qx = np.clip(np.round((h * inv).astype(np.float32)), -127, 127).astype(np.int64)
+        return ((qx @ qw).astype(np.float32) * sx * sw).astype(np.float32) + lin.bias.detach().numpy()
+
+    h = np.maximum(layer(x.numpy(), mlp[0], seen[0]), 0)
+    ref = layer(h, mlp[2], seen[1])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+def test_minilm_sentence_embeddings_keep_cosine_099() -> None:
+    from vnpu.workloads.zoo import get_workload
+
+    model, (ids,) = get_workload("minilm").build(2)
+    with torch.no_grad():
+        ref = model(ids).mean(1)  # mean-pooled sentence embeddings
+    for scheme in ("w8a8-int8", "w8a8-fp8"):
+        got = vnpu.compile(model, (ids,), quant=scheme, dtype="bf16")(ids).float().mean(1)
+        cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+        assert cos.min().item() >= 0.99, (scheme, cos)
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_unknown_scheme_is_named() -> None:
+    with pytest.raises(QuantError, match="unknown quantization scheme 'w3a3'.*w8a8-int8"):
+        vnpu.compile(torch.nn.Linear(32, 8), (torch.randn(2, 32),), quant="w3a3")
+
+
+def test_a_format_the_chip_lacks_is_refused_before_tracing() -> None:
+    chip = make_chip({"name": "no-int8", "core.matrix.rate": {"bf16": 1.0, "fp32": 0.25},
+                      "energy.pj_per_mac": {"bf16": 0.25, "fp32": 1.0}})
+    with pytest.raises(QuantError, match="chip no-int8 has no int8 matrix rate"):
+        vnpu.compile(torch.nn.Linear(32, 8), (torch.randn(2, 32),), chip=chip, quant="w8a8-int8")
+
+
+def test_calibration_errors() -> None:
+    lin = torch.nn.Linear(32, 8)
+    with pytest.raises(QuantError, match="pass calibration="):
+        vnpu.compile(lin, (torch.randn(2, 32),), quant="w8a8-fp8-static")
+    with pytest.raises(QuantError, match=r"calibration batch 1 has input shapes \[\(3, 32\)\]"):
+        vnpu.compile(lin, (torch.randn(2, 32),), quant="w8a8-int8-static",
+                     calibration=[(torch.randn(2, 32),), (torch.randn(3, 32),)])

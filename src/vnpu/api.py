@@ -20,36 +20,45 @@ def compile_ir(graph: Graph, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType
     dt = DType(dtype)
     output_dtypes = [v.dtype for v in graph.outputs]
     quant_bytes: list[int] = []
+    plan = None
     if quant is not None:
-        graph, stats = quantized_graph(graph, chip_, quant, calibration, calibration_method)
+        plan = quant_plan(graph, chip_, dt, quant, calibration, calibration_method)
+        stats = quant_stats(graph, dt, plan)
         quant_bytes = [stats.weight_elems * dt.itemsize, stats.quant_bytes]
-    program, optimized = compile_graph(graph, chip_, dt)
+    program, optimized = compile_graph(graph, chip_, dt, quant=plan)
     info = ModelInfo(name or graph.name, dt, [r.shape for _, r in program.user_inputs()], output_dtypes,
                      dict(fallback_ops or {}),
                      str(optimized), quant or "", quant_bytes)
     return CompiledModel(program, chip_, info)
 
 
-def quantized_graph(graph: Graph, chip: Chip, quant: str, calibration: Any = None,
-                    calibration_method: str = "minmax") -> tuple[Graph, Any]:
-    """A copy of `graph` with its weight matmuls quantized under scheme `quant`
-    (compiler/quantize.py), and the pass's QuantStats; static schemes calibrate on
-    `calibration` (example batches)."""
-    from vnpu.compiler.quantize import QuantError, check_chip, get_scheme, quantize
+def quant_plan(graph: Graph, chip: Chip, dtype: DType, quant: str, calibration: Any = None,
+               calibration_method: str = "minmax") -> Any:
+    """The QuantPlan compile_graph quantizes `graph` with under scheme `quant` (compiler/quantize.py);
+    static schemes calibrate on `calibration` (example batches)."""
+    from vnpu.compiler.quantize import QuantError, QuantPlan, check_chip, get_scheme
 
     scheme = get_scheme(quant)
     check_chip(scheme, chip)
-    ranges = None
-    if scheme.activations == "per_tensor":
-        if not calibration:
-            raise QuantError(f"scheme {quant} quantizes activations with calibrated scales: pass calibration="
-                             "[example batches] (each a tuple of the model's inputs)")
-        from vnpu.runtime.calibrate import activation_ranges
+    if not scheme.needs_calibration:
+        return QuantPlan(scheme)
+    if not calibration:
+        raise QuantError(f"scheme {quant} needs calibration (activation ranges): pass calibration="
+                         "[example batches] (each a tuple of the model's inputs)")
+    from vnpu.runtime.calibrate import activation_stats
 
-        ranges = activation_ranges(graph, chip, calibration, calibration_method)
+    ranges, channels = activation_stats(graph, chip, calibration, calibration_method)
+    return QuantPlan(scheme, ranges, channels)
+
+
+def quant_stats(graph: Graph, dtype: DType, plan: Any) -> Any:
+    """What `plan` quantizes in `graph`: QuantStats (matmuls, weight elements, quantized bytes)."""
+    from vnpu.compiler.lower import prequant_passes
+    from vnpu.compiler.quantize import quantize
+
     g = graph.clone()
-    stats = quantize(g, scheme, ranges)
-    return g, stats
+    prequant_passes(g, dtype)
+    return quantize(g, plan.scheme, plan.act_ranges, plan.channel_ranges)
 
 
 def compile(model: Any, example_inputs: tuple | list, chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "fp32",

@@ -556,6 +556,9 @@ def generate(
                                                metavar="T")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="seed of the host's sampling noise (with --top-k)",
                                       metavar="S")] = 0,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="quantize every linear layer: w8a8-int8 or "
+                                                 "w8a8-fp8 (functional runs report KL divergence vs fp32)",
+                                                 metavar="SCHEME")] = None,
 ) -> None:
     """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
@@ -585,7 +588,7 @@ def generate(
     try:
         with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {where} ({dt_name})"):
             rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips,
-                               top_k=top_k or None, temperature=temperature, seed=seed)
+                               top_k=top_k or None, temperature=temperature, seed=seed, quant=quant)
     except (ValueError, MemoryError) as e:  # bad options; ModelTooLargeError (a MemoryError) names the chips needed
         _die(e)
     from vnpu.report.tables import generation_table
@@ -607,6 +610,9 @@ def compare(
     batch: Annotated[int, typer.Option("--batch", "-b", metavar="B")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE")] = "bf16",
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="PATH")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="every chip serves quantized: w8a8-int8 or "
+                                                 "w8a8-fp8 (each at its own rate for the format)",
+                                                 metavar="SCHEME")] = None,
 ) -> None:
     """Serve one LLM on several chips (timing only) and print TTFT, TPOT, tokens/s and energy per
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
@@ -632,6 +638,17 @@ def compare(
         _die(e)
     _check_output(json_path, "--json")
     chip_objs = [_chip(n) for n in names]
+    qfmt = None
+    if quant is not None:
+        from vnpu.compiler.quantize import QuantError, check_chip, get_scheme
+
+        try:
+            scheme = get_scheme(quant)
+            for c in chip_objs:
+                check_chip(scheme, c)
+        except QuantError as e:
+            _die(e)
+        qfmt = scheme.fmt
     from vnpu.runtime.llm import chips_needed
     from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
 
@@ -639,11 +656,12 @@ def compare(
     reports = []
     for c in chip_objs:
         try:
-            n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name)
+            n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name, qfmt)
             if n not in valid_chip_counts(spec):  # more than the model splits over: generate says what fits
                 n = max(valid_chip_counts(spec))
             with _quiet_warnings(), _step(err, f"{model} on {n} x {c.name}"):
-                reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n))
+                reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n,
+                                            quant=quant))
         except (ValueError, MemoryError) as e:
             _die(f"{c.name}: {e}")
     from vnpu.report.tables import compare_table

@@ -18,6 +18,7 @@ from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.kernels import KERNELS, KernelContext
 from vnpu.compiler.fusion import fuse
 from vnpu.compiler.memory import check_state, copy_on_write, materialize_views, plan_memory
+from vnpu.compiler.quantize import QuantPlan, check_chip, quantize
 from vnpu.compiler.passes import legalize, set_precision, split_decode_attention, unfuse_oversized_attention
 from vnpu.compiler.patterns import rewrite_llm_patterns
 
@@ -39,13 +40,22 @@ def chip_fingerprint(chip: Chip) -> str:
     return hashlib.sha256(chip.model_dump_json().encode()).hexdigest()[:16]
 
 
-def optimize(graph: Graph, dtype: DType, chip: Chip | None = None) -> Graph:
-    """Runs the graph passes on a copy: precision, legalization, fusion, layout. With `chip`,
-    also the rewrites that depend on its sizes (attention too large for its scratchpad)."""
-    g = graph.clone()
+def prequant_passes(g: Graph, dtype: DType) -> None:
+    """The passes before quantization (in place): what calibration must see too, so that the
+    activations it measures carry the names the quantization pass looks up."""
     set_precision(g, dtype)
+    rewrite_llm_patterns(g)  # merged Q/K/V and gate/up matmuls quantize as one
+
+
+def optimize(graph: Graph, dtype: DType, chip: Chip | None = None, quant: QuantPlan | None = None) -> Graph:
+    """Runs the graph passes on a copy: precision, LLM patterns, quantization (`quant`),
+    legalization, fusion, layout. With `chip`, also the rewrites that depend on its sizes
+    (attention too large for its scratchpad)."""
+    g = graph.clone()
+    prequant_passes(g, dtype)
+    if quant is not None:
+        quantize(g, quant.scheme, quant.act_ranges, quant.channel_ranges)
     legalize(g)
-    rewrite_llm_patterns(g)
     if chip is not None:
         unfuse_oversized_attention(g, chip, dtype)
     fuse(g)
@@ -83,7 +93,7 @@ def kernel_timing_key(node: Node, refs: list[HbmRef], scalars: list[float | None
 @gc_paused()
 def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
                   base: int = 0, timing_only: bool = False,
-                  kernel_cache: KernelCache | None = None) -> tuple[Program, Graph]:
+                  kernel_cache: KernelCache | None = None, quant: QuantPlan | None = None) -> tuple[Program, Graph]:
     """`pinned`/`base`: see memory.plan_memory (programs sharing weights and state on one device).
 
     `timing_only`: a node whose timing key was lowered before (an identical layer) reuses that
@@ -96,7 +106,9 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     if not chip.supports(dtype):
         raise CompileError(f"{chip.name} has no matrix rate for {dtype}; supported: {', '.join(d.value for d in chip.core.matrix.rate)}")
     verify(graph)
-    g = optimize(graph, dtype, chip)
+    if quant is not None:
+        check_chip(quant.scheme, chip)
+    g = optimize(graph, dtype, chip, quant)
     split_decode_attention(g, chip)
     copy_on_write(g)
     try:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vnpu.dtypes import DType
-from vnpu.ir.graph import Graph, Node, TensorType, Value
+from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
 
 MIN_K = 16  # smaller contractions gain nothing from the narrow format
 KEEP_FP32 = "quant_fp32"  # node attr: set_precision leaves its float outputs (and constant inputs) fp32
@@ -52,6 +52,11 @@ class QuantScheme:
     fmt: DType  # the matmul operands' format
     activations: str  # "per_token" (dynamic, computed on the chip) | "per_tensor" (static, calibrated)
     description: str
+    smooth: float | None = None  # SmoothQuant's migration strength alpha (calibrated per channel)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.activations == "per_tensor" or self.smooth is not None
 
 
 SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
@@ -60,6 +65,9 @@ SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
     QuantScheme("w8a8-int8-static", DType.int8, "per_tensor",
                 "int8 weights per output channel, int8 activations per tensor (scale calibrated from example "
                 "batches), int32 accumulation"),
+    QuantScheme("w8a8-int8-smooth", DType.int8, "per_token",
+                "w8a8-int8 after SmoothQuant (alpha 0.5): activation outlier channels migrated into the "
+                "weights with per-channel factors calibrated from example batches", smooth=0.5),
     QuantScheme("w8a8-fp8", DType.fp8_e4m3, "per_token",
                 "fp8 e4m3 weights per output channel, fp8 e4m3 activations per token (dynamic), fp32 accumulation"),
     QuantScheme("w8a8-fp8-static", DType.fp8_e4m3, "per_tensor",
@@ -113,32 +121,48 @@ def quantize_weight(w: np.ndarray, fmt: DType, axis: int = -2) -> tuple[np.ndarr
 
 
 @dataclass
+class QuantPlan:
+    """What compile_graph quantizes with: the scheme and, for static ones, the calibrated max
+    |activation| per activation value name (runtime/calibrate.py)."""
+
+    scheme: QuantScheme
+    act_ranges: dict[str, float] | None = None
+    channel_ranges: dict[str, np.ndarray] | None = None  # per activation: max |x| per channel (SmoothQuant)
+
+
+@dataclass
 class QuantStats:
     matmuls: int = 0  # matmuls quantized
     weight_elems: int = 0  # elements of the weights they quantized
     quant_bytes: int = 0  # those weights' bytes in the format, with their scales
 
 
-def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None = None) -> QuantStats:
+def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None = None,
+             channel_ranges: dict[str, np.ndarray] | None = None) -> QuantStats:
     """Rewrites the graph's weight matmuls under `scheme` in place.
-    `act_scales`: per matmul node name, the calibrated activation amax (per-tensor schemes)."""
+    `act_scales`: per activation value name, its calibrated max |x| (per-tensor schemes)."""
     nodes = quantizable_matmuls(g, convs=scheme.activations == "per_tensor")
-    if scheme.activations == "per_tensor":
-        missing = [n.name for n in nodes if n.name not in (act_scales or {})]
+    need = act_scales if scheme.activations == "per_tensor" else channel_ranges if scheme.smooth else None
+    if scheme.needs_calibration:
+        missing = [n.inputs[0].name for n in nodes if n.inputs[0].name not in (need or {})]
         if missing:
             raise QuantError(f"scheme {scheme.name} needs calibration data (activation ranges) for "
                              f"{len(missing)} matmul(s), e.g. {missing[0]}; pass calibration=[example batches]")
+    if scheme.smooth is not None:
+        nodes = [_smooth(g, n, channel_ranges[n.inputs[0].name], scheme.smooth) for n in nodes]
     stats = QuantStats(matmuls=len(nodes))
+    shared: dict[int, tuple[Value, Value]] = {}  # activation -> (q, scale): siblings quantize it once
     for n in nodes:
         w = n.inputs[1]
         stats.weight_elems += w.type.numel
         channels = w.shape[0] if n.op == "conv2d" else w.type.numel // w.shape[-2]
         stats.quant_bytes += w.type.numel * scheme.fmt.itemsize + channels * 4  # + one fp32 scale per channel
-        _quantize_matmul(g, n, scheme, (act_scales or {}).get(n.name))
+        _quantize_matmul(g, n, scheme, (act_scales or {}).get(n.inputs[0].name), shared)
     return stats
 
 
-def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None) -> None:
+def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None,
+                     shared: dict[int, tuple[Value, Value]]) -> None:
     a, w = n.inputs
     fmt = scheme.fmt
     qmax = QMAX[fmt]
@@ -154,15 +178,23 @@ def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None)
         return g.add_const(f"{n.name}_{name}", data, dt)
 
     conv = n.op == "conv2d"
-    qw, sw = quantize_weight(w.data, fmt, (1, 2, 3) if conv else -2)
+    if is_shape_only(w.data):  # a meta-device weight (timing only): shapes, no values
+        qw = shape_only_array(w.shape, fmt)
+        sw = np.ones(w.shape[:1] + (1,) * (w.type.rank - 1) if conv else w.shape[:-2] + (1, w.shape[-1]), np.float32)
+    else:
+        qw, sw = quantize_weight(w.data, fmt, (1, 2, 3) if conv else -2)
     if conv:  # per output channel of [N, O, OH, OW]
         sw = sw.reshape(1, -1, 1, 1)
-    w_q = const("wq", qw, fmt)
+    # named after the weight, so that every program of a model (an LLM's prefill and decode) shares them
+    w_q = g.add_const(f"{w.name}_{fmt.value}", qw, fmt)
+    w_s = g.add_const(f"{w.name}_{fmt.value}_scale", sw, DType.fp32)
     if w.name in g.weight_names:
-        g.weight_names.add(w_q.name)
+        g.weight_names.update((w_q.name, w_s.name))
     f32 = DType.fp32
     keep = {KEEP_FP32: True}  # scales and the dequantization chain stay fp32 in bf16 programs
-    if amax is None:  # per token: one kernel computes each row's scale and quantizes it
+    if id(a) in shared:
+        x_q, s_x = shared[id(a)]
+    elif amax is None:  # per token: one kernel computes each row's scale and quantizes it
         qn = g.add_node("quantize_rows", [a], {"fmt": fmt, "qmax": qmax, **keep}, name=f"{n.name}_quant")
         g.nodes.pop()
         new.append(qn)
@@ -177,13 +209,14 @@ def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None)
             y = add("round", [y], keep)
         y = add("clamp", [y], {"min": -qmax, "max": qmax, **keep})
         x_q = add("cast", [y], {"dtype": fmt})
+    shared[id(a)] = (x_q, s_x)
     mm = Node(n.op, [x_q, w_q], [], {**n.attrs, **keep}, n.name)
     acc_t = TensorType(n.output.shape, DType.int32 if fmt == DType.int8 else f32)
     mm.outputs = [Value(g._fresh(n.name + "_acc"), acc_t, mm)]
     new.append(mm)
     acc = mm.outputs[0] if fmt != DType.int8 else add("cast", [mm.outputs[0]], {"dtype": f32, **keep})
     y = add("mul", [acc, s_x], keep)
-    y = add("mul", [y, const("sw", sw, f32)], keep)
+    y = add("mul", [y, w_s], keep)
     out = n.output  # keeps its identity (users, graph outputs); set_precision rounds it to the program's dtype
     back = Node("cast", [y], [out], {"dtype": out.dtype}, f"{n.name}_dequant")
     out.producer = back
@@ -192,10 +225,49 @@ def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None)
     g.nodes[i:i + 1] = new
 
 
+def _smooth(g: Graph, n: Node, x_amax: np.ndarray, alpha: float) -> Node:
+    """SmoothQuant: x @ W == (x / s) @ (s W) with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) per
+    input channel j, which flattens x's outlier channels before it is quantized. 1/s folds into
+    the producing norm's weight when the activation comes from an rms_norm / layer_norm whose only
+    user is this matmul (free, as SmoothQuant does); otherwise a multiply runs before the matmul."""
+    a, w = n.inputs
+    if n.op != "matmul" or is_shape_only(w.data) or x_amax.shape != (a.shape[-1],):
+        return n
+    w_amax = np.abs(np.asarray(w.data, np.float32)).reshape(-1, w.shape[-2], w.shape[-1]).max(axis=(0, 2))
+    s = (np.maximum(x_amax, 1e-5) ** alpha / np.maximum(w_amax, 1e-5) ** (1 - alpha)).astype(np.float32)
+    s = np.clip(s, 1e-5, 1e5)
+    ws = g.add_const(f"{w.name}_smooth", (np.asarray(w.data, np.float32) * s[:, None]).astype(w.dtype.np), w.dtype)
+    if w.name in g.weight_names:
+        g.weight_names.add(ws.name)
+    p = a.producer
+    users = g.users().get(id(a), [])
+    if (p is not None and p.op in ("rms_norm", "layer_norm") and len(p.inputs) > 1 and p.inputs[1].is_const
+            and len(users) == 1 and p.inputs[1].shape == (a.shape[-1],)):
+        nw = p.inputs[1]
+        p.inputs[1] = g.add_const(f"{nw.name}_smooth", (np.asarray(nw.data, np.float32) / s).astype(nw.dtype.np),
+                                  nw.dtype)
+        if len(p.inputs) > 2 and p.inputs[2].is_const:  # layer_norm's bias scales too
+            b = p.inputs[2]
+            p.inputs[2] = g.add_const(f"{b.name}_smooth", (np.asarray(b.data, np.float32) / s).astype(b.dtype.np),
+                                      b.dtype)
+        n.inputs[1] = ws
+        return n
+    inv = g.add_const(f"{n.name}_inv_smooth", (1.0 / s).astype(a.dtype.np), a.dtype)
+    m = g.add_node("mul", [a, inv], {}, name=f"{n.name}_smooth")
+    g.nodes.pop()
+    g.nodes.insert(g.nodes.index(n), m)
+    n.inputs[0], n.inputs[1] = m.outputs[0], ws
+    return n
+
+
 def calibration_targets(g: Graph) -> list[tuple[str, Value]]:
-    """(matmul name, its activation operand) for every matmul a per-tensor scheme calibrates."""
-    return [(n.name, n.inputs[0]) for n in quantizable_matmuls(g)]
+    """(activation name, activation) for every matmul / conv input a per-tensor scheme calibrates,
+    on a graph the prequant passes (compiler/lower.prequant_passes) have run on."""
+    seen: dict[str, Value] = {}
+    for n in quantizable_matmuls(g):
+        seen.setdefault(n.inputs[0].name, n.inputs[0])
+    return list(seen.items())
 
 
-__all__ = ["QuantError", "QuantScheme", "QuantStats", "SCHEMES", "get_scheme", "check_chip", "quantize", "quantize_weight",
+__all__ = ["QuantError", "QuantPlan", "QuantScheme", "QuantStats", "SCHEMES", "get_scheme", "check_chip", "quantize", "quantize_weight",
            "quantizable_matmuls", "calibration_targets", "QMAX", "KEEP_FP32"]

@@ -59,11 +59,21 @@ def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType,
     from the previous chunk (no preload), `drains` that this chunk ends the fold (pay the
     skew). A fold streamed in chunks T1..Tn then costs P + sum(Ti) + R + C - 2, the same as
     one instruction streaming all of T.
+
+    A format at rate > 1 (int8 / fp8 at 2 MACs per PE per cycle) packs `rate` consecutive K
+    elements into each PE: the contraction is `rate` times shorter in folds (WS/IS: a stationary
+    block holds R x rate rows of K; OS: K streams rate elements per cycle), and a preload moves
+    `rate` times the elements in the same R cycles, as it moves the same bits. Rates below 1
+    (fp32 by multiple passes) stream each fold 1 / rate times.
     """
     mx = chip.core.matrix
     r, c = mx.rows, mx.cols
-    folds, t = systolic_folds(chip, m, k, n)
-    t = math.ceil(t / mx.rate[dtype])
+    rate = mx.rate[dtype]
+    if rate > 1:
+        folds, t = systolic_folds(chip, m, math.ceil(k / rate), n)
+    else:
+        folds, t = systolic_folds(chip, m, k, n)
+        t = math.ceil(t / rate)
     preload = stationary_preload_cycles(chip)
     skew = r + c - 2
     if continues or not drains:

@@ -123,3 +123,35 @@ def compare(outputs: Iterable[Any], references: Iterable[Any], dtype: DType | st
                     criterion=criterion(dt, quant), passed=passed, nonfinite=nonfinite, elements=int(y.size),
                     outputs=len(outs), quant=quant,
                     top1_agreement=_top1_agreement(outputs, references) if quant else None)
+
+
+@dataclass
+class LLMQuantAccuracy:
+    """A quantized generation against the fp32 model on the same tokens, the metrics of
+    llama.cpp's --kl-divergence: per generated position, KL(P_ref || P_quant) of the
+    next-token distributions, and whether both put the same token on top."""
+
+    positions: int
+    mean_kl: float
+    max_kl: float
+    same_top_token: float  # fraction of positions
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def llm_quant_accuracy(logits: np.ndarray, ref_logits: np.ndarray) -> LLMQuantAccuracy:
+    """logits, ref_logits: [batch, positions, vocab] (the quantized run's, the fp32 reference's)."""
+    q, r = np.asarray(logits), np.asarray(ref_logits)
+    if q.shape != r.shape:
+        raise ValueError(f"logits {q.shape} and reference logits {r.shape} differ in shape")
+    lq, lr = _log_softmax(q), _log_softmax(r)
+    kl = (np.exp(lr) * (lr - lq)).sum(-1).reshape(-1)
+    same = (q.argmax(-1) == r.argmax(-1)).reshape(-1)
+    return LLMQuantAccuracy(int(kl.size), float(kl.mean()), float(kl.max()), float(same.mean()))

@@ -248,7 +248,7 @@ def generation_table(rep: Any) -> Table:
     t.add_column("metric", style="bold cyan", no_wrap=True)
     t.add_column("value")
     t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
-                     f"{rep.dtype} · {rep.mode}")
+                     f"{rep.dtype}{' · ' + rep.quant if getattr(rep, 'quant', '') else ''} · {rep.mode}")
     top_k = rep.top_k
     t.add_row("sampling", "greedy (argmax on the chip)" if top_k is None else
               f"top-{top_k} at temperature {rep.temperature:g} (Gumbel-max on the chip), seed {rep.seed}")
@@ -273,6 +273,10 @@ def generation_table(rep: Any) -> Table:
         t.add_row("tokens", shown)
     if rep.fallback_ops:
         t.add_row("host fallback", ", ".join(f"{k} x{v}" for k, v in sorted(rep.fallback_ops.items())))
+    acc = getattr(rep, "quant_accuracy", None)
+    if acc:
+        t.add_row("quantized vs fp32", f"mean KL {acc['mean_kl']:.4g} (max {acc['max_kl']:.3g}) · same top token "
+                  f"{fmt.pct(acc['same_top_token'])} over {acc['positions']} positions (fp32 model on the same tokens)")
     return t
 
 

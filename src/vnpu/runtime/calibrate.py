@@ -22,9 +22,16 @@ def _as_arrays(batch: Any) -> list[np.ndarray]:
 
 def activation_ranges(graph: Graph, chip: Chip, batches: Sequence[Any], method: str = "minmax",
                       percentile: float = 99.99) -> dict[str, float]:
-    """Per quantizable matmul (by node name): the max |activation| over the batches ("minmax"),
+    """activation_stats' per-tensor ranges."""
+    return activation_stats(graph, chip, batches, method, percentile)[0]
+
+
+def activation_stats(graph: Graph, chip: Chip, batches: Sequence[Any], method: str = "minmax",
+                     percentile: float = 99.99) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per activation a quantizable matmul / conv reads (by value name): the max |activation| over the batches ("minmax"),
     or its `percentile`-th percentile of |activation| per batch, maximized over batches
-    ("percentile": clips rare outliers). Each batch is the model's inputs, as for a call."""
+    ("percentile": clips rare outliers); and per activation its max |x| per channel (last dim,
+    what SmoothQuant migrates). Each batch is the model's inputs, as for a call."""
     from vnpu.runtime.compiled import CompiledModel, ModelInfo
 
     if method not in METHODS:
@@ -37,20 +44,26 @@ def activation_ranges(graph: Graph, chip: Chip, batches: Sequence[Any], method: 
         got = [tuple(a.shape) for a in b]
         if got != want:
             raise QuantError(f"calibration batch {i} has input shapes {got}; the model was compiled for {want}")
+    from vnpu.compiler.lower import prequant_passes
+
     g = graph.clone()
+    prequant_passes(g, DType.fp32)  # the activations as the quantization pass will see them
     targets = calibration_targets(g)
     if not targets:
-        return {}
+        return {}, {}
     g.outputs = list(g.outputs) + [v for _, v in targets]
     program, _ = compile_graph(g, chip, DType.fp32)
     cm = CompiledModel(program, chip, ModelInfo(graph.name + "_calibration", DType.fp32, want,
                                                 [v.dtype for v in g.outputs]))
     n_user = len(graph.outputs)
     ranges: dict[str, float] = {}
+    channels: dict[str, np.ndarray] = {}
     for b in arrays:
         outs = cm.run_numpy(b)[n_user:]
         for (name, _), a in zip(targets, outs):
             mag = np.abs(np.asarray(a, np.float32))
             v = float(mag.max()) if method == "minmax" or mag.size == 0 else float(np.percentile(mag, percentile))
             ranges[name] = max(ranges.get(name, 0.0), v)
-    return ranges
+            ch = mag.reshape(-1, mag.shape[-1]).max(0) if mag.size else np.zeros(mag.shape[-1:], np.float32)
+            channels[name] = np.maximum(channels[name], ch) if name in channels else ch
+    return ranges, channels

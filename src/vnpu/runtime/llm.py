@@ -110,8 +110,9 @@ class LLMSession:
     """Prefill/decode programs of one decoder (a `DecoderStep`) on one simulated chip."""
 
     def __init__(self, step: torch.nn.Module, chip: Chip, dtype: DType, batch: int, name: str = "llm",
-                 functional: bool = True):
+                 functional: bool = True, quant: Any = None):
         self.step = step
+        self.quant = quant  # a compiler.quantize.QuantPlan (dynamic scheme) applied to every program
         self.chip = chip
         self.dtype = DType(dtype)
         self.batch = batch
@@ -155,7 +156,7 @@ class LLMSession:
 
         pinned: dict[str, int] = {}
         top = 0
-        g = optimize(g, self.dtype)
+        g = optimize(g, self.dtype, quant=self.quant)
         for c in g.constants():
             if c.name in g.weight_names and c.name not in pinned:
                 pinned[c.name] = top
@@ -172,7 +173,7 @@ class LLMSession:
             g = _with_attention_attrs(self.graph(seq), kv_len=kv_len, prefill=phase == "prefill")
             t0 = time.perf_counter()
             prog, _ = compile_graph(g, self.chip, self.dtype, pinned=self.pinned, base=self.top,
-                                    timing_only=not self.functional, kernel_cache=self._kernels)
+                                    timing_only=not self.functional, kernel_cache=self._kernels, quant=self.quant)
             self.compile_s += time.perf_counter() - t0
             self.top = _align(prog.hbm_bytes)
             self._programs[key] = prog
@@ -376,6 +377,9 @@ class GenerationReport:
     link_bytes: float = 0.0  # bytes sent chip to chip over the whole generation, all chips
     link_bytes_per_token: float = 0.0  # link_bytes / generated tokens
     link_energy_j: float = 0.0  # link_bytes x chip_link.energy_pj_per_byte (included in total_energy_j)
+    quant: str = ""  # the post-training scheme of every linear layer ("" = none)
+    # quantized functional runs: against the fp32 model on the same tokens (llm_quant_accuracy)
+    quant_accuracy: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -460,17 +464,28 @@ def _capacity(prompt_len: int, max_new_tokens: int) -> int:
     return max(MIN_BUCKET, 1 << (need - 1).bit_length())
 
 
-def model_memory(spec: Any, batch: int, capacity: int, dtype: DType) -> tuple[int, int]:
-    """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation."""
+def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant_fmt: DType | None = None) -> tuple[int, int]:
+    """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation.
+    With `quant_fmt`, the nn.Linear weights (what compiler/quantize.py quantizes) count in that
+    format plus one fp32 scale per output channel; a tied one (the LM head of tied embeddings)
+    also keeps its `dtype` copy for the embedding lookup."""
     from vnpu.workloads.llm_zoo import build_llm
 
     def count(layers: int) -> int:
         model = build_llm(spec, device="meta", num_layers=layers)
-        return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        params = {id(p): p for p in model.parameters()}
+        total = sum(p.numel() for p in params.values()) * dtype.itemsize
+        if quant_fmt is not None:
+            linear = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+            embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+            for pid, w in linear.items():
+                q = w.numel() * quant_fmt.itemsize + w.shape[0] * 4
+                total += q if pid in embedded else q - w.numel() * dtype.itemsize
+        return total
 
     # layers are identical: count a 1- and a 2-layer instantiation instead of the whole model
-    p1, p2 = count(1), count(2)
-    w = (p1 + (spec.num_layers - 1) * (p2 - p1)) * dtype.itemsize
+    b1, b2 = count(1), count(2)
+    w = b1 + (spec.num_layers - 1) * (b2 - b1)
     return w, kv_bytes(spec, batch, capacity, dtype)
 
 
@@ -516,7 +531,7 @@ def _what_fits(spec: Any, prompt_len: int, max_new_tokens: int, batch: int, weig
 
 
 def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
-                 dtype: str | DType) -> int:
+                 dtype: str | DType, quant_fmt: DType | None = None) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
     of the weights and KV cache (with 5% left for activations)."""
     from vnpu.workloads.llm_zoo import get_llm
@@ -526,7 +541,7 @@ def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, c
     n = 1
     while n <= 64:
         try:
-            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt)
+            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt, quant_fmt)
         except ValueError:
             break
         if w + kv <= chip_.hbm.bytes * 0.95:
@@ -539,7 +554,7 @@ def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, c
 def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
              prompt: np.ndarray | None = None, chips: int = 1, top_k: int | None = None, temperature: float = 1.0,
-             seed: int = 0) -> GenerationReport:
+             seed: int = 0, quant: str | None = None) -> GenerationReport:
     """Runs generation of a zoo LLM on the chip and reports serving metrics: greedy, or with
     `top_k` (0 or None: greedy) top-k sampling at `temperature` on the chip, its Gumbel noise
     drawn by the host from np.random.default_rng(seed).
@@ -552,6 +567,9 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     chip-to-chip collectives (step_collectives: all-reduces, or for MoE models the cheaper of
     the all-reduce and all-to-all expert schedules); energy adds static power during them and
     the bytes they move x chip_link.energy_pj_per_byte.
+    `quant`: a dynamic post-training scheme (w8a8-int8, w8a8-fp8) for every linear layer; a
+    functional run also reports its accuracy against the fp32 model on the same tokens
+    (report.numerics.llm_quant_accuracy: mean KL divergence, same-top-token rate).
     """
     from vnpu.workloads.llm_zoo import (DecoderStep, build_llm, check_generation, check_sampling, get_llm,
                                         prompt_ids)
@@ -560,6 +578,20 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     model = full.name
     chip_ = load_chip(chip)
     dt = DType(dtype)
+    plan = None
+    if quant is not None:
+        from vnpu.compiler.quantize import QuantError, QuantPlan, check_chip, get_scheme
+
+        scheme = get_scheme(quant)
+        check_chip(scheme, chip_)
+        if scheme.activations != "per_token":
+            raise QuantError(f"LLM generation takes the dynamic schemes (per-token activations: "
+                             f"{', '.join(s for s, v in _schemes().items() if v.activations == 'per_token')}); "
+                             f"{quant} needs calibration")
+        if chips > 1:
+            raise QuantError("quantized generation runs on one chip; drop --chips or --quant")
+        plan = QuantPlan(scheme)
+    qfmt = plan.scheme.fmt if plan is not None else None
     # every size is checked before anything is built or allocated
     check_generation(full, prompt_len, max_new_tokens, batch, chips)
     top_k = top_k or None  # 0: greedy
@@ -581,7 +613,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         raise ValueError("functional multi-chip generation is greedy only: drop --top-k, or add --timing-only")
     spec = shard_spec(full, chips)
     cap = _capacity(prompt_len, max_new_tokens)
-    w_bytes, kv_total = model_memory(spec, batch, cap, dt)
+    w_bytes, kv_total = model_memory(spec, batch, cap, dt, qfmt)
     if w_bytes + kv_total > chip_.hbm.bytes:
         need = chips_needed(full, prompt_len, max_new_tokens, batch, chip_, dt)
         most = max(valid_chip_counts(full))
@@ -620,9 +652,14 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     elif not timing_only:
         m = build_llm(spec)
         step = DecoderStep(m, batch, cap, top_k, temperature)
-        sess = LLMSession(step, chip_, dt, batch, name=model)
+        sess = LLMSession(step, chip_, dt, batch, name=model, quant=plan)
         ids = prompt if prompt is not None else prompt_ids(spec.config["vocab_size"], batch, prompt_len).numpy()
         gen = sess.generate(ids, max_new_tokens, seed)
+        if plan is not None:  # the fp32 model on the same tokens (teacher-forced), as llama.cpp's --kl-divergence
+            from vnpu.report.numerics import llm_quant_accuracy
+
+            ref_model = build_llm(spec, attn="eager")  # the stock transformers model, same (seeded) weights
+            link["quant_accuracy"] = llm_quant_accuracy(gen.logits, reference_logits(ref_model, ids, gen.tokens)).to_dict()
         prefill, decode = gen.prefill, gen.decode
         tokens = gen.tokens.tolist()
         programs = len(sess.programs)
@@ -635,7 +672,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         # a chip samples among its best min(k, its share of the vocabulary); every chip gets them all
         local_k = None if top_k is None else min(top_k, spec.config["vocab_size"])
         step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap, local_k, temperature)
-        sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False)
+        sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False, quant=plan)
         prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
         programs = len(sess.programs)
         walls.update(export_s=sess.export_s, compile_s=sess.compile_s)
@@ -674,7 +711,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     util = sum(d.hbm_bytes for d in decode) / (dec_s * bw) if dec_s else 0.0
     # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
     buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
-    w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt)
+    w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt)  # MoE experts stay in dt
     bound_s = sum((w_read + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
     bound = bound_s / dec_s if dec_s else 0.0
     return GenerationReport(
@@ -685,7 +722,24 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
         layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips,
         sampling="greedy" if top_k is None else "top-k", top_k=top_k, temperature=float(temperature), seed=int(seed),
-        link_bytes_per_token=link.get("link_bytes", 0.0) / n_tok, **link)
+        link_bytes_per_token=link.get("link_bytes", 0.0) / n_tok, quant=quant or "", **link)
+
+
+def _schemes() -> dict:
+    from vnpu.compiler.quantize import SCHEMES
+
+    return SCHEMES
+
+
+def reference_logits(model: torch.nn.Module, prompt: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The torch model's fp32 logits [B, new tokens, V] at the positions the generated tokens were
+    picked at, fed the prompt and the generated tokens (teacher forcing): the reference a
+    quantized generation's logits compare with."""
+    seq = np.concatenate([np.asarray(prompt), np.asarray(tokens)[:, :-1]], axis=1)
+    with torch.no_grad():
+        out = model(torch.as_tensor(seq, dtype=torch.int64)).logits.float()
+    s = np.asarray(prompt).shape[1]
+    return out[:, s - 1:, :].numpy()
 
 
 __all__ = ["LLMSession", "Generation", "GenerationReport", "PhaseCost", "generate", "decode_bucket", "shard_spec",

@@ -40,7 +40,7 @@ def decode_step(model: str, chip_name: str, dtype: DType, batch: int, context: i
     prof = sess.run(prog, np.zeros((batch, 1), np.int64), np.array([context]))[2]
     cost = extrapolate_layers(prof, prog, chip, spec.num_layers)
     wall = time.perf_counter() - t0
-    w_bytes, _ = model_memory(spec, batch, cap, dtype, plan.scheme.fmt if plan else None)
+    w_bytes, _ = model_memory(spec, batch, cap, dtype, plan.scheme if plan else None)
     c = spec.config
     embed = c["vocab_size"] * c["hidden_size"] * dtype.itemsize
     bucket = decode_bucket(context, cap)

@@ -292,3 +292,42 @@ def test_quantized_generation_refuses_what_it_cannot_do() -> None:
         generate("qwen3-tiny", prompt_len=8, max_new_tokens=2, quant="w8a8-int8-static")
     with pytest.raises(QuantError, match="one chip"):
         generate("qwen3-tiny", prompt_len=8, max_new_tokens=2, chips=2, quant="w8a8-int8")
+
+
+def test_int8_depthwise_conv_is_exact() -> None:
+    """The depthwise path runs on the vector engine: int8 products must not wrap in int8."""
+    rng = np.random.default_rng(0)
+    g = Graph("dw")
+    x = g.add_input("x", TensorType((1, 4, 5, 5), DType.int8))
+    w = g.add_const("w", rng.integers(-128, 128, (4, 1, 3, 3)).astype(np.int8), DType.int8)
+    g.outputs = [g.add_node("conv2d", [x, w], {"stride": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1),
+                                               "groups": 4}).output]
+    xd = rng.integers(-128, 128, (1, 4, 5, 5)).astype(np.int8)
+    ref = torch.nn.functional.conv2d(torch.tensor(xd, dtype=torch.float64), torch.tensor(w.data, dtype=torch.float64),
+                                     groups=4).numpy()
+    np.testing.assert_array_equal(np.asarray(vnpu.compile_ir(g)(xd)), ref)
+
+
+@pytest.mark.parametrize("scheme,bits,group", [("w8a16", 8, None), ("w4a16", 4, 128)])
+def test_weight_only_linear_matches_the_numpy_formula(scheme: str, bits: int, group: int | None) -> None:
+    """Weights stored int8 / int4 (two per byte) with per-channel / per-128-row scales, dequantized
+    by the vector engine in the GEMM; the reference dequantizes with NumPy and multiplies in float64."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 300).eval()
+    x = torch.randn(3, 7, 512)
+    cm = vnpu.compile(lin, (x,), quant=scheme, strict=True)
+    got = cm(x).numpy().reshape(-1, 300)
+    w = lin.weight.detach().numpy().T.copy()
+    g_ = group or 512
+    qmax = np.float32(2 ** (bits - 1) - 1)
+    blocks = w.reshape(512 // g_, g_, 300)
+    s = (np.abs(blocks).max(1) / qmax).astype(np.float32)
+    q = np.clip(np.round(blocks / s[:, None, :]), -qmax - 1, qmax).reshape(512, 300)
+    w_deq = q.astype(np.float32) * np.repeat(s, g_, axis=0)
+    ref = x.numpy().reshape(-1, 512).astype(np.float64) @ w_deq.astype(np.float64) + lin.bias.detach().numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    # the weight is in HBM packed: K x N x bits / 8 bytes plus the fp32 scales
+    assert cm.info.quant_bytes == [512 * 300 * 4, 512 * 300 * bits // 8 + 4 * 300 * (512 // g_)]
+    assert cm.program.weight_bytes < 512 * 300 * 4 * 0.3 + 4096
+    mm = [l for l in cm.program.launches if "matmul" in l.ops]
+    assert len(mm) == 1 and any(i.op == "dequant" for st in mm[0].cores for i in st.queues["vector"])

@@ -648,7 +648,7 @@ def compare(
                 check_chip(scheme, c)
         except QuantError as e:
             _die(e)
-        qfmt = scheme.fmt
+        qfmt = scheme
     from vnpu.runtime.llm import chips_needed
     from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
 

@@ -24,6 +24,11 @@ output channel, activations with their calibrated scale, as int8 CNN deployments
 Dynamic schemes leave convolutions in the program's precision: a per-image scale over
 C x H x W would be one long reduction before every layer (a barrier and a launch each).
 
+Weight-only schemes (w8a16, w4a16) store each [K, N] weight quantized (int4 packed two per byte
+along K) with fp32 scales per output channel or per group of K rows; the matmul kernel streams
+the packed bytes and the vector engine dequantizes each B tile before the array multiplies it
+in the program's dtype (kernels/matmul._weight_only).
+
 Not quantized (documented, kept in the program's precision): matmuls between two run-time
 operands (attention's Q K^T and P V), depthwise convolutions (they run on the vector engine),
 contractions shorter than MIN_K.
@@ -53,15 +58,32 @@ class QuantScheme:
     activations: str  # "per_token" (dynamic, computed on the chip) | "per_tensor" (static, calibrated)
     description: str
     smooth: float | None = None  # SmoothQuant's migration strength alpha (calibrated per channel)
+    bits: int = 8  # weight bits (weight-only schemes: 8 or 4, int4 packed two per byte)
+    group: int | None = None  # weight-only: rows of K per scale (None: one scale per output channel)
 
     @property
     def needs_calibration(self) -> bool:
         return self.activations == "per_tensor" or self.smooth is not None
 
+    @property
+    def weight_only(self) -> bool:
+        return self.activations == "none"
+
+    def weight_bytes(self, k: int, n: int) -> int:
+        """Bytes of a [K, N] weight stored under this scheme, scales included."""
+        scales = n * (k // self.group if self.group else 1)
+        return k * n * self.bits // 8 + 4 * scales
+
 
 SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
     QuantScheme("w8a8-int8", DType.int8, "per_token",
                 "int8 weights per output channel, int8 activations per token (dynamic), int32 accumulation"),
+    QuantScheme("w8a16", DType.int8, "none",
+                "int8 weights per output channel, dequantized in the GEMM (vector engine) to the program's "
+                "dtype: half the weight bytes of bf16, the array at its bf16 rate"),
+    QuantScheme("w4a16", DType.int4, "none",
+                "int4 weights (two per byte) with one fp32 scale per 128 rows of K, dequantized in the GEMM: "
+                "a quarter of the weight bytes of bf16", bits=4, group=128),
     QuantScheme("w8a8-int8-static", DType.int8, "per_tensor",
                 "int8 weights per output channel, int8 activations per tensor (scale calibrated from example "
                 "batches), int32 accumulation"),
@@ -82,6 +104,8 @@ def get_scheme(name: str) -> QuantScheme:
 
 
 def check_chip(scheme: QuantScheme, chip: "object") -> None:
+    if scheme.weight_only:  # the array runs the program's dtype; the vector engine dequantizes
+        return
     if not chip.supports(scheme.fmt):  # type: ignore[attr-defined]
         rates = ", ".join(d.value for d in chip.core.matrix.rate)  # type: ignore[attr-defined]
         raise QuantError(f"chip {chip.name} has no {scheme.fmt} matrix rate, which scheme {scheme.name} needs "  # type: ignore[attr-defined]
@@ -150,9 +174,18 @@ def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None 
                              f"{len(missing)} matmul(s), e.g. {missing[0]}; pass calibration=[example batches]")
     if scheme.smooth is not None:
         nodes = [_smooth(g, n, channel_ranges[n.inputs[0].name], scheme.smooth) for n in nodes]
+    if scheme.weight_only:
+        nodes = [n for n in nodes if n.op == "matmul" and n.inputs[1].type.rank == 2
+                 and n.inputs[1].shape[0] % (scheme.group or 1) == 0 and n.inputs[1].shape[0] % (8 // scheme.bits) == 0]
     stats = QuantStats(matmuls=len(nodes))
     shared: dict[int, tuple[Value, Value]] = {}  # activation -> (q, scale): siblings quantize it once
     for n in nodes:
+        if scheme.weight_only:
+            w = n.inputs[1]
+            stats.weight_elems += w.type.numel
+            stats.quant_bytes += scheme.weight_bytes(*w.shape)
+            _weight_only_matmul(g, n, scheme)
+            continue
         w = n.inputs[1]
         stats.weight_elems += w.type.numel
         channels = w.shape[0] if n.op == "conv2d" else w.type.numel // w.shape[-2]
@@ -223,6 +256,46 @@ def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None,
     new.append(back)
     i = g.nodes.index(n)
     g.nodes[i:i + 1] = new
+
+
+def quantize_weight_groups(w: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-group quantization of a [K, N] weight along K: (q int8 [K, N] in
+    -(2^(bits-1))..2^(bits-1) - 1, fp32 scales [K / group, N] = max |w| of the group / (2^(bits-1) - 1))."""
+    w = np.asarray(w, np.float32)
+    k, n = w.shape
+    qmax = np.float32(2 ** (bits - 1) - 1)
+    blocks = w.reshape(k // group, group, n)
+    amax = np.abs(blocks).max(axis=1)
+    scale = np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.round(blocks / scale[:, None, :]), -qmax - 1, qmax).astype(np.int8)
+    return q.reshape(k, n), scale
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """[K, N] int8 values in -8..7 -> [K / 2, N] bytes: row 2i in the low nibble, 2i + 1 in the high
+    (sim.functional.unpack_int4 is the inverse)."""
+    lo, hi = q[0::2].astype(np.uint8) & 0x0F, (q[1::2].astype(np.uint8) & 0x0F) << 4
+    return (lo | hi).view(np.int8)
+
+
+def _weight_only_matmul(g: Graph, n: Node, scheme: QuantScheme) -> None:
+    """a @ W -> a @ dequant(Wq, scales): one matmul node whose kernel streams the packed weight."""
+    a, w = n.inputs
+    k, cols = w.shape
+    group = scheme.group or k
+    pack = 8 // scheme.bits
+    if is_shape_only(w.data):
+        packed, scale = shape_only_array((k // pack, cols), DType.int8), np.ones((k // group, cols), np.float32)
+    else:
+        q, scale = quantize_weight_groups(w.data, scheme.bits, group)
+        packed = pack_int4(q) if scheme.bits == 4 else q
+    tag = f"int{scheme.bits}g{group}"
+    wq = g.add_const(f"{w.name}_{tag}", packed, DType.int8)
+    ws = g.add_const(f"{w.name}_{tag}_scale", scale, DType.fp32)
+    if w.name in g.weight_names:
+        g.weight_names.update((wq.name, ws.name))
+    n.inputs = [a, wq, ws]
+    n.attrs.update({"wq_bits": scheme.bits, "wq_group": group})
 
 
 def _smooth(g: Graph, n: Node, x_amax: np.ndarray, alpha: float) -> Node:

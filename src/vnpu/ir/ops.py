@@ -105,6 +105,8 @@ def _fused(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 
 @register("matmul", "matmul")
 def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    if "wq_bits" in attrs:  # weight-only: b = quantized [K / pack, N] int8, ins[2] = scales [K / group, N]
+        return [_weight_only_matmul(ins, attrs)]
     a, b = ins[0], ins[1]
     if a.rank < 2 or b.rank < 2:
         raise IRTypeError(f"matmul needs rank >= 2 operands, got {a} and {b}")
@@ -117,6 +119,23 @@ def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if "out_type" in attrs:  # with a fused epilogue
         return [attrs["out_type"]]
     return [TensorType(batch + (a.shape[-2], b.shape[-1]), dt)]
+
+
+def _weight_only_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """a [..., M, K] float @ dequant(b) where b holds int8 weights [K, N] (wq_bits 8) or int4 ones
+    packed two per byte along K [K / 2, N] (wq_bits 4), and ins[2] their fp32 scales per group
+    of attrs["wq_group"] rows of K [K / group, N]; the result is in a's dtype."""
+    a, b, s = ins[0], ins[1], ins[2]
+    bits, group = int(attrs["wq_bits"]), int(attrs["wq_group"])
+    k = a.shape[-1]
+    pack = 8 // bits
+    if bits not in (4, 8) or b.dtype != DType.int8 or b.rank != 2 or b.shape[0] * pack != k or k % group:
+        raise IRTypeError(f"weight-only matmul: {a} @ int{bits} weights {b} (group {group}) do not match")
+    if s.shape != (k // group, b.shape[1]) or s.dtype != DType.fp32:
+        raise IRTypeError(f"weight-only matmul: scales {s}, expected fp32[{k // group},{b.shape[1]}]")
+    if "out_type" in attrs:
+        return attrs["out_type"]
+    return TensorType(a.shape[:-1] + (b.shape[1],), a.dtype)
 
 
 def matmul_result_dtype(a: DType, b: DType) -> DType:

@@ -15,7 +15,7 @@ from typing import Callable
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import QUANT_MATMUL_ACC, DType
 from vnpu.isa import cost
-from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul
+from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, Expr, KernelContext, deal_round_robin, emit_expr, expr_temps, sub_ref
 
@@ -29,6 +29,9 @@ class GemmChunk:
     nt: int
     a_bytes: int = -1  # HBM traffic of the A load when it differs from its footprint (im2col)
     b_bytes: int = -1  # likewise for the B load
+    # weight-only GEMMs: `b` is the quantized weight block ([kt / pack, nt] int8) and this its
+    # group scales ([kt / group, nt] fp32); the vector engine dequantizes them into the B tile
+    b_scale: HbmRef | None = None
 
 
 @dataclass
@@ -58,9 +61,12 @@ class GemmTiling:
 
 
 def gemm_sram_bytes(mt: int, kt: int, nt: int, in_size: int, out_size: int, n_epi: int, n_temps: int,
-                    nbuf: int = 2) -> int:
+                    nbuf: int = 2, b_stage: float = 0.0) -> int:
+    """Scratchpad bytes of one core's GEMM pipeline; `b_stage`: bytes per B element of a
+    weight-only GEMM's staging buffers (quantized weights + their scales)."""
     return (nbuf * mt * kt * in_size + nbuf * kt * nt * in_size + 2 * mt * nt * 4
-            + 2 * n_epi * mt * nt * 4 + n_temps * mt * nt * 4 + 2 * mt * nt * out_size + 64 * 16)
+            + 2 * n_epi * mt * nt * 4 + n_temps * mt * nt * 4 + 2 * mt * nt * out_size + 64 * 16
+            + math.ceil(nbuf * kt * nt * b_stage) + (nbuf * 64 * 2 if b_stage else 0))
 
 
 def pipeline_cycles(chip: Chip, tiles: int, chunks: int, nbuf: int, mm: float, load_bytes: float,
@@ -107,7 +113,8 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
                        n_epi: int = 0, n_temps: int = 0, k_quantum: int = 1,
                        n_cands: list[int] | None = None, n_tiles: Callable[[int], int] | None = None,
                        a_scale: float | Callable[[int], float] = 1.0, b_scale: float | Callable[[int], float] = 1.0,
-                       m_cands: list[int] | None = None, pipeline_model: bool = True) -> GemmTiling:
+                       m_cands: list[int] | None = None, pipeline_model: bool = True,
+                       b_stage: float = 0.0) -> GemmTiling:
     """Picks (mt, kt, nt) minimizing the estimated kernel time among tilings that fit.
 
     Estimate: the slowest of per-core matrix time, HBM time for all operand traffic, and
@@ -121,6 +128,10 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
     `pipeline_model` prices each candidate with `pipeline_cycles` (HBM latency per chunk,
     the buffer-reuse dependency, epilogue and store drain) and also considers triple
     buffering; small, latency-bound problems (convolutions at batch 1) need it.
+
+    `b_stage` (weight-only GEMMs): staged bytes per B element (quantized weight + scale); the
+    caller passes b_scale = HBM bytes per scratchpad byte of B accordingly, and each chunk pays
+    the vector engine's dequantization of its B tile.
     """
     r, c = chip.core.matrix.rows, chip.core.matrix.cols
     isz = dtype.itemsize
@@ -140,12 +151,14 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
             bs = b_scale(nt) if callable(b_scale) else b_scale
             for kt in k_c:
                 for nbuf in ((2, 3) if pipeline_model else (2,)):
-                    if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps, nbuf) > cap:
+                    if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps, nbuf, b_stage) > cap:
                         continue
                     tiles = groups * math.ceil(m / mt) * (n_tiles(nt) if n_tiles else math.ceil(n / nt))
                     chunks = math.ceil(k / kt)
                     per_core_tiles = math.ceil(tiles / chip.cores)
                     mm = cost.matmul_cycles(chip, mt, kt, nt, dtype)
+                    if b_stage:  # the dequantization of each B tile runs on the vector engine, in step with the array
+                        mm = max(mm, cost.vector_cycles(chip, "dequant", kt * nt))
                     chunk_bytes = (mt * kt * as_ + kt * nt * bs) * isz
                     traffic = tiles * (chunks * chunk_bytes + mt * nt * out_size * (1 + n_epi))
                     mem = traffic / hbm_bpc
@@ -169,9 +182,13 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 
 def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: GemmTiling, expr: Expr,
               epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int,
-              operand_dtype: DType | None = None) -> KernelLaunch:
+              operand_dtype: DType | None = None, weight_only: tuple[int, int] | None = None) -> KernelLaunch:
     """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines. Operand
-    tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32."""
+    tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32.
+
+    `weight_only` = (bits, group): each chunk's B arrives quantized (GemmChunk.b, b_scale) into
+    staging buffers; one vector `dequant` instruction writes the B tile in the operand dtype,
+    and the matmul waits for it. The dequantization of chunk j+1 overlaps the matmul of chunk j."""
     chip = ctx.chip
     dt = operand_dtype or ctx.dtype
     acc_dt = DType.int32 if QUANT_MATMUL_ACC.get(dt) == DType.int32 else DType.fp32
@@ -187,6 +204,12 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         nbuf = tiling.nbuf
         abuf = [b.alloc(dt, (mt_max, kt_max)) for _ in range(nbuf)]
         bbuf = [b.alloc(dt, (kt_max, nt_max)) for _ in range(nbuf)]
+        if weight_only is not None:
+            bits, group = weight_only
+            pack = 8 // bits
+            qbuf = [b.alloc(DType.int8, (-(-kt_max // pack), nt_max)) for _ in range(nbuf)]
+            sbuf = [b.alloc(DType.fp32, (-(-kt_max // group), nt_max)) for _ in range(nbuf)]
+            DEQ = b.sem()
         acc = [b.alloc(acc_dt, (mt_max, nt_max)) for _ in range(2)]
         epi_max = [max((t.epi_shape(i) for t in core_tiles), key=math.prod) for i in range(n_epi)]
         epi = [[b.alloc(r.dtype, epi_max[i]) if r is not None else None
@@ -204,8 +227,17 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
                 b_t = sub_ref(bbuf[js], (ch.kt, ch.nt))
                 w = ((MM, j + 1 - nbuf),) if j >= nbuf else ()
                 b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
-                b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w, signal=LOADED))
-                mw = [(LOADED, j + 1)]
+                if weight_only is not None and ch.b_scale is not None:
+                    q_t = sub_ref(qbuf[js], tuple(ch.b.shape))
+                    s_t = sub_ref(sbuf[js], tuple(ch.b_scale.shape))
+                    b.emit(DmaLoad(ch.b, q_t, ch.b_bytes, waits=w))
+                    b.emit(DmaLoad(ch.b_scale, s_t, waits=w, signal=LOADED))
+                    b.emit(VecOp("dequant", b_t, (q_t, s_t), (("bits", bits), ("group", group)),
+                                 waits=((LOADED, j + 1),), signal=DEQ))
+                    mw = [(DEQ, j + 1)]
+                else:
+                    b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w, signal=LOADED))
+                    mw = [(LOADED, j + 1)]
                 if ci == 0 and t >= 2:
                     mw.append((EPD, t - 1))
                 b.emit(MatMul(a_t, b_t, sub_ref(acc[s], (ch.mt, ch.nt)), accumulate=ci > 0, waits=tuple(mw), signal=MM))

@@ -31,6 +31,8 @@ def epilogue_of(ctx: KernelContext, n_main: int) -> tuple[Expr, list[HbmRef], li
 
 @kernel("matmul")
 def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
+    if "wq_bits" in ctx.node.attrs:
+        return _weight_only(ctx)
     a_ref, b_ref = ctx.inputs[0], ctx.inputs[1]
     out = ctx.outputs[0]
     *batch, m, n = out.shape
@@ -71,6 +73,48 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     min_bytes = (a_ref.numel + b_ref.numel) * isz + out.numel * out.dtype.itemsize + sum(
         r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None)
     return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, op_dt)
+
+
+def _weight_only(ctx: KernelContext) -> KernelLaunch:
+    """a @ dequant(Wq): the GEMM pipeline with B streamed quantized from HBM (int8, or int4 two
+    per byte) with its group scales, dequantized per chunk by the vector engine into the B tile
+    (emit_gemm's weight_only mode). HBM traffic is the packed bytes; the array runs in the
+    program's dtype. K chunks are whole groups (or, one group per channel, any part of it)."""
+    a_ref, q_ref, s_ref = ctx.inputs[0], ctx.inputs[1], ctx.inputs[2]
+    out = ctx.outputs[0]
+    bits, group = int(ctx.node.attrs["wq_bits"]), int(ctx.node.attrs["wq_group"])
+    pack = 8 // bits
+    *batch, m, n = out.shape
+    k = a_ref.shape[-1]
+    a = broadcast_to(a_ref, tuple(batch) + (m, k))
+    q = broadcast_to(q_ref, tuple(batch) + (k // pack, n))
+    sc = broadcast_to(s_ref, tuple(batch) + (k // group, n))
+    expr, epi_refs, epi_scalars = epilogue_of(ctx, 3)
+    epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
+    groups = math.prod(batch) if batch else 1
+    dt = ctx.dtype
+    b_stage = 1 / pack + 4 / group  # staged bytes per weight: the quantized value and its share of a scale
+    n_temps = max(len(expr.steps) - 1, 0)
+    tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, dt, out.dtype.itemsize, sum(e is not None for e in epi),
+                                n_temps, k_quantum=group if group < k else pack, b_scale=b_stage / dt.itemsize,
+                                b_stage=b_stage)  # chunks are whole groups (per-channel: one group, any chunk)
+    tiles = []
+    for idx in itertools.product(*(range(d) for d in batch)):
+        for m0 in range(0, m, tiling.mt):
+            mt = min(tiling.mt, m - m0)
+            for n0 in range(0, n, tiling.nt):
+                nt = min(tiling.nt, n - n0)
+                chunks = []
+                for k0 in range(0, k, tiling.kt):
+                    kt = min(tiling.kt, k - k0)
+                    chunks.append(GemmChunk(_at(a, idx, m0, mt, k0, kt), _at(q, idx, k0 // pack, kt // pack, n0, nt),
+                                            mt, kt, nt, b_scale=_at(sc, idx, k0 // group, -(-kt // group), n0, nt)))
+                tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
+                                      _at(out, idx, m0, mt, n0, nt), mt, nt))
+    flops = 2 * groups * m * n * k
+    min_bytes = (a_ref.numel * a_ref.dtype.itemsize + q_ref.numel + s_ref.numel * 4 + out.numel * out.dtype.itemsize
+                 + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, dt, weight_only=(bits, group))
 
 
 __all__ = ["matmul_kernel", "epilogue_of"]

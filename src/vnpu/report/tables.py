@@ -284,7 +284,8 @@ def compare_table(reports: list[Any]) -> Table:
     """`vnpu compare`: one column per chip (GenerationReports of the same generation)."""
     r0 = reports[0]
     t = Table(title=f"vnpu compare · {r0.model} · prompt {r0.prompt_len} + {r0.max_new_tokens} tokens · batch "
-                    f"{r0.batch} · {r0.dtype}", box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
+                    f"{r0.batch} · {r0.dtype}" + (f" · {r0.quant} (each chip at its own rate for the format)"
+                                                   if getattr(r0, "quant", "") else ""), box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
     t.add_column("metric", style="bold cyan", no_wrap=True)
     for r in reports:
         t.add_column(f"{r.chips} x {r.chip}" if r.chips > 1 else r.chip, justify="right")

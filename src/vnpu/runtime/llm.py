@@ -464,10 +464,11 @@ def _capacity(prompt_len: int, max_new_tokens: int) -> int:
     return max(MIN_BUCKET, 1 << (need - 1).bit_length())
 
 
-def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant_fmt: DType | None = None) -> tuple[int, int]:
+def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any = None) -> tuple[int, int]:
     """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation.
-    With `quant_fmt`, the nn.Linear weights (what compiler/quantize.py quantizes) count in that
-    format plus one fp32 scale per output channel; a tied one (the LM head of tied embeddings)
+    With `quant` (a compiler.quantize.QuantScheme), the nn.Linear weights (what
+    compiler/quantize.py quantizes) count as the scheme stores them (QuantScheme.weight_bytes);
+    a tied one (the LM head of tied embeddings)
     also keeps its `dtype` copy for the embedding lookup."""
     from vnpu.workloads.llm_zoo import build_llm
 
@@ -475,11 +476,11 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant_fmt: 
         model = build_llm(spec, device="meta", num_layers=layers)
         params = {id(p): p for p in model.parameters()}
         total = sum(p.numel() for p in params.values()) * dtype.itemsize
-        if quant_fmt is not None:
+        if quant is not None:
             linear = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
             embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
             for pid, w in linear.items():
-                q = w.numel() * quant_fmt.itemsize + w.shape[0] * 4
+                q = quant.weight_bytes(w.shape[1], w.shape[0])  # nn.Linear: [out, in]
                 total += q if pid in embedded else q - w.numel() * dtype.itemsize
         return total
 
@@ -531,7 +532,7 @@ def _what_fits(spec: Any, prompt_len: int, max_new_tokens: int, batch: int, weig
 
 
 def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
-                 dtype: str | DType, quant_fmt: DType | None = None) -> int:
+                 dtype: str | DType, quant: Any = None) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
     of the weights and KV cache (with 5% left for activations)."""
     from vnpu.workloads.llm_zoo import get_llm
@@ -541,7 +542,7 @@ def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, c
     n = 1
     while n <= 64:
         try:
-            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt, quant_fmt)
+            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt, quant)
         except ValueError:
             break
         if w + kv <= chip_.hbm.bytes * 0.95:
@@ -584,14 +585,14 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
 
         scheme = get_scheme(quant)
         check_chip(scheme, chip_)
-        if scheme.activations != "per_token":
-            raise QuantError(f"LLM generation takes the dynamic schemes (per-token activations: "
-                             f"{', '.join(s for s, v in _schemes().items() if v.activations == 'per_token')}); "
+        if scheme.needs_calibration:
+            raise QuantError(f"LLM generation takes the schemes without calibration "
+                             f"({', '.join(s for s, v in _schemes().items() if not v.needs_calibration)}); "
                              f"{quant} needs calibration")
         if chips > 1:
             raise QuantError("quantized generation runs on one chip; drop --chips or --quant")
         plan = QuantPlan(scheme)
-    qfmt = plan.scheme.fmt if plan is not None else None
+    qfmt = plan.scheme if plan is not None else None
     # every size is checked before anything is built or allocated
     check_generation(full, prompt_len, max_new_tokens, batch, chips)
     top_k = top_k or None  # 0: greedy

@@ -82,6 +82,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
                    out_shape: tuple[int, ...] = ()) -> np.ndarray:
     """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
     args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
+    if op not in ("cast", "dequant") and np.dtype(out_dtype).kind not in "iub":  # ints into a float result: in fp32, not wrapping int8
+        args = [a.astype(F32) if isinstance(a, np.ndarray) and a.dtype.kind in "iu" else a for a in args]
     if op in MATH_UNARY_FNS:
         return MATH_UNARY_FNS[op](args[0], attrs)
     if op in BINARY_FNS:
@@ -99,6 +101,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
         return np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(x.dtype, copy=False)
     if op == "pow_scalar":
         return np.power(args[0], F32(attrs["exponent"]))
+    if op == "dequant":  # weight-only GEMM: q [rows / pack, cols] int8 (int4: two per byte) x group scales
+        return dequantize_weight_tile(args[0], args[1], int(attrs["bits"]), int(attrs["group"]))
     if op == "cast":
         x = args[0]
         tgt = np.dtype(out_dtype)
@@ -361,3 +365,22 @@ BINARY_FNS.update({
     "remainder": _remainder, "atan2": np.arctan2, "hypot": np.hypot, "logaddexp": np.logaddexp,
     "copysign": np.copysign, "xlogy": _xlogy,
 })
+
+
+def unpack_int4(q: np.ndarray) -> np.ndarray:
+    """[rows, cols] int8 bytes -> [2 * rows, cols] int8 values in -8..7: row 2i is byte row i's low
+    nibble, row 2i + 1 its high nibble (packing along K, two weights per byte)."""
+    b = np.asarray(q).view(np.int8)
+    lo = (b << 4).astype(np.int8) >> 4  # arithmetic shifts sign-extend each nibble
+    hi = b >> 4
+    out = np.empty((2 * b.shape[0],) + b.shape[1:], np.int8)
+    out[0::2], out[1::2] = lo, hi
+    return out
+
+
+def dequantize_weight_tile(q: np.ndarray, scales: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """The vector engine's dequant instruction: q (int8, or int4 packed along rows) times the
+    fp32 scale of its group of `group` rows, in fp32 (the store rounds to the tile's dtype)."""
+    vals = unpack_int4(q) if bits == 4 else np.asarray(q)
+    s = np.repeat(np.asarray(scales, F32), group, axis=0)[:vals.shape[0]]
+    return vals.astype(F32) * s

@@ -338,6 +338,20 @@ def _t(cx: Cx, x: Any) -> Value | None:
     return _permute(cx, x, [1, 0]) if isinstance(x, Value) and x.type.rank == 2 else None
 
 
+def _view(cx: Cx, x: Any, shape: list) -> Value | None:
+    """A per-tensor quantized activation reshaped (a Linear on [B, S, D] flattens it for addmm): the
+    reshape moves the integer data, the parameters stay."""
+    src = _source(cx, x)
+    if src is None or not src.per_tensor or cx.node is None or not _fx_users_handled(cx.node):
+        return None
+    out_shape = cx.meta_type().shape
+    q = src.q if out_shape == src.q.shape else cx.emit("reshape", [src.q], {"shape": list(out_shape)})
+    rank = len(out_shape)
+    return _defer(cx, QuantSource(q, src.scale.reshape([1] * rank), src.zero_point.reshape([1] * rank), src.qmin,
+                                  src.qmax, src.out_dtype, Value(cx.g._fresh(f"{q.name}_dequant"),
+                                                                 TensorType(out_shape, src.out_dtype))))
+
+
 def _to_copy(cx: Cx, x: Any, *args: Any, **kwargs: Any) -> Value | None:
     """An int8 weight cast to float (torchao's weight-only configs) as a cast node: kept unfolded
     by KEEP_UNFOLDED, the weight stays int8 in HBM."""
@@ -373,7 +387,8 @@ def _extend(name: str, quantized: Callable[..., Value | None]) -> None:
 
 # ops whose lowerings resolve deferred operands (a dequantize feeding only these is deferred)
 RESOLVING = {"mm.default": _mm, "addmm.default": _addmm, "linear.default": _linear,
-             "convolution.default": _conv, "permute.default": _permute, "t.default": _t}
+             "convolution.default": _conv, "permute.default": _permute, "t.default": _t,
+             "view.default": _view, "_unsafe_view.default": _view, "reshape.default": _view}
 for _name, _fn in RESOLVING.items():
     _extend(_name, _fn)
 for _name in ("_to_copy.default", "to.dtype"):

@@ -10,7 +10,7 @@ torchao's configs export as plain ATen (int8 weights cast to float, `_int_mm`).
   importer maps torch.uint8).
 - dequantize_*: (cast(q, fp32) - zero point) * scale, elementwise on the chip.
 - dequantize(q_x) -> mm / addmm / linear / convolution <- dequantize(int8 constant weight):
-  the matmul / conv2d runs on the int8 operands (int32, exact) and the dequantization is its
+  the matmul / conv2d (2-D, 1-D, grouped; not depthwise) runs on the int8 operands (int32, exact) and the dequantization is its
   epilogue: (acc - zx * sum_k qw) as fp32 * (sx * sw) + bias, which fusion merges with what
   follows (relu, the next layer's quantize: requantization). uint8 activations are shifted by
   -128 into int8 with the shift folded into the zero point; a padded convolution pads the
@@ -288,9 +288,13 @@ def _linear(cx: Cx, x: Any, w: Any, bias: Value | None = None) -> Value | None:
 
 def _conv(cx: Cx, x: Any, w: Any, bias: Value | None, stride: list, padding: list, dilation: list,
           transposed: bool, output_padding: list, groups: int) -> Value | None:
-    """dequant(x) conv dequant(int8 OIHW weight) (+ bias) as an int8 conv2d (2-D, ungrouped)."""
+    """dequant(x) conv dequant(int8 weight) (+ bias) as an int8 conv2d: 2-D, or 1-D as 2-D over a
+    unit height. Depthwise convolutions (one input channel per group) stay float: the int8
+    depthwise kernel is not exact (see the report of this module's branch)."""
     sx, sw = _source(cx, x), _source(cx, w)
-    if sx is None or sw is None or transposed or groups != 1 or sx.q.type.rank != 4 or sw.q.type.rank != 4:
+    if sx is None or sw is None or transposed or sx.q.type.rank not in (3, 4) or sw.q.type.rank != sx.q.type.rank:
+        return None
+    if groups != 1 and sw.q.shape[1] == 1:
         return None
     act = _activation_int8(cx, sx)
     wt = _weight_int8(cx, sw, 0)
@@ -298,21 +302,28 @@ def _conv(cx: Cx, x: Any, w: Any, bias: Value | None, stride: list, padding: lis
         return None
     xq, zx = act
     wq, scale_w = wt
-    pads = _per_dim(padding, 2)
+    one_d = sx.q.type.rank == 3
+    nd = 1 if one_d else 2
+    pads, strides, dils = _per_dim(padding, nd), _per_dim(stride, nd), _per_dim(dilation, nd)
+    if one_d:  # [N, C, L] -> [N, C, 1, L], [O, C/g, K] -> [O, C/g, 1, K]
+        xq = cx.emit("reshape", [xq], {"shape": [xq.shape[0], xq.shape[1], 1, xq.shape[2]]})
+        wq = wq.reshape(wq.shape[0], wq.shape[1], 1, wq.shape[2])
+        pads, strides, dils = [0] + pads, [1] + strides, [1] + dils
     x8 = cx.emit("cast", [xq], {"dtype": DType.int8}) if xq.dtype != DType.int8 else xq
     if zx and any(pads):  # eager pads the float tensor with 0.0, which is q = zx: pad with zx, conv unpadded
         x8 = cx.emit("pad", [x8], {"pads": [(0, 0), (0, 0), (pads[0], pads[0]), (pads[1], pads[1])], "value": float(zx)})
         pads = [0, 0]
     acc = cx.emit("conv2d", [x8, _int8_const(cx, sw, wq)],
-                  {"stride": tuple(_per_dim(stride, 2)), "padding": ((pads[0], pads[0]), (pads[1], pads[1])),
-                   "dilation": tuple(_per_dim(dilation, 2)), "groups": 1, **KEEP})
+                  {"stride": tuple(strides), "padding": ((pads[0], pads[0]), (pads[1], pads[1])),
+                   "dilation": tuple(dils), "groups": int(groups), **KEEP})
     o = wq.shape[0]
     correction = (zx * wq.astype(np.int64).sum(axis=(1, 2, 3))).reshape(1, o, 1, 1)
     scale = float(sx.scale.reshape(-1)[0]) * scale_w.reshape(1, -1, 1, 1)
     if bias is not None:
         bias = cx.g.add_const(bias.name, np.asarray(bias.data).reshape(1, o, 1, 1), bias.dtype) if bias.is_const \
             else cx.emit("reshape", [bias], {"shape": [1, o, 1, 1]})
-    return _epilogue(cx, acc, correction, scale, bias, cx.out_dtype())
+    y = _epilogue(cx, acc, correction, scale, bias, cx.out_dtype())
+    return cx.emit("reshape", [y], {"shape": list(cx.meta_type().shape)}) if one_d else y
 
 
 def _permuted(cx: Cx, src: QuantSource, perm: list[int], node: fx.Node | None) -> Value | None:

@@ -1692,4 +1692,4 @@ def _signbit(cx: Cx, x: Value) -> Value:
     return cx.emit("signbit", [x])
 
 
-from vnpu.frontends.torch import aten_misc, aten_scatter  # noqa: E402,F401  (register their lowerings)
+from vnpu.frontends.torch import aten_misc, aten_quant, aten_scatter  # noqa: E402,F401  (register their lowerings)

@@ -69,6 +69,9 @@ class ImportContext(LoweringContext):
 
 ATEN: dict[str, Handler] = {}
 aten = registrar(ATEN)  # registers the lowering of ATen overloads, e.g. @aten("addmm.default")
+# predicates (context, FX node, its Value operands) -> True for an op on constants that is lowered
+# rather than folded at import: aten_quant keeps int8 weights int8 in HBM, dequantized on the chip
+KEEP_UNFOLDED: list[Callable[["ImportContext", fx.Node, list[Value]], bool]] = []
 
 
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -161,7 +164,8 @@ def import_fx(gm: fx.GraphModule, constants: dict[str, torch.Tensor], name: str 
             bucket = unsupported if strict else res.fallback_ops
             bucket[name_] = bucket.get(name_, 0) + 1
             continue
-        if vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals)):
+        if (vals and all(v.is_const for v in vals) and (shape_only or _foldable(node, vals))
+                and not any(keep(cx, node, vals) for keep in KEEP_UNFOLDED)):
             env[node] = _fold(cx, node, args, kwargs, vals)
             res.folded += 1
             continue

@@ -5,8 +5,14 @@ The public names load on first use (PEP 562), so that `import vnpu` — and ever
 before it needs them."""
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
+
+# torchao (the vnpu[quant] extra, imported by transformers when installed) logs a warning per CUDA
+# extension it cannot load on a CPU-only host; none of them is used here
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's Enum registrations, deprecated in 2.13
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,10 @@ from vnpu.frontends.torch.importer import (ATEN, DataDependentValueError, Fallba
 def export_module(model: torch.nn.Module, example_inputs: tuple, example_kwargs: dict | None = None,
                   strict: bool = False) -> ImportResult:
     """torch.export -> Core ATen decomposition -> IR."""
-    model = model.eval()
+    try:
+        model.eval()  # not reassigned: a converted pt2e GraphModule's eval() returns None (or refuses)
+    except NotImplementedError:
+        pass  # a pt2e GraphModule without allow_exported_model_train_eval: it is in inference form already
     with torch.no_grad():
         try:
             ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or None)

@@ -337,7 +337,10 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu, lift_layer_norm
 
     numpy_helper = require("onnx.numpy_helper", "onnx")
+    from vnpu.frontends.onnx.qdq import fuse_qdq
+
     proto = load_model(model)
+    proto, _ = fuse_qdq(proto)  # QDQ groups -> integer matmuls / convs (a copy of the model when any)
     opset = _opset(proto)
     shapes = resolve_input_shapes(proto, input_shapes)
     gname = name or proto.graph.name or "onnx_model"

@@ -308,7 +308,7 @@ def _int8_operand(cx: Cx, q: Value, zp: Value | None, elem: int, zp_shape: list[
 
 
 def _is_zero(z: Any) -> bool:
-    return isinstance(z, np.ndarray) and not np.any(z)
+    return not isinstance(z, Value) and not np.any(z)
 
 
 class _IntSum:
@@ -319,12 +319,12 @@ class _IntSum:
         self.cx, self.acc, self.const = cx, acc, np.zeros((), np.int64)
 
     def _value(self, v: Any) -> Value:
-        return v if isinstance(v, Value) else self.cx.const(_wrap_i32(v), DType.int32)
+        return v if isinstance(v, Value) else self.cx.const(_wrap_i32(np.asarray(v)), DType.int32)
 
     def add(self, sign: int, coef: Any, term: Any) -> None:
         if _is_zero(coef) or _is_zero(term):
             return
-        if isinstance(coef, np.ndarray) and isinstance(term, np.ndarray):
+        if not isinstance(coef, Value) and not isinstance(term, Value):
             self.const = self.const + sign * coef * term
             return
         p = self.cx.emit("mul", [self._value(coef), self._value(term)])
@@ -352,7 +352,7 @@ def _int8_matmul(cx: Cx, a8: Value, za: Any, b8: Value, zb: Any) -> Value:
     s.add(-1, za, _int_sum(cx, b8, [b8.type.rank - 2]))
     s.add(-1, zb, _int_sum(cx, a8, [a8.type.rank - 1]))
     if not (_is_zero(za) or _is_zero(zb)):
-        s.add(1, za * k if isinstance(za, np.ndarray) else cx.emit("mul", [za, cx.const(k, DType.int32)]), zb)
+        s.add(1, za * k if not isinstance(za, Value) else cx.emit("mul", [za, cx.const(k, DType.int32)]), zb)
     return s.result()
 
 
@@ -379,7 +379,7 @@ def _int8_conv2d(cx: Cx, x8: Value, zx: Any, w8: Value, zw: Any, stride: list[in
         return None
     conv_attrs = {"stride": tuple(stride), "dilation": tuple(dilation), "groups": groups}
     padded = any(lo or hi for lo, hi in pads)
-    fill = isinstance(zx, np.ndarray)
+    fill = not isinstance(zx, Value)
     xin = x8
     if padded and fill and np.any(zx):
         xin = cx.emit("pad", [x8], {"pads": [(0, 0), (0, 0)] + [tuple(p) for p in pads], "value": float(zx)})
@@ -412,7 +412,7 @@ def _int8_conv2d(cx: Cx, x8: Value, zx: Any, w8: Value, zw: Any, stride: list[in
         wins = conv(cx.g.add_const("ones", ones_w, DType.int8))
         s.add(-1, zw, wins)
         if not _is_zero(zx):
-            s.add(1, zx, taps * zw if isinstance(zw, np.ndarray) else cx.emit("mul", [zw, cx.const(_wrap_i32(taps), DType.int32)]))
+            s.add(1, zx, taps * zw if not isinstance(zw, Value) else cx.emit("mul", [zw, cx.const(_wrap_i32(taps), DType.int32)]))
     return s.result()
 
 

@@ -139,9 +139,9 @@ def _constant_quantizes(graph: Any) -> dict[str, np.ndarray]:
 
     def val(name: str) -> np.ndarray:
         v = values[name]
-        if not isinstance(v, np.ndarray):
+        if hasattr(v, "HasField"):  # a TensorProto, converted once
             v = values[name] = numpy_helper.to_array(v)
-        return v
+        return np.asarray(v)
 
     pending = [n for n in graph.node if n.op_type in ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear")]
     progress = True
@@ -182,7 +182,7 @@ def _fold_const(n: Any, values: dict[str, Any], val: Any, out: dict[str, np.ndar
             return False
         info = np.iinfo(dt)
         q = np.round((x / scale).astype(np.float64)) + z
-        values[n.output[0]] = out[n.output[0]] = np.clip(q, info.min, info.max).astype(dt)
+        values[n.output[0]] = out[n.output[0]] = np.asarray(np.clip(q, info.min, info.max)).astype(dt)
         return True
     return False
 

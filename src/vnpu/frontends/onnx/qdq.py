@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 FLOAT, UINT8, INT8, INT32 = 1, 2, 3, 6
-_INT_TYPES = {2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32}  # QuantizeLinear's output_dtype
 Q8 = (INT8, UINT8)
 
 
@@ -114,96 +113,13 @@ def _dequant(gr: _Graph, name: str, rank: int | None) -> _Dequant | None:
 
 def fuse_qdq(model: Any) -> tuple[Any, int]:
     """(the model with its QDQ matmul / conv groups rewritten into integer ops, how many)."""
-    if not _find_groups(model.graph, dry_run=True) and not _constant_quantizes(model.graph):
+    if not _find_groups(model.graph, dry_run=True):
         return model, 0
     import onnx
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    _fold_constant_quantizes(m.graph)
     return m, _find_groups(m.graph, dry_run=False)
-
-
-def _constant_quantizes(graph: Any) -> dict[str, np.ndarray]:
-    """The output of each QuantizeLinear of a constant float tensor that is not an initializer -> its
-    value. onnxruntime quantizes a weight it reaches through an Identity (the torch exporter shares
-    equal parameters that way) with a QuantizeLinear node, and the import's fold of it fails: the
-    importer stores uint8 zero points in int32, which onnx.reference then reads as an int32
-    output type. The constants are followed through Constant, Identity and the
-    Quantize / DequantizeLinear pairs the quantizer puts on them; values as the spec computes them:
-    x / scale rounded half to even, + zero point, saturated (dequantization (q - zp) * scale)."""
-    from onnx import numpy_helper
-
-    values: dict[str, Any] = {t.name: t for t in graph.initializer}
-    out: dict[str, np.ndarray] = {}
-
-    def val(name: str) -> np.ndarray:
-        v = values[name]
-        if hasattr(v, "HasField"):  # a TensorProto, converted once
-            v = values[name] = numpy_helper.to_array(v)
-        return np.asarray(v)
-
-    pending = [n for n in graph.node if n.op_type in ("Constant", "Identity", "QuantizeLinear", "DequantizeLinear")]
-    progress = True
-    while progress:  # to a fixed point: the quantizer appends its nodes out of topological order
-        progress = False
-        for n in pending:
-            if n.output[0] not in values and _fold_const(n, values, val, out):
-                progress = True
-    return out
-
-
-def _fold_const(n: Any, values: dict[str, Any], val: Any, out: dict[str, np.ndarray]) -> bool:
-    """Evaluates one node of _constant_quantizes' chains when its inputs are known; whether it did."""
-    ins = [i for i in n.input if i]
-    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-        values[n.output[0]] = n.attribute[0].t
-        return True
-    elif not ins or not all(i in values for i in ins) or _attr(n, "block_size", 0):
-        return False
-    elif n.op_type == "Identity":
-        values[n.output[0]] = values[n.input[0]]
-        return True
-    elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1:
-        x, scale = val(n.input[0]), val(n.input[1]).astype(np.float32)
-        zp = val(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        if scale.size != 1:
-            shape = [1] * x.ndim
-            shape[int(_attr(n, "axis", 1)) % max(x.ndim, 1)] = scale.size
-            scale = scale.reshape(shape)
-            zp = zp.reshape(shape) if zp is not None and zp.size != 1 else zp
-        z = np.zeros((), np.float64) if zp is None else zp.astype(np.float64)
-        if n.op_type == "DequantizeLinear":
-            values[n.output[0]] = ((x.astype(np.float64) - z).astype(np.float32) * scale).astype(np.float32)
-            return True
-        to = _attr(n, "output_dtype", 0)
-        dt = np.dtype(_INT_TYPES[to]) if to in _INT_TYPES else zp.dtype if zp is not None else np.dtype(np.uint8)
-        if dt.kind not in "iu" or dt.itemsize > 4 or x.dtype != np.float32:
-            return False
-        info = np.iinfo(dt)
-        q = np.round((x / scale).astype(np.float64)) + z
-        values[n.output[0]] = out[n.output[0]] = np.asarray(np.clip(q, info.min, info.max)).astype(dt)
-        return True
-    return False
-
-
-def _fold_constant_quantizes(graph: Any) -> None:
-    """Replaces each of _constant_quantizes(graph) by an initializer holding its value."""
-    from onnx import numpy_helper
-
-    folded = _constant_quantizes(graph)
-    if not folded:
-        return
-    kept = []
-    for n in graph.node:
-        if n.op_type == "QuantizeLinear" and n.output[0] in folded:
-            graph.initializer.append(numpy_helper.from_array(folded[n.output[0]], n.output[0]))
-        else:
-            c = type(n)()
-            c.CopyFrom(n)
-            kept.append(c)
-    del graph.node[:]
-    graph.node.extend(kept)
 
 
 def _find_groups(graph: Any, dry_run: bool) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 from vnpu.dtypes import DType
 from vnpu.frontends import spatial
 from vnpu.frontends.onnx.importer import OnnxContext as Cx, _elem_dtype, onnx_op
-from vnpu.frontends.onnx.onnx_ops import _axis, _conv_pads, _matmul
+from vnpu.frontends.onnx.onnx_ops import _axis, _conv_pads
 from vnpu.ir.graph import Value
 
 Ins = list[Value | None]
@@ -278,9 +278,8 @@ def _q8_types(cx: Cx, positions: tuple[int, ...]) -> list[int] | None:
 
 
 # -- integer matmul / conv on the matrix engine ---------------------------------------------------
-# A zero point is a constant (an int64 array, shaped to broadcast against the int32 accumulator)
-# or a run-time int32 Value of that shape.
-ZeroPoint = "np.ndarray | Value"
+# A zero point (typed Any below) is a constant (an int64 array, shaped to broadcast against the
+# int32 accumulator) or a run-time int32 Value of that shape.
 
 
 def _wrap_i32(c: np.ndarray) -> np.ndarray:

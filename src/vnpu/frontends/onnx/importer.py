@@ -337,7 +337,10 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     from vnpu.frontends.onnx.patterns import drop_dead_nodes, lift_gelu, lift_layer_norm
 
     numpy_helper = require("onnx.numpy_helper", "onnx")
+    from vnpu.frontends.onnx.qdq import fuse_qdq
+
     proto = load_model(model)
+    proto, _ = fuse_qdq(proto)  # QDQ groups -> integer matmuls / convs (a copy of the model when any)
     opset = _opset(proto)
     shapes = resolve_input_shapes(proto, input_shapes)
     gname = name or proto.graph.name or "onnx_model"
@@ -471,8 +474,22 @@ def _node_evaluator(node: Any, opset: int) -> Any:
     return ReferenceEvaluator(node, opsets={"": opset})
 
 
+def _declared_type(cx: OnnxContext, name: str, v: Value) -> Any:
+    """v's data in its ONNX element type: uint8 / uint16 / int16 are stored in int32, and
+    onnx.reference reads a QuantizeLinear's output type from its zero point's."""
+    if v.dtype == DType.int32:
+        from onnx import helper
+
+        from vnpu.frontends.onnx.ops_quant import UINT8, UINT16, INT16, onnx_elem_type
+
+        elem = onnx_elem_type(cx, name)
+        if elem in (UINT8, UINT16, INT16):
+            return np.asarray(v.data).astype(helper.tensor_dtype_to_np_dtype(elem))
+    return v.data
+
+
 def _fold(cx: OnnxContext, node: Any, ins: list[Value | None], opset: int) -> tuple[Value, ...] | None:
-    feeds = {n: v.data for n, v in zip(node.input, ins) if n and v is not None}
+    feeds = {n: _declared_type(cx, n, v) for n, v in zip(node.input, ins) if n and v is not None}
     try:
         outs = _node_evaluator(node, opset).run(None, feeds)
     except Exception as e:  # noqa: BLE001

@@ -11,13 +11,19 @@ Quantization runs on the vector unit in fp32: x / scale (a true division, as the
 the IR's `round` (half to even), + zero point, `clamp` to the type's range, then a cast to the
 storage type, which is exact because the value is already an in-range integer.
 
-QLinearMatMul / QLinearConv subtract the zero points in fp32 (exact: |q - zp| <= 255) and run the
-matmul / conv on the matrix engine, whose fp32 accumulation is exact while every partial sum stays
-below 2^24. The contraction is split into chunks whose worst-case sum (chunk length x max|a - zp| x
-max|b - zp|, from the constant data when there is some, else from the type's range) is below
-2^24; each chunk's exact fp32 result is cast to int32 and the chunks are added in int32, so the
-accumulator is int32-exact like onnxruntime's. Requantization then follows onnxruntime: the int32
-sum as fp32, times (scale_a * scale_b / scale_y) in fp32, rounded half to even, + zero point, clamped.
+QLinearMatMul / QLinearConv / MatMulInteger / ConvInteger run on the matrix engine with int8
+operands and an exact int32 accumulator: uint8 tensors (stored in int32) are shifted by -128 into
+int8, the shift folded into their zero point, and the zero points are handled algebraically,
+(a - za) @ (b - zb) = a @ b - za * colsum(b) - zb * rowsum(a) + K * za * zb, with the terms of
+constants folded at import and the run-time sums as reduces. Convolutions pad x with its zero
+point (the pad kernel's fill value) so every window has all its taps, which makes the za term
+one constant per output channel. Requantization then follows onnxruntime: the int32 sum as fp32,
+times (scale_a * scale_b / scale_y) in fp32, rounded half to even, + zero point, saturated.
+
+The older exact fp32 path stays for the convolutions the int8 kernels cannot take (depthwise:
+the int8 depthwise kernel multiplies in int8 and wraps; 3-D): the zero points are subtracted in
+fp32 (exact: |q - zp| <= 255) and the contraction is split into chunks whose worst-case sum is
+below 2^24, each exact in fp32, added in int32.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import numpy as np
 from vnpu.dtypes import DType
 from vnpu.frontends import spatial
 from vnpu.frontends.onnx.importer import OnnxContext as Cx, _elem_dtype, onnx_op
-from vnpu.frontends.onnx.onnx_ops import _axis, _conv_pads, _matmul
+from vnpu.frontends.onnx.onnx_ops import _axis, _conv_pads
 from vnpu.ir.graph import Value
 
 Ins = list[Value | None]
@@ -218,7 +224,7 @@ def _dynamic_quantize_linear(cx: Cx, ins: Ins, attrs: dict) -> tuple[Value, Valu
     return y, scale, cx.cast(zp_f, _elem_dtype(UINT8))
 
 
-# -- QLinearMatMul / QLinearConv ----------------------------------------------------------------
+# -- the exact fp32 path (convolutions the int8 kernels cannot take: see _conv_acc) -------------
 def _max_offset(q: Value, zp: Value | None, elem: int) -> float:
     """The largest |q - zp| the data can give: exact for constant q, else over the type's range."""
     lo, hi = INT_RANGES[elem]
@@ -271,19 +277,175 @@ def _q8_types(cx: Cx, positions: tuple[int, ...]) -> list[int] | None:
     return types if all(t in (INT8, UINT8) for t in types) else None
 
 
-@onnx_op("QLinearMatMul")
-def _qlinear_matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
-    a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = ins[:8]
-    types = _q8_types(cx, (0, 3, 7))
-    if types is None or any(v is None for v in (a_zp, b_zp, y_zp)) or a.type.rank < 1 or b.type.rank < 1:
+# -- integer matmul / conv on the matrix engine ---------------------------------------------------
+# A zero point (typed Any below) is a constant (an int64 array, shaped to broadcast against the
+# int32 accumulator) or a run-time int32 Value of that shape.
+
+
+def _wrap_i32(c: np.ndarray) -> np.ndarray:
+    """int64 -> int32 with two's-complement wrap, as the int32 accumulator wraps."""
+    return ((np.asarray(c, np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+
+
+def _int8_operand(cx: Cx, q: Value, zp: Value | None, elem: int, zp_shape: list[int]) -> tuple[Value, Any]:
+    """q as a real int8 tensor and its zero point in the same frame: uint8 data (stored in int32)
+    is shifted by -128 and so is its zero point, which leaves q - zp unchanged. The zero point comes
+    back as a constant int64 array of `zp_shape`, or a run-time int32 Value of that shape."""
+    shift = 128 if elem == UINT8 else 0
+    if q.is_const:
+        q8 = cx.g.add_const(q.name, (np.asarray(q.data, np.int64) - shift).astype(np.int8), DType.int8)
+    elif shift:
+        q8 = cx.cast(cx.emit("sub", [cx.cast(q, DType.int32), cx.const(shift, DType.int32)]), DType.int8)
+    else:
+        q8 = cx.cast(q, DType.int8)
+    if zp is None:
+        return q8, np.full(zp_shape, -shift, np.int64)
+    if zp.is_const:
+        return q8, np.asarray(zp.data, np.int64).reshape(zp_shape) - shift
+    z = _reshape(cx, cx.cast(zp, DType.int32), zp_shape)
+    return q8, (cx.emit("sub", [z, cx.const(shift, DType.int32)]) if shift else z)
+
+
+def _is_zero(z: Any) -> bool:
+    return not isinstance(z, Value) and not np.any(z)
+
+
+class _IntSum:
+    """An int32 accumulator plus terms coef * term, each a constant array or a run-time int32
+    Value; the products of two constants are folded into one constant added at the end."""
+
+    def __init__(self, cx: Cx, acc: Value):
+        self.cx, self.acc, self.const = cx, acc, np.zeros((), np.int64)
+
+    def _value(self, v: Any) -> Value:
+        return v if isinstance(v, Value) else self.cx.const(_wrap_i32(np.asarray(v)), DType.int32)
+
+    def add(self, sign: int, coef: Any, term: Any) -> None:
+        if _is_zero(coef) or _is_zero(term):
+            return
+        if not isinstance(coef, Value) and not isinstance(term, Value):
+            self.const = self.const + sign * coef * term
+            return
+        p = self.cx.emit("mul", [self._value(coef), self._value(term)])
+        self.acc = self.cx.emit("add" if sign > 0 else "sub", [self.acc, p])
+
+    def result(self) -> Value:
+        if np.any(self.const):
+            self.acc = self.cx.emit("add", [self.acc, self.cx.const(_wrap_i32(self.const), DType.int32)])
+        return self.acc
+
+
+def _int_sum(cx: Cx, v: Value, axes: list[int]) -> Any:
+    """Sum of an int8 tensor over `axes` (dims kept) in int32: a constant computed here, else a reduce."""
+    if v.is_const:
+        return np.asarray(v.data, np.int64).sum(axis=tuple(axes), keepdims=True)
+    return cx.emit("reduce", [cx.cast(v, DType.int32)], {"kind": "sum", "axes": axes, "keepdim": True})
+
+
+def _int8_matmul(cx: Cx, a8: Value, za: Any, b8: Value, zb: Any) -> Value:
+    """(a - za) @ (b - zb) exactly in int32, for int8 a [..., M, K], b [..., K, N] (rank >= 2) with
+    za per tensor or per row ([M, 1]) and zb per tensor or per column ([N]):
+    a @ b (int8 on the matrix engine) - za * colsum(b) - zb * rowsum(a) + K * za * zb."""
+    k = a8.shape[-1]
+    s = _IntSum(cx, cx.emit("matmul", [a8, b8]))
+    s.add(-1, za, _int_sum(cx, b8, [b8.type.rank - 2]))
+    s.add(-1, zb, _int_sum(cx, a8, [a8.type.rank - 1]))
+    if not (_is_zero(za) or _is_zero(zb)):
+        s.add(1, za * k if not isinstance(za, Value) else cx.emit("mul", [za, cx.const(k, DType.int32)]), zb)
+    return s.result()
+
+
+def _valid_taps(size: int, out: int, k: int, stride: int, lo: int, dilation: int) -> np.ndarray:
+    """[out, k]: 1 where tap i of output position o reads inside the (unpadded) input."""
+    pos = np.arange(out)[:, None] * stride - lo + np.arange(k)[None, :] * dilation
+    return ((pos >= 0) & (pos < size)).astype(np.int64)
+
+
+def _int8_conv2d(cx: Cx, x8: Value, zx: Any, w8: Value, zw: Any, stride: list[int],
+                 pads: list[tuple[int, int]], dilation: list[int], groups: int) -> Value | None:
+    """sum over the window of (x - zx) * (w - zw), exactly in int32, for int8 x [N, C, H, W] and
+    w [M, C/g, kh, kw] (zx per tensor, zw per tensor or per output channel, shaped [1, M, 1, 1]),
+    padding contributing 0 as in onnxruntime (it pads x with its zero point).
+    A constant zx: x is padded with zx (the pad kernel's fill value), so every window has all its
+    taps and (x - zx)(w - zw) summed over the window is conv(x, w) - zx * sum(w) - zw * windowsum(x)
+    + taps * zx * zw, the zx terms one constant per output channel. A run-time zx (DynamicQuantize-
+    Linear's) cannot be a fill value: x is zero-padded and the zx terms count only the in-bounds
+    taps (a constant map [M, OH, OW] for a constant weight, else the conv of a ones mask).
+    None for depthwise convolutions: the int8 depthwise kernel (vector engine) multiplies in int8 and
+    wraps (reported), and they gain nothing from the matrix engine anyway."""
+    m, cg, kh, kw = w8.shape
+    if groups > 1 and cg == 1:
         return None
-    if any(s.dtype != DType.fp32 for s in (a_scale, b_scale, y_scale)):
-        return None
-    a_t, b_t, y_t = types
+    conv_attrs = {"stride": tuple(stride), "dilation": tuple(dilation), "groups": groups}
+    padded = any(lo or hi for lo, hi in pads)
+    fill = not isinstance(zx, Value)
+    xin = x8
+    if padded and fill and np.any(zx):
+        xin = cx.emit("pad", [x8], {"pads": [(0, 0), (0, 0)] + [tuple(p) for p in pads], "value": float(zx)})
+    conv_pads = ((0, 0), (0, 0)) if fill else tuple(tuple(p) for p in pads)
+
+    def conv(w: Value) -> Value:
+        return cx.emit("conv2d", [xin, w], {**conv_attrs, "padding": conv_pads})
+
+    acc = conv(w8)
+    oh, ow = acc.shape[2], acc.shape[3]
+    s = _IntSum(cx, acc)
+    if fill or not padded:
+        # every tap of every window is present: the zx terms are per output channel
+        s.add(-1, zx, _reshape_sum(cx, _int_sum(cx, w8, [1, 2, 3]), [1, m, 1, 1]))
+        taps: Any = np.array(cg * kh * kw, np.int64)
+    else:
+        rv = _valid_taps(x8.shape[2], oh, kh, stride[0], pads[0][0], dilation[0])
+        cv = _valid_taps(x8.shape[3], ow, kw, stride[1], pads[1][0], dilation[1])
+        if w8.is_const:
+            wsum = np.asarray(w8.data, np.int64).sum(axis=1)  # [M, kh, kw]
+            inside: Any = np.einsum("mij,hi,wj->mhw", wsum, rv, cv)[None]
+        else:  # the conv of an all-ones image (zero-padded) with w: the in-bounds taps' weight sum
+            ones = cx.const(np.ones((1,) + tuple(x8.shape[1:]), np.int8), DType.int8)
+            inside = cx.emit("conv2d", [ones, w8], {**conv_attrs, "padding": conv_pads})
+        s.add(-1, zx, inside)
+        taps = (cg * rv.sum(1)[:, None] * cv.sum(1)[None, :])[None, None]  # in-bounds taps per position
+    if not _is_zero(zw):
+        # window sums of x: a conv with all-ones weights (one output channel per group)
+        ones_w = np.ones((1 if groups == 1 else m, cg, kh, kw), np.int8)
+        wins = conv(cx.g.add_const("ones", ones_w, DType.int8))
+        s.add(-1, zw, wins)
+        if not _is_zero(zx):
+            s.add(1, zx, taps * zw if not isinstance(zw, Value) else cx.emit("mul", [zw, cx.const(_wrap_i32(taps), DType.int32)]))
+    return s.result()
+
+
+def _reshape_sum(cx: Cx, v: Any, shape: list[int]) -> Any:
+    return v.reshape(shape) if isinstance(v, np.ndarray) else _reshape(cx, v, shape)
+
+
+def _int8_conv(cx: Cx, x8: Value, zx: Any, w8: Value, zw: Any, stride: list[int],
+               pads: list[tuple[int, int]], dilation: list[int], groups: int) -> Value | None:
+    """_int8_conv2d for 1-D (as 2-D with a unit height) and 2-D convolutions; None for 3-D."""
+    nd = x8.type.rank - 2
+    if nd == 2:
+        return _int8_conv2d(cx, x8, zx, w8, zw, stride, pads, dilation, groups)
+    if nd != 1:
+        return None  # 3-D: spatial.conv splits the depth taps; not done for int8 operands
+    x4 = _reshape(cx, x8, list(x8.shape[:2]) + [1, x8.shape[2]])
+    w4 = _reshape(cx, w8, list(w8.shape[:2]) + [1, w8.shape[2]])
+    y = _int8_conv2d(cx, x4, zx, w4, zw, [1, stride[0]], [(0, 0), pads[0]], [1, dilation[0]], groups)
+    return None if y is None else _reshape(cx, y, [y.shape[0], y.shape[1], y.shape[3]])
+
+
+def _requantize(cx: Cx, acc: Value, multiplier: Value, y_zp: Value, y_t: int) -> Value:
+    """onnxruntime's requantization: the int32 sum as fp32, times the combined scale, rounded half
+    to even, + zero point, saturated."""
+    return _quantize(cx, cx.emit("mul", [_f32(cx, acc), multiplier]), _reshape(cx, y_zp, []), y_t)
+
+
+# -- QLinearMatMul / QLinearConv / MatMulInteger / ConvInteger ------------------------------------
+def _matmul_params(cx: Cx, a: Value, b: Value) -> tuple[Any, Any]:
+    """Shapers for a's per-tensor / per-row and b's per-tensor / per-column parameters (the
+    spec's shapes, opset 21): param -> Value shaped to broadcast on [..., M, N], or None."""
     m = a.shape[-2] if a.type.rank >= 2 else 1
     n = b.shape[-1] if b.type.rank >= 2 else 1
 
-    # per-tensor, or one per row of a / column of b (spec, opset 21)
     def row_param(p: Value) -> Value | None:
         if p.type.numel == 1:
             return _reshape(cx, p, [])
@@ -294,24 +456,111 @@ def _qlinear_matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
             return _reshape(cx, p, [])
         return p if p.type.rank == 1 and p.shape[0] == n and b.type.rank >= 2 else None
 
+    return row_param, col_param
+
+
+def _matmul_acc(cx: Cx, a: Value, az: Value | None, a_t: int, b: Value, bz: Value | None, b_t: int) -> Value:
+    """(a - az) @ (b - bz) as int32 on the int8 matrix engine (a, b of 8-bit types; 1-D operands
+    as one-row / one-column matrices, numpy.matmul's rule)."""
+    ra, rb = a.type.rank, b.type.rank
+    a2 = a if ra >= 2 else _reshape(cx, a, [1, a.shape[0]])
+    b2 = b if rb >= 2 else _reshape(cx, b, [b.shape[0], 1])
+    a8, za = _int8_operand(cx, a2, az, a_t, list(az.shape) if az is not None else [])
+    b8, zb = _int8_operand(cx, b2, bz, b_t, list(bz.shape) if bz is not None else [])
+    acc = _int8_matmul(cx, a8, za, b8, zb)
+    if ra < 2 or rb < 2:
+        shape = list(acc.shape)
+        if rb < 2:
+            shape.pop(-1)
+        if ra < 2:
+            shape.pop(-2 if rb >= 2 else -1)
+        acc = _reshape(cx, acc, shape)
+    return acc
+
+
+@onnx_op("QLinearMatMul")
+def _qlinear_matmul(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = ins[:8]
+    types = _q8_types(cx, (0, 3, 7))
+    if types is None or any(v is None for v in (a_zp, b_zp, y_zp)) or a.type.rank < 1 or b.type.rank < 1:
+        return None
+    if any(s.dtype != DType.fp32 for s in (a_scale, b_scale, y_scale)):
+        return None
+    a_t, b_t, y_t = types
+    row_param, col_param = _matmul_params(cx, a, b)
     az, asc = row_param(a_zp), row_param(a_scale)
     bz, bsc = col_param(b_zp), col_param(b_scale)
     if y_zp.type.numel != 1 or y_scale.type.numel != 1 or None in (az, asc, bz, bsc):
         return None
-    ac, bc = _centered(cx, a, az), _centered(cx, b, bz)
-    k = a.shape[-1]
-    bound = _max_offset(a, az, a_t) * _max_offset(b, bz, b_t)
+    acc = _matmul_acc(cx, a, az, a_t, b, bz, b_t)
+    return _requantize(cx, acc, _multiplier(cx, asc, bsc, _reshape(cx, y_scale, [])), y_zp, y_t)
+
+
+@onnx_op("MatMulInteger")
+def _matmul_integer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    a, b = ins[0], ins[1]
+    a_zp = ins[2] if len(ins) > 2 else None
+    b_zp = ins[3] if len(ins) > 3 else None
+    a_t, b_t = _input_type(cx, 0), _input_type(cx, 1)
+    if a_t not in (INT8, UINT8) or b_t not in (INT8, UINT8) or a.type.rank < 1 or b.type.rank < 1:
+        return None
+    row_param, col_param = _matmul_params(cx, a, b)
+    az = None if a_zp is None else row_param(a_zp)
+    bz = None if b_zp is None else col_param(b_zp)
+    if (a_zp is not None and az is None) or (b_zp is not None and bz is None):
+        return None
+    return _matmul_acc(cx, a, az, a_t, b, bz, b_t)
+
+
+def _conv_geometry(attrs: dict, x: Value, w: Value) -> tuple[list[int], list[tuple[int, int]], list[int], int] | None:
+    nd = x.type.rank - 2
+    kernel = list(attrs.get("kernel_shape", w.shape[2:]))
+    stride = [int(s) for s in attrs.get("strides", [1] * nd)]
+    dilation = [int(d) for d in attrs.get("dilations", [1] * nd)]
+    pads = _conv_pads(attrs, list(x.shape[2:]), kernel, stride, dilation)
+    if pads is None:
+        return None
+    return stride, [(int(lo), int(hi)) for lo, hi in pads], dilation, int(attrs.get("group", 1))
+
+
+def _conv_acc(cx: Cx, x: Value, xz: Value | None, x_t: int, w: Value, w_zp: Value | None, w_t: int,
+              attrs: dict) -> Value | None:
+    """sum over each window of (x - xz) * (w - wz) as int32 (padding contributes 0), xz per tensor,
+    w_zp per tensor or per output channel: the int8 conv on the matrix engine, else (depthwise,
+    3-D) the exact fp32 path."""
+    nd = x.type.rank - 2
+    geo = _conv_geometry(attrs, x, w)
+    if geo is None or not 1 <= nd <= 3:
+        return None
+    stride, pads, dilation, groups = geo
+    m = w.shape[0]
+    if w_zp is not None and not (w_zp.type.numel == 1 or (w_zp.type.rank == 1 and w_zp.shape[0] == m)):
+        return None
+    zw_shape = [] if w_zp is None or w_zp.type.numel == 1 else [1, m] + [1] * nd
+    x8, zx = _int8_operand(cx, x, xz, x_t, [])
+    w8, zw = _int8_operand(cx, w, w_zp, w_t, zw_shape)
+    acc = _int8_conv(cx, x8, zx, w8, zw, stride, pads, dilation, groups)
+    if acc is not None:
+        return acc
+    # the exact fp32 path: x - xz is zero-padded (padding adds xz to x, as onnxruntime pads)
+    wz = None if w_zp is None else (_reshape(cx, w_zp, []) if w_zp.type.numel == 1 else
+                                     _reshape(cx, w_zp, [m] + [1] * (w.type.rank - 1)))
+    xc, wc = _centered(cx, x, xz), _centered(cx, w, wz)
+    cin = w.shape[1]  # input channels per group
+    taps = math.prod(w.shape[2:])
+    bound = _max_offset(x, xz, x_t) * _max_offset(w, wz, w_t) * taps
+    if groups != 1 and bound * cin >= EXACT_SUM:
+        return None  # chunking the channels of each group separately: not done
 
     def part(start: int, end: int) -> Value:
-        if (start, end) == (0, k):
-            return _matmul(cx, [ac, bc], {})
-        ak = cx.emit("slice", [ac], {"axis": ac.type.rank - 1, "start": start, "end": end, "step": 1})
-        bk = cx.emit("slice", [bc], {"axis": max(bc.type.rank - 2, 0), "start": start, "end": end, "step": 1})
-        return _matmul(cx, [ak, bk], {})
+        xs, wss = xc, wc
+        if (start, end) != (0, cin):
+            xs = cx.emit("slice", [xc], {"axis": 1, "start": start, "end": end, "step": 1})
+            wss = spatial._slice(cx, wc, 1, start, end) if not wc.is_const else \
+                cx.g.add_const(wc.name, np.ascontiguousarray(np.asarray(wc.data)[:, start:end]), DType.fp32)
+        return spatial.conv(cx, xs, wss, None, stride, pads, dilation, groups)
 
-    acc = _exact_sum(cx, k, bound, part)
-    y = cx.emit("mul", [acc, _multiplier(cx, asc, bsc, _reshape(cx, y_scale, []))])
-    return _quantize(cx, y, _reshape(cx, y_zp, []), y_t)
+    return cx.cast(_exact_sum(cx, cin, bound, part), DType.int32)
 
 
 @onnx_op("QLinearConv")
@@ -329,47 +578,33 @@ def _qlinear_conv(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
         return None
     m = w.shape[0]
     chan = [m] + [1] * nd  # one per output channel, broadcast over an [N, M, ...] output
-
-    def per_channel(p: Value, shape: list[int]) -> Value | None:
-        if p.type.numel == 1:
-            return _reshape(cx, p, [])
-        return _reshape(cx, p, shape) if p.type.rank == 1 and p.shape[0] == m else None
-
     if x_zp.type.numel != 1 or y_zp.type.numel != 1 or x_scale.type.numel != 1 or y_scale.type.numel != 1:
         return None
-    wz, ws = per_channel(w_zp, [m] + [1] * (w.type.rank - 1)), per_channel(w_scale, chan)
-    if wz is None or ws is None:
+    if w_scale.type.numel == 1:
+        ws = _reshape(cx, w_scale, [])
+    elif w_scale.type.rank == 1 and w_scale.shape[0] == m:
+        ws = _reshape(cx, w_scale, chan)
+    else:
         return None
-    xz = _reshape(cx, x_zp, [])
-    groups = int(attrs.get("group", 1))
-    kernel = list(attrs.get("kernel_shape", w.shape[2:]))
-    stride = list(attrs.get("strides", [1] * nd))
-    dilation = list(attrs.get("dilations", [1] * nd))
-    pads = _conv_pads(attrs, list(x.shape[2:]), kernel, stride, dilation)
-    if pads is None:
+    acc = _conv_acc(cx, x, _reshape(cx, x_zp, []), x_t, w, w_zp, w_t, attrs)
+    if acc is None:
         return None
-    # padding adds zeros to x - x_zp: the zero point's value, as onnxruntime pads
-    xc, wc = _centered(cx, x, xz), _centered(cx, w, wz)
-    cin = w.shape[1]  # input channels per group
-    taps = math.prod(w.shape[2:])
-    bound = _max_offset(x, xz, x_t) * _max_offset(w, wz, w_t) * taps
-    if groups != 1 and bound * cin >= EXACT_SUM:
-        return None  # chunking the channels of each group separately: not done
-
-    def part(start: int, end: int) -> Value:
-        xs, wss = xc, wc
-        if (start, end) != (0, cin):
-            xs = cx.emit("slice", [xc], {"axis": 1, "start": start, "end": end, "step": 1})
-            wss = spatial._slice(cx, wc, 1, start, end) if not wc.is_const else \
-                cx.g.add_const(wc.name, np.ascontiguousarray(np.asarray(wc.data)[:, start:end]), DType.fp32)
-        return spatial.conv(cx, xs, wss, None, stride, pads, dilation, groups)
-
-    acc = _exact_sum(cx, cin, bound, part)
     if bias is not None:
-        b = _reshape(cx, bias, chan)
-        acc = _f32(cx, cx.emit("add", [cx.cast(acc, DType.int32), b]))  # the int32 bias, added in int32
-    y = cx.emit("mul", [acc, _multiplier(cx, _reshape(cx, x_scale, []), ws, _reshape(cx, y_scale, []))])
-    return _quantize(cx, y, _reshape(cx, y_zp, []), y_t)
+        acc = cx.emit("add", [acc, _reshape(cx, cx.cast(bias, DType.int32), chan)])  # the int32 bias, added in int32
+    return _requantize(cx, acc, _multiplier(cx, _reshape(cx, x_scale, []), ws, _reshape(cx, y_scale, [])), y_zp, y_t)
+
+
+@onnx_op("ConvInteger")
+def _conv_integer(cx: Cx, ins: Ins, attrs: dict) -> Value | None:
+    x, w = ins[0], ins[1]
+    x_zp = ins[2] if len(ins) > 2 else None
+    w_zp = ins[3] if len(ins) > 3 else None
+    x_t, w_t = _input_type(cx, 0), _input_type(cx, 1)
+    if x_t not in (INT8, UINT8) or w_t not in (INT8, UINT8) or not 1 <= x.type.rank - 2 <= 3:
+        return None
+    if x_zp is not None and x_zp.type.numel != 1:
+        return None
+    return _conv_acc(cx, x, None if x_zp is None else _reshape(cx, x_zp, []), x_t, w, w_zp, w_t, attrs)
 
 
 # -- Cast / CastLike to 4- and 2-bit integers (called by onnx_ops' Cast and CastLike) ---------------

@@ -90,7 +90,6 @@ DECLINED: dict[str, str] = {
     "DequantizeLinear": "float8/float4 quantized types (no float32-selected case)",
     "QLinearMatMul": "zero points or scales of other shapes than per tensor / per row / per column",
     "QLinearConv": "zero points or scales of other shapes than per tensor / per output channel",
-    "ConvInteger": "quantized type (integer convolution)", "MatMulInteger": "quantized type (integer matmul)",
     "ImageDecoder": "image decoding (byte strings)",
     "DFT": "run-time axis or dft_length, or a DFT matrix over 64 MiB", "STFT": "run-time frame step or length",
     "BlackmanWindow": "run-time window length", "HammingWindow": "run-time window length",

@@ -83,7 +83,8 @@ def vector_compute(op: str, srcs: list[np.ndarray | float], attrs: dict, out_dty
     """One vector instruction's arithmetic: fp32 for floats, native for ints and bools."""
     args = [(_f32(s) if isinstance(s, np.ndarray) else s) for s in srcs]
     if op not in ("cast", "dequant") and np.dtype(out_dtype).kind not in "iub":  # ints into a float result: in fp32, not wrapping int8
-        args = [a.astype(F32) if isinstance(a, np.ndarray) and a.dtype.kind in "iu" else a for a in args]
+        args = [a.astype(F32) if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.dtype.itemsize <= 2
+                else a for a in args]  # (narrow ints are exact in fp32; wider ones keep their own arithmetic)
     if op in MATH_UNARY_FNS:
         return MATH_UNARY_FNS[op](args[0], attrs)
     if op in BINARY_FNS:

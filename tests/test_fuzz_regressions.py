@@ -158,3 +158,16 @@ def test_sum_of_tanh_gelu_of_log_softmax_matches_float64() -> None:
     assert abs(got - exact).item() <= 1e-4 * abs(exact).item()
     # the premise: fp32 eager is not exact here either
     assert abs(f(x).double() - exact).item() > 1e-6
+
+
+def test_rope_pattern_on_a_row_longer_than_the_scratchpad() -> None:
+    """Fuzz graph 4838 of seed 1: x * cos + cat(-x[h:], x[:h]) * sin over one 4290-long row fused
+    into the rope kernel, whose one-row tile overflowed a 32 KiB scratchpad; long rows now split
+    along the half axis."""
+    from conftest import make_chip
+
+    g = torch.Generator().manual_seed(5)
+    x, c, s = (torch.randn(4290, generator=g) for _ in range(3))
+    chip = make_chip({"name": "fuzz-3core", "cores": 3, "core.matrix.rows": 8, "core.matrix.cols": 8,
+                      "core.scratchpad.bytes": 32768, "core.vector.lanes": 16, "core.vector.sfu_lanes": 4})
+    _check(Fn(lambda x, c, s: x * c + torch.cat([-x[..., 2145:], x[..., :2145]], dim=-1) * s), x, c, s, chip=chip)

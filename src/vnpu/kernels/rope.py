@@ -49,12 +49,17 @@ def rope_kernel(ctx: KernelContext) -> KernelLaunch:
         srcs += [_halves(w), _halves(w, flip=True)]
     lead = shape[:-1]
     per_elem = 2 * (sum(r.dtype.itemsize for r in srcs) + out.dtype.itemsize) + 2 * 4 + 4  # loads, out, temps
-    rows = max(1, tile_budget(ctx, per_elem * 1.1, out.numel) // shape[-1])
+    budget = tile_budget(ctx, per_elem * 1.1, out.numel)
+    rows = max(1, budget // shape[-1])
+    # a row longer than the scratchpad holds splits along the half axis: out[:, j] needs x[:, j] of
+    # both halves only (not with norm_eps, whose RMS needs the whole row)
+    hc = h if norm_eps is not None or 2 * h <= budget else max(1, budget // 2)
     tiles = []
-    for starts, sizes in box_tiles(lead, rows):
-        st = starts + (0, 0)
-        sz = sizes + (2, h)
-        tiles.append(StreamTile([(sub(r, st, sz), sz) for r in srcs], sub(ov, st, sz), sz))
+    for starts, sizes in box_tiles(lead, rows if hc == h else 1):
+        for j0 in range(0, h, hc):
+            st = starts + (0, j0)
+            sz = sizes + (2, min(hc, h - j0))
+            tiles.append(StreamTile([(sub(r, st, sz), sz) for r in srcs], sub(ov, st, sz), sz))
     temps: dict[str, SramRef] = {}
 
     def setup(b: CoreBuilder) -> None:

@@ -29,6 +29,21 @@ def epilogue_of(ctx: KernelContext, n_main: int) -> tuple[Expr, list[HbmRef], li
     return expr, refs, scalars
 
 
+def _tiles(batch: list[int], m: int, n: int, k: int, tiling, epi: list, out: HbmRef, chunk) -> list[GemmTile]:
+    """The output tiles of a (batched) GEMM under `tiling`, each with its K chunks made by
+    chunk(batch index, m0, mt, k0, kt, n0, nt) and its epilogue operands' views."""
+    tiles = []
+    for idx in itertools.product(*(range(d) for d in batch)):
+        for m0 in range(0, m, tiling.mt):
+            mt = min(tiling.mt, m - m0)
+            for n0 in range(0, n, tiling.nt):
+                nt = min(tiling.nt, n - n0)
+                chunks = [chunk(idx, m0, mt, k0, min(tiling.kt, k - k0), n0, nt) for k0 in range(0, k, tiling.kt)]
+                tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
+                                      _at(out, idx, m0, mt, n0, nt), mt, nt))
+    return tiles
+
+
 @kernel("matmul")
 def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     if "wq_bits" in ctx.node.attrs:
@@ -56,18 +71,8 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     n_temps = max(len(expr.steps) - 1, 0)
     tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, op_dt, out.dtype.itemsize,
                                 sum(e is not None for e in epi), n_temps)
-    tiles = []
-    for idx in itertools.product(*(range(d) for d in batch)):
-        for m0 in range(0, m, tiling.mt):
-            mt = min(tiling.mt, m - m0)
-            for n0 in range(0, n, tiling.nt):
-                nt = min(tiling.nt, n - n0)
-                chunks = []
-                for k0 in range(0, k, tiling.kt):
-                    kt = min(tiling.kt, k - k0)
-                    chunks.append(GemmChunk(_at(a, idx, m0, mt, k0, kt), _at(b, idx, k0, kt, n0, nt), mt, kt, nt))
-                tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
-                                      _at(out, idx, m0, mt, n0, nt), mt, nt))
+    tiles = _tiles(batch, m, n, k, tiling, epi, out, lambda idx, m0, mt, k0, kt, n0, nt: GemmChunk(
+        _at(a, idx, m0, mt, k0, kt), _at(b, idx, k0, kt, n0, nt), mt, kt, nt))
     flops = 2 * groups * m * n * k
     isz = op_dt.itemsize
     min_bytes = (a_ref.numel + b_ref.numel) * isz + out.numel * out.dtype.itemsize + sum(
@@ -98,19 +103,9 @@ def _weight_only(ctx: KernelContext) -> KernelLaunch:
     tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, dt, out.dtype.itemsize, sum(e is not None for e in epi),
                                 n_temps, k_quantum=group if group < k else pack, b_scale=b_stage / dt.itemsize,
                                 b_stage=b_stage)  # chunks are whole groups (per-channel: one group, any chunk)
-    tiles = []
-    for idx in itertools.product(*(range(d) for d in batch)):
-        for m0 in range(0, m, tiling.mt):
-            mt = min(tiling.mt, m - m0)
-            for n0 in range(0, n, tiling.nt):
-                nt = min(tiling.nt, n - n0)
-                chunks = []
-                for k0 in range(0, k, tiling.kt):
-                    kt = min(tiling.kt, k - k0)
-                    chunks.append(GemmChunk(_at(a, idx, m0, mt, k0, kt), _at(q, idx, k0 // pack, kt // pack, n0, nt),
-                                            mt, kt, nt, b_scale=_at(sc, idx, k0 // group, -(-kt // group), n0, nt)))
-                tiles.append(GemmTile(chunks, [_at(e, idx, m0, mt, n0, nt) if e is not None else None for e in epi],
-                                      _at(out, idx, m0, mt, n0, nt), mt, nt))
+    tiles = _tiles(batch, m, n, k, tiling, epi, out, lambda idx, m0, mt, k0, kt, n0, nt: GemmChunk(
+        _at(a, idx, m0, mt, k0, kt), _at(q, idx, k0 // pack, kt // pack, n0, nt), mt, kt, nt,
+        b_scale=_at(sc, idx, k0 // group, -(-kt // group), n0, nt)))
     flops = 2 * groups * m * n * k
     min_bytes = (a_ref.numel * a_ref.dtype.itemsize + q_ref.numel + s_ref.numel * 4 + out.numel * out.dtype.itemsize
                  + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))

@@ -19,7 +19,7 @@ import torch
 import vnpu
 from vnpu.workloads.zoo import get_workload
 
-DEFAULT_SCHEMES = ["w8a8-int8", "w8a8-fp8", "w8a8-int8-static", "w8a8-int8-smooth", "w8a16", "w4a16"]
+DEFAULT_SCHEMES = ["w8a8-int8", "w8a8-fp8", "w8a8-int8-static", "w8a8-int8-smooth", "w8a16", "w4a16", "mxfp8", "mxfp4"]
 
 
 def _other_batches(inputs: tuple, n: int = 2) -> list[tuple]:

@@ -21,6 +21,9 @@ class DType(str, Enum):
     int8 = "int8"
     int4 = "int4"
     bool = "bool"
+    # appended, so that saved programs' dtype indices stay valid (runtime/artifact.py)
+    fp4x2_e2m1 = "fp4x2_e2m1"  # two fp4 e2m1 values per byte, packed along the contraction axis (MXFP4)
+    e8m0 = "e8m0"  # an unsigned power-of-two scale exponent (OCP MX block scales): 2^(e - 127)
 
     @property
     def np(self) -> np.dtype:
@@ -38,17 +41,22 @@ class DType(str, Enum):
         return self.value
 
 
-# bytes per element in simulated memory; int4 is stored one value per byte (timing counts half a byte)
+# bytes per element in simulated memory; int4 is stored one value per byte (timing counts half a byte);
+# an fp4x2_e2m1 element is one byte holding two fp4 values (a [M, K] fp4 tile is an [M, K / 2] fp4x2 one)
 _ITEMSIZE = {DType.fp32: 4, DType.bf16: 2, DType.fp16: 2, DType.fp8_e4m3: 1, DType.fp8_e5m2: 1, DType.int64: 8,
-             DType.int32: 4, DType.int8: 1, DType.int4: 1, DType.bool: 1}
+             DType.int32: 4, DType.int8: 1, DType.int4: 1, DType.bool: 1, DType.fp4x2_e2m1: 1, DType.e8m0: 1}
 for _m in DType:  # the simulator asks every operand its itemsize: a plain attribute, not a dict lookup
     _m._itemsize = _ITEMSIZE[_m]
 
 _NUMPY: dict[DType, np.dtype] = {}
 
 # The matrix engine's low-precision operand formats and what a product of two of them accumulates
-# in: int8 x int8 in int32 (exact), fp8 x fp8 (e4m3 / e5m2, mixed as Hopper allows) in fp32.
-QUANT_MATMUL_ACC = {DType.int8: DType.int32, DType.fp8_e4m3: DType.fp32, DType.fp8_e5m2: DType.fp32}
+# in: int8 x int8 in int32 (exact), fp8 x fp8 (e4m3 / e5m2, mixed as Hopper allows) in fp32, packed
+# fp4 (MXFP4, always with E8M0 block scales) in fp32.
+QUANT_MATMUL_ACC = {DType.int8: DType.int32, DType.fp8_e4m3: DType.fp32, DType.fp8_e5m2: DType.fp32,
+                    DType.fp4x2_e2m1: DType.fp32}
+# K elements per stored element of an operand format (fp4x2: two)
+PACKED_ELEMENTS = {DType.fp4x2_e2m1: 2}
 
 
 class UnsupportedDTypeError(TypeError):
@@ -65,6 +73,8 @@ def _numpy_types() -> dict[DType, np.dtype]:
         DType.fp8_e4m3: np.dtype(ml_dtypes.float8_e4m3fn), DType.fp8_e5m2: np.dtype(ml_dtypes.float8_e5m2),
         DType.int64: np.dtype(np.int64), DType.int32: np.dtype(np.int32), DType.int8: np.dtype(np.int8),
         DType.int4: np.dtype(ml_dtypes.int4), DType.bool: np.dtype(np.bool_),
+        # a one-field record, not uint8: from_numpy must not mistake a framework's uint8 tensor for packed fp4
+        DType.fp4x2_e2m1: np.dtype([("e2m1x2", np.uint8)]), DType.e8m0: np.dtype(ml_dtypes.float8_e8m0fnu),
     })
     assert all(_NUMPY[d].itemsize == _ITEMSIZE[d] for d in DType)
     return _NUMPY

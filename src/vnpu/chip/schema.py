@@ -58,6 +58,12 @@ class MatrixEngine(_Strict):
     rate: dict[DType, Annotated[float, Field(gt=0, le=MAX_RATE)]] = Field(
         description="MACs per PE per cycle for each supported dtype (bf16 = 1 is the array's native rate)"
     )
+    block_scaled: list[DType] = Field(
+        default_factory=list,
+        description="formats the array also runs block-scaled (OCP MX: one E8M0 scale per 32 elements of K "
+        "on each operand, applied in the array per block as Blackwell's tensor cores do) at their rate; "
+        "MX schemes need their element format here (and in `rate`)",
+    )
     mapping: Literal["tiled", "fold_stream"] = Field(
         "tiled",
         description="how the compiler maps a matmul onto the array: 'tiled' (scratchpad-resident "

@@ -46,7 +46,7 @@ def set_precision(g: Graph, dtype: DType) -> None:
     for n in g.nodes:
         for v in n.inputs + n.outputs:
             fix(v)
-        if (n.op in ("matmul", "conv2d") and n.inputs[0].dtype in (DType.fp8_e4m3, DType.fp8_e5m2)
+        if (n.op in ("matmul", "conv2d") and n.inputs[0].dtype in (DType.fp8_e4m3, DType.fp8_e5m2, DType.fp4x2_e2m1)
                 and not n.attrs.get("quant_fp32")):
             n.attrs["out_dtype"] = dtype  # the fp32 accumulator is stored in the program's precision
         if n.op == "cast" and DType(n.attrs["dtype"]) in WIDE_FLOATS and not n.attrs.get("quant_fp32"):

@@ -29,6 +29,12 @@ along K) with fp32 scales per output channel or per group of K rows; the matmul 
 the packed bytes and the vector engine dequantizes each B tile before the array multiplies it
 in the program's dtype (kernels/matmul._weight_only).
 
+MX schemes (mxfp8, mxfp4; OCP Microscaling v1.0) give weights and activations one E8M0 scale per
+block of 32 elements of K: weights at compile time, activations per token on the chip
+(quantize_rows with a block); the matrix engine multiplies e4m3 or packed e2m1 elements and
+applies the two scales per block (vnpu.formats has the codec), so the matmul's result is the
+dequantized fp32 product. They need the chip to list the format as block-scaled.
+
 Not quantized (documented, kept in the program's precision): matmuls between two run-time
 operands (attention's Q K^T and P V), depthwise convolutions (they run on the vector engine),
 contractions shorter than MIN_K.
@@ -39,12 +45,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vnpu.dtypes import DType
+from vnpu.dtypes import PACKED_ELEMENTS, DType
+from vnpu.formats import mx_quantize
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
 
 MIN_K = 16  # smaller contractions gain nothing from the narrow format
 KEEP_FP32 = "quant_fp32"  # node attr: set_precision leaves its float outputs (and constant inputs) fp32
-QMAX = {DType.int8: 127.0, DType.fp8_e4m3: 448.0, DType.fp8_e5m2: 57344.0}
+QMAX = {DType.int8: 127.0, DType.fp8_e4m3: 448.0, DType.fp8_e5m2: 57344.0, DType.fp4x2_e2m1: 6.0}
+MX_EMAX = {DType.fp8_e4m3: 8, DType.fp4x2_e2m1: 2}  # largest normal exponent of the MX element formats
 
 
 class QuantError(ValueError):
@@ -60,6 +68,7 @@ class QuantScheme:
     smooth: float | None = None  # SmoothQuant's migration strength alpha (calibrated per channel)
     bits: int = 8  # weight bits (weight-only schemes: 8 or 4, int4 packed two per byte)
     group: int | None = None  # weight-only: rows of K per scale (None: one scale per output channel)
+    block: int | None = None  # MX ("per_block" activations): elements of K per E8M0 scale, both operands
 
     @property
     def needs_calibration(self) -> bool:
@@ -69,8 +78,14 @@ class QuantScheme:
     def weight_only(self) -> bool:
         return self.activations == "none"
 
+    @property
+    def block_scaled(self) -> bool:
+        return self.activations == "per_block"
+
     def weight_bytes(self, k: int, n: int) -> int:
         """Bytes of a [K, N] weight stored under this scheme, scales included."""
+        if self.block_scaled:  # packed elements + one E8M0 byte per block
+            return k * n * self.bits // 8 + n * (k // (self.block or 1))
         scales = n * (k // self.group if self.group else 1)
         return k * n * self.bits // 8 + 4 * scales
 
@@ -94,6 +109,12 @@ SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
                 "fp8 e4m3 weights per output channel, fp8 e4m3 activations per token (dynamic), fp32 accumulation"),
     QuantScheme("w8a8-fp8-static", DType.fp8_e4m3, "per_tensor",
                 "fp8 e4m3 weights per output channel, fp8 e4m3 activations per tensor (calibrated), fp32 accumulation"),
+    QuantScheme("mxfp8", DType.fp8_e4m3, "per_block",
+                "OCP MXFP8: e4m3 weights and activations with one E8M0 scale per 32 elements of K (activations' "
+                "computed per token on the chip), block-scaled fp8 matmul, fp32 accumulation", block=32),
+    QuantScheme("mxfp4", DType.fp4x2_e2m1, "per_block",
+                "OCP MXFP4: e2m1 weights and activations (two per byte) with one E8M0 scale per 32 elements of K, "
+                "block-scaled fp4 matmul, fp32 accumulation", bits=4, block=32),
 ]}
 
 
@@ -106,6 +127,10 @@ def get_scheme(name: str) -> QuantScheme:
 def check_chip(scheme: QuantScheme, chip: "object") -> None:
     if scheme.weight_only:  # the array runs the program's dtype; the vector engine dequantizes
         return
+    if scheme.block_scaled and not (scheme.fmt in chip.core.matrix.block_scaled and chip.supports(scheme.fmt)):  # type: ignore[attr-defined]
+        formats = ", ".join(d.value for d in chip.core.matrix.block_scaled if chip.supports(d)) or "none"  # type: ignore[attr-defined]
+        raise QuantError(f"chip {chip.name} has no block-scaled (MX) {scheme.fmt} matrix format, which scheme "  # type: ignore[attr-defined]
+                         f"{scheme.name} needs (its block-scaled formats: {formats}); pick another scheme or chip")
     if not chip.supports(scheme.fmt):  # type: ignore[attr-defined]
         rates = ", ".join(d.value for d in chip.core.matrix.rate)  # type: ignore[attr-defined]
         raise QuantError(f"chip {chip.name} has no {scheme.fmt} matrix rate, which scheme {scheme.name} needs "  # type: ignore[attr-defined]
@@ -177,14 +202,20 @@ def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None 
     if scheme.weight_only:
         nodes = [n for n in nodes if n.op == "matmul" and n.inputs[1].type.rank == 2
                  and n.inputs[1].shape[0] % (scheme.group or 1) == 0 and n.inputs[1].shape[0] % (8 // scheme.bits) == 0]
+    if scheme.block_scaled:  # whole blocks of K, one 2-D weight
+        nodes = [n for n in nodes if n.op == "matmul" and n.inputs[1].type.rank == 2
+                 and n.inputs[1].shape[0] % (scheme.block or 1) == 0]
     stats = QuantStats(matmuls=len(nodes))
     shared: dict[int, tuple[Value, Value]] = {}  # activation -> (q, scale): siblings quantize it once
     for n in nodes:
-        if scheme.weight_only:
+        if scheme.weight_only or scheme.block_scaled:
             w = n.inputs[1]
             stats.weight_elems += w.type.numel
             stats.quant_bytes += scheme.weight_bytes(*w.shape)
-            _weight_only_matmul(g, n, scheme)
+            if scheme.weight_only:
+                _weight_only_matmul(g, n, scheme)
+            else:
+                _mx_matmul(g, n, scheme, shared)
             continue
         w = n.inputs[1]
         stats.weight_elems += w.type.numel
@@ -298,6 +329,54 @@ def _weight_only_matmul(g: Graph, n: Node, scheme: QuantScheme) -> None:
     n.attrs.update({"wq_bits": scheme.bits, "wq_group": group})
 
 
+def quantize_weight_mx(w: np.ndarray, fmt: DType, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """A [K, N] weight in OCP MX along K: (elements in `fmt` — fp4x2 packs rows 2i, 2i + 1 into one
+    byte, [K / 2, N] — and E8M0 scales [K / block, N])."""
+    fp4 = fmt == DType.fp4x2_e2m1
+    q, scale = mx_quantize(w, MX_EMAX[fmt], QMAX[fmt], block, axis=0, fp4=fp4)
+    q = q.view(fmt.np) if fp4 else q.astype(fmt.np)  # fp8: the cast rounds to nearest even (clamped first)
+    return q, scale.astype(DType.e8m0.np)
+
+
+def _mx_matmul(g: Graph, n: Node, scheme: QuantScheme, shared: dict[int, tuple[Value, Value]]) -> None:
+    """a @ W -> mx_matmul(quantize_rows(a, block), W in MX): one block-scaled matmul whose result is
+    the dequantized product (fp32), cast to the node's dtype."""
+    a, w = n.inputs
+    fmt, blk = scheme.fmt, int(scheme.block or 32)
+    k, cols = w.shape
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+    if is_shape_only(w.data):
+        qw, sw = shape_only_array((k // pack, cols), fmt), shape_only_array((k // blk, cols), DType.e8m0)
+    else:
+        qw, sw = quantize_weight_mx(w.data, fmt, blk)
+    tag = f"mx{fmt.value}"
+    w_q = g.add_const(f"{w.name}_{tag}", qw, fmt)
+    w_s = g.add_const(f"{w.name}_{tag}_scale", sw, DType.e8m0)
+    if w.name in g.weight_names:
+        g.weight_names.update((w_q.name, w_s.name))
+    keep = {KEEP_FP32: True}
+    new: list[Node] = []
+    if id(a) in shared:
+        x_q, s_x = shared[id(a)]
+    else:
+        qn = g.add_node("quantize_rows", [a], {"fmt": fmt, "qmax": QMAX[fmt], "block": blk, "emax": MX_EMAX[fmt], **keep},
+                        name=f"{n.name}_quant")
+        g.nodes.pop()
+        new.append(qn)
+        x_q, s_x = qn.outputs
+        shared[id(a)] = (x_q, s_x)
+    attrs = {k_: v for k_, v in n.attrs.items() if k_ != "out_dtype"}
+    mm = Node("matmul", [x_q, w_q, s_x, w_s], [], {**attrs, "mx_block": blk, **keep}, n.name)
+    mm.outputs = [Value(g._fresh(n.name + "_acc"), TensorType(n.output.shape, DType.fp32), mm)]
+    new.append(mm)
+    out = n.output
+    back = Node("cast", [mm.outputs[0]], [out], {"dtype": out.dtype}, f"{n.name}_dequant")
+    out.producer = back
+    new.append(back)
+    i = g.nodes.index(n)
+    g.nodes[i:i + 1] = new
+
+
 def _smooth(g: Graph, n: Node, x_amax: np.ndarray, alpha: float) -> Node:
     """SmoothQuant: x @ W == (x / s) @ (s W) with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) per
     input channel j, which flattens x's outlier channels before it is quantized. 1/s folds into
@@ -343,4 +422,4 @@ def calibration_targets(g: Graph) -> list[tuple[str, Value]]:
 
 
 __all__ = ["QuantError", "QuantPlan", "QuantScheme", "QuantStats", "SCHEMES", "get_scheme", "check_chip", "quantize", "quantize_weight",
-           "quantizable_matmuls", "calibration_targets", "QMAX", "KEEP_FP32"]
+           "quantizable_matmuls", "calibration_targets", "QMAX", "KEEP_FP32", "quantize_weight_mx", "MX_EMAX"]

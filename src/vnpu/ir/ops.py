@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vnpu.dtypes import QUANT_MATMUL_ACC, DType
+from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
 from vnpu.ir.graph import TensorType
 
 
@@ -107,6 +107,8 @@ def _fused(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
 def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if "wq_bits" in attrs:  # weight-only: b = quantized [K / pack, N] int8, ins[2] = scales [K / group, N]
         return [_weight_only_matmul(ins, attrs)]
+    if "mx_block" in attrs:  # block-scaled: ins[2], ins[3] = E8M0 scales of a and b
+        return [_mx_matmul(ins, attrs)]
     a, b = ins[0], ins[1]
     if a.rank < 2 or b.rank < 2:
         raise IRTypeError(f"matmul needs rank >= 2 operands, got {a} and {b}")
@@ -119,6 +121,25 @@ def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     if "out_type" in attrs:  # with a fused epilogue
         return [attrs["out_type"]]
     return [TensorType(batch + (a.shape[-2], b.shape[-1]), dt)]
+
+
+def _mx_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """OCP MX: a [..., M, K] and b [K, N] in fp8 e4m3, or packed fp4 (fp4x2_e2m1: a [..., M, K / 2],
+    b [K / 2, N], pairs along K), with E8M0 scales ins[2] [..., M, K / block] and ins[3]
+    [K / block, N]; the result is the fp32 dequantized product (the scales apply in the array)."""
+    a, b, sa, sb = ins[0], ins[1], ins[2], ins[3]
+    blk = int(attrs["mx_block"])
+    pack = PACKED_ELEMENTS.get(a.dtype, 1)
+    k = a.shape[-1] * pack if a.rank else 0
+    if (a.dtype not in (DType.fp8_e4m3, DType.fp4x2_e2m1) or b.dtype != a.dtype or b.rank != 2 or a.rank < 2
+            or b.shape[0] * pack != k or blk <= 0 or k % blk):
+        raise IRTypeError(f"MX matmul: {a} @ {b} (block {blk}) do not match")
+    if (sa.dtype, sb.dtype) != (DType.e8m0, DType.e8m0) or sa.shape != a.shape[:-1] + (k // blk,) \
+            or sb.shape != (k // blk, b.shape[1]):
+        raise IRTypeError(f"MX matmul: scales {sa}, {sb} do not fit {a} @ {b} in blocks of {blk}")
+    if "out_type" in attrs:
+        return attrs["out_type"]
+    return TensorType(a.shape[:-1] + (b.shape[1],), DType(attrs.get("out_dtype", DType.fp32)))
 
 
 def _weight_only_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -460,6 +481,12 @@ def _quantize_rows(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorT
     fmt = DType(attrs["fmt"])
     if fmt not in QUANT_MATMUL_ACC:
         raise IRTypeError(f"quantize_rows: format {fmt} is not a matrix-engine format")
+    blk = int(attrs.get("block", 0))
+    if blk:  # OCP MX: an E8M0 scale per `block` elements of each row; fp4 packs two per byte
+        k, pack = x.shape[-1], PACKED_ELEMENTS.get(fmt, 1)
+        if k % blk or blk % pack:
+            raise IRTypeError(f"quantize_rows: rows of {k} elements do not split into blocks of {blk}")
+        return [TensorType(x.shape[:-1] + (k // pack,), fmt), TensorType(x.shape[:-1] + (k // blk,), DType.e8m0)]
     return [TensorType(x.shape, fmt), TensorType(x.shape[:-1] + (1,), DType.fp32)]
 
 

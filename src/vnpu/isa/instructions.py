@@ -127,6 +127,12 @@ class MatMul:
 
     `continues` / `drains` let one fold span several instructions that stream it in chunks
     (see isa.cost.matmul_cycles): the defaults describe a self-contained instruction.
+
+    Block-scaled (OCP MX) operands: with `block` > 0, a and b are fp8 e4m3 or packed fp4
+    (fp4x2_e2m1: a [M, K / 2] packed along K, b [K / 2, N] packed along K, low nibble first),
+    `a_scale` [M, K / block] and `b_scale` [K / block, N] their E8M0 scales, and
+    acc (+)= sum over blocks j of a_scale[:, j] b_scale[j, :] (a_j @ b_j), each block's products
+    summed exactly and the instruction's sum rounded once to fp32 (sim.functional.mx_matmul).
     """
 
     a: SramRef
@@ -138,6 +144,9 @@ class MatMul:
     trans_b: bool = False
     continues: bool = False
     drains: bool = True
+    a_scale: SramRef | None = None
+    b_scale: SramRef | None = None
+    block: int = 0
     queue = "matrix"
 
 

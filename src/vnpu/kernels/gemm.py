@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from vnpu.chip.schema import Chip
-from vnpu.dtypes import QUANT_MATMUL_ACC, DType
+from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
 from vnpu.isa import cost
 from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import KernelLaunch
@@ -32,6 +32,9 @@ class GemmChunk:
     # weight-only GEMMs: `b` is the quantized weight block ([kt / pack, nt] int8) and this its
     # group scales ([kt / group, nt] fp32); the vector engine dequantizes them into the B tile
     b_scale: HbmRef | None = None
+    # block-scaled (MX) GEMMs: `a` / `b` hold the packed operand blocks ([mt, kt / pack], [kt / pack, nt]),
+    # and a_scale / b_scale their E8M0 scales ([mt, kt / block], [kt / block, nt])
+    a_scale: HbmRef | None = None
 
 
 @dataclass
@@ -61,12 +64,14 @@ class GemmTiling:
 
 
 def gemm_sram_bytes(mt: int, kt: int, nt: int, in_size: int, out_size: int, n_epi: int, n_temps: int,
-                    nbuf: int = 2, b_stage: float = 0.0) -> int:
+                    nbuf: int = 2, b_stage: float = 0.0, ab_scales: float = 0.0) -> int:
     """Scratchpad bytes of one core's GEMM pipeline; `b_stage`: bytes per B element of a
-    weight-only GEMM's staging buffers (quantized weights + their scales)."""
+    weight-only GEMM's staging buffers (quantized weights + their scales); `ab_scales`: bytes
+    per A and B element of a block-scaled GEMM's scale buffers."""
     return (nbuf * mt * kt * in_size + nbuf * kt * nt * in_size + 2 * mt * nt * 4
             + 2 * n_epi * mt * nt * 4 + n_temps * mt * nt * 4 + 2 * mt * nt * out_size + 64 * 16
-            + math.ceil(nbuf * kt * nt * b_stage) + (nbuf * 64 * 2 if b_stage else 0))
+            + math.ceil(nbuf * kt * nt * b_stage) + (nbuf * 64 * 2 if b_stage else 0)
+            + (math.ceil(nbuf * (mt + nt) * kt * ab_scales) + nbuf * 64 * 2 if ab_scales else 0))
 
 
 def pipeline_cycles(chip: Chip, tiles: int, chunks: int, nbuf: int, mm: float, load_bytes: float,
@@ -114,7 +119,7 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
                        n_cands: list[int] | None = None, n_tiles: Callable[[int], int] | None = None,
                        a_scale: float | Callable[[int], float] = 1.0, b_scale: float | Callable[[int], float] = 1.0,
                        m_cands: list[int] | None = None, pipeline_model: bool = True,
-                       b_stage: float = 0.0) -> GemmTiling:
+                       b_stage: float = 0.0, ab_scales: float = 0.0) -> GemmTiling:
     """Picks (mt, kt, nt) minimizing the estimated kernel time among tilings that fit.
 
     Estimate: the slowest of per-core matrix time, HBM time for all operand traffic, and
@@ -151,7 +156,7 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
             bs = b_scale(nt) if callable(b_scale) else b_scale
             for kt in k_c:
                 for nbuf in ((2, 3) if pipeline_model else (2,)):
-                    if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps, nbuf, b_stage) > cap:
+                    if gemm_sram_bytes(mt, kt, nt, isz, out_size, n_epi, n_temps, nbuf, b_stage, ab_scales) > cap:
                         continue
                     tiles = groups * math.ceil(m / mt) * (n_tiles(nt) if n_tiles else math.ceil(n / nt))
                     chunks = math.ceil(k / kt)
@@ -182,13 +187,17 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 
 def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: GemmTiling, expr: Expr,
               epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int,
-              operand_dtype: DType | None = None, weight_only: tuple[int, int] | None = None) -> KernelLaunch:
+              operand_dtype: DType | None = None, weight_only: tuple[int, int] | None = None,
+              mx_block: int = 0) -> KernelLaunch:
     """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines. Operand
     tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32.
 
     `weight_only` = (bits, group): each chunk's B arrives quantized (GemmChunk.b, b_scale) into
     staging buffers; one vector `dequant` instruction writes the B tile in the operand dtype,
-    and the matmul waits for it. The dequantization of chunk j+1 overlaps the matmul of chunk j."""
+    and the matmul waits for it. The dequantization of chunk j+1 overlaps the matmul of chunk j.
+
+    `mx_block` > 0: block-scaled operands (OCP MX); each chunk loads A and B (packed fp4: kt / 2
+    bytes along K) and their E8M0 scales (GemmChunk.a_scale, b_scale), which the array applies."""
     chip = ctx.chip
     dt = operand_dtype or ctx.dtype
     acc_dt = DType.int32 if QUANT_MATMUL_ACC.get(dt) == DType.int32 else DType.fp32
@@ -202,8 +211,13 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             streams.append(b.finish())
             continue
         nbuf = tiling.nbuf
-        abuf = [b.alloc(dt, (mt_max, kt_max)) for _ in range(nbuf)]
-        bbuf = [b.alloc(dt, (kt_max, nt_max)) for _ in range(nbuf)]
+        epack = PACKED_ELEMENTS.get(dt, 1)  # K elements per stored operand element
+        abuf = [b.alloc(dt, (mt_max, kt_max // epack)) for _ in range(nbuf)]
+        bbuf = [b.alloc(dt, (kt_max // epack, nt_max)) for _ in range(nbuf)]
+        if mx_block:
+            kb_max = -(-kt_max // mx_block)
+            sabuf = [b.alloc(DType.e8m0, (mt_max, kb_max)) for _ in range(nbuf)]
+            sbbuf = [b.alloc(DType.e8m0, (kb_max, nt_max)) for _ in range(nbuf)]
         if weight_only is not None:
             bits, group = weight_only
             pack = 8 // bits
@@ -223,11 +237,20 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             s = t % 2
             for ci, ch in enumerate(tile.chunks):
                 js = j % nbuf
-                a_t = sub_ref(abuf[js], (ch.mt, ch.kt))
-                b_t = sub_ref(bbuf[js], (ch.kt, ch.nt))
+                a_t = sub_ref(abuf[js], (ch.mt, ch.kt // epack))
+                b_t = sub_ref(bbuf[js], (ch.kt // epack, ch.nt))
                 w = ((MM, j + 1 - nbuf),) if j >= nbuf else ()
                 b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
-                if weight_only is not None and ch.b_scale is not None:
+                mx: dict = {}
+                if mx_block:
+                    kb = ch.kt // mx_block
+                    mx = {"a_scale": sub_ref(sabuf[js], (ch.mt, kb)), "b_scale": sub_ref(sbbuf[js], (kb, ch.nt)),
+                          "block": mx_block}
+                    b.emit(DmaLoad(ch.a_scale, mx["a_scale"], waits=w))
+                    b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w))
+                    b.emit(DmaLoad(ch.b_scale, mx["b_scale"], waits=w, signal=LOADED))
+                    mw = [(LOADED, j + 1)]
+                elif weight_only is not None and ch.b_scale is not None:
                     q_t = sub_ref(qbuf[js], tuple(ch.b.shape))
                     s_t = sub_ref(sbuf[js], tuple(ch.b_scale.shape))
                     b.emit(DmaLoad(ch.b, q_t, ch.b_bytes, waits=w))
@@ -240,7 +263,8 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
                     mw = [(LOADED, j + 1)]
                 if ci == 0 and t >= 2:
                     mw.append((EPD, t - 1))
-                b.emit(MatMul(a_t, b_t, sub_ref(acc[s], (ch.mt, ch.nt)), accumulate=ci > 0, waits=tuple(mw), signal=MM))
+                b.emit(MatMul(a_t, b_t, sub_ref(acc[s], (ch.mt, ch.nt)), accumulate=ci > 0, waits=tuple(mw), signal=MM,
+                              **mx))
                 j += 1
             shape = (tile.mt, tile.nt)
             operands: list = [sub_ref(acc[s], shape)]

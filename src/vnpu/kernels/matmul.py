@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from vnpu.dtypes import QUANT_MATMUL_ACC, DType
+from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
 from vnpu.isa.instructions import HbmRef
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import Expr, KernelContext, KernelError, kernel
@@ -48,6 +48,8 @@ def _tiles(batch: list[int], m: int, n: int, k: int, tiling, epi: list, out: Hbm
 def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
     if "wq_bits" in ctx.node.attrs:
         return _weight_only(ctx)
+    if "mx_block" in ctx.node.attrs:
+        return _block_scaled(ctx)
     a_ref, b_ref = ctx.inputs[0], ctx.inputs[1]
     out = ctx.outputs[0]
     *batch, m, n = out.shape
@@ -110,6 +112,46 @@ def _weight_only(ctx: KernelContext) -> KernelLaunch:
     min_bytes = (a_ref.numel * a_ref.dtype.itemsize + q_ref.numel + s_ref.numel * 4 + out.numel * out.dtype.itemsize
                  + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
     return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, dt, weight_only=(bits, group))
+
+
+def _block_scaled(ctx: KernelContext) -> KernelLaunch:
+    """OCP MX: xq [..., M, K] @ wq [K, N] in fp8 e4m3 or packed fp4 (pairs along K) with E8M0
+    scales per block of K on both; the array runs the element format at its rate and applies the
+    scales per block (isa MatMul.block). K chunks are whole blocks; HBM traffic is the packed
+    bytes plus one scale byte per block."""
+    a_ref, b_ref, sa_ref, sb_ref = ctx.inputs[:4]
+    out = ctx.outputs[0]
+    blk = int(ctx.node.attrs["mx_block"])
+    fmt = a_ref.dtype
+    if fmt not in ctx.chip.core.matrix.block_scaled:
+        raise KernelError(f"matmul {ctx.node.name}: chip {ctx.chip.name} has no block-scaled (MX) {fmt} matrix "
+                          f"format (its block-scaled formats: {', '.join(d.value for d in ctx.chip.core.matrix.block_scaled) or 'none'})")
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+    *batch, m, n = out.shape
+    k = a_ref.shape[-1] * pack
+    a = broadcast_to(a_ref, tuple(batch) + (m, k // pack))
+    b = broadcast_to(b_ref, tuple(batch) + (k // pack, n))
+    sa = broadcast_to(sa_ref, tuple(batch) + (m, k // blk))
+    sb = broadcast_to(sb_ref, tuple(batch) + (k // blk, n))
+    expr, epi_refs, epi_scalars = epilogue_of(ctx, 4)
+    epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
+    groups = math.prod(batch) if batch else 1
+    per_elem = 1 / pack + 1 / blk  # HBM bytes per operand element: the packed value and its share of a scale
+    burst = ctx.chip.hbm.burst_bytes
+
+    def b_traffic(nt: int) -> float:  # B rows of nt / pack bytes (and scale rows of nt) cost whole bursts
+        return max(1.0, burst * pack / nt) / pack + max(1.0, burst / nt) / blk
+
+    tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, fmt, out.dtype.itemsize, sum(e is not None for e in epi),
+                                max(len(expr.steps) - 1, 0), k_quantum=blk, a_scale=per_elem, b_scale=b_traffic,
+                                ab_scales=1 / blk)
+    tiles = _tiles(batch, m, n, k, tiling, epi, out, lambda idx, m0, mt, k0, kt, n0, nt: GemmChunk(
+        _at(a, idx, m0, mt, k0 // pack, kt // pack), _at(b, idx, k0 // pack, kt // pack, n0, nt), mt, kt, nt,
+        b_scale=_at(sb, idx, k0 // blk, kt // blk, n0, nt), a_scale=_at(sa, idx, m0, mt, k0 // blk, kt // blk)))
+    flops = 2 * groups * m * n * k
+    min_bytes = (a_ref.numel + b_ref.numel + sa_ref.numel + sb_ref.numel + out.numel * out.dtype.itemsize
+                 + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, fmt, mx_block=blk)
 
 
 __all__ = ["matmul_kernel", "epilogue_of"]

@@ -31,7 +31,7 @@ import numpy as np
 
 from vnpu.chip import ChipError, chip_from_dict
 from vnpu.chip.schema import Chip
-from vnpu.dtypes import DType
+from vnpu.dtypes import PACKED_ELEMENTS, DType
 from vnpu.ir.graph import TensorType, is_shape_only, shape_only_array
 from vnpu.isa.instructions import (CoreStream, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, SramRef,
                                    VecOp)
@@ -309,7 +309,8 @@ def _read_array(where: str, name: str, data: bytearray, dtype: DType, shape: tup
         raise ArtifactError(f"{where}: {name} is not a plain array ({e}). Recompile the model.") from None
     if got_dtype.hasobject:
         raise ArtifactError(f"{where}: {name} holds Python objects (a pickle), which vnpu never loads. Recompile the model.")
-    stored = np.dtype(f"u{dtype.np.itemsize}") if dtype.np.type.__module__.startswith("ml_dtypes") else dtype.np
+    raw = dtype.np.kind == "V" or dtype.np.type.__module__.startswith("ml_dtypes")  # as _npy_bytes wrote it
+    stored = np.dtype(f"u{dtype.np.itemsize}") if raw else dtype.np
     if got_dtype != stored or tuple(got_shape) != shape or fortran:
         raise ArtifactError(f"{where}: {name} holds {got_dtype}{list(got_shape)}, the program says {dtype.value}{list(shape)}")
     count = int(np.prod(shape, dtype=np.int64))
@@ -476,6 +477,22 @@ def _verify(program: Program, chip: Chip) -> None:
                             for src in v:
                                 if isinstance(src, SramRef):
                                     check_sram(src)
+                    if isinstance(ins, MatMul) and ins.block:
+                        _check_block_scaled(ins, launch.name)
+
+
+def _check_block_scaled(ins: MatMul, launch: str) -> None:
+    """A block-scaled MatMul's operands and scales must form whole blocks (sim.functional.mx_matmul)."""
+    pack = PACKED_ELEMENTS.get(ins.a.dtype, 1)
+    ok = (type(ins.block) is int and ins.block > 0 and isinstance(ins.a_scale, SramRef) and isinstance(ins.b_scale, SramRef)
+          and len(ins.a.shape) == 2 and len(ins.b.shape) == 2 and not ins.trans_b)
+    if ok:
+        (m, kp), (kb, n) = ins.a.shape, ins.b.shape
+        k = kp * pack
+        ok = (kb == kp and k % ins.block == 0 and ins.a_scale.shape == (m, k // ins.block)
+              and ins.b_scale.shape == (k // ins.block, n) and ins.a.dtype == ins.b.dtype)
+    if not ok:
+        raise _Bad(f"launch {launch!r} holds a block-scaled matmul whose operands and scales do not form blocks")
 
 
 def chip_of(manifest: dict, where: str) -> Chip:

@@ -12,7 +12,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vnpu.chip.schema import Chip
-from vnpu.dtypes import QUANT_MATMUL_ACC, DType
+from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
 from vnpu.gcpause import gc_paused
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
@@ -232,10 +232,14 @@ class Device:
             r = (0 if isinstance(ins, DmaGather) else 1, fp, fp / self._dma_bpc, 0, 0, tile.nbytes + ins.index.nbytes, None)
         elif isinstance(ins, MatMul):
             m, k = ins.a.shape
+            k *= PACKED_ELEMENTS.get(ins.a.dtype, 1)  # packed fp4: two K elements per stored byte
             n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]
             rate_dt = ins.a.dtype if ins.a.dtype in QUANT_MATMUL_ACC or not chip.supports(dtype) else dtype
             cyc = cost.matmul_cycles(chip, m, k, n, rate_dt, ins.continues, ins.drains)
-            r = (2, 0, cyc, m * k * n, 0, ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1), None)
+            spad = ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1)
+            if ins.block:  # the E8M0 block scales stream with their operands
+                spad += ins.a_scale.nbytes + ins.b_scale.nbytes
+            r = (2, 0, cyc, m * k * n, 0, spad, None)
         else:
             n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel
             work = n

@@ -310,13 +310,17 @@ def test_int8_depthwise_conv_is_exact() -> None:
 
 @pytest.mark.parametrize("scheme,bits,group", [("w8a16", 8, None), ("w4a16", 4, 128)])
 def test_weight_only_linear_matches_the_numpy_formula(scheme: str, bits: int, group: int | None) -> None:
-    """Weights stored int8 / int4 (two per byte) with per-channel / per-128-row scales, dequantized
-    by the vector engine in the GEMM; the reference dequantizes with NumPy and multiplies in float64."""
+    """Weights stored int8 / int4 (two per byte) with per-channel / per-128-row scales: on vnpu-v1
+    the PEs take them packed (packed_weight_bits), on a chip without that the vector engine
+    dequantizes each B tile in the GEMM. The reference dequantizes with NumPy and multiplies in
+    float64; both paths must match it."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(512, 300).eval()
     x = torch.randn(3, 7, 512)
     cm = vnpu.compile(lin, (x,), quant=scheme, strict=True)
     got = cm(x).numpy().reshape(-1, 300)
+    vec_chip = make_chip({"name": "vector-dequant", "core.matrix.packed_weight_bits": []})
+    cm_vec = vnpu.compile(lin, (x,), quant=scheme, strict=True, chip=vec_chip)
     w = lin.weight.detach().numpy().T.copy()
     g_ = group or 512
     qmax = np.float32(2 ** (bits - 1) - 1)
@@ -326,8 +330,25 @@ def test_weight_only_linear_matches_the_numpy_formula(scheme: str, bits: int, gr
     w_deq = q.astype(np.float32) * np.repeat(s, g_, axis=0)
     ref = x.numpy().reshape(-1, 512).astype(np.float64) @ w_deq.astype(np.float64) + lin.bias.detach().numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(cm_vec(x).numpy().reshape(-1, 300), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     # the weight is in HBM packed: K x N x bits / 8 bytes plus the fp32 scales
     assert cm.info.quant_bytes == [512 * 300 * 4, 512 * 300 * bits // 8 + 4 * 300 * (512 // g_)]
     assert cm.program.weight_bytes < 512 * 300 * 4 * 0.3 + 4096
     mm = [l for l in cm.program.launches if "matmul" in l.ops]
+    assert len(mm) == 1 and not any(i.op == "dequant" for st in mm[0].cores for i in st.queues["vector"])
+    assert all(i.b_bits == bits for st in mm[0].cores for i in st.queues["matrix"])
+    mm = [l for l in cm_vec.program.launches if "matmul" in l.ops]
     assert len(mm) == 1 and any(i.op == "dequant" for st in mm[0].cores for i in st.queues["vector"])
+
+
+def test_packed_weight_gemv_moves_16_over_bits_weights_per_preload() -> None:
+    """Hand count (isa/cost.matmul_cycles): a GEMV [1, K] x [K, 64] on the 64x64 WS array.
+    bf16: K / 64 folds, each max(T=1, R=64) cycles; int4 held 4 per PE: K / 256 folds of T = 4."""
+    chip = load_chip("vnpu-v1")
+    r = chip.core.matrix.rows
+    skew = r + 64 - 2
+    k = 4096
+    assert cost.matmul_cycles(chip, 1, k, 64, DType.bf16) == r + (k // 64 - 1) * r + 1 + skew
+    assert cost.matmul_cycles(chip, 1, k, 64, DType.bf16, weight_pack=4) == r + (k // 256 - 1) * r + 4 + skew
+    # a large-M GEMM keeps the bf16 rate: 4x fewer folds, each streaming 4x longer
+    assert cost.matmul_cycles(chip, 512, k, 64, DType.bf16, weight_pack=4) == r + (k // 256 - 1) * 2048 + 2048 + skew

@@ -64,6 +64,14 @@ class MatrixEngine(_Strict):
         "on each operand, applied in the array per block as Blackwell's tensor cores do) at their rate; "
         "MX schemes need their element format here (and in `rate`)",
     )
+    packed_weight_bits: list[Literal[4, 8]] = Field(
+        default_factory=list,
+        description="weight-only formats (int4 / int8 weights with fp32 group scales) the PEs hold packed: "
+        "each PE stores 16 / bits weights of consecutive K with their group's scale and time-shares its "
+        "MAC over them, so a stationary block holds that many times the weights and a preload moves them "
+        "in the same R cycles (a GEMV streams 16 / bits times the weights per fold); empty: the vector "
+        "engine dequantizes weight-only tiles before the array multiplies them",
+    )
     mapping: Literal["tiled", "fold_stream"] = Field(
         "tiled",
         description="how the compiler maps a matmul onto the array: 'tiled' (scratchpad-resident "

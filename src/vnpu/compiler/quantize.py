@@ -69,6 +69,7 @@ class QuantScheme:
     bits: int = 8  # weight bits (weight-only schemes: 8 or 4, int4 packed two per byte)
     group: int | None = None  # weight-only: rows of K per scale (None: one scale per output channel)
     block: int | None = None  # MX ("per_block" activations): elements of K per E8M0 scale, both operands
+    min_cosine: float = 0.99  # the accuracy check's floor vs fp32 (report/numerics.py)
 
     @property
     def needs_calibration(self) -> bool:
@@ -114,7 +115,7 @@ SCHEMES: dict[str, QuantScheme] = {s.name: s for s in [
                 "computed per token on the chip), block-scaled fp8 matmul, fp32 accumulation", block=32),
     QuantScheme("mxfp4", DType.fp4x2_e2m1, "per_block",
                 "OCP MXFP4: e2m1 weights and activations (two per byte) with one E8M0 scale per 32 elements of K, "
-                "block-scaled fp4 matmul, fp32 accumulation", bits=4, block=32),
+                "block-scaled fp4 matmul, fp32 accumulation", bits=4, block=32, min_cosine=0.95),
 ]}
 
 

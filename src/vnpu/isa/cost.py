@@ -40,7 +40,7 @@ def stationary_preload_cycles(chip: Chip) -> int:
 
 
 def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType,
-                  continues: bool = False, drains: bool = True) -> int:
+                  continues: bool = False, drains: bool = True, weight_pack: int = 1) -> int:
     """Cycles for one MatMul instruction.
 
     Per fold: P cycles to preload the stationary block (P = R for WS/IS, 0 for OS), T cycles
@@ -65,11 +65,19 @@ def matmul_cycles(chip: Chip, m: int, k: int, n: int, dtype: DType,
     block holds R x rate rows of K; OS: K streams rate elements per cycle), and a preload moves
     `rate` times the elements in the same R cycles, as it moves the same bits. Rates below 1
     (fp32 by multiple passes) stream each fold 1 / rate times.
+
+    `weight_pack` p > 1 (packed weight-only operands, chip `packed_weight_bits`): each PE holds p
+    consecutive K weights and runs its MAC p times per streamed row, so folds cover p times the K
+    and stream p times longer: a GEMV (one streamed row) moves p times the weights per preload,
+    a large-M GEMM keeps the dtype's rate.
     """
     mx = chip.core.matrix
     r, c = mx.rows, mx.cols
     rate = mx.rate[dtype]
-    if rate > 1:
+    if weight_pack > 1:
+        folds, t = systolic_folds(chip, m, math.ceil(k / weight_pack), n)
+        t = math.ceil(t * weight_pack / rate)
+    elif rate > 1:
         folds, t = systolic_folds(chip, m, math.ceil(k / rate), n)
     else:
         folds, t = systolic_folds(chip, m, k, n)

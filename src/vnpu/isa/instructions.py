@@ -133,6 +133,11 @@ class MatMul:
     `a_scale` [M, K / block] and `b_scale` [K / block, N] their E8M0 scales, and
     acc (+)= sum over blocks j of a_scale[:, j] b_scale[j, :] (a_j @ b_j), each block's products
     summed exactly and the instruction's sum rounded once to fp32 (sim.functional.mx_matmul).
+
+    Packed weight-only operands (chip `packed_weight_bits`): with `b_bits` 4 or 8, b holds int8
+    bytes [K * b_bits / 8, N] (int4 packed along K, low nibble first), `b_scale` its fp32 scales
+    [ceil(K / block), N] per group of `block` rows, and acc (+)= a @ (q * scale), the weights
+    dequantized to fp32 in the PEs.
     """
 
     a: SramRef
@@ -147,6 +152,7 @@ class MatMul:
     a_scale: SramRef | None = None
     b_scale: SramRef | None = None
     block: int = 0
+    b_bits: int = 0
     queue = "matrix"
 
 

@@ -119,7 +119,7 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
                        n_cands: list[int] | None = None, n_tiles: Callable[[int], int] | None = None,
                        a_scale: float | Callable[[int], float] = 1.0, b_scale: float | Callable[[int], float] = 1.0,
                        m_cands: list[int] | None = None, pipeline_model: bool = True,
-                       b_stage: float = 0.0, ab_scales: float = 0.0) -> GemmTiling:
+                       b_stage: float = 0.0, ab_scales: float = 0.0, weight_pack: int = 1) -> GemmTiling:
     """Picks (mt, kt, nt) minimizing the estimated kernel time among tilings that fit.
 
     Estimate: the slowest of per-core matrix time, HBM time for all operand traffic, and
@@ -136,7 +136,8 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 
     `b_stage` (weight-only GEMMs): staged bytes per B element (quantized weight + scale); the
     caller passes b_scale = HBM bytes per scratchpad byte of B accordingly, and each chunk pays
-    the vector engine's dequantization of its B tile.
+    the vector engine's dequantization of its B tile, unless `weight_pack` > 1: the PEs hold the
+    packed weights (chip packed_weight_bits) and the array's time follows matmul_cycles' weight_pack.
     """
     r, c = chip.core.matrix.rows, chip.core.matrix.cols
     isz = dtype.itemsize
@@ -161,8 +162,8 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
                     tiles = groups * math.ceil(m / mt) * (n_tiles(nt) if n_tiles else math.ceil(n / nt))
                     chunks = math.ceil(k / kt)
                     per_core_tiles = math.ceil(tiles / chip.cores)
-                    mm = cost.matmul_cycles(chip, mt, kt, nt, dtype)
-                    if b_stage:  # the dequantization of each B tile runs on the vector engine, in step with the array
+                    mm = cost.matmul_cycles(chip, mt, kt, nt, dtype, weight_pack=weight_pack)
+                    if b_stage and weight_pack == 1:  # the vector engine dequantizes each B tile, in step with the array
                         mm = max(mm, cost.vector_cycles(chip, "dequant", kt * nt))
                     chunk_bytes = (mt * kt * as_ + kt * nt * bs) * isz
                     traffic = tiles * (chunks * chunk_bytes + mt * nt * out_size * (1 + n_epi))
@@ -188,13 +189,16 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: GemmTiling, expr: Expr,
               epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int,
               operand_dtype: DType | None = None, weight_only: tuple[int, int] | None = None,
-              mx_block: int = 0) -> KernelLaunch:
+              mx_block: int = 0, packed_weights: bool = False) -> KernelLaunch:
     """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines. Operand
     tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32.
 
     `weight_only` = (bits, group): each chunk's B arrives quantized (GemmChunk.b, b_scale) into
     staging buffers; one vector `dequant` instruction writes the B tile in the operand dtype,
     and the matmul waits for it. The dequantization of chunk j+1 overlaps the matmul of chunk j.
+
+    With `packed_weights` (chip packed_weight_bits), the weight-only B goes to the array packed
+    with its scales (MatMul.b_bits): no vector dequantization, no B tile in the operand dtype.
 
     `mx_block` > 0: block-scaled operands (OCP MX); each chunk loads A and B (packed fp4: kt / 2
     bytes along K) and their E8M0 scales (GemmChunk.a_scale, b_scale), which the array applies."""
@@ -213,7 +217,7 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         nbuf = tiling.nbuf
         epack = PACKED_ELEMENTS.get(dt, 1)  # K elements per stored operand element
         abuf = [b.alloc(dt, (mt_max, kt_max // epack)) for _ in range(nbuf)]
-        bbuf = [b.alloc(dt, (kt_max // epack, nt_max)) for _ in range(nbuf)]
+        bbuf = [b.alloc(dt, (kt_max // epack, nt_max)) for _ in range(0 if packed_weights else nbuf)]
         if mx_block:
             kb_max = -(-kt_max // mx_block)
             sabuf = [b.alloc(DType.e8m0, (mt_max, kb_max)) for _ in range(nbuf)]
@@ -238,7 +242,7 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             for ci, ch in enumerate(tile.chunks):
                 js = j % nbuf
                 a_t = sub_ref(abuf[js], (ch.mt, ch.kt // epack))
-                b_t = sub_ref(bbuf[js], (ch.kt // epack, ch.nt))
+                b_t = sub_ref(bbuf[js], (ch.kt // epack, ch.nt)) if bbuf else None
                 w = ((MM, j + 1 - nbuf),) if j >= nbuf else ()
                 b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
                 mx: dict = {}
@@ -249,6 +253,14 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
                     b.emit(DmaLoad(ch.a_scale, mx["a_scale"], waits=w))
                     b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w))
                     b.emit(DmaLoad(ch.b_scale, mx["b_scale"], waits=w, signal=LOADED))
+                    mw = [(LOADED, j + 1)]
+                elif packed_weights and weight_only is not None and ch.b_scale is not None:
+                    q_t = sub_ref(qbuf[js], tuple(ch.b.shape))
+                    s_t = sub_ref(sbuf[js], tuple(ch.b_scale.shape))
+                    b.emit(DmaLoad(ch.b, q_t, ch.b_bytes, waits=w))
+                    b.emit(DmaLoad(ch.b_scale, s_t, waits=w, signal=LOADED))
+                    b_t = q_t
+                    mx = {"b_scale": s_t, "block": group, "b_bits": bits}
                     mw = [(LOADED, j + 1)]
                 elif weight_only is not None and ch.b_scale is not None:
                     q_t = sub_ref(qbuf[js], tuple(ch.b.shape))

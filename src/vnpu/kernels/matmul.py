@@ -84,8 +84,9 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
 
 def _weight_only(ctx: KernelContext) -> KernelLaunch:
     """a @ dequant(Wq): the GEMM pipeline with B streamed quantized from HBM (int8, or int4 two
-    per byte) with its group scales, dequantized per chunk by the vector engine into the B tile
-    (emit_gemm's weight_only mode). HBM traffic is the packed bytes; the array runs in the
+    per byte) with its group scales; on a chip whose PEs hold packed weights (packed_weight_bits)
+    the array takes them as they are, otherwise the vector engine dequantizes each chunk into the
+    B tile (emit_gemm's weight_only mode). HBM traffic is the packed bytes; the array runs in the
     program's dtype. K chunks are whole groups (or, one group per channel, any part of it)."""
     a_ref, q_ref, s_ref = ctx.inputs[0], ctx.inputs[1], ctx.inputs[2]
     out = ctx.outputs[0]
@@ -102,16 +103,19 @@ def _weight_only(ctx: KernelContext) -> KernelLaunch:
     dt = ctx.dtype
     b_stage = 1 / pack + 4 / group  # staged bytes per weight: the quantized value and its share of a scale
     n_temps = max(len(expr.steps) - 1, 0)
+    in_pe = bits in ctx.chip.core.matrix.packed_weight_bits  # the PEs hold the packed weights: no vector dequant
     tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, dt, out.dtype.itemsize, sum(e is not None for e in epi),
                                 n_temps, k_quantum=group if group < k else pack, b_scale=b_stage / dt.itemsize,
-                                b_stage=b_stage)  # chunks are whole groups (per-channel: one group, any chunk)
+                                b_stage=b_stage,  # chunks are whole groups (per-channel: one group, any chunk)
+                                weight_pack=16 // bits if in_pe else 1)
     tiles = _tiles(batch, m, n, k, tiling, epi, out, lambda idx, m0, mt, k0, kt, n0, nt: GemmChunk(
         _at(a, idx, m0, mt, k0, kt), _at(q, idx, k0 // pack, kt // pack, n0, nt), mt, kt, nt,
         b_scale=_at(sc, idx, k0 // group, -(-kt // group), n0, nt)))
     flops = 2 * groups * m * n * k
     min_bytes = (a_ref.numel * a_ref.dtype.itemsize + q_ref.numel + s_ref.numel * 4 + out.numel * out.dtype.itemsize
                  + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
-    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, dt, weight_only=(bits, group))
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, dt, weight_only=(bits, group),
+                     packed_weights=in_pe)
 
 
 def _block_scaled(ctx: KernelContext) -> KernelLaunch:

@@ -477,12 +477,23 @@ def _verify(program: Program, chip: Chip) -> None:
                             for src in v:
                                 if isinstance(src, SramRef):
                                     check_sram(src)
-                    if isinstance(ins, MatMul) and ins.block:
+                    if isinstance(ins, MatMul) and (ins.block or ins.b_bits):
                         _check_block_scaled(ins, launch.name)
 
 
 def _check_block_scaled(ins: MatMul, launch: str) -> None:
-    """A block-scaled MatMul's operands and scales must form whole blocks (sim.functional.mx_matmul)."""
+    """A block-scaled MatMul's operands and scales must form whole blocks (sim.functional.mx_matmul);
+    a packed weight-only one's weight bytes and group scales must cover its K."""
+    if ins.b_bits:
+        ok = (ins.b_bits in (4, 8) and type(ins.block) is int and ins.block > 0 and isinstance(ins.b_scale, SramRef)
+              and ins.a_scale is None and len(ins.a.shape) == 2 and len(ins.b.shape) == 2 and not ins.trans_b
+              and ins.b.dtype == DType.int8 and ins.b_scale.dtype == DType.fp32)
+        if ok:
+            k, n = ins.a.shape[1], ins.b.shape[1]
+            ok = ins.b.shape[0] * 8 // ins.b_bits == k and ins.b_scale.shape == (-(-k // ins.block), n)
+        if not ok:
+            raise _Bad(f"launch {launch!r} holds a packed weight-only matmul whose weights and scales do not fit")
+        return
     pack = PACKED_ELEMENTS.get(ins.a.dtype, 1)
     ok = (type(ins.block) is int and ins.block > 0 and isinstance(ins.a_scale, SramRef) and isinstance(ins.b_scale, SramRef)
           and len(ins.a.shape) == 2 and len(ins.b.shape) == 2 and not ins.trans_b)

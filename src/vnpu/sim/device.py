@@ -235,10 +235,11 @@ class Device:
             k *= PACKED_ELEMENTS.get(ins.a.dtype, 1)  # packed fp4: two K elements per stored byte
             n = ins.b.shape[0] if ins.trans_b else ins.b.shape[1]
             rate_dt = ins.a.dtype if ins.a.dtype in QUANT_MATMUL_ACC or not chip.supports(dtype) else dtype
-            cyc = cost.matmul_cycles(chip, m, k, n, rate_dt, ins.continues, ins.drains)
+            pack = 16 // ins.b_bits if ins.b_bits else 1  # packed weight-only: 16 / bits weights per PE
+            cyc = cost.matmul_cycles(chip, m, k, n, rate_dt, ins.continues, ins.drains, pack)
             spad = ins.a.nbytes + ins.b.nbytes + ins.acc.nbytes * (2 if ins.accumulate else 1)
-            if ins.block:  # the E8M0 block scales stream with their operands
-                spad += ins.a_scale.nbytes + ins.b_scale.nbytes
+            if ins.block:  # the block / group scales stream with their operands
+                spad += (ins.a_scale.nbytes if ins.a_scale is not None else 0) + ins.b_scale.nbytes
             r = (2, 0, cyc, m * k * n, 0, spad, None)
         else:
             n = ins.dst.numel if not ins.op.startswith(("reduce_", "topk_", "moe_route_")) else ins.srcs[0].numel

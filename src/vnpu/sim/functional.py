@@ -245,6 +245,16 @@ def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
     if ins.trans_b:
         b = b.T
 
+    if ins.b_bits:  # packed weight-only B: dequantized to fp32 in the PEs
+        sb_w, bits, group = sram_view(sram, ins.b_scale), ins.b_bits, ins.block
+
+        def start_wq() -> tuple[np.ndarray, np.ndarray]:
+            r = _f32(a) @ dequantize_weight_tile(b, sb_w, bits, group)
+            if accumulate:
+                r += acc
+            return acc, r
+        return start_wq
+
     if ins.block:  # block-scaled (MX) operands with their E8M0 scales
         sa, sb, blk = sram_view(sram, ins.a_scale), sram_view(sram, ins.b_scale), ins.block
 

@@ -61,19 +61,22 @@ def _mx_linear(scheme: str, k: int, n: int, m: int, seed: int) -> tuple[np.ndarr
     with torch.no_grad():
         lin.weight.mul_(torch.logspace(-2, 2, k))  # per-block ranges differ along K
     x = torch.randn(m, k) * torch.logspace(2, -2, k)
-    got = vnpu.compile(lin, (x,), quant=scheme)(x).numpy()
+    cm = vnpu.compile(lin, (x,), quant=scheme)
+    got = cm(x).numpy()
+    assert [k.ops[0] for k in cm.profile().kernels] == (["matmul"] if m <= 16 else ["quantize_rows", "matmul"])
     elem = ELEM[scheme][1]
     ref = _torchao_dequant(x, elem) @ _torchao_dequant(lin.weight.detach(), elem).T
     return got, ref.astype(np.float32)
 
 
+@pytest.mark.parametrize("rows", [40, 8])
 @pytest.mark.parametrize("scheme", ["mxfp8", "mxfp4"])
-def test_mx_linear_equals_the_block_scaled_product_within_one_ulp(scheme: str) -> None:
-    """On the chip: activations quantized per token and block by the quantize kernel, weights at
-    compile time, the array applying both E8M0 scales per block; one K chunk, so the documented
-    order is the exact sum rounded once to fp32. Reference: torchao's own MX quantization of both
-    operands, multiplied in float64."""
-    got, ref = _mx_linear(scheme, k=256, n=64, m=8, seed=1)
+def test_mx_linear_equals_the_block_scaled_product_within_one_ulp(scheme: str, rows: int) -> None:
+    """On the chip: activations quantized per token and block (40 rows: by the quantize kernel;
+    8 rows, decode-sized: in the GEMM's prologue), weights at compile time, the array applying both
+    E8M0 scales per block; one K chunk, so the documented order is the exact sum rounded once to
+    fp32. Reference: torchao's own MX quantization of both operands, multiplied in float64."""
+    got, ref = _mx_linear(scheme, k=256, n=64, m=rows, seed=1)
     np.testing.assert_array_max_ulp(got, ref, maxulp=1)
     assert (got == ref).mean() > 0.95
 

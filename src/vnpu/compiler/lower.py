@@ -54,7 +54,8 @@ def optimize(graph: Graph, dtype: DType, chip: Chip | None = None, quant: QuantP
     g = graph.clone()
     prequant_passes(g, dtype)
     if quant is not None:
-        quantize(g, quant.scheme, quant.act_ranges, quant.channel_ranges)
+        quantize(g, quant.scheme, quant.act_ranges, quant.channel_ranges,
+                 prologue_bytes=chip.core.scratchpad.bytes // 4 if chip is not None else 0)
     legalize(g)
     if chip is not None:
         unfuse_oversized_attention(g, chip, dtype)

@@ -188,9 +188,11 @@ class QuantStats:
 
 
 def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None = None,
-             channel_ranges: dict[str, np.ndarray] | None = None) -> QuantStats:
+             channel_ranges: dict[str, np.ndarray] | None = None, prologue_bytes: int = 0) -> QuantStats:
     """Rewrites the graph's weight matmuls under `scheme` in place.
-    `act_scales`: per activation value name, its calibrated max |x| (per-tensor schemes)."""
+    `act_scales`: per activation value name, its calibrated max |x| (per-tensor schemes).
+    `prologue_bytes`: scratchpad a GEMM may keep resident to quantize its own activation rows in
+    its prologue (decode-sized activations, dynamic schemes), instead of a quantize_rows launch."""
     nodes = quantizable_matmuls(g, convs=scheme.activations == "per_tensor")
     need = act_scales if scheme.activations == "per_tensor" else channel_ranges if scheme.smooth else None
     if scheme.needs_calibration:
@@ -216,18 +218,34 @@ def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None 
             if scheme.weight_only:
                 _weight_only_matmul(g, n, scheme)
             else:
-                _mx_matmul(g, n, scheme, shared)
+                _mx_matmul(g, n, scheme, shared, _fits_prologue(n, scheme, prologue_bytes))
             continue
         w = n.inputs[1]
         stats.weight_elems += w.type.numel
         channels = w.shape[0] if n.op == "conv2d" else w.type.numel // w.shape[-2]
         stats.quant_bytes += w.type.numel * scheme.fmt.itemsize + channels * 4  # + one fp32 scale per channel
-        _quantize_matmul(g, n, scheme, (act_scales or {}).get(n.inputs[0].name), shared)
+        _quantize_matmul(g, n, scheme, (act_scales or {}).get(n.inputs[0].name), shared,
+                         _fits_prologue(n, scheme, prologue_bytes))
     return stats
 
 
+PROLOGUE_ROWS = 16  # decode-sized activations: every core quantizes all rows itself in the GEMM's prologue
+
+
+def _fits_prologue(n: Node, scheme: QuantScheme, budget: int) -> bool:
+    """Whether matmul `n`'s activation quantizes in the GEMM's prologue: a dynamic scheme, a 2-D
+    weight, at most PROLOGUE_ROWS rows whose resident copy fits `budget` bytes of scratchpad."""
+    from vnpu.kernels.matmul import prologue_reserved_bytes
+
+    a, w = n.inputs
+    rows = int(np.prod(a.shape[:-1]))
+    return (budget > 0 and n.op == "matmul" and scheme.activations in ("per_token", "per_block") and w.type.rank == 2
+            and scheme.smooth is None and rows <= PROLOGUE_ROWS
+            and prologue_reserved_bytes(rows, a.shape[-1], a.dtype, scheme.fmt) <= budget)
+
+
 def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None,
-                     shared: dict[int, tuple[Value, Value]]) -> None:
+                     shared: dict[int, tuple[Value, Value]], prologue: bool = False) -> None:
     a, w = n.inputs
     fmt = scheme.fmt
     qmax = QMAX[fmt]
@@ -257,6 +275,18 @@ def _quantize_matmul(g: Graph, n: Node, scheme: QuantScheme, amax: float | None,
         g.weight_names.update((w_q.name, w_s.name))
     f32 = DType.fp32
     keep = {KEEP_FP32: True}  # scales and the dequantization chain stay fp32 in bf16 programs
+    if prologue and amax is None:  # the GEMM quantizes a's rows itself; its result is acc x s_x
+        mm = Node(n.op, [a, w_q], [], {**n.attrs, "aq_fmt": fmt, "aq_qmax": qmax, **keep}, n.name)
+        mm.outputs = [Value(g._fresh(n.name + "_acc"), TensorType(n.output.shape, f32), mm)]
+        new.append(mm)
+        y = add("mul", [mm.outputs[0], w_s], keep)
+        out = n.output
+        back = Node("cast", [y], [out], {"dtype": out.dtype}, f"{n.name}_dequant")
+        out.producer = back
+        new.append(back)
+        i = g.nodes.index(n)
+        g.nodes[i:i + 1] = new
+        return
     if id(a) in shared:
         x_q, s_x = shared[id(a)]
     elif amax is None:  # per token: one kernel computes each row's scale and quantizes it
@@ -339,7 +369,8 @@ def quantize_weight_mx(w: np.ndarray, fmt: DType, block: int) -> tuple[np.ndarra
     return q, scale.astype(DType.e8m0.np)
 
 
-def _mx_matmul(g: Graph, n: Node, scheme: QuantScheme, shared: dict[int, tuple[Value, Value]]) -> None:
+def _mx_matmul(g: Graph, n: Node, scheme: QuantScheme, shared: dict[int, tuple[Value, Value]],
+               prologue: bool = False) -> None:
     """a @ W -> mx_matmul(quantize_rows(a, block), W in MX): one block-scaled matmul whose result is
     the dequantized product (fp32), cast to the node's dtype."""
     a, w = n.inputs
@@ -357,7 +388,11 @@ def _mx_matmul(g: Graph, n: Node, scheme: QuantScheme, shared: dict[int, tuple[V
         g.weight_names.update((w_q.name, w_s.name))
     keep = {KEEP_FP32: True}
     new: list[Node] = []
-    if id(a) in shared:
+    attrs = {k_: v for k_, v in n.attrs.items() if k_ != "out_dtype"}
+    if prologue:  # the GEMM quantizes a's rows per block itself
+        mm = Node("matmul", [a, w_q, w_s], [], {**attrs, "aq_fmt": fmt, "aq_qmax": QMAX[fmt], "aq_block": blk,
+                                                 "aq_emax": MX_EMAX[fmt], **keep}, n.name)
+    elif id(a) in shared:
         x_q, s_x = shared[id(a)]
     else:
         qn = g.add_node("quantize_rows", [a], {"fmt": fmt, "qmax": QMAX[fmt], "block": blk, "emax": MX_EMAX[fmt], **keep},
@@ -366,8 +401,8 @@ def _mx_matmul(g: Graph, n: Node, scheme: QuantScheme, shared: dict[int, tuple[V
         new.append(qn)
         x_q, s_x = qn.outputs
         shared[id(a)] = (x_q, s_x)
-    attrs = {k_: v for k_, v in n.attrs.items() if k_ != "out_dtype"}
-    mm = Node("matmul", [x_q, w_q, s_x, w_s], [], {**attrs, "mx_block": blk, **keep}, n.name)
+    if not prologue:
+        mm = Node("matmul", [x_q, w_q, s_x, w_s], [], {**attrs, "mx_block": blk, **keep}, n.name)
     mm.outputs = [Value(g._fresh(n.name + "_acc"), TensorType(n.output.shape, DType.fp32), mm)]
     new.append(mm)
     out = n.output

@@ -109,6 +109,8 @@ def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [_weight_only_matmul(ins, attrs)]
     if "mx_block" in attrs:  # block-scaled: ins[2], ins[3] = E8M0 scales of a and b
         return [_mx_matmul(ins, attrs)]
+    if "aq_fmt" in attrs:  # a float, quantized in the matmul's prologue
+        return [_prologue_quant_matmul(ins, attrs)]
     a, b = ins[0], ins[1]
     if a.rank < 2 or b.rank < 2:
         raise IRTypeError(f"matmul needs rank >= 2 operands, got {a} and {b}")
@@ -140,6 +142,24 @@ def _mx_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     if "out_type" in attrs:
         return attrs["out_type"]
     return TensorType(a.shape[:-1] + (b.shape[1],), DType(attrs.get("out_dtype", DType.fp32)))
+
+
+def _prologue_quant_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """a [..., M, K] float, quantized to attrs["aq_fmt"] in the matmul's prologue (per token; with
+    attrs["aq_block"] per OCP MX block), @ ins[1], the weight in that format [K (/ 2 for fp4), N];
+    MX: ins[2] its E8M0 scales [K / block, N]. The result is fp32: the accumulator times each
+    row's activation scale (per token) or the block-scaled product (MX)."""
+    a, b = ins[0], ins[1]
+    fmt, blk = DType(attrs["aq_fmt"]), int(attrs.get("aq_block", 0))
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+    k = a.shape[-1] if a.rank else 0
+    if not a.dtype.is_float or a.rank < 2 or b.dtype != fmt or b.rank != 2 or b.shape[0] * pack != k:
+        raise IRTypeError(f"prologue-quantized matmul: {a} @ {b} ({fmt}) do not match")
+    if blk and (k % blk or ins[2].dtype != DType.e8m0 or ins[2].shape != (k // blk, b.shape[1])):
+        raise IRTypeError(f"prologue-quantized MX matmul: weight scales {ins[2]} do not fit {b} in blocks of {blk}")
+    if "out_type" in attrs:
+        return attrs["out_type"]
+    return TensorType(a.shape[:-1] + (b.shape[1],), DType.fp32)
 
 
 def _weight_only_matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

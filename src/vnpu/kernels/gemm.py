@@ -15,7 +15,7 @@ from typing import Callable
 from vnpu.chip.schema import Chip
 from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
 from vnpu.isa import cost
-from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, VecOp
+from vnpu.isa.instructions import DmaLoad, DmaStore, HbmRef, MatMul, SramRef, VecOp
 from vnpu.isa.program import KernelLaunch
 from vnpu.kernels.base import CoreBuilder, Expr, KernelContext, deal_round_robin, emit_expr, expr_temps, sub_ref
 
@@ -52,6 +52,19 @@ class GemmTile:
     def epi_shape(self, i: int) -> tuple[int, int]:
         s = self.epi_shapes[i] if self.epi_shapes is not None else None
         return s if s is not None else (self.mt, self.nt)
+
+
+@dataclass
+class ResidentA:
+    """A GEMM's A operand prepared in each core's scratchpad before its pipeline (a decode GEMM
+    quantizing its activation rows in the prologue): per K chunk of the tiling, the A tile (and, MX,
+    its E8M0 scale tile); the semaphore the prologue signals once when they are ready; and an
+    optional [M, 1] fp32 row scale multiplied into each accumulator before the epilogue."""
+
+    a: list[SramRef]
+    a_scale: list[SramRef] | None
+    ready: int
+    row_scale: SramRef | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,8 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
                        n_cands: list[int] | None = None, n_tiles: Callable[[int], int] | None = None,
                        a_scale: float | Callable[[int], float] = 1.0, b_scale: float | Callable[[int], float] = 1.0,
                        m_cands: list[int] | None = None, pipeline_model: bool = True,
-                       b_stage: float = 0.0, ab_scales: float = 0.0, weight_pack: int = 1) -> GemmTiling:
+                       b_stage: float = 0.0, ab_scales: float = 0.0, weight_pack: int = 1,
+                       reserved_bytes: int = 0) -> GemmTiling:
     """Picks (mt, kt, nt) minimizing the estimated kernel time among tilings that fit.
 
     Estimate: the slowest of per-core matrix time, HBM time for all operand traffic, and
@@ -138,10 +152,11 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
     caller passes b_scale = HBM bytes per scratchpad byte of B accordingly, and each chunk pays
     the vector engine's dequantization of its B tile, unless `weight_pack` > 1: the PEs hold the
     packed weights (chip packed_weight_bits) and the array's time follows matmul_cycles' weight_pack.
+    `reserved_bytes` of the scratchpad hold something else (a resident A operand).
     """
     r, c = chip.core.matrix.rows, chip.core.matrix.cols
     isz = dtype.itemsize
-    cap = chip.core.scratchpad.bytes
+    cap = chip.core.scratchpad.bytes - reserved_bytes
     hbm_bpc = chip.hbm_bytes_per_cycle
     dma_bpc = chip.core.dma_bytes_per_cycle
     lat = cost.hbm_latency_cycles(chip)
@@ -189,7 +204,8 @@ def choose_gemm_tiling(chip: Chip, groups: int, m: int, k: int, n: int, dtype: D
 def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: GemmTiling, expr: Expr,
               epi_scalars: list[float | None], kind: str, flops: int, min_bytes: int,
               operand_dtype: DType | None = None, weight_only: tuple[int, int] | None = None,
-              mx_block: int = 0, packed_weights: bool = False) -> KernelLaunch:
+              mx_block: int = 0, packed_weights: bool = False,
+              resident_a: Callable[[CoreBuilder], ResidentA] | None = None) -> KernelLaunch:
     """Lowers GEMM tiles onto the cores (round-robin) as double-buffered pipelines. Operand
     tiles are in `operand_dtype` (default the program's); int8 ones accumulate in int32.
 
@@ -199,6 +215,9 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
 
     With `packed_weights` (chip packed_weight_bits), the weight-only B goes to the array packed
     with its scales (MatMul.b_bits): no vector dequantization, no B tile in the operand dtype.
+
+    `resident_a(builder)` emits each core's A preparation first (its prologue) and returns the
+    resident tiles (ResidentA); the pipeline then loads only B.
 
     `mx_block` > 0: block-scaled operands (OCP MX); each chunk loads A and B (packed fp4: kt / 2
     bytes along K) and their E8M0 scales (GemmChunk.a_scale, b_scale), which the array applies."""
@@ -216,11 +235,12 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             continue
         nbuf = tiling.nbuf
         epack = PACKED_ELEMENTS.get(dt, 1)  # K elements per stored operand element
-        abuf = [b.alloc(dt, (mt_max, kt_max // epack)) for _ in range(nbuf)]
+        ra = resident_a(b) if resident_a is not None else None
+        abuf = [b.alloc(dt, (mt_max, kt_max // epack)) for _ in range(0 if ra else nbuf)]
         bbuf = [b.alloc(dt, (kt_max // epack, nt_max)) for _ in range(0 if packed_weights else nbuf)]
         if mx_block:
             kb_max = -(-kt_max // mx_block)
-            sabuf = [b.alloc(DType.e8m0, (mt_max, kb_max)) for _ in range(nbuf)]
+            sabuf = [b.alloc(DType.e8m0, (mt_max, kb_max)) for _ in range(0 if ra else nbuf)]
             sbbuf = [b.alloc(DType.e8m0, (kb_max, nt_max)) for _ in range(nbuf)]
         if weight_only is not None:
             bits, group = weight_only
@@ -233,6 +253,7 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
         epi = [[b.alloc(r.dtype, epi_max[i]) if r is not None else None
                 for i, r in enumerate(core_tiles[0].epilogue)] for _ in range(2)]
         outb = [b.alloc(out_dt, (mt_max, nt_max)) for _ in range(2)]
+        scaled = [b.alloc(DType.fp32, (mt_max, nt_max)) for _ in range(2 if ra and ra.row_scale else 0)]
         temps = expr_temps(b, expr, (mt_max, nt_max))
         LOADED, MM, EPL, EPD, ST = (b.sem() for _ in range(5))
         j = 0
@@ -241,16 +262,20 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
             s = t % 2
             for ci, ch in enumerate(tile.chunks):
                 js = j % nbuf
-                a_t = sub_ref(abuf[js], (ch.mt, ch.kt // epack))
                 b_t = sub_ref(bbuf[js], (ch.kt // epack, ch.nt)) if bbuf else None
                 w = ((MM, j + 1 - nbuf),) if j >= nbuf else ()
-                b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
+                if ra is not None:  # A is resident (the prologue made it)
+                    a_t = sub_ref(ra.a[ci], (ch.mt, ch.kt // epack))
+                else:
+                    a_t = sub_ref(abuf[js], (ch.mt, ch.kt // epack))
+                    b.emit(DmaLoad(ch.a, a_t, ch.a_bytes, waits=w))
                 mx: dict = {}
                 if mx_block:
                     kb = ch.kt // mx_block
-                    mx = {"a_scale": sub_ref(sabuf[js], (ch.mt, kb)), "b_scale": sub_ref(sbbuf[js], (kb, ch.nt)),
-                          "block": mx_block}
-                    b.emit(DmaLoad(ch.a_scale, mx["a_scale"], waits=w))
+                    sa_t = sub_ref(ra.a_scale[ci] if ra is not None else sabuf[js], (ch.mt, kb))  # type: ignore[index]
+                    mx = {"a_scale": sa_t, "b_scale": sub_ref(sbbuf[js], (kb, ch.nt)), "block": mx_block}
+                    if ra is None:
+                        b.emit(DmaLoad(ch.a_scale, sa_t, waits=w))
                     b.emit(DmaLoad(ch.b, b_t, ch.b_bytes, waits=w))
                     b.emit(DmaLoad(ch.b_scale, mx["b_scale"], waits=w, signal=LOADED))
                     mw = [(LOADED, j + 1)]
@@ -275,11 +300,17 @@ def emit_gemm(ctx: KernelContext, tiles: list[GemmTiling | GemmTile], tiling: Ge
                     mw = [(LOADED, j + 1)]
                 if ci == 0 and t >= 2:
                     mw.append((EPD, t - 1))
+                if ra is not None and j == 0:
+                    mw.append((ra.ready, 1))
                 b.emit(MatMul(a_t, b_t, sub_ref(acc[s], (ch.mt, ch.nt)), accumulate=ci > 0, waits=tuple(mw), signal=MM,
                               **mx))
                 j += 1
             shape = (tile.mt, tile.nt)
             operands: list = [sub_ref(acc[s], shape)]
+            if scaled:  # acc x the activation's row scales (computed by the prologue)
+                b.emit(VecOp("mul", sub_ref(scaled[s], shape), (operands[0], sub_ref(ra.row_scale, (tile.mt, 1))),  # type: ignore[union-attr]
+                             waits=((MM, j),) + (((ST, t - 1),) if t >= 2 else ())))
+                operands[0] = sub_ref(scaled[s], shape)
             loads = [(i, r) for i, r in enumerate(tile.epilogue) if r is not None]
             for li, (i, r) in enumerate(loads):
                 w = ((EPD, t - 1),) if t >= 2 and li == 0 else ()

@@ -4,13 +4,19 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
+
 from vnpu.dtypes import PACKED_ELEMENTS, QUANT_MATMUL_ACC, DType
-from vnpu.isa.instructions import HbmRef
+from vnpu.isa.instructions import DmaLoad, HbmRef, VecOp
 from vnpu.isa.program import KernelLaunch
-from vnpu.kernels.base import Expr, KernelContext, KernelError, kernel
+from vnpu.kernels.base import CoreBuilder, Expr, KernelContext, KernelError, kernel, sub_ref
 from vnpu.kernels.fold_stream import emit_fold_stream
-from vnpu.kernels.gemm import GemmChunk, GemmTile, choose_gemm_tiling, emit_gemm
-from vnpu.kernels.views import broadcast_to
+from vnpu.kernels.gemm import GemmChunk, GemmTile, ResidentA, choose_gemm_tiling, emit_gemm
+from vnpu.kernels.quantize_rows import mx_quantize_ops
+from vnpu.kernels.views import broadcast_to, reshape
+
+
+F32 = DType.fp32
 
 
 def _at(ref: HbmRef, idx: tuple[int, ...], r0: int, rn: int, c0: int, cn: int) -> HbmRef:
@@ -50,6 +56,8 @@ def matmul_kernel(ctx: KernelContext) -> KernelLaunch:
         return _weight_only(ctx)
     if "mx_block" in ctx.node.attrs:
         return _block_scaled(ctx)
+    if "aq_fmt" in ctx.node.attrs:
+        return _prologue_quantized(ctx)
     a_ref, b_ref = ctx.inputs[0], ctx.inputs[1]
     out = ctx.outputs[0]
     *batch, m, n = out.shape
@@ -158,4 +166,99 @@ def _block_scaled(ctx: KernelContext) -> KernelLaunch:
     return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, fmt, mx_block=blk)
 
 
-__all__ = ["matmul_kernel", "epilogue_of"]
+def prologue_reserved_bytes(rows: int, k: int, in_dt: DType, fmt: DType) -> int:
+    """Scratchpad bytes a prologue-quantized GEMM keeps resident per core: the raw rows, their
+    quantized copy and scales, an fp32 working tile, the row statistics."""
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+    return rows * k * (in_dt.itemsize + 4) + rows * (k // pack) + rows * (k // 32 + 1) + 12 * rows + 64 * 64
+
+
+def _prologue_quantized(ctx: KernelContext) -> KernelLaunch:
+    """A decode-sized a @ Wq whose activation quantization runs in the GEMM's prologue instead of a
+    quantize_rows launch: every core loads all M rows of a (K chunk by K chunk), quantizes them in
+    its scratchpad — per token (amax over the row, q = cast(clamp(round(x * qmax / amax)))), or per
+    OCP MX block of 32 (E8M0 scales) — and its pipeline then streams only the weight. Per token, the
+    accumulator is multiplied by each row's amax / qmax before the epilogue (which applies the
+    weight's scales); MX scales apply in the array."""
+    attrs = ctx.node.attrs
+    fmt, qmax, blk = DType(attrs["aq_fmt"]), float(attrs["aq_qmax"]), int(attrs.get("aq_block", 0))
+    a_ref, w_ref = ctx.inputs[0], ctx.inputs[1]
+    sw_ref = ctx.inputs[2] if blk else None
+    out = ctx.outputs[0]
+    chip = ctx.chip
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+    k, n = a_ref.shape[-1], w_ref.shape[1]
+    rows = math.prod(a_ref.shape[:-1])
+    a2, out2 = reshape(a_ref, (rows, k)), reshape(out, (rows, n))
+    if a2 is None or out2 is None:
+        raise KernelError(f"matmul {ctx.node.name}: rows of {a_ref.shape} are not one strided 2-D view")
+    if not chip.supports(fmt) or (blk and fmt not in chip.core.matrix.block_scaled):
+        raise KernelError(f"matmul {ctx.node.name}: chip {chip.name} has no {'block-scaled ' if blk else ''}{fmt} matrix format")
+    expr, epi_refs, epi_scalars = epilogue_of(ctx, 3 if blk else 2)
+    epi = [reshape(broadcast_to(r, out.shape), (rows, n)) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
+    reserved = prologue_reserved_bytes(rows, k, a_ref.dtype, fmt)
+    burst = chip.hbm.burst_bytes
+    if blk:
+        def b_traffic(nt: int) -> float:  # packed weight rows and their scale rows cost whole bursts
+            return max(1.0, burst * pack / nt) / pack + max(1.0, burst / nt) / blk
+    else:
+        def b_traffic(nt: int) -> float:
+            return max(1.0, burst / (nt * fmt.itemsize))
+    n_temps = max(len(expr.steps) - 1, 0)
+    tiling = choose_gemm_tiling(chip, 1, rows, k, n, fmt, out.dtype.itemsize, sum(e is not None for e in epi),
+                                n_temps + (0 if blk else 1), k_quantum=blk or 1, a_scale=0.0, b_scale=b_traffic,
+                                ab_scales=1 / blk if blk else 0.0, m_cands=[rows], reserved_bytes=reserved)
+    if tiling.mt < rows:
+        raise KernelError(f"matmul {ctx.node.name}: {rows} rows do not fit one tile of a prologue-quantized GEMM")
+    chunks = [(k0, min(tiling.kt, k - k0)) for k0 in range(0, k, tiling.kt)]
+    wq = broadcast_to(w_ref, (k // pack, n))
+    sw = broadcast_to(sw_ref, (k // blk, n)) if blk else None
+    tiles = _tiles([], rows, n, k, tiling, epi, out2, lambda idx, m0, mt, k0, kt, n0, nt: GemmChunk(
+        _at(a2, idx, m0, mt, k0, kt), _at(wq, idx, k0 // pack, kt // pack, n0, nt), mt, kt, nt,
+        b_scale=_at(sw, idx, k0 // blk, kt // blk, n0, nt) if sw is not None else None))
+    floor = float(np.finfo(np.float32).tiny) * qmax
+
+    def prologue(b: CoreBuilder) -> ResidentA:
+        raw = [b.alloc(a_ref.dtype, (rows, kc)) for _, kc in chunks]
+        q = [b.alloc(fmt, (rows, kc // pack)) for _, kc in chunks]
+        tmp = b.alloc(F32, (rows, tiling.kt))
+        LOADED, READY = b.sem(), b.sem()
+        for (k0, kc), r in zip(chunks, raw):
+            b.emit(DmaLoad(_at(a2, (), 0, rows, k0, kc), r, signal=LOADED))
+        ops: list = []
+        if blk:  # each chunk's blocks are independent
+            qs = [b.alloc(DType.e8m0, (rows, kc // blk)) for _, kc in chunks]
+            amax = b.alloc(F32, (rows, tiling.kt // blk))
+            for (k0, kc), r, qc, sc in zip(chunks, raw, q, qs):
+                ops += mx_quantize_ops(fmt, qmax, int(attrs["aq_emax"]), rows, kc, blk, r, qc, sc,
+                                       sub_ref(tmp, (rows, kc)), sub_ref(amax, (rows, kc // blk)))
+            row_scale = None
+        else:  # per token: the row's amax over every chunk, then one scale per row
+            amax, part, inv, row_scale = (b.alloc(F32, (rows, 1)) for _ in range(4))
+            qs = None
+            for i, ((k0, kc), r) in enumerate(zip(chunks, raw)):
+                t = sub_ref(tmp, (rows, kc))
+                ops += [("abs", t, (r,), {}, ()), ("reduce_max", amax if i == 0 else part, (t,), {}, ())]
+                if i:
+                    ops.append(("maximum", amax, (amax, part), {}, ()))
+            ops += [("maximum", amax, (amax, floor), {}, ()), ("div", inv, (qmax, amax), {}, ()),
+                    ("div", row_scale, (amax, qmax), {}, ())]
+            for (k0, kc), r, qc in zip(chunks, raw, q):
+                t = sub_ref(tmp, (rows, kc))
+                ops.append(("mul", t, (r, inv), {}, ()))
+                if fmt == DType.int8:
+                    ops.append(("round", t, (t,), {}, ()))
+                ops += [("clamp", t, (t,), {"min": -qmax, "max": qmax}, ()), ("cast", qc, (t,), {"dtype": fmt}, ())]
+        for i, (op, dst, srcs, at, views) in enumerate(ops):
+            b.emit(VecOp(op, dst, srcs, tuple(at.items()), views,
+                         waits=((LOADED, len(chunks)),) if i == 0 else (), signal=READY if i == len(ops) - 1 else -1))
+        return ResidentA(q, qs, READY, row_scale)
+
+    flops = 2 * rows * n * k
+    min_bytes = (a_ref.footprint_bytes() + w_ref.numel * fmt.itemsize + (sw_ref.numel if sw_ref is not None else 0)
+                 + out.numel * out.dtype.itemsize + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
+    return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, fmt, mx_block=blk,
+                     resident_a=prologue)
+
+
+__all__ = ["matmul_kernel", "epilogue_of", "prologue_reserved_bytes"]

@@ -81,9 +81,9 @@ def quantize_rows_kernel(ctx: KernelContext) -> KernelLaunch:
             if t >= 2:  # the stores of tile t-2 have read this slot's q and scale buffers
                 w += [(QSTORED, t - 1), (SSTORED, t - 1)]
             if blk:
-                ops = _mx_ops(fmt, qmax, int(a["emax"]), n, k, blk, x_t, q_t, s_t, t_t, m_t)
+                ops = mx_quantize_ops(fmt, qmax, int(a["emax"]), n, k, blk, x_t, q_t, s_t, t_t, m_t)
             else:
-                ops = _row_ops(fmt, qmax, floor, x_t, q_t, s_t, t_t, m_t, i_t)
+                ops = row_quantize_ops(fmt, qmax, floor, x_t, q_t, s_t, t_t, m_t, i_t)
             for i, (op, dst, srcs, attrs, views) in enumerate(ops):
                 b.emit(VecOp(op, dst, srcs, tuple(attrs.items()), views, waits=tuple(w) if i == 0 else (),
                              signal=COMPUTED if i == len(ops) - 1 else -1))
@@ -96,7 +96,7 @@ def quantize_rows_kernel(ctx: KernelContext) -> KernelLaunch:
     return KernelLaunch(ctx.node.name, "norm", ["quantize_rows"], streams, 0, min_bytes, ctx.dtype)
 
 
-def _row_ops(fmt: DType, qmax: float, floor: float, x_t: SramRef, q_t: SramRef, s_t: SramRef, t_t: SramRef,
+def row_quantize_ops(fmt: DType, qmax: float, floor: float, x_t: SramRef, q_t: SramRef, s_t: SramRef, t_t: SramRef,
              m_t: SramRef, i_t: SramRef) -> list:
     """One scale per row: amax, inv = qmax / amax, scale = amax / qmax, q = cast(clamp(round(x * inv)))."""
     ops: list = [
@@ -113,7 +113,7 @@ def _row_ops(fmt: DType, qmax: float, floor: float, x_t: SramRef, q_t: SramRef, 
     return [(op, dst, srcs, attrs, ()) for op, dst, srcs, attrs in ops]
 
 
-def _mx_ops(fmt: DType, qmax: float, emax: int, n: int, k: int, blk: int, x_t: SramRef, q_t: SramRef, s_t: SramRef,
+def mx_quantize_ops(fmt: DType, qmax: float, emax: int, n: int, k: int, blk: int, x_t: SramRef, q_t: SramRef, s_t: SramRef,
             t_t: SramRef, m_t: SramRef) -> list:
     """One E8M0 scale per block of `blk` elements: the tiles seen as [n, K / blk, blk] blocks."""
     kb = k // blk
@@ -130,4 +130,4 @@ def _mx_ops(fmt: DType, qmax: float, emax: int, n: int, k: int, blk: int, x_t: S
     ]
 
 
-__all__ = ["quantize_rows_kernel"]
+__all__ = ["quantize_rows_kernel", "row_quantize_ops", "mx_quantize_ops"]

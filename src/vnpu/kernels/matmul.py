@@ -149,11 +149,7 @@ def _block_scaled(ctx: KernelContext) -> KernelLaunch:
     epi = [broadcast_to(r, out.shape) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     groups = math.prod(batch) if batch else 1
     per_elem = 1 / pack + 1 / blk  # HBM bytes per operand element: the packed value and its share of a scale
-    burst = ctx.chip.hbm.burst_bytes
-
-    def b_traffic(nt: int) -> float:  # B rows of nt / pack bytes (and scale rows of nt) cost whole bursts
-        return max(1.0, burst * pack / nt) / pack + max(1.0, burst / nt) / blk
-
+    b_traffic = _b_row_traffic(ctx.chip.hbm.burst_bytes, fmt, blk)
     tiling = choose_gemm_tiling(ctx.chip, groups, m, k, n, fmt, out.dtype.itemsize, sum(e is not None for e in epi),
                                 max(len(expr.steps) - 1, 0), k_quantum=blk, a_scale=per_elem, b_scale=b_traffic,
                                 ab_scales=1 / blk)
@@ -164,6 +160,17 @@ def _block_scaled(ctx: KernelContext) -> KernelLaunch:
     min_bytes = (a_ref.numel + b_ref.numel + sa_ref.numel + sb_ref.numel + out.numel * out.dtype.itemsize
                  + sum(r.footprint_bytes() for r, s in zip(epi_refs, epi_scalars) if s is None))
     return emit_gemm(ctx, tiles, tiling, expr, epi_scalars, "matmul", flops, min_bytes, fmt, mx_block=blk)
+
+
+def _b_row_traffic(burst: int, fmt: DType, blk: int):
+    """HBM bytes per staged B element of an [kt, nt] weight tile in `fmt` (with E8M0 scales per
+    `blk` rows when blk > 0): rows narrower than a burst cost a whole burst."""
+    pack = PACKED_ELEMENTS.get(fmt, 1)
+
+    def traffic(nt: int) -> float:
+        data = max(1.0, burst * pack / (nt * fmt.itemsize)) / pack
+        return data + (max(1.0, burst / nt) / blk if blk else 0.0)
+    return traffic
 
 
 def prologue_reserved_bytes(rows: int, k: int, in_dt: DType, fmt: DType) -> int:
@@ -197,13 +204,7 @@ def _prologue_quantized(ctx: KernelContext) -> KernelLaunch:
     expr, epi_refs, epi_scalars = epilogue_of(ctx, 3 if blk else 2)
     epi = [reshape(broadcast_to(r, out.shape), (rows, n)) if s is None else None for r, s in zip(epi_refs, epi_scalars)]
     reserved = prologue_reserved_bytes(rows, k, a_ref.dtype, fmt)
-    burst = chip.hbm.burst_bytes
-    if blk:
-        def b_traffic(nt: int) -> float:  # packed weight rows and their scale rows cost whole bursts
-            return max(1.0, burst * pack / nt) / pack + max(1.0, burst / nt) / blk
-    else:
-        def b_traffic(nt: int) -> float:
-            return max(1.0, burst / (nt * fmt.itemsize))
+    b_traffic = _b_row_traffic(chip.hbm.burst_bytes, fmt, blk)
     n_temps = max(len(expr.steps) - 1, 0)
     tiling = choose_gemm_tiling(chip, 1, rows, k, n, fmt, out.dtype.itemsize, sum(e is not None for e in epi),
                                 n_temps + (0 if blk else 1), k_quantum=blk or 1, a_scale=0.0, b_scale=b_traffic,

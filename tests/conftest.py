@@ -46,6 +46,8 @@ ROUND = {
     "clock_ghz": 1.0,
     "cores": 1,
     "kernel_launch_us": 0.0,
+    "kernel_barrier_us": ...,  # serial dispatch: the whole launch between kernels
+    "l2.weight_prefetch_bytes": 0,  # no cross-kernel weight prefetch
     "core.matrix.rows": 4,
     "core.matrix.cols": 4,
     "core.matrix.dataflow": "ws",

@@ -371,6 +371,56 @@ def test_kernel_launch_overhead_between_kernels():
     assert prof.cycles == pytest.approx(4140)
 
 
+def _matmul_launch(name: str = "mm") -> KernelLaunch:
+    cs = CoreStream()
+    cs.queues["matrix"].append(MatMul(SramRef(0, F32, (10, 7)), SramRef(512, F32, (7, 9)),
+                                      SramRef(1024, F32, (10, 9)), False))
+    return KernelLaunch(name, "matmul", ["matmul"], [cs], dtype=DType.bf16)
+
+
+@pytest.mark.parametrize("launch_us,barrier_us,gap", [(2.0, 0.4, 1930), (0.05, 0.04, 40), (0.3, 0.5, 300)])
+def test_kernel_dispatch_overlaps_the_running_kernel(launch_us, barrier_us, gap):
+    """With a hardware queue (kernel_barrier_us) the next kernel is dispatched while one runs:
+    after a 70-cycle kernel the gap is max(barrier, launch - 70) cycles at 1 GHz, the barrier at
+    most the launch: 2000 - 70 = 1930; a 50-cycle launch hides behind the kernel except the
+    40-cycle barrier; a barrier longer than the launch is cut to it (300)."""
+    chip = round_chip(kernel_launch_us=launch_us, kernel_barrier_us=barrier_us)
+    prog = Program("test", "", DType.bf16, [_matmul_launch(), _matmul_launch()], 64, [], [], [])
+    prof = Device(chip, 64, functional=False).run(prog)
+    assert [k.cycles for k in prof.kernels] == [70, 70]
+    assert prof.kernels[1].start_cycle == pytest.approx(70 + gap)
+    assert prof.cycles == pytest.approx(2 * (70 + gap))
+
+
+def test_weights_prefetched_into_l2_in_the_idle_hbm_time():
+    """Kernel A is one 70-cycle MatMul (no HBM traffic); kernel B loads a 512-byte weight view
+    (a program constant) and then a 512-byte activation. ROUND chip with a 64 B/cycle DMA engine:
+    8 B/cycle HBM, 10-cycle HBM latency; L2 at 64 B/cycle, 5-cycle hit latency; launch 30 cycles.
+    Without prefetch B's loads hold the HBM channel 64 + 64 cycles, + 10 latency = 138. With
+    4 KiB of prefetch, A's 70 cycles and the 30-cycle gap leave 100 idle HBM cycles = 800 bytes
+    >= 512: the weight is in L2 when B starts and its load takes 512 / 64 = 8 cycles on the L2
+    port; the activation follows from HBM: B = 8 + 64 + 10 = 82 cycles. B still counts the
+    weight's 512 HBM bytes (read during A), and 512 L2-hit bytes. A 200-byte share of L2 holds
+    nothing (the view is larger)."""
+    def run(prefetch: int):
+        chip = round_chip(kernel_launch_us=0.03, core__dma_bytes_per_cycle=64, l2__bytes=1 << 16,
+                          l2__bytes_per_cycle=64, l2__latency_ns=5.0, l2__weight_prefetch_bytes=prefetch)
+        w = HbmRef(0, DType.int8, (512,), (1,))
+        x = HbmRef(4096, DType.int8, (512,), (1,))
+        cs = CoreStream()
+        cs.queues["dma_in"] += [DmaLoad(w, SramRef(0, DType.int8, (512,))),
+                                DmaLoad(x, SramRef(1024, DType.int8, (512,)))]
+        b = KernelLaunch("b", "copy", ["copy"], [cs], dtype=DType.bf16)
+        prog = Program("t", "", DType.bf16, [_matmul_launch("a"), b], 8192, [], [], [(w, np.zeros(512, np.int8))])
+        return Device(chip, 8192, functional=False).run(prog).kernels[1]
+
+    cold, warm, small = run(0), run(4096), run(200)
+    assert cold.cycles == pytest.approx(138) and cold.prefetched_bytes == 0 and cold.l2_hit_bytes == 0
+    assert warm.prefetched_bytes == 512 and warm.l2_hit_bytes == 512 and warm.hbm_read_bytes == 1024
+    assert warm.cycles == pytest.approx(82)
+    assert small.cycles == pytest.approx(138) and small.prefetched_bytes == 0
+
+
 # -- steady-state shortcut: identical launches are simulated once in timing-only mode ----------
 def _matmul_chain(layers: int):
     """x [16, 32] through `layers` identical [32, 32] matmuls (weights are runtime inputs)."""

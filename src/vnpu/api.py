@@ -231,12 +231,13 @@ def vnpu_backend(gm: Any, example_inputs: list, **kwargs: Any) -> Any:
 
 def generate(model: str, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1, chip: str | Chip = DEFAULT_CHIP,
              dtype: str | DType = "bf16", timing_only: bool | None = None, top_k: int | None = None,
-             temperature: float = 1.0, seed: int = 0) -> Any:
+             temperature: float = 1.0, seed: int = 0, quant: str | None = None, kv_cache: str | None = None) -> Any:
     """Generation of a zoo LLM on the chip (see vnpu.runtime.llm.generate), greedy or, with
     top_k, top-k sampling at `temperature` (Gumbel noise from np.random.default_rng(seed)):
     returns a GenerationReport with tokens, ttft_s, tpot_s, tokens_per_s, energy_per_token_j
-    and memory."""
+    and memory. `quant`: a post-training scheme for every linear layer; `kv_cache`: "fp8" for an
+    fp8 KV cache (a scale per token and head)."""
     from vnpu.runtime.llm import generate as _generate
 
     return _generate(model, prompt_len, max_new_tokens, batch, chip, dtype, timing_only, top_k=top_k,
-                     temperature=temperature, seed=seed)
+                     temperature=temperature, seed=seed, quant=quant, kv_cache=kv_cache)

@@ -96,6 +96,18 @@ app.add_typer(chips_app, name="chips")
 
 ChipOpt = Annotated[str, typer.Option("--chip", "-c", help="chip preset name or path to a chip .toml file",
                                       metavar="NAME_OR_PATH")]
+KvCacheOpt = Annotated[Optional[str], typer.Option(
+    "--kv-cache", help="KV-cache format: fp8 (e4m3, an fp32 scale per token and head; attention reads it "
+    "directly); default: the program's dtype", metavar="FORMAT")]
+
+
+def _check_kv_cache(kv_cache: str | None) -> None:
+    from vnpu.compiler.kv_cache import KVCacheError, kv_cache_format
+
+    try:
+        kv_cache_format(kv_cache)
+    except KVCacheError as e:
+        _die(e)
 
 
 # -- plumbing ------------------------------------------------------------------------------
@@ -559,6 +571,7 @@ def generate(
     quant: Annotated[Optional[str], typer.Option("--quant", help="quantize every linear layer: w8a8-int8 or "
                                                  "w8a8-fp8 (functional runs report KL divergence vs fp32)",
                                                  metavar="SCHEME")] = None,
+    kv_cache: KvCacheOpt = None,
 ) -> None:
     """Generation of a zoo LLM on the chip, greedy or top-k sampling: prefill and decode programs
     with the KV cache resident in simulated HBM. Reports time to first token, time per output
@@ -580,6 +593,7 @@ def generate(
     except ValueError as e:
         _die(e)
     _check_output(json_path, "--json")
+    _check_kv_cache(kv_cache)
     c = _chip(chip)
     from vnpu.runtime.llm import generate as llm_generate  # torch and transformers: only for a valid request
 
@@ -588,7 +602,8 @@ def generate(
     try:
         with _quiet_warnings(), _step(err, f"{model}: export, compile and simulate on {where} ({dt_name})"):
             rep = llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, timing_only, chips=chips,
-                               top_k=top_k or None, temperature=temperature, seed=seed, quant=quant)
+                               top_k=top_k or None, temperature=temperature, seed=seed, quant=quant,
+                               kv_cache=kv_cache)
     except (ValueError, MemoryError) as e:  # bad options; ModelTooLargeError (a MemoryError) names the chips needed
         _die(e)
     from vnpu.report.tables import generation_table
@@ -613,6 +628,7 @@ def compare(
     quant: Annotated[Optional[str], typer.Option("--quant", help="every chip serves quantized: w8a8-int8 or "
                                                  "w8a8-fp8 (each at its own rate for the format)",
                                                  metavar="SCHEME")] = None,
+    kv_cache: KvCacheOpt = None,
 ) -> None:
     """Serve one LLM on several chips (timing only) and print TTFT, TPOT, tokens/s and energy per
     token side by side. Each chip gets the fewest chips of its kind that hold the model.
@@ -637,6 +653,7 @@ def compare(
     except ValueError as e:
         _die(e)
     _check_output(json_path, "--json")
+    _check_kv_cache(kv_cache)
     chip_objs = [_chip(n) for n in names]
     qfmt = None
     if quant is not None:
@@ -656,12 +673,12 @@ def compare(
     reports = []
     for c in chip_objs:
         try:
-            n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name, qfmt)
+            n = chips_needed(model, prompt_len, max_new_tokens, batch, c, dt_name, qfmt, kv_cache)
             if n not in valid_chip_counts(spec):  # more than the model splits over: generate says what fits
                 n = max(valid_chip_counts(spec))
             with _quiet_warnings(), _step(err, f"{model} on {n} x {c.name}"):
                 reports.append(llm_generate(model, prompt_len, max_new_tokens, batch, c, dt_name, True, chips=n,
-                                            quant=quant))
+                                            quant=quant, kv_cache=kv_cache))
         except (ValueError, MemoryError) as e:
             _die(f"{c.name}: {e}")
     from vnpu.report.tables import compare_table

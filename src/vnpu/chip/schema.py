@@ -103,6 +103,17 @@ class L2(_Strict):
         description="capacity; DMA loads of a view moved earlier in the same kernel hit")
     bytes_per_cycle: BytesPerCycle
     latency_ns: Latency | None = Field(None, description="hit latency; default half the HBM latency")
+    weight_prefetch_bytes: Annotated[int, Field(ge=0, le=MAX_L2_BYTES)] = Field(
+        0, description="L2 space the command processor fills ahead of the kernels: while one kernel runs (and "
+        "during the launch gap), the HBM time it leaves idle streams the weight tiles that the next kernels "
+        "load first into L2, where their loads hit; weights are read-only, so no kernel's output is "
+        "needed (as PDL with L2 prefetch on Hopper, or an NPU compiler's cross-layer prefetch). 0: none")
+
+    @model_validator(mode="after")
+    def _prefetch_fits(self) -> "L2":
+        if self.weight_prefetch_bytes > self.bytes:
+            raise ValueError(f"l2.weight_prefetch_bytes ({self.weight_prefetch_bytes}) exceeds l2.bytes ({self.bytes})")
+        return self
 
 
 class HBM(_Strict):
@@ -145,8 +156,23 @@ class Chip(_Strict):
     chip_link: Link | None = Field(None, description="chip-to-chip interconnect per chip")
     energy: Energy
     kernel_launch_us: float = Field(1.0, ge=0, le=MAX_LATENCY, description="chip-wide barrier + dispatch between kernels")
+    kernel_barrier_us: float | None = Field(
+        None, ge=0, le=MAX_LATENCY,
+        description="the part of kernel_launch_us that cannot overlap the running kernel: with a hardware "
+        "command queue the next kernel is dispatched while the current one runs, and only the chip-wide "
+        "barrier remains once it ends (the gap is max(barrier, launch - the kernel's time), the barrier at most "
+        "kernel_launch_us); None: "
+        "dispatch starts when the kernel ends, the whole kernel_launch_us between kernels")
     area_mm2: Annotated[float, Field(gt=0, le=1e6)] | None = None
     sources: dict[str, str] = Field(default_factory=dict)
+
+    def launch_gap_cycles(self, kernel_cycles: float) -> float:
+        """Cycles from the end of a kernel that ran `kernel_cycles` to the start of the next (the
+        barrier is part of the launch: a chip whose launch is shorter pays only the launch)."""
+        launch = self.kernel_launch_us * 1e-6 * self.clock_hz
+        if self.kernel_barrier_us is None:
+            return launch
+        return max(min(self.kernel_barrier_us * 1e-6 * self.clock_hz, launch), launch - kernel_cycles)
 
     @model_validator(mode="after")
     def _rates_have_energy(self) -> "Chip":

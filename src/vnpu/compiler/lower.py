@@ -40,19 +40,20 @@ def chip_fingerprint(chip: Chip) -> str:
     return hashlib.sha256(chip.model_dump_json().encode()).hexdigest()[:16]
 
 
-def prequant_passes(g: Graph, dtype: DType) -> None:
+def prequant_passes(g: Graph, dtype: DType, kv_cache: DType | None = None) -> None:
     """The passes before quantization (in place): what calibration must see too, so that the
     activations it measures carry the names the quantization pass looks up."""
     set_precision(g, dtype)
-    rewrite_llm_patterns(g)  # merged Q/K/V and gate/up matmuls quantize as one
+    rewrite_llm_patterns(g, kv_cache)  # merged Q/K/V and gate/up matmuls quantize as one
 
 
-def optimize(graph: Graph, dtype: DType, chip: Chip | None = None, quant: QuantPlan | None = None) -> Graph:
-    """Runs the graph passes on a copy: precision, LLM patterns, quantization (`quant`),
-    legalization, fusion, layout. With `chip`, also the rewrites that depend on its sizes
-    (attention too large for its scratchpad)."""
+def optimize(graph: Graph, dtype: DType, chip: Chip | None = None, quant: QuantPlan | None = None,
+             kv_cache: DType | None = None) -> Graph:
+    """Runs the graph passes on a copy: precision, LLM patterns (and a quantized KV cache in
+    `kv_cache`'s format), quantization (`quant`), legalization, fusion, layout. With `chip`, also
+    the rewrites that depend on its sizes (attention too large for its scratchpad)."""
     g = graph.clone()
-    prequant_passes(g, dtype)
+    prequant_passes(g, dtype, kv_cache)
     if quant is not None:
         quantize(g, quant.scheme, quant.act_ranges, quant.channel_ranges,
                  prologue_bytes=chip.core.scratchpad.bytes // 4 if chip is not None else 0)
@@ -94,8 +95,10 @@ def kernel_timing_key(node: Node, refs: list[HbmRef], scalars: list[float | None
 @gc_paused()
 def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pinned: dict[str, int] | None = None,
                   base: int = 0, timing_only: bool = False,
-                  kernel_cache: KernelCache | None = None, quant: QuantPlan | None = None) -> tuple[Program, Graph]:
+                  kernel_cache: KernelCache | None = None, quant: QuantPlan | None = None,
+                  kv_cache: DType | None = None) -> tuple[Program, Graph]:
     """`pinned`/`base`: see memory.plan_memory (programs sharing weights and state on one device).
+    `kv_cache`: the KV cache's element format when quantized (compiler/kv_cache.py).
 
     `timing_only`: a node whose timing key was lowered before (an identical layer) reuses that
     kernel's instruction streams instead of being lowered again, since it takes the same time
@@ -109,7 +112,7 @@ def compile_graph(graph: Graph, chip: Chip, dtype: DType | str = DType.fp32, pin
     verify(graph)
     if quant is not None:
         check_chip(quant.scheme, chip)
-    g = optimize(graph, dtype, chip, quant)
+    g = optimize(graph, dtype, chip, quant, kv_cache)
     split_decode_attention(g, chip)
     copy_on_write(g)
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from vnpu.compiler.siblings import group_sibling_kernels
+from vnpu.dtypes import DType
 from vnpu.ir.graph import Graph, Node, TensorType, Value, is_shape_only, shape_only_array
 from vnpu.ir.ops import OPS
 
@@ -352,7 +353,9 @@ def fuse_moe_combine(g: Graph) -> int:
     return count
 
 
-def rewrite_llm_patterns(g: Graph) -> None:
+def rewrite_llm_patterns(g: Graph, kv_cache: DType | None = None) -> None:
+    """The LLM rewrites in order; `kv_cache`: the KV cache's format when quantized (fp8:
+    compiler/kv_cache.py), rewritten before the cache appends are grouped."""
     drop_noop_casts(g)
     fuse_rms_norm(g)
     fuse_rope(g)
@@ -360,4 +363,7 @@ def rewrite_llm_patterns(g: Graph) -> None:
     fuse_moe_router(g)
     fuse_moe_combine(g)
     merge_sibling_matmuls(g)
+    if kv_cache is not None:
+        from vnpu.compiler.kv_cache import quantize_kv_cache
+        quantize_kv_cache(g, kv_cache)
     group_sibling_kernels(g)

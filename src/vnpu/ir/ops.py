@@ -362,8 +362,18 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
     without, every key is visible. attrs: scale; kv_len (keys read, default L: a decode
     program for a KV-length bucket reads only the first kv_len cache slots); kv_splits (> 1:
     the keys are split over cores, flash-decoding style, and a second output
-    [splits, B, S, Hq, Dv + 2] fp32 holds each split's unnormalized O, running max and sum)."""
+    [splits, B, S, Hq, Dv + 2] fp32 holds each split's unnormalized O, running max and sum);
+    kv_quant (a quantized KV cache, compiler/kv_cache.py): k and v are in that format (fp8) and
+    two more inputs after q_pos, k_scale / v_scale [B, Hkv, L, 1] fp32, give each cached row's
+    dequantization scale."""
     q, k, v = ins[:3]
+    kvq = attrs.get("kv_quant")
+    if kvq is not None:
+        if len(ins) != 6 or k.dtype != DType(kvq) or v.dtype != DType(kvq):
+            raise IRTypeError(f"attention with a {kvq} KV cache takes q, k, v ({kvq}), q_pos, k_scale, v_scale")
+        for sc, x in ((ins[4], k), (ins[5], v)):
+            if sc.shape != x.shape[:3] + (1,) or sc.dtype != DType.fp32:
+                raise IRTypeError(f"attention: KV scales must be fp32 {x.shape[:3] + (1,)}, got {sc}")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         raise IRTypeError(f"attention expects rank-4 q, k, v, got {q}, {k}, {v}")
     b, hq, s, d = q.shape
@@ -375,7 +385,7 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
         raise IRTypeError(f"attention: q_pos must be int [{s}], got {ins[3]}")
     if not (0 < attrs.get("kv_len", k.shape[2]) <= k.shape[2]):
         raise IRTypeError(f"attention: kv_len {attrs.get('kv_len')} outside 1..{k.shape[2]}")
-    out = [TensorType((b, s, hq, v.shape[3]), _same_dtype("attention", [q, k, v]))]
+    out = [TensorType((b, s, hq, v.shape[3]), q.dtype if kvq is not None else _same_dtype("attention", [q, k, v]))]
     splits = int(attrs.get("kv_splits", 1))
     if splits > 1:
         out.append(TensorType((splits, b, s, hq, v.shape[3] + 2), DType.fp32))
@@ -391,6 +401,18 @@ def _index_write(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     if idx.rank != 1 or idx.dtype.is_float:
         raise IRTypeError(f"index_write: index must be a 1-D int tensor, got {idx}")
     want = dest.shape[:ax] + (idx.shape[0],) + dest.shape[ax + 1:]
+    q = attrs.get("quant")  # a quantized KV cache (compiler/kv_cache.py): rows quantized as they are written
+    if q is not None:
+        # "values": dest holds cast(clamp(x * qmax / amax)) in q["fmt"]; "scale": dest [..., 1] fp32
+        # holds amax / qmax, amax = max |x| over the row (the last axis)
+        if q["part"] == "scale":
+            want = want[:-1] + (src.shape[-1],)
+            ok = dest.dtype == DType.fp32 and dest.shape[-1] == 1 and ax < dest.rank - 1
+        else:
+            ok = dest.dtype == DType(q["fmt"]) and ax < dest.rank - 1
+        if src.shape != want or not ok or not src.dtype.is_float:
+            raise IRTypeError(f"index_write ({q['part']} of a {q['fmt']} cache): dest {dest}, src {src} do not match")
+        return [dest]
     if src.shape != want:
         raise IRTypeError(f"index_write: src {src} should have shape {want}")
     return [TensorType(dest.shape, _same_dtype("index_write", [dest, src]))]

@@ -19,6 +19,12 @@ Causal masking uses the query positions (`q_pos`, a runtime int input), so one p
 serves every decode step: a decode program reads the first `kv_len` cache slots (its
 length bucket) and masks the slots past each query's position. With attrs["prefill"]
 the runtime promises q_pos = 0..S-1, so blocks entirely above the diagonal are skipped.
+
+A quantized KV cache (attrs["kv_quant"], compiler/kv_cache.py): K and V blocks arrive in fp8 with
+one fp32 scale per cached row (token and head). The vector engine widens each block to the
+matmul dtype (exact); S is multiplied by the keys' scales per column, and P by the values'
+scales per column before P @ V (the row sum l uses the unscaled P), so
+O = sum_j p_j (s_v,j v_j) / sum_j p_j with scores q . (s_k,j k_j): the dequantized cache, exactly.
 """
 from __future__ import annotations
 
@@ -38,7 +44,8 @@ KV_BUFFERS = 3  # K/V blocks in flight per core: a block's load latency hides be
 
 
 def attention_tiles(capacity: int, g: int, s: int, kv_len: int, d: int, dv: int, dt: DType, out_dt: DType,
-                    causal: bool, split: bool, row_groups: int = 1, cores: int = 1) -> tuple[int, int, int]:
+                    causal: bool, split: bool, row_groups: int = 1, cores: int = 1,
+                    kv_dt: DType | None = None) -> tuple[int, int, int]:
     """(query rows per head sq, keys per block bk, K/V buffers): the largest tiles whose
     buffers fit the scratchpad (GPU-like chips have ~200 KiB, vnpu-v1 2 MiB). Tiles over 128
     rows are taken only while they leave UNITS_PER_CORE work units per core (`row_groups`
@@ -55,7 +62,8 @@ def attention_tiles(capacity: int, g: int, s: int, kv_len: int, d: int, dv: int,
         r = g * sq
         need = (2 * r * d * isz + nbuf * bk * (d + dv) * isz + 2 * r * bk * 4 + (2 * r * bk * isz if dt != DType.fp32 else 0)
                 + 4 * r * dv * 4 + 2 * r * dv * osz + 7 * r * 4 + (2 * sq * 8 + bk * 4 + sq * bk if causal else 0)
-                + (2 * r * dv * 4 + 4 * r * 4 if split else 0) + 40 * 64)
+                + (2 * r * dv * 4 + 4 * r * 4 if split else 0) + 40 * 64
+                + (nbuf * bk * ((d + dv) * kv_dt.itemsize + 8) if kv_dt is not None else 0))
         if need <= capacity:
             return sq, bk, nbuf
     raise ValueError(f"attention: {g} query heads x head dim {d} do not fit a {capacity}-byte scratchpad")
@@ -72,6 +80,8 @@ def _mat(ref: HbmRef, lead: tuple[int, ...], r0: int, rn: int) -> HbmRef:
 def attention_kernel(ctx: KernelContext) -> KernelLaunch:
     q, k, v = ctx.inputs[:3]
     qpos = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+    kvq = ctx.node.attrs.get("kv_quant")
+    k_sc, v_sc = (ctx.inputs[4], ctx.inputs[5]) if kvq is not None else (None, None)
     out = ctx.outputs[0]
     a = ctx.node.attrs
     scale = float(a["scale"])
@@ -85,7 +95,8 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
     isz = dt.itemsize
     splits = int(a.get("kv_splits", 1))
     sq, bk, kv_bufs = attention_tiles(ctx.chip.core.scratchpad.bytes, G, S, kv_len, D, DV, dt, out.dtype,
-                                      qpos is not None, splits > 1, B * HKV * splits, ctx.cores)
+                                      qpos is not None, splits > 1, B * HKV * splits, ctx.cores,
+                                      k.dtype if kvq is not None else None)
 
     part = ctx.outputs[1] if splits > 1 else None
     # work units (b, h, s0, sn, first block, blocks, split), balanced greedily over the cores
@@ -128,6 +139,12 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         lsum = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
         alpha = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
         tmp = cb.alloc(F32, (rows_max, 1))
+        if kvq is not None:  # fp8 blocks as loaded, and their rows' scales
+            kb8 = [cb.alloc(k.dtype, (bk, D)) for _ in range(kv_bufs)]
+            vb8 = [cb.alloc(v.dtype, (bk, DV)) for _ in range(kv_bufs)]
+            ksb = [cb.alloc(F32, (1, bk)) for _ in range(kv_bufs)]
+            vsb = [cb.alloc(F32, (1, bk)) for _ in range(kv_bufs)]
+            DQ = cb.sem()
         if part is not None:
             stage_o = [cb.alloc(F32, (rows_max, DV)) for _ in range(2)]
             stage_m = [cb.alloc(F32, (rows_max, 1)) for _ in range(2)]
@@ -163,6 +180,15 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             for j in range(first_step[ui], last_step[ui] + 1):
                 _, jb, bn = steps[j]
                 wj = ((PV, j + 1 - kv_bufs),) if j >= kv_bufs else ()  # PV of the block that used the buffers
+                if kvq is not None:  # staging buffers: free once block j - kv_bufs is widened (K, V) and softmaxed (scales)
+                    wj = ((DQ, j + 1 - kv_bufs), (SM, j + 1 - kv_bufs)) if j >= kv_bufs else ()
+                    cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb8[j % kv_bufs], (bn, D)), waits=wj))
+                    cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb8[j % kv_bufs], (bn, DV))))
+                    for sc, buf in ((k_sc, ksb), (v_sc, vsb)):
+                        row = _mat(sc, (b, h), jb * bk, bn)
+                        cb.emit(DmaLoad(HbmRef(row.offset, F32, (1, bn), (0, row.strides[0])),
+                                        sub_ref(buf[j % kv_bufs], (1, bn)), signal=KV if buf is vsb else -1))
+                    continue
                 cb.emit(DmaLoad(_mat(k, (b, h), jb * bk, bn), sub_ref(kb[j % kv_bufs], (bn, D)), waits=wj))
                 cb.emit(DmaLoad(_mat(v, (b, h), jb * bk, bn), sub_ref(vb[j % kv_bufs], (bn, DV)), signal=KV))
 
@@ -170,7 +196,7 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
         def qk(j: int) -> None:
             ui, jb, bn = steps[j]
             r = rows_of(ui)
-            w = [(KV, j + 1), (QL, ui + 1)] + ([(PV, j - 1)] if j >= 2 else [])
+            w = [(DQ if kvq is not None else KV, j + 1), (QL, ui + 1)] + ([(PV, j - 1)] if j >= 2 else [])
             cb.emit(MatMul(sub_ref(qb[ui % 2], (r, D)), sub_ref(kb[j % kv_bufs], (bn, D)), sub_ref(sb[j % 2], (r, bn)),
                            accumulate=False, waits=tuple(w), signal=QK, trans_b=True))
 
@@ -201,6 +227,8 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
             mm, ll, al, tt = (sub_ref(x, (r, 1)) for x in (m[ui % 2], lsum[ui % 2], alpha[j % 2], tmp))
             vs = VecSeq()
             vs("mul", s, s, scale)
+            if kvq is not None:
+                vs("mul", s, s, sub_ref(ksb[j % kv_bufs], (1, bn)))
             if qpos is not None:
                 ki = sub_ref(kidx, (bn,))
                 mk = sub_ref(mask, (sn, bn))
@@ -226,10 +254,19 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 vs("reduce_sum", tt, s)
                 vs("mul", ll, ll, al)
                 vs("add", ll, ll, tt)
-            if pb is not sb:
+            if kvq is not None:  # P times the values' scales (after l, which sums the unscaled P)
+                vs("mul", sub_ref(pb[j % 2], (r, bn)), s, sub_ref(vsb[j % kv_bufs], (1, bn)))
+            elif pb is not sb:
                 vs("identity", sub_ref(pb[j % 2], (r, bn)), s)
             w = [(QK, j + 1)] + ([(PV, j - 1)] if j >= 2 else [])
             vs.emit(cb, w, SM)
+
+        def widen(j: int) -> None:  # block j's fp8 K and V in the matmul dtype, once their buffers are free
+            ui, jb, bn = steps[j]
+            vs = VecSeq()
+            vs("identity", sub_ref(kb[j % kv_bufs], (bn, D)), sub_ref(kb8[j % kv_bufs], (bn, D)))
+            vs("identity", sub_ref(vb[j % kv_bufs], (bn, DV)), sub_ref(vb8[j % kv_bufs], (bn, DV)))
+            vs.emit(cb, [(KV, j + 1)] + ([(PV, j + 1 - kv_bufs)] if j >= kv_bufs else []), DQ)
 
         def update(j: int) -> None:
             ui, jb, bn = steps[j]
@@ -279,13 +316,17 @@ def attention_kernel(ctx: KernelContext) -> KernelLaunch:
                 dst = HbmRef(out.offset + off * out.dtype.itemsize, out.dtype, (sn, DV), (st[1], st[3]))
                 cb.emit(DmaStore(src, dst, waits=((FIN, ui + 1),) if g == 0 else (), signal=ST))
 
+        if kvq is not None:
+            widen(0)
         for j in range(n):
+            if kvq is not None and j + 1 < n:
+                widen(j + 1)
             softmax(j)
             if j >= 1:
                 update(j - 1)
         update(n - 1)
         streams.append(cb.finish())
-    kv_bytes = 2 * B * HKV * kv_len * D * k.dtype.itemsize
+    kv_bytes = B * HKV * kv_len * (D * k.dtype.itemsize + DV * v.dtype.itemsize + (8 if kvq is not None else 0))
     min_bytes = q.numel * q.dtype.itemsize + kv_bytes + out.numel * out.dtype.itemsize
     launch = KernelLaunch(ctx.node.name, "attention", ["attention"], streams, flops, min_bytes, dt)
     if part is None:

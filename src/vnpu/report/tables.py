@@ -259,7 +259,14 @@ def generation_table(rep: Any) -> Table:
         f"{fmt.pct(rep.decode_hbm_utilization)} of peak · step at ",
         (fmt.pct(rep.decode_bandwidth_bound_fraction), _frac_style(rep.decode_bandwidth_bound_fraction)),
         " of the weights+KV bandwidth bound"))
-    t.add_row("memory", f"weights {fmt.nbytes(rep.weight_bytes)} · KV cache {fmt.nbytes(rep.kv_cache_bytes)} "
+    def saved(now: int, before: int) -> str:
+        return f" (unquantized {fmt.nbytes(before)}: {fmt.pct(1 - now / before)} saved)" if before and before != now else ""
+
+    kv_fmt = getattr(rep, "kv_cache", "") or rep.dtype
+    t.add_row("memory", f"weights {fmt.nbytes(rep.weight_bytes)}"
+                        f"{saved(rep.weight_bytes, getattr(rep, 'unquantized_weight_bytes', 0))} · KV cache "
+                        f"{fmt.nbytes(rep.kv_cache_bytes)} in {kv_fmt}"
+                        f"{saved(rep.kv_cache_bytes, getattr(rep, 'unquantized_kv_cache_bytes', 0))} "
                         f"({rep.kv_capacity} tokens x batch {rep.batch})")
     t.add_row("energy", f"{fmt.joules(rep.energy_per_token_j)} per token · {fmt.joules(rep.total_energy_j)} total")
     t.add_row("programs", f"{rep.programs} (prefill + decode length buckets) · {rep.layers} layers"
@@ -285,7 +292,9 @@ def compare_table(reports: list[Any]) -> Table:
     r0 = reports[0]
     t = Table(title=f"vnpu compare · {r0.model} · prompt {r0.prompt_len} + {r0.max_new_tokens} tokens · batch "
                     f"{r0.batch} · {r0.dtype}" + (f" · {r0.quant} (each chip at its own rate for the format)"
-                                                   if getattr(r0, "quant", "") else ""), box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
+                                                   if getattr(r0, "quant", "") else "")
+                    + (f" · KV cache {r0.kv_cache}" if getattr(r0, "kv_cache", "") not in ("", r0.dtype) else ""),
+              box=box.SIMPLE_HEAD, title_style="bold", pad_edge=False)
     t.add_column("metric", style="bold cyan", no_wrap=True)
     for r in reports:
         t.add_column(f"{r.chips} x {r.chip}" if r.chips > 1 else r.chip, justify="right")

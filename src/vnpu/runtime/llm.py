@@ -110,9 +110,10 @@ class LLMSession:
     """Prefill/decode programs of one decoder (a `DecoderStep`) on one simulated chip."""
 
     def __init__(self, step: torch.nn.Module, chip: Chip, dtype: DType, batch: int, name: str = "llm",
-                 functional: bool = True, quant: Any = None):
+                 functional: bool = True, quant: Any = None, kv_cache: DType | None = None):
         self.step = step
         self.quant = quant  # a compiler.quantize.QuantPlan (dynamic scheme) applied to every program
+        self.kv_cache = kv_cache  # the KV cache's format when quantized (fp8: compiler/kv_cache.py)
         self.chip = chip
         self.dtype = DType(dtype)
         self.batch = batch
@@ -156,7 +157,7 @@ class LLMSession:
 
         pinned: dict[str, int] = {}
         top = 0
-        g = optimize(g, self.dtype, quant=self.quant)
+        g = optimize(g, self.dtype, quant=self.quant, kv_cache=self.kv_cache)
         for c in g.constants():
             if c.name in g.weight_names and c.name not in pinned:
                 pinned[c.name] = top
@@ -173,7 +174,8 @@ class LLMSession:
             g = _with_attention_attrs(self.graph(seq), kv_len=kv_len, prefill=phase == "prefill")
             t0 = time.perf_counter()
             prog, _ = compile_graph(g, self.chip, self.dtype, pinned=self.pinned, base=self.top,
-                                    timing_only=not self.functional, kernel_cache=self._kernels, quant=self.quant)
+                                    timing_only=not self.functional, kernel_cache=self._kernels, quant=self.quant,
+                                    kv_cache=self.kv_cache)
             self.compile_s += time.perf_counter() - t0
             self.top = _align(prog.hbm_bytes)
             self._programs[key] = prog
@@ -319,8 +321,7 @@ def extrapolate_layers(prof: Profile, prog: Program, chip: Chip, layers: int) ->
     sigs = [(l.kind, tuple(l.ops), l.flops) for l in prog.launches]
     start, n = repeated_block(sigs)
     ks = prof.kernels
-    gap = chip.kernel_launch_us * 1e-6 * chip.clock_hz
-    starts = [k.start_cycle for k in ks] + [prof.cycles + gap]
+    starts = [k.start_cycle for k in ks] + [prof.cycles]
     block = ks[start + n:start + 2 * n]
     cycles = starts[start + 2 * n] - starts[start + n]
     busy = sum(k.cycles for k in block)
@@ -378,6 +379,9 @@ class GenerationReport:
     link_bytes_per_token: float = 0.0  # link_bytes / generated tokens
     link_energy_j: float = 0.0  # link_bytes x chip_link.energy_pj_per_byte (included in total_energy_j)
     quant: str = ""  # the post-training scheme of every linear layer ("" = none)
+    kv_cache: str = ""  # the KV cache's element format (the program's dtype unless quantized: fp8_e4m3)
+    unquantized_weight_bytes: int = 0  # weight_bytes / kv_cache_bytes in the program's dtype (what
+    unquantized_kv_cache_bytes: int = 0  # quantization saves; equal to them when nothing is quantized)
     # quantized functional runs: against the fp32 model on the same tokens (llm_quant_accuracy)
     quant_accuracy: dict = field(default_factory=dict)
 
@@ -464,7 +468,8 @@ def _capacity(prompt_len: int, max_new_tokens: int) -> int:
     return max(MIN_BUCKET, 1 << (need - 1).bit_length())
 
 
-def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any = None) -> tuple[int, int]:
+def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any = None,
+                 kv_cache: DType | None = None) -> tuple[int, int]:
     """(weight bytes, KV-cache bytes) of the full model in `dtype`, from a meta instantiation.
     With `quant` (a compiler.quantize.QuantScheme), the nn.Linear weights (what
     compiler/quantize.py quantizes) count as the scheme stores them (QuantScheme.weight_bytes);
@@ -487,7 +492,7 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any 
     # layers are identical: count a 1- and a 2-layer instantiation instead of the whole model
     b1, b2 = count(1), count(2)
     w = b1 + (spec.num_layers - 1) * (b2 - b1)
-    return w, kv_bytes(spec, batch, capacity, dtype)
+    return w, kv_bytes(spec, batch, capacity, dtype, kv_cache)
 
 
 def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType) -> int:
@@ -501,11 +506,13 @@ def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType) 
     return weight_bytes - spec.num_layers * expert * (e - min(e, batch * k))
 
 
-def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType) -> int:
-    """Bytes of keys and values for `tokens` positions of every layer and sequence."""
+def kv_bytes(spec: Any, batch: int, tokens: int, dtype: DType, kv_cache: DType | None = None) -> int:
+    """Bytes of keys and values for `tokens` positions of every layer and sequence; a quantized
+    cache (`kv_cache`, compiler/kv_cache.py) holds its format plus an fp32 scale per row."""
     c = spec.config
     hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * hd * dtype.itemsize
+    row = hd * kv_cache.itemsize + 4 if kv_cache is not None else hd * dtype.itemsize
+    return 2 * spec.num_layers * batch * c["num_key_value_heads"] * tokens * row
 
 
 def _what_fits(spec: Any, prompt_len: int, max_new_tokens: int, batch: int, weight_bytes: int, hbm_bytes: int,
@@ -532,17 +539,20 @@ def _what_fits(spec: Any, prompt_len: int, max_new_tokens: int, batch: int, weig
 
 
 def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, chip: str | Chip,
-                 dtype: str | DType, quant: Any = None) -> int:
+                 dtype: str | DType, quant: Any = None, kv_cache: str | None = None) -> int:
     """The fewest chips (a power of two the model splits over) whose HBM holds a chip's share
     of the weights and KV cache (with 5% left for activations)."""
     from vnpu.workloads.llm_zoo import get_llm
 
+    from vnpu.compiler.kv_cache import kv_cache_format
+
     spec, chip_, dt = get_llm(model) if isinstance(model, str) else model, load_chip(chip), DType(dtype)
+    kv_fmt = kv_cache_format(kv_cache)
     cap = _capacity(prompt_len, max_new_tokens)
     n = 1
     while n <= 64:
         try:
-            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt, quant)
+            w, kv = model_memory(shard_spec(spec, n), batch, cap, dt, quant, kv_fmt)
         except ValueError:
             break
         if w + kv <= chip_.hbm.bytes * 0.95:
@@ -555,7 +565,7 @@ def chips_needed(model: Any, prompt_len: int, max_new_tokens: int, batch: int, c
 def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: int = 1,
              chip: str | Chip = DEFAULT_CHIP, dtype: str | DType = "bf16", timing_only: bool | None = None,
              prompt: np.ndarray | None = None, chips: int = 1, top_k: int | None = None, temperature: float = 1.0,
-             seed: int = 0, quant: str | None = None) -> GenerationReport:
+             seed: int = 0, quant: str | None = None, kv_cache: str | None = None) -> GenerationReport:
     """Runs generation of a zoo LLM on the chip and reports serving metrics: greedy, or with
     `top_k` (0 or None: greedy) top-k sampling at `temperature` on the chip, its Gumbel noise
     drawn by the host from np.random.default_rng(seed).
@@ -571,7 +581,10 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     `quant`: a dynamic post-training scheme (w8a8-int8, w8a8-fp8) for every linear layer; a
     functional run also reports its accuracy against the fp32 model on the same tokens
     (report.numerics.llm_quant_accuracy: mean KL divergence, same-top-token rate).
+    `kv_cache`: "fp8" stores the KV cache in fp8 e4m3 with a scale per token and head
+    (compiler/kv_cache.py), with or without `quant`; its accuracy is reported the same way.
     """
+    from vnpu.compiler.kv_cache import KVCacheError, kv_cache_format
     from vnpu.workloads.llm_zoo import (DecoderStep, build_llm, check_generation, check_sampling, get_llm,
                                         prompt_ids)
 
@@ -593,6 +606,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
             raise QuantError("quantized generation runs on one chip; drop --chips or --quant")
         plan = QuantPlan(scheme)
     qfmt = plan.scheme if plan is not None else None
+    kv_fmt = kv_cache_format(kv_cache)
     # every size is checked before anything is built or allocated
     check_generation(full, prompt_len, max_new_tokens, batch, chips)
     top_k = top_k or None  # 0: greedy
@@ -610,11 +624,16 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         raise ValueError(f"{chip_.name} has no chip_link in its schema: it cannot serve over {chips} chips")
     if timing_only is None:
         timing_only = not full.functional
+    if chips > 1 and not timing_only and kv_fmt is not None:
+        raise KVCacheError("functional multi-chip generation keeps the KV cache in the program's dtype: drop "
+                           "--kv-cache, or add --timing-only")
     if chips > 1 and not timing_only and top_k is not None:
         raise ValueError("functional multi-chip generation is greedy only: drop --top-k, or add --timing-only")
     spec = shard_spec(full, chips)
     cap = _capacity(prompt_len, max_new_tokens)
-    w_bytes, kv_total = model_memory(spec, batch, cap, dt, qfmt)
+    w_bytes, kv_total = model_memory(spec, batch, cap, dt, qfmt, kv_fmt)
+    # what the unquantized model takes (the memory a scheme or a quantized cache saves)
+    base_w, base_kv = model_memory(spec, batch, cap, dt) if (qfmt is not None or kv_fmt is not None) else (w_bytes, kv_total)
     if w_bytes + kv_total > chip_.hbm.bytes:
         need = chips_needed(full, prompt_len, max_new_tokens, batch, chip_, dt)
         most = max(valid_chip_counts(full))
@@ -653,10 +672,10 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     elif not timing_only:
         m = build_llm(spec)
         step = DecoderStep(m, batch, cap, top_k, temperature)
-        sess = LLMSession(step, chip_, dt, batch, name=model, quant=plan)
+        sess = LLMSession(step, chip_, dt, batch, name=model, quant=plan, kv_cache=kv_fmt)
         ids = prompt if prompt is not None else prompt_ids(spec.config["vocab_size"], batch, prompt_len).numpy()
         gen = sess.generate(ids, max_new_tokens, seed)
-        if plan is not None:  # the fp32 model on the same tokens (teacher-forced), as llama.cpp's --kl-divergence
+        if plan is not None or kv_fmt is not None:  # the fp32 model on the same tokens (teacher-forced), as llama.cpp's --kl-divergence
             from vnpu.report.numerics import llm_quant_accuracy
 
             ref_model = build_llm(spec, attn="eager")  # the stock transformers model, same (seeded) weights
@@ -673,7 +692,8 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         # a chip samples among its best min(k, its share of the vocabulary); every chip gets them all
         local_k = None if top_k is None else min(top_k, spec.config["vocab_size"])
         step = DecoderStep(build_llm(spec, device="meta", num_layers=min(2, layers)), batch, cap, local_k, temperature)
-        sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False, quant=plan)
+        sess = LLMSession(step, chip_, dt, batch, name=f"{model}_2layers", functional=False, quant=plan,
+                          kv_cache=kv_fmt)
         prefill, decode = sess.step_costs(prompt_len, max_new_tokens, layers if layers > 2 else None)
         programs = len(sess.programs)
         walls.update(export_s=sess.export_s, compile_s=sess.compile_s)
@@ -713,7 +733,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
     buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
     w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt)  # MoE experts stay in dt
-    bound_s = sum((w_read + chips * kv_bytes(spec, batch, bk, dt)) / bw for bk in buckets)
+    bound_s = sum((w_read + chips * kv_bytes(spec, batch, bk, dt, kv_fmt)) / bw for bk in buckets)
     bound = bound_s / dec_s if dec_s else 0.0
     return GenerationReport(
         model=model, chip=chip_.name, dtype=dt.value, batch=batch, prompt_len=prompt_len,
@@ -723,7 +743,9 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
         total_energy_j=energy, weight_bytes=w_bytes, kv_cache_bytes=kv_total, kv_capacity=cap, programs=programs,
         layers=layers, wall_s=walls, fallback_ops=dict(fallback), chips=chips,
         sampling="greedy" if top_k is None else "top-k", top_k=top_k, temperature=float(temperature), seed=int(seed),
-        link_bytes_per_token=link.get("link_bytes", 0.0) / n_tok, quant=quant or "", **link)
+        link_bytes_per_token=link.get("link_bytes", 0.0) / n_tok, quant=quant or "",
+        kv_cache=kv_fmt.value if kv_fmt is not None else dt.value,
+        unquantized_weight_bytes=base_w * chips, unquantized_kv_cache_bytes=base_kv * chips, **link)
 
 
 def _schemes() -> dict:

@@ -18,6 +18,7 @@ from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
 from vnpu.sim.functional import PREPARERS, hbm_view
+from vnpu.sim.prefetch import WeightPrefetcher
 from vnpu.sim.profile import KernelProfile, Profile
 
 HostExecutor = Callable[[HostLaunch, list[np.ndarray]], list[np.ndarray]]
@@ -126,17 +127,24 @@ class Device:
                        peak_flops_per_cycle=2 * chip.peak_macs_per_cycle(program.dtype) if chip.supports(program.dtype) else 0)
         self.trace_events = [] if trace else None
         t = 0.0
-        launch_gap = chip.kernel_launch_us * 1e-6 * chip.clock_hz
-        for launch in program.launches:
+        prefetcher = (WeightPrefetcher(program, chip.l2.weight_prefetch_bytes, self._load_key_traffic)
+                      if chip.l2.weight_prefetch_bytes and program.constants else None)
+        for idx, launch in enumerate(program.launches):
             if isinstance(launch, HostLaunch):
                 kp = self._run_host(launch, t)
             elif isinstance(launch, CollectiveLaunch):
                 kp = self._run_collective(launch, t)
-            elif not self.functional and not trace and launch.timing_key is not None:
-                kp = self._run_kernel_memo(launch, t)
             else:
-                kp = self._run_kernel(launch, t)
+                pre = prefetcher.take(idx) if prefetcher is not None else []
+                if not self.functional and not trace and launch.timing_key is not None:
+                    kp = self._run_kernel_memo(launch, t, pre)
+                else:
+                    kp = self._run_kernel(launch, t, pre)
             prof.kernels.append(kp)
+            launch_gap = chip.launch_gap_cycles(kp.cycles)
+            if prefetcher is not None:  # HBM time this launch and the gap after it leave idle
+                own = (kp.hbm_bytes - kp.prefetched_bytes) if kp.kind not in ("host", "collective") else 0
+                prefetcher.advance(idx, max(kp.cycles + launch_gap - own / self._hbm_bpc, 0.0) * self._hbm_bpc)
             t = kp.start_cycle + kp.cycles + launch_gap
             prof.flops += kp.flops
             prof.macs += kp.macs
@@ -169,12 +177,18 @@ class Device:
         prof.l2_bytes = sum(k.hbm_bytes + k.l2_hit_bytes for k in prof.kernels)
         return prof
 
-    def _run_kernel_memo(self, launch: KernelLaunch, t0: float) -> KernelProfile:
+    def _load_key_traffic(self, ins: DmaLoad, launch: KernelLaunch) -> tuple[tuple, float]:
+        c = self._instr_cost(ins, launch.dtype)
+        return c[6], c[1]
+
+    def _run_kernel_memo(self, launch: KernelLaunch, t0: float, prefetched: list) -> KernelProfile:
         """Timing-only steady-state shortcut: a launch whose timing key was simulated before
-        (an identical layer) reuses that kernel profile, shifted to start at t0."""
-        done = self._memo.get(launch.timing_key)
+        (an identical layer, with as much of it prefetched) reuses that kernel profile, shifted
+        to start at t0."""
+        key = (launch.timing_key, len(prefetched))
+        done = self._memo.get(key)
         if done is None:
-            done = self._memo[launch.timing_key] = self._run_kernel(launch, 0.0)
+            done = self._memo[key] = self._run_kernel(launch, 0.0, prefetched)
         return replace(done, name=launch.name, ops=list(launch.ops), start_cycle=t0,
                        busy=dict(done.busy), stall=dict(done.stall))
 
@@ -252,7 +266,7 @@ class Device:
                  ins.dst.nbytes + sum(s.nbytes for s in ins.srcs if not isinstance(s, float)), None)
         return r
 
-    def _run_kernel(self, launch: KernelLaunch, t0: float) -> KernelProfile:
+    def _run_kernel(self, launch: KernelLaunch, t0: float, prefetched: list | tuple = ()) -> KernelProfile:
         functional = self.functional
         hbm = self.hbm
         lat = self._lat
@@ -264,9 +278,10 @@ class Device:
         stall = [0.0] * 4
         hbm_free = t0
         # L2: an LRU of the HBM views this kernel has moved, up to the L2's capacity. Each kernel
-        # starts cold (no residency across the barrier), which keeps launches independent.
-        l2: OrderedDict = OrderedDict()
-        l2_used = 0
+        # starts cold (no residency across the barrier), which keeps launches independent, except
+        # for the weight views the prefetcher brought in for it (sim/prefetch.py).
+        l2: OrderedDict = OrderedDict(prefetched)
+        l2_used = pre_b = int(sum(b for _, b in prefetched))
         l2_cap = self.chip.l2.bytes
         l2_free = t0
         l2_bpc = self.chip.l2.bytes_per_cycle
@@ -285,7 +300,8 @@ class Device:
                     heapq.heappush(heap, (t0, seq, _TRY, ci, qi, None))
                     seq += 1
         end = t0
-        macs = vops = sram_b = hbm_b = hbm_rd = n_ins = 0
+        macs = vops = sram_b = n_ins = 0
+        hbm_b = hbm_rd = pre_b  # the prefetched views were read from HBM on this kernel's behalf
         tr = self.trace_events
         cache = self._prepared
         while heap:
@@ -390,6 +406,7 @@ class Device:
         kp.hbm_bytes = hbm_b
         kp.hbm_read_bytes = hbm_rd
         kp.l2_hit_bytes = l2_hit
+        kp.prefetched_bytes = pre_b
         kp.instructions = n_ins
         kp.busy = dict(zip(QUEUES, busy))
         kp.stall = dict(zip(QUEUES, stall))

@@ -31,6 +31,9 @@ class KernelProfile:
     memory_bound_cycles: float = 0.0  # HBM traffic at peak bandwidth
     energy_j: float = 0.0
     mac_dtype: str = ""  # the format its matrix work ran in (int8, fp8_e4m3, ...): priced per MAC by it
+    # weight bytes L2 already held when it began (chip l2.weight_prefetch_bytes): read from HBM while
+    # earlier kernels ran, counted in hbm_bytes; its loads of them are L2 hits
+    prefetched_bytes: int = 0
 
     @property
     def roofline_cycles(self) -> float:

@@ -139,6 +139,9 @@ def test_cli_generate_json_tokens_match_hf(tmp_path) -> None:
     (["generate", "qwen3-tiny", "--chips", "2", "--top-k", "5"], "greedy only"),
     (["generate", "qwen3-tiny", "--max-new-tokens", "0"], "must be a positive integer"),
     (["generate", "qwen3-235b-a22b"], "needs at least"),
+    (["generate", "qwen3-tiny", "--kv-cache", "fp4"], "unknown KV-cache format 'fp4'"),
+    (["compare", "--kv-cache", "int2"], "unknown KV-cache format 'int2'"),
+    (["generate", "qwen3-tiny", "--chips", "2", "--kv-cache", "fp8"], "keeps the KV cache in the program's dtype"),
 ])
 def test_cli_generate_bad_input(args: list[str], msg: str) -> None:
     from typer.testing import CliRunner
@@ -147,6 +150,7 @@ def test_cli_generate_bad_input(args: list[str], msg: str) -> None:
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and msg in res.output
+    assert len(res.output.strip().splitlines()) <= 2, res.output  # one error line (and a wrapped tail at most)
 
 
 def test_layer_extrapolation_matches_the_full_program() -> None:

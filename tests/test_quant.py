@@ -294,8 +294,11 @@ def test_quantized_generation_refuses_what_it_cannot_do() -> None:
 
     with pytest.raises(QuantError, match="needs calibration"):
         generate("qwen3-tiny", prompt_len=8, max_new_tokens=2, quant="w8a8-int8-static")
-    with pytest.raises(QuantError, match="one chip"):
+    with pytest.raises(QuantError, match="functional multi-chip generation runs unquantized.*--timing-only"):
         generate("qwen3-tiny", prompt_len=8, max_new_tokens=2, chips=2, quant="w8a8-int8")
+    # timing-only, each chip's shard is quantized: half of the projections' bytes
+    rep = generate("qwen3-tiny", prompt_len=8, max_new_tokens=2, chips=2, quant="w8a16", timing_only=True)
+    assert rep.chips == 2 and rep.quant == "w8a16" and rep.weight_bytes < rep.unquantized_weight_bytes
 
 
 def test_int8_depthwise_conv_is_exact() -> None:

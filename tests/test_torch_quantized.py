@@ -162,6 +162,38 @@ def test_pt2e_attention_block_runs_int8_linears(kind: str) -> None:
     _check_close(_run(cm, x), gm(x), _output_scale(gm))
 
 
+class TwoLinears(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = torch.nn.Linear(64, 128), torch.nn.Linear(128, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.relu(self.l1(x)))
+
+
+@pytest.mark.parametrize("model,shape", [(TwoLinears, (8, 64)), (AttentionBlock, (2, 8, 32))], ids=["mlp", "attention"])
+def test_pt2e_dynamic_activations_run_int8_on_the_chip(model, shape) -> None:
+    """XNNPACK's dynamic config: each activation's per-tensor qparams come from
+    quantized_decomposed.choose_qparams at run time. The chip computes them itself (min / max
+    reductions and torch's determine_qparams arithmetic), quantizes, and runs the linears as int8
+    matmuls whose epilogue applies the run-time zero point and scale: no host fallback."""
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    torch.manual_seed(2)
+    gm = torch.export.export(model().eval(), (torch.randn(*shape),)).module()
+    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    prepared = prepare_pt2e(gm, q)
+    prepared(torch.randn(*shape))
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)
+    assert any(n.target == QD.choose_qparams.tensor for n in converted.graph.nodes)
+    x = torch.randn(*shape) * 3
+    cm = _compile(Wrapped(converted), x)  # strict: nothing on the host
+    int8 = [ln for ln in _gemm_launches(cm) if ln.dtype == DType.int8]
+    assert len(int8) == (2 if model is TwoLinears else 4), [(ln.name, ln.dtype) for ln in _gemm_launches(cm)]
+    _check_close(_run(cm, x), converted(x), None)
+
+
 def test_pt2e_quantize_dequantize_round_half_even_and_saturate() -> None:
     class QDQ(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -209,6 +209,13 @@ def quantize(g: Graph, scheme: QuantScheme, act_scales: dict[str, float] | None 
         nodes = [n for n in nodes if n.op == "matmul" and n.inputs[1].type.rank == 2
                  and n.inputs[1].shape[0] % (scheme.block or 1) == 0]
     stats = QuantStats(matmuls=len(nodes))
+    if scheme.weight_only:  # routed experts too: their weights are most of an MoE model's bytes
+        for n in [n for n in g.nodes if n.op == "moe_ffn"]:
+            before = n.inputs[4].type.numel + n.inputs[5].type.numel
+            if _weight_only_experts(g, n, scheme):
+                stats.matmuls += 2
+                stats.weight_elems += before
+                stats.quant_bytes += sum(v.type.nbytes for v in n.inputs[4:8])
     shared: dict[int, tuple[Value, Value]] = {}  # activation -> (q, scale): siblings quantize it once
     for n in nodes:
         if scheme.weight_only or scheme.block_scaled:
@@ -358,6 +365,44 @@ def _weight_only_matmul(g: Graph, n: Node, scheme: QuantScheme) -> None:
         g.weight_names.update((wq.name, ws.name))
     n.inputs = [a, wq, ws]
     n.attrs.update({"wq_bits": scheme.bits, "wq_group": group})
+
+
+def expert_group(k: int, scheme: QuantScheme) -> int | None:
+    """Rows of K per scale for an expert weight with K inputs: the scheme's group (a whole row
+    when K is shorter), None when K does not split into groups and packed bytes."""
+    group = min(scheme.group or k, k)
+    return group if k % group == 0 and k % (8 // scheme.bits) == 0 else None
+
+
+def _weight_only_experts(g: Graph, n: Node, scheme: QuantScheme) -> bool:
+    """moe_ffn's expert weights gate_up [E, 2I, H] and down [E, H, I] stored as the scheme stores
+    a dense weight, K-major per expert: packed [E, K * bits / 8, N] int8 and fp32 scales
+    [E, K / group, N] (K = H for gate/up, I for down); the kernel gathers and multiplies them
+    packed (kernels/moe.py). False (left as they are) when K does not split into groups."""
+    gu, dn = n.inputs[4], n.inputs[5]
+    groups = [expert_group(w.shape[2], scheme) for w in (gu, dn)]
+    if None in groups:
+        return False
+    pack = 8 // scheme.bits
+    new = []
+    for w, group in zip((gu, dn), groups):
+        e, cols, k = w.shape
+        if is_shape_only(w.data):
+            packed = shape_only_array((e, k // pack, cols), DType.int8)
+            scale = shape_only_array((e, k // group, cols), DType.fp32)
+        else:
+            qs = [quantize_weight_groups(np.asarray(w.data[i], np.float32).T, scheme.bits, group) for i in range(e)]
+            packed = np.stack([pack_int4(q) if scheme.bits == 4 else q for q, _ in qs])
+            scale = np.stack([sc for _, sc in qs])
+        tag = f"int{scheme.bits}g{group}"
+        wq = g.add_const(f"{w.name}_{tag}", packed, DType.int8)
+        ws = g.add_const(f"{w.name}_{tag}_scale", scale, DType.fp32)
+        if w.name in g.weight_names:
+            g.weight_names.update((wq.name, ws.name))
+        new += [wq, ws]
+    n.inputs = n.inputs[:4] + [new[0], new[2], new[1], new[3]]
+    n.attrs.update({"wq_bits": scheme.bits, "wq_group_gate_up": groups[0], "wq_group_down": groups[1]})
+    return True
 
 
 def quantize_weight_mx(w: np.ndarray, fmt: DType, block: int) -> tuple[np.ndarray, np.ndarray]:

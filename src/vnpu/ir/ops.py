@@ -493,13 +493,24 @@ def _moe_ffn(ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """x [T, H], the moe_route schedule, gate_up [E, 2I, H], down [E, H, I] -> per routed slot
     down[e] @ (silu(g) * u), (g, u) = gate_up[e] @ x[t]: [T*K + 1, H] (last row: pad dump),
     and a scratch output [tiles, rows, I]: the activations between the two matmuls."""
-    x, tile_e, tile_tok, tile_slot, gu, dn = ins
+    x, tile_e, tile_tok, tile_slot, gu, dn = ins[:6]
     t, h = x.shape
+    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
+        raise IRTypeError("moe_ffn: inconsistent routing tables")
+    bits = attrs.get("wq_bits")
+    if bits:  # weight-only experts (compiler/quantize.py): packed K-major int8 [E, K * bits / 8, N] + scales
+        gs, ds = ins[6:8]
+        e, i2 = gu.shape[0], gu.shape[2]
+        pack = 8 // bits
+        ggu, gdn = attrs["wq_group_gate_up"], attrs["wq_group_down"]
+        want = [((e, h // pack, i2), DType.int8), ((e, i2 // 2 // pack, h), DType.int8),
+                ((e, h // ggu, i2), DType.fp32), ((e, i2 // 2 // gdn, h), DType.fp32)]
+        if [(v.shape, v.dtype) for v in ins[4:8]] != want:
+            raise IRTypeError(f"moe_ffn: quantized expert weights {ins[4:8]} do not match hidden size {h}")
+        return [TensorType((attrs["slots"] + 1, h), x.dtype), TensorType(tile_tok.shape + (i2 // 2,), x.dtype)]
     e, i2, h2 = gu.shape
     if h2 != h or dn.shape != (e, h, i2 // 2):
         raise IRTypeError(f"moe_ffn: expert weights {gu}, {dn} do not match hidden size {h}")
-    if tile_tok.shape != tile_slot.shape or tile_tok.shape[0] != tile_e.shape[0]:
-        raise IRTypeError("moe_ffn: inconsistent routing tables")
     dt = _same_dtype("moe_ffn", [x, gu, dn])
     return [TensorType((attrs["slots"] + 1, h), dt), TensorType(tile_tok.shape + (i2 // 2,), dt)]
 

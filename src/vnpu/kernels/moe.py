@@ -71,12 +71,13 @@ def moe_ffn_kernel(ctx: KernelContext) -> list[KernelLaunch]:
     """Two launches, each spread over the cores by (tile, chunk) work items:
     1. gate/up + activation per (tile, I-chunk): act -> the scratch output [NT, R, I];
     2. down projection per (tile, H-chunk), rows scattered to their slots."""
-    x, tile_e, tile_tok, tile_slot, gu, dn = ctx.inputs
+    x, tile_e, tile_tok, tile_slot, gu, dn = ctx.inputs[:6]
     y, act = ctx.outputs
     T, H = x.shape
     NT, R = tile_tok.shape
-    I = dn.shape[2]
+    I = act.shape[2]
     dt = ctx.dtype
+    wq = _ExpertQuant.of(ctx)
     cap = ctx.chip.core.scratchpad.bytes
     kt = min(H, KT_GATE_UP)
     nt = _chunk(I, 128, -(-ctx.cores // NT))
@@ -93,16 +94,67 @@ def moe_ffn_kernel(ctx: KernelContext) -> list[KernelLaunch]:
         raise KernelError(f"moe_ffn: a tile of {R} rows x hidden {H} does not fit the {cap}-byte scratchpad")
     items1 = [(t, ic) for t in range(NT) for ic in range(len(ics))]
     items2 = [(t, hc) for t in range(NT) for hc in range(len(hcs))]
-    depth1 = _depth(nt * kt * isz, cap - need1)
-    depth2 = _depth(ht * kd * isz, cap - need2)
-    launches = [_gate_up_launch(ctx, items1, ics, kcs, depth1), _down_launch(ctx, items2, dcs, hcs, depth2)]
+    if wq is not None:  # packed chunks with their scales, plus dequantized tiles unless the PEs hold them packed
+        chunk1, chunk2 = wq.chunk_bytes(kt, nt, wq.group_gu), wq.chunk_bytes(kd, ht, wq.group_dn)
+        need1 += 2 * nt * kt * isz * (not wq.in_pes) - 2 * nt * kt * isz + 2 * chunk1
+        need2 += 2 * ht * kd * isz * (not wq.in_pes) - 2 * ht * kd * isz + 2 * chunk2
+        if max(need1, need2) > cap:
+            raise KernelError(f"moe_ffn: a tile of {R} rows x hidden {H} does not fit the {cap}-byte scratchpad")
+    else:
+        chunk1, chunk2 = nt * kt * isz, ht * kd * isz
+    depth1 = _depth(chunk1, cap - need1)
+    depth2 = _depth(chunk2, cap - need2)
+    launches = [_gate_up_launch(ctx, items1, ics, kcs, depth1, wq), _down_launch(ctx, items2, dcs, hcs, depth2, wq)]
     flops = 2 * NT * R * 3 * H * I
     experts_read = min(gu.shape[0], y.shape[0] - 1)  # at most one read of each routed expert
     launches[0].flops = flops * 2 // 3
     launches[1].flops = flops // 3
-    launches[0].min_hbm_bytes = experts_read * 2 * H * I * isz + T * H * x.dtype.itemsize
-    launches[1].min_hbm_bytes = experts_read * H * I * isz + y.numel * y.dtype.itemsize
+    per_expert = [(w.numel // w.shape[0]) * w.dtype.itemsize for w in ctx.inputs[4:]]  # weights (+ scales)
+    gu_b, dn_b = (per_expert[0] + per_expert[2], per_expert[1] + per_expert[3]) if wq else per_expert
+    launches[0].min_hbm_bytes = experts_read * gu_b + T * H * x.dtype.itemsize
+    launches[1].min_hbm_bytes = experts_read * dn_b + y.numel * y.dtype.itemsize
     return launches
+
+
+class _ExpertQuant:
+    """Weight-only experts (compiler/quantize._weight_only_experts): packed K-major int8 [E, K * bits / 8, N]
+    with fp32 scales [E, K / group, N]. Per chunk the kernel gathers the packed block and its scales;
+    the PEs multiply them packed where the chip holds `bits`-wide weights (MatMul b_bits), else
+    one vector `dequant` writes a tile in the program's dtype first."""
+
+    def __init__(self, ctx: KernelContext):
+        a = ctx.node.attrs
+        self.bits = int(a["wq_bits"])
+        self.pack = 8 // self.bits
+        self.group_gu, self.group_dn = int(a["wq_group_gate_up"]), int(a["wq_group_down"])
+        self.in_pes = self.bits in ctx.chip.core.matrix.packed_weight_bits
+        self.gu, self.dn, self.gu_s, self.dn_s = ctx.inputs[4:8]
+
+    @staticmethod
+    def of(ctx: KernelContext) -> "_ExpertQuant | None":
+        return _ExpertQuant(ctx) if ctx.node.attrs.get("wq_bits") else None
+
+    def scale_rows(self, k0: int, kn: int, group: int) -> tuple[int, int]:
+        return k0 // group, (k0 + kn - 1) // group - k0 // group + 1
+
+    def chunk_bytes(self, kt: int, nt: int, group: int) -> int:
+        return kt // self.pack * nt + (kt // group + 2) * nt * 4
+
+    def emit_block(self, b: CoreBuilder, dt: DType, q_tab: HbmRef, s_tab: HbmRef, group: int, te: SramRef,
+                   k0: int, kn: int, n0: int, nn: int, qbuf: SramRef, sbuf: SramRef, dbuf: SramRef | None,
+                   gather_waits: tuple, GB: int, DQ: int, dq_waits: tuple) -> tuple[SramRef, dict, int]:
+        """Gathers one expert block (K rows k0.., N columns n0..): the B tile, the MatMul's extra fields
+        and the semaphore it waits on (counted once per block)."""
+        r0, rn = self.scale_rows(k0, kn, group)
+        q_t = SramRef(qbuf.offset, DType.int8, (kn // self.pack, nn))
+        s_t = SramRef(sbuf.offset, F32, (rn, nn))
+        b.emit(DmaGather(_expert_block(q_tab, k0 // self.pack, kn // self.pack, n0, nn), te, q_t, waits=gather_waits))
+        b.emit(DmaGather(_expert_block(s_tab, r0, rn, n0, nn), te, s_t, signal=GB))
+        if self.in_pes:
+            return q_t, {"b_scale": s_t, "block": group, "b_bits": self.bits}, GB
+        d_t = SramRef(dbuf.offset, dt, (kn, nn))
+        b.emit(VecOp("dequant", d_t, (q_t, s_t), (("bits", self.bits), ("group", group)), waits=dq_waits, signal=DQ))
+        return d_t, {}, DQ
 
 
 def _tables(b: CoreBuilder, ref: HbmRef, t: int, n: int, dst: SramRef, **kw: object) -> None:
@@ -128,8 +180,9 @@ def _depth(chunk_bytes: int, spare: int) -> int:
     return max(2, min(16, WEIGHTS_IN_FLIGHT // max(chunk_bytes, 1), 2 + spare // max(chunk_bytes, 1)))
 
 
-def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth: int) -> KernelLaunch:
-    x, tile_e, tile_tok, _, gu, _ = ctx.inputs
+def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth: int,
+                    wq: _ExpertQuant | None = None) -> KernelLaunch:
+    x, tile_e, tile_tok, _, gu, _ = ctx.inputs[:6]
     act = ctx.outputs[1]
     R = act.shape[1]
     I = act.shape[2]
@@ -145,12 +198,18 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         tt = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         xb = [[b.alloc(dt, (R, kn)) for _, kn in kcs] for _ in range(2)]
-        wb = [b.alloc(dt, (nt, kt)) for _ in range(depth)]
+        if wq is None:
+            wb = [b.alloc(dt, (nt, kt)) for _ in range(depth)]
+        else:
+            qb = [b.alloc(DType.int8, (kt // wq.pack, nt)) for _ in range(depth)]
+            sb = [b.alloc(F32, (kt // wq.group_gu + 2, nt)) for _ in range(depth)]
+            db = [b.alloc(dt, (kt, nt)) for _ in range(2)] if not wq.in_pes else None
         ag = [b.alloc(F32, (R, nt)) for _ in range(2)]
         au = [b.alloc(F32, (R, nt)) for _ in range(2)]
         tmp = b.alloc(F32, (R, nt))
         ob = [b.alloc(dt, (R, nt)) for _ in range(2)]
         TL, XL, GB, MM, VD, ST = (b.sem() for _ in range(6))
+        DQ = b.sem()
         j = 0
         mm_end: list[int] = []
         for li, (t, ic) in enumerate(mine):
@@ -164,16 +223,23 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
             g_acc, u_acc = sub_ref(ag[s], (R, inn)), sub_ref(au[s], (R, inn))
             for acc, row0 in ((g_acc, i0), (u_acc, I + i0)):
                 for ci, (k0, kn) in enumerate(kcs):
-                    wt = SramRef(wb[j % depth].offset, dt, (inn, kn))
                     gw = (([(MM, j - depth + 1)] if j >= depth else [])
                           + ([(TL, li + 1)] if ci == 0 and acc is g_acc else []))
-                    b.emit(DmaGather(_expert_block(gu, row0, inn, k0, kn), te[s], wt, waits=tuple(gw), signal=GB))
-                    w = [(GB, j + 1)]
+                    if wq is None:
+                        wt = SramRef(wb[j % depth].offset, dt, (inn, kn))
+                        b.emit(DmaGather(_expert_block(gu, row0, inn, k0, kn), te[s], wt, waits=tuple(gw), signal=GB))
+                        extra, ready = {"trans_b": True}, GB
+                    else:
+                        wt, extra, ready = wq.emit_block(
+                            b, dt, wq.gu, wq.gu_s, wq.group_gu, te[s], k0, kn, row0, inn, qb[j % depth], sb[j % depth],
+                            db[j % 2] if db else None, tuple(gw), GB, DQ,
+                            ((GB, j + 1),) + (((MM, j - 1),) if j >= 2 else ()))
+                    w = [(ready, j + 1)]
                     if ci == 0 and acc is g_acc:
                         w.append((XL, len(kcs) * (li + 1)))
                         if li >= 2:
                             w.append((VD, li - 1))  # accumulators of item li-2 consumed
-                    b.emit(MatMul(xb[s][ci], wt, acc, ci > 0, waits=tuple(w), signal=MM, trans_b=True))
+                    b.emit(MatMul(xb[s][ci], wt, acc, ci > 0, waits=tuple(w), signal=MM, **extra))
                     j += 1
             mm_end.append(j)
             t_, o_ = sub_ref(tmp, (R, inn)), sub_ref(ob[s], (R, inn))
@@ -186,8 +252,9 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
     return KernelLaunch(f"{ctx.node.name}_gate_up", "moe", ["moe_gate_up", "silu", "mul"], streams, 0, 0, dt)
 
 
-def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: int) -> KernelLaunch:
-    _, _, _, tile_slot, _, dn = ctx.inputs
+def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: int,
+                 wq: _ExpertQuant | None = None) -> KernelLaunch:
+    _, _, _, tile_slot, _, dn = ctx.inputs[:6]
     tile_e = ctx.inputs[1]
     y, act = ctx.outputs
     R = act.shape[1]
@@ -203,10 +270,16 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: i
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         ts = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         ab = [[b.alloc(dt, (R, n)) for _, n in ics] for _ in range(2)]
-        wb = [b.alloc(dt, (ht, nt)) for _ in range(depth)]
+        if wq is None:
+            wb = [b.alloc(dt, (ht, nt)) for _ in range(depth)]
+        else:
+            qb = [b.alloc(DType.int8, (nt // wq.pack, ht)) for _ in range(depth)]
+            sb = [b.alloc(F32, (nt // wq.group_dn + 2, ht)) for _ in range(depth)]
+            db = [b.alloc(dt, (nt, ht)) for _ in range(2)] if not wq.in_pes else None
         acc = [b.alloc(F32, (R, ht)) for _ in range(2)]
         ob = [b.alloc(y.dtype, (R, ht)) for _ in range(2)]
         TL, AL, GB, MM, VD, SC = (b.sem() for _ in range(6))
+        DQ = b.sem()
         j = 0
         mm_end: list[int] = []
         for li, (t, hc) in enumerate(mine):
@@ -221,15 +294,21 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: i
                 b.emit(DmaLoad(src, ab[s][ii], signal=AL))
             a_t = sub_ref(acc[s], (R, hn))
             for ii, (i0, inn) in enumerate(ics):
-                wt = SramRef(wb[j % depth].offset, dt, (hn, inn))
                 gw = ([(MM, j - depth + 1)] if j >= depth else []) + ([(TL, li + 1)] if ii == 0 else [])
-                b.emit(DmaGather(_expert_block(dn, h0, hn, i0, inn), te[s], wt, waits=tuple(gw), signal=GB))
-                w = [(GB, j + 1)]
+                if wq is None:
+                    wt = SramRef(wb[j % depth].offset, dt, (hn, inn))
+                    b.emit(DmaGather(_expert_block(dn, h0, hn, i0, inn), te[s], wt, waits=tuple(gw), signal=GB))
+                    extra, ready = {"trans_b": True}, GB
+                else:
+                    wt, extra, ready = wq.emit_block(
+                        b, dt, wq.dn, wq.dn_s, wq.group_dn, te[s], i0, inn, h0, hn, qb[j % depth], sb[j % depth],
+                        db[j % 2] if db else None, tuple(gw), GB, DQ, ((GB, j + 1),) + (((MM, j - 1),) if j >= 2 else ()))
+                w = [(ready, j + 1)]
                 if ii == 0:
                     w.append((AL, len(ics) * (li + 1)))
                     if li >= 2:
                         w.append((VD, li - 1))
-                b.emit(MatMul(ab[s][ii], wt, a_t, ii > 0, waits=tuple(w), signal=MM, trans_b=True))
+                b.emit(MatMul(ab[s][ii], wt, a_t, ii > 0, waits=tuple(w), signal=MM, **extra))
                 j += 1
             mm_end.append(j)
             o_ = sub_ref(ob[s], (R, hn))

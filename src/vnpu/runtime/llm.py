@@ -482,11 +482,27 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any 
         params = {id(p): p for p in model.parameters()}
         total = sum(p.numel() for p in params.values()) * dtype.itemsize
         if quant is not None:
-            linear = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+            # every [out, in] weight a matmul reads: nn.Linear's, and a router's bare weight (Qwen3-MoE)
             embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+            tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} & embedded
+            linear = {id(p): p for n, p in model.named_parameters()
+                      if p.dim() == 2 and n.endswith("weight") and (id(p) not in embedded or id(p) in tied)}
             for pid, w in linear.items():
                 q = quant.weight_bytes(w.shape[1], w.shape[0])  # nn.Linear: [out, in]
                 total += q if pid in embedded else q - w.numel() * dtype.itemsize
+            if quant.weight_only:  # routed experts [E, N, K], as compiler/quantize._weight_only_experts stores them
+                from vnpu.compiler.quantize import expert_group
+
+                for m in model.modules():
+                    ws = [getattr(m, a, None) for a in ("gate_up_proj", "down_proj")]
+                    if not all(isinstance(w, torch.nn.Parameter) and w.dim() == 3 for w in ws):
+                        continue
+                    groups = [expert_group(w.shape[2], quant) for w in ws]
+                    if None in groups:
+                        continue
+                    for w, grp in zip(ws, groups):
+                        e, n, k = w.shape
+                        total += e * n * k * quant.bits // 8 + e * n * (k // grp) * 4 - w.numel() * dtype.itemsize
         return total
 
     # layers are identical: count a 1- and a 2-layer instantiation instead of the whole model
@@ -495,14 +511,22 @@ def model_memory(spec: Any, batch: int, capacity: int, dtype: DType, quant: Any 
     return w, kv_bytes(spec, batch, capacity, dtype, kv_cache)
 
 
-def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType) -> int:
+def decode_weight_bytes(spec: Any, batch: int, weight_bytes: int, dtype: DType, quant: Any = None) -> int:
     """Weight bytes one decode step must read: all of a dense model; for an MoE model the
-    non-expert weights plus at most batch x top-k routed experts per layer."""
+    non-expert weights plus at most batch x top-k routed experts per layer (each as `quant`, a
+    weight-only QuantScheme, stores it: compiler/quantize._weight_only_experts)."""
     c = spec.config
     if not spec.is_moe:
         return weight_bytes
     e, k = c["num_experts"], c["num_experts_per_tok"]
-    expert = 3 * c["hidden_size"] * c["moe_intermediate_size"] * dtype.itemsize
+    h, i = c["hidden_size"], c["moe_intermediate_size"]
+    expert = 3 * h * i * dtype.itemsize
+    if quant is not None and quant.weight_only:
+        from vnpu.compiler.quantize import expert_group
+
+        g_gu, g_dn = expert_group(h, quant), expert_group(i, quant)
+        if g_gu and g_dn:
+            expert = 3 * h * i * quant.bits // 8 + (2 * i * (h // g_gu) + h * (i // g_dn)) * 4
     return weight_bytes - spec.num_layers * expert * (e - min(e, batch * k))
 
 
@@ -602,8 +626,6 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
             raise QuantError(f"LLM generation takes the schemes without calibration "
                              f"({', '.join(s for s, v in _schemes().items() if not v.needs_calibration)}); "
                              f"{quant} needs calibration")
-        if chips > 1:
-            raise QuantError("quantized generation runs on one chip; drop --chips or --quant")
         plan = QuantPlan(scheme)
     qfmt = plan.scheme if plan is not None else None
     kv_fmt = kv_cache_format(kv_cache)
@@ -627,6 +649,11 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     if chips > 1 and not timing_only and kv_fmt is not None:
         raise KVCacheError("functional multi-chip generation keeps the KV cache in the program's dtype: drop "
                            "--kv-cache, or add --timing-only")
+    if chips > 1 and not timing_only and plan is not None:
+        from vnpu.compiler.quantize import QuantError
+
+        raise QuantError("functional multi-chip generation runs unquantized: drop --quant, or add --timing-only "
+                         "(each chip's shard is then quantized)")
     if chips > 1 and not timing_only and top_k is not None:
         raise ValueError("functional multi-chip generation is greedy only: drop --top-k, or add --timing-only")
     spec = shard_spec(full, chips)
@@ -732,7 +759,7 @@ def generate(model: Any, prompt_len: int = 16, max_new_tokens: int = 32, batch: 
     util = sum(d.hbm_bytes for d in decode) / (dec_s * bw) if dec_s else 0.0
     # the HBM-bandwidth bound of each decode step: all weights plus the KV slots its program reads
     buckets = [decode_bucket(prompt_len + i, cap) for i in range(max_new_tokens - 1)]
-    w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt)  # MoE experts stay in dt
+    w_read = chips * decode_weight_bytes(spec, batch, w_bytes // chips, dt, qfmt)
     bound_s = sum((w_read + chips * kv_bytes(spec, batch, bk, dt, kv_fmt)) / bw for bk in buckets)
     bound = bound_s / dec_s if dec_s else 0.0
     return GenerationReport(

@@ -16,6 +16,9 @@ torchao's configs export as plain ATen (int8 weights cast to float, `_int_mm`).
   -128 into int8 with the shift folded into the zero point; a padded convolution pads the
   shifted activation with its zero point, so that padding is the real 0.0 as in eager.
 - `_int_mm` (torchao's dynamic int8 activations): the int8 matmul itself.
+- pt2e dynamic activations: choose_qparams.tensor computed on the chip (reductions + torch's
+  determine_qparams in fp32); quantize / dequantize_per_tensor.tensor take the run-time qparams,
+  and the int8 matmul's epilogue subtracts zx * sum_k qw in int32 and multiplies by sx * sw.
 - weight-only int8 (a float activation): the int8 weight stays int8 in HBM and is widened
   (cast, - zero point, * scale) on the chip before a float matmul; KEEP_UNFOLDED stops the
   importer from folding that chain into an fp32 constant. A fused weight-only GEMM (int8
@@ -58,6 +61,10 @@ class QuantSource:
     out_dtype: DType  # the dequantized tensor's dtype
     stand_in: Value  # the deferred Value the importer holds for it
     resolved: Value | None = None  # the float chain, once a user needed it
+    # dynamic (pt2e choose_qparams): the scale and zero point computed on the chip, fp32 [1] Values
+    # (scale / zero_point above are then placeholders)
+    scale_v: Value | None = None
+    zp_v: Value | None = None
 
     @property
     def per_tensor(self) -> bool:
@@ -90,6 +97,9 @@ def _defer(cx: Cx, src: QuantSource) -> Value:
 def _dequant_chain(cx: Cx, src: QuantSource) -> Value:
     """(cast(q, fp32) - zp) * scale on the chip (the float form of a dequantized tensor)."""
     x = cx.emit("cast", [src.q], {"dtype": DType.fp32})  # a node even for constant q: HBM keeps int8
+    if src.scale_v is not None:  # dynamic: (q - zp) * scale with the chip's own qparams
+        y = cx.emit("mul", [cx.emit("sub", [x, src.zp_v], KEEP), src.scale_v], KEEP)
+        return y if src.out_dtype == DType.fp32 else cx.emit("cast", [y], {"dtype": src.out_dtype})
     if np.any(src.zero_point):
         x = cx.emit("sub", [x, cx.g.add_const("zero_point", src.zero_point.astype(np.float32), DType.fp32)])
     y = cx.emit("mul", [x, cx.g.add_const("scale", src.scale.astype(np.float32), DType.fp32)])
@@ -120,11 +130,50 @@ def _storage(dtype: torch.dtype) -> DType | None:
     return torch_to_dtype(dtype) if dtype in (torch.int8, torch.uint8) else None
 
 
+def _runtime_scalar(v: Any) -> bool:
+    return isinstance(v, Value) and not v.is_const and v.type.numel == 1
+
+
+@aten("choose_qparams.tensor")
+def _choose_qparams(cx: Cx, x: Value, qmin: int, qmax: int, eps: float, dtype: torch.dtype) -> tuple | None:
+    """pt2e dynamic quantization's per-tensor affine qparams, on the chip, as torch computes them
+    (torch.ao.quantization.utils.determine_qparams, in fp32): lo = min(min x, 0), hi = max(max x, 0),
+    scale = max((hi - lo) / (qmax - qmin), eps), zero point = clamp(qmin - round(lo / scale), qmin, qmax).
+    Returns (scale fp32 [1], zero point int64 [1]); the quantize / dequantize handlers take them."""
+    if not x.dtype.is_float or _storage(dtype) is None or x.type.numel == 0:
+        return None
+    x32 = cx.cast(x, DType.fp32)
+    axes = list(range(x.type.rank))
+    lo, hi = (cx.emit("reshape", [cx.emit("reduce", [x32], {"kind": k, "axes": axes, "keepdim": True, **KEEP})],
+                      {"shape": [1]}) for k in ("min", "max"))
+    zero = cx.const(np.zeros(1, np.float32), DType.fp32)
+    lo = cx.emit("minimum", [lo, zero], KEEP)
+    hi = cx.emit("maximum", [hi, zero], KEEP)
+    scale = cx.emit("div", [cx.emit("sub", [hi, lo], KEEP), cx.const(np.float32(qmax - qmin), DType.fp32)], KEEP)
+    scale = cx.emit("maximum", [scale, cx.const(np.float32(eps), DType.fp32)], KEEP)
+    zp = cx.emit("sub", [cx.const(np.float32(qmin), DType.fp32), cx.emit("round", [cx.emit("div", [lo, scale], KEEP)],
+                                                                          KEEP)], KEEP)
+    zp = cx.emit("clamp", [zp], {"min": float(qmin), "max": float(qmax), **KEEP})
+    return scale, cx.emit("cast", [zp], {"dtype": DType.int64})
+
+
+def _runtime_qparams(cx: Cx, scale: Value, zero_point: Value) -> tuple[Value, Value]:
+    """A run-time (scale, zero point) pair as fp32 [1] Values."""
+    return cx.cast(scale, DType.fp32), cx.emit("cast", [zero_point], {"dtype": DType.fp32, **KEEP})
+
+
 @aten("quantize_per_tensor.default", "quantize_per_tensor.tensor")
 def _quantize_per_tensor(cx: Cx, x: Value, scale: Any, zero_point: Any, quant_min: int, quant_max: int,
                          dtype: torch.dtype) -> Value | None:
     s, z = _scalar(scale), _scalar(zero_point)
     out = _storage(dtype)
+    if out is not None and x.dtype.is_float and _runtime_scalar(scale) and _runtime_scalar(zero_point):
+        # dynamic: torch multiplies by 1.0 / scale (rounded to fp32), rounds half to even, adds the zero point
+        sv, zv = _runtime_qparams(cx, scale, zero_point)
+        y = cx.emit("mul", [cx.cast(x, DType.fp32), cx.emit("reciprocal", [sv], KEEP)], KEEP)
+        y = cx.emit("add", [cx.emit("round", [y], KEEP), zv], KEEP)
+        y = cx.emit("clamp", [y], {"min": float(quant_min), "max": float(quant_max), **KEEP})
+        return cx.emit("cast", [y], {"dtype": out})
     if s is None or z is None or out is None or not x.dtype.is_float:
         return None
     x = cx.cast(x, DType.fp32)
@@ -155,6 +204,17 @@ def _dequantize(cx: Cx, q: Value, scale: np.ndarray, zero_point: np.ndarray, qua
 def _dequantize_per_tensor(cx: Cx, q: Value, scale: Any, zero_point: Any, quant_min: int, quant_max: int,
                            dtype: torch.dtype, *, out_dtype: torch.dtype | None = None) -> Value | None:
     s, z = _scalar(scale), _scalar(zero_point)
+    if (s is None or z is None) and _runtime_scalar(scale) and _runtime_scalar(zero_point) \
+            and q.dtype in (DType.int8, DType.int32):
+        sv, zv = _runtime_qparams(cx, scale, zero_point)
+        out = torch_to_dtype(out_dtype) if out_dtype is not None else DType.fp32
+        stand_in = Value(cx.g._fresh(f"{q.name}_dequant"), TensorType(q.shape, out))
+        src = QuantSource(q, np.ones(1), np.zeros(1, np.int64), int(quant_min), int(quant_max), out, stand_in,
+                          scale_v=sv, zp_v=zv)
+        if cx.node is not None and _fx_users_handled(cx.node):
+            return _defer(cx, src)
+        src.resolved = _dequant_chain(cx, src)
+        return src.resolved
     if s is None or z is None:
         return None
     # torch: (q.to(fp32) - zp) * scale with a Python float scale, i.e. fp32(scale)
@@ -202,10 +262,18 @@ KEEP_UNFOLDED.append(_keeps_int8_weight)
 
 
 # -- int8 matmul / conv2d with a dequantization epilogue ----------------------------------------------
-def _activation_int8(cx: Cx, src: QuantSource) -> tuple[Value, int] | None:
+def _activation_int8(cx: Cx, src: QuantSource, runtime_ok: bool = False) -> tuple[Value, Any] | None:
     """The activation as int32 data in int8's range (uint8 shifted by -128) and its zero point in
-    that range; the caller casts to int8 (after padding, for convolutions). None: not 8-bit per tensor."""
-    if not src.per_tensor or src.q.is_const:
+    that range (an int, or with `runtime_ok` a dynamic fp32 [1] Value); the caller casts to int8
+    (after padding, for convolutions). None: not 8-bit per tensor."""
+    if not src.per_tensor or src.q.is_const or (src.zp_v is not None and not runtime_ok):
+        return None
+    if src.zp_v is not None:
+        if INT8_MIN <= src.qmin and src.qmax <= INT8_MAX:
+            return src.q, src.zp_v
+        if 0 <= src.qmin and src.qmax <= 255:
+            q = cx.emit("sub", [cx.cast(src.q, DType.int32), cx.const(UINT8_SHIFT, DType.int32)], KEEP)
+            return q, cx.emit("sub", [src.zp_v, cx.const(np.float32(UINT8_SHIFT), DType.fp32)], KEEP)
         return None
     z = int(src.zero_point.reshape(-1)[0])
     if INT8_MIN <= src.qmin and src.qmax <= INT8_MAX:
@@ -241,13 +309,18 @@ def _int8_const(cx: Cx, src: QuantSource, data: np.ndarray) -> Value:
     return w
 
 
-def _epilogue(cx: Cx, acc: Value, correction: np.ndarray, scale: np.ndarray, bias: Value | None,
+def _epilogue(cx: Cx, acc: Value, correction: np.ndarray | Value, scale: np.ndarray | Value, bias: Value | None,
               out: DType) -> Value:
-    """int32 acc -> (acc - correction) as fp32 * scale (+ bias), in `out`."""
-    if np.any(correction):
+    """int32 acc -> (acc - correction) as fp32 * scale (+ bias), in `out` (correction int32 and
+    scale fp32: constants, or Values computed on the chip for dynamic activations)."""
+    if isinstance(correction, Value):
+        acc = cx.emit("sub", [acc, correction], KEEP)
+    elif np.any(correction):
         acc = cx.emit("sub", [acc, cx.g.add_const("zp_correction", correction.astype(np.int32), DType.int32)], KEEP)
     y = cx.emit("cast", [acc], {"dtype": DType.fp32, **KEEP})
-    y = cx.emit("mul", [y, cx.g.add_const("dequant_scale", scale.astype(np.float32), DType.fp32)], KEEP)
+    if not isinstance(scale, Value):
+        scale = cx.g.add_const("dequant_scale", scale.astype(np.float32), DType.fp32)
+    y = cx.emit("mul", [y, scale], KEEP)
     if bias is not None:
         y = cx.emit("add", [y, cx.cast(bias, DType.fp32)], KEEP)
     return y if out == DType.fp32 else cx.emit("cast", [y], {"dtype": out})
@@ -258,7 +331,7 @@ def _int8_matmul(cx: Cx, a: Any, b: Any, bias: Value | None) -> Value | None:
     sa, sb = _source(cx, a), _source(cx, b)
     if sa is None or sb is None or sb.q.type.rank != 2 or sa.q.type.rank < 2:
         return None
-    act = _activation_int8(cx, sa)
+    act = _activation_int8(cx, sa, runtime_ok=True)
     wt = _weight_int8(cx, sb, 1)
     if act is None or wt is None or (bias is not None and bias.type.rank > 1):
         return None
@@ -266,8 +339,14 @@ def _int8_matmul(cx: Cx, a: Any, b: Any, bias: Value | None) -> Value | None:
     wq, sw = wt
     x8 = cx.emit("cast", [xq], {"dtype": DType.int8}) if xq.dtype != DType.int8 else xq
     acc = cx.emit("matmul", [x8, _int8_const(cx, sb, wq)], KEEP)
-    correction = zx * wq.astype(np.int64).sum(axis=0, keepdims=True)  # zx * sum_k qw[k, n]
-    scale = float(sa.scale.reshape(-1)[0]) * sw
+    colsum = wq.astype(np.int64).sum(axis=0, keepdims=True)  # sum_k qw[k, n]
+    if isinstance(zx, Value):  # dynamic: zx * colsum in int32 (exact: |zx| <= 255, |colsum| <= 128 K)
+        z32 = cx.emit("cast", [zx], {"dtype": DType.int32, **KEEP})
+        correction = cx.emit("mul", [z32, cx.g.add_const("colsum", colsum.astype(np.int32), DType.int32)], KEEP)
+        scale = cx.emit("mul", [sa.scale_v, cx.g.add_const("w_scale", np.asarray(sw, np.float32), DType.fp32)], KEEP)
+    else:
+        correction = zx * colsum
+        scale = float(sa.scale.reshape(-1)[0]) * sw
     return _epilogue(cx, acc, correction, scale, bias, cx.out_dtype())
 
 
@@ -334,7 +413,8 @@ def _permuted(cx: Cx, src: QuantSource, perm: list[int], node: fx.Node | None) -
     if src.q.name in cx.g.weight_names:
         cx.g.weight_names.add(q.name)
     out = QuantSource(q, np.transpose(src.scale, perm), np.transpose(src.zero_point, perm), src.qmin, src.qmax,
-                      src.out_dtype, Value(cx.g._fresh(f"{q.name}_dequant"), TensorType(q.shape, src.out_dtype)))
+                      src.out_dtype, Value(cx.g._fresh(f"{q.name}_dequant"), TensorType(q.shape, src.out_dtype)),
+                      scale_v=src.scale_v, zp_v=src.zp_v)
     return _defer(cx, out)
 
 
@@ -360,7 +440,8 @@ def _view(cx: Cx, x: Any, shape: list) -> Value | None:
     rank = len(out_shape)
     return _defer(cx, QuantSource(q, src.scale.reshape([1] * rank), src.zero_point.reshape([1] * rank), src.qmin,
                                   src.qmax, src.out_dtype, Value(cx.g._fresh(f"{q.name}_dequant"),
-                                                                 TensorType(out_shape, src.out_dtype))))
+                                                                 TensorType(out_shape, src.out_dtype)),
+                                  scale_v=src.scale_v, zp_v=src.zp_v))
 
 
 def _to_copy(cx: Cx, x: Any, *args: Any, **kwargs: Any) -> Value | None:

@@ -359,3 +359,62 @@ def test_packed_weight_gemv_moves_16_over_bits_weights_per_preload() -> None:
     assert cost.matmul_cycles(chip, 1, k, 64, DType.bf16, weight_pack=4) == r + (k // 256 - 1) * r + 4 + skew
     # a large-M GEMM keeps the bf16 rate: 4x fewer folds, each streaming 4x longer
     assert cost.matmul_cycles(chip, 512, k, 64, DType.bf16, weight_pack=4) == r + (k // 256 - 1) * 2048 + 2048 + skew
+
+
+# -- a limited-precision fp8 accumulator (chip core.matrix.fp8_accumulator_bits) ------------------
+def _fp8_dot(chip, a: np.ndarray, b: np.ndarray) -> float:
+    """One fp8 MatMul instruction [1, K] @ [K, 1] on the simulated chip (functional)."""
+    from vnpu.isa.instructions import CoreStream, MatMul, SramRef
+    from vnpu.isa.program import KernelLaunch, Program
+    from vnpu.sim.device import Device
+    from vnpu.sim.functional import sram_view
+
+    k = a.size
+    fp8 = DType.fp8_e4m3
+    ra, rb, racc = SramRef(0, fp8, (1, k)), SramRef(4096, fp8, (k, 1)), SramRef(8192, DType.fp32, (1, 1))
+    dev = Device(chip, 64, functional=True)
+    sram_view(dev.sram(0), ra)[...] = a.reshape(1, k).astype(fp8.np)
+    sram_view(dev.sram(0), rb)[...] = b.reshape(k, 1).astype(fp8.np)
+    cs = CoreStream()
+    cs.queues["matrix"].append(MatMul(ra, rb, racc, False))
+    dev.run(Program("t", "", DType.bf16, [KernelLaunch("mm", "matmul", ["matmul"], [cs], dtype=fp8)], 64, [], [], []))
+    return float(sram_view(dev.sram(0), racc)[0, 0])
+
+
+def test_limited_fp8_accumulator_hand_count() -> None:
+    """K = 256 in 8 groups of 32 products, each group 31 x 1.0 + 1.5 = 32.5 (exact). An 8-bit
+    accumulator (1.xxxxxxx) truncates: 32.5, 65, 97.5, 130 are representable; 162.5 -> 162 (spacing 1
+    in [128, 256)), 194.5 -> 194, 226.5 -> 226, 258.5 -> 258 (spacing 2 above 256): 258, not 260.
+    Promoting into fp32 every 128 elements keeps each half at 130 exactly: 260. A chip without a
+    limited accumulator (vnpu-v1) gives 260."""
+    from conftest import round_chip
+
+    a = np.tile(np.r_[np.ones(31), 1.5], 8)
+    b = np.ones(256)
+    base = {"core__matrix__rate": {"bf16": 1.0, "fp32": 1.0, "fp8_e4m3": 2.0},
+            "energy__pj_per_mac": {"bf16": 0.25, "fp32": 1.0, "fp8_e4m3": 0.1}}
+    never = round_chip(core__matrix__fp8_accumulator_bits=8, core__matrix__fp8_promotion_k=None, **base)
+    every128 = round_chip(core__matrix__fp8_accumulator_bits=8, core__matrix__fp8_promotion_k=128, **base)
+    assert _fp8_dot(never, a, b) == 258.0
+    assert _fp8_dot(every128, a, b) == 260.0
+    assert _fp8_dot(round_chip(**base), a, b) == 260.0
+
+
+def test_hopper_presets_model_deepseek_v3s_fp8_accumulation() -> None:
+    """DeepSeek-V3 (sec. 3.3.2): Hopper's fp8 GEMM keeps ~14 accumulator bits, and promoting to fp32
+    every 128 elements recovers fp32 accuracy. K = 4096 products of positive fp8 values: without
+    promotion the 14-bit truncation loses 2.9e-3 of the sum here (DeepSeek-V3 measured up to ~2% on
+    its GEMMs); promoting every 128 elements cuts that to 5.4e-5; vnpu-v1's fp32 accumulator to 0."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 2.0, 4096).astype(DType.fp8_e4m3.np).astype(np.float64)
+    b = rng.uniform(0.5, 2.0, 4096).astype(DType.fp8_e4m3.np).astype(np.float64)
+    exact = float(a @ b)
+    h20 = load_chip("h20")
+    assert h20.core.matrix.fp8_accumulator_bits == 14 and h20.core.matrix.fp8_promotion_k == 128
+    no_promotion = h20.model_copy(update={"core": h20.core.model_copy(update={
+        "matrix": h20.core.matrix.model_copy(update={"fp8_promotion_k": None})})})
+    err_promoted = abs(_fp8_dot(h20, a, b) - exact) / exact
+    err_raw = abs(_fp8_dot(no_promotion, a, b) - exact) / exact
+    err_fp32 = abs(_fp8_dot(load_chip("vnpu-v1"), a, b) - exact) / exact
+    assert 1e-3 < err_raw < 2e-2, err_raw
+    assert err_promoted < err_raw / 20 and err_fp32 < 1e-6, (err_promoted, err_raw, err_fp32)

@@ -72,6 +72,17 @@ class MatrixEngine(_Strict):
         "in the same R cycles (a GEMV streams 16 / bits times the weights per fold); empty: the vector "
         "engine dequantizes weight-only tiles before the array multiplies them",
     )
+    fp8_accumulator_bits: Annotated[int, Field(ge=8, le=24)] | None = Field(
+        None,
+        description="significand bits the array's fp8 accumulator keeps (None: a full fp32 accumulator). "
+        "Each group of fp8_mma_k products is summed exactly and added to the accumulator, which is "
+        "truncated (toward zero) to this many bits; every fp8_promotion_k elements of K the partial sum "
+        "is promoted into an fp32 register (Hopper: ~14 bits, promotion every 128 as DeepSeek-V3 and "
+        "DeepGEMM do; sim/functional.limited_fp8_matmul)",
+    )
+    fp8_mma_k: Annotated[int, Field(gt=0, le=4096)] = Field(32, description="fp8 products summed exactly per accumulator step")
+    fp8_promotion_k: Annotated[int, Field(gt=0, le=1 << 20)] | None = Field(
+        128, description="elements of K after which the limited accumulator is added into fp32 (None: never)")
     mapping: Literal["tiled", "fold_stream"] = Field(
         "tiled",
         description="how the compiler maps a matmul onto the array: 'tiled' (scratchpad-resident "

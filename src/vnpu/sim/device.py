@@ -17,7 +17,7 @@ from vnpu.gcpause import gc_paused
 from vnpu.isa import cost
 from vnpu.isa.instructions import QUEUES, DmaGather, DmaLoad, DmaScatter, DmaStore, HbmRef, MatMul, VecOp
 from vnpu.isa.program import CollectiveLaunch, HostLaunch, KernelLaunch, Program
-from vnpu.sim.functional import PREPARERS, hbm_view
+from vnpu.sim.functional import PREPARERS, hbm_view, prepare_limited_fp8_matmul
 from vnpu.sim.prefetch import WeightPrefetcher
 from vnpu.sim.profile import KernelProfile, Profile
 
@@ -176,6 +176,15 @@ class Device:
                            + kp.hbm_bytes * (e.pj_per_hbm_byte + e.pj_per_l2_byte)) * 1e-12 + e.static_w * kp.cycles / chip.clock_hz
         prof.l2_bytes = sum(k.hbm_bytes + k.l2_hit_bytes for k in prof.kernels)
         return prof
+
+    def _prepare(self, ins, hbm: np.ndarray, sram: np.ndarray):
+        """The instruction's functional start, in this chip's arithmetic: an fp8 MatMul on an array
+        with a limited-precision accumulator (core.matrix.fp8_accumulator_bits) accumulates as it does."""
+        m = self.chip.core.matrix
+        if (m.fp8_accumulator_bits is not None and type(ins) is MatMul and not ins.block
+                and ins.a.dtype in (DType.fp8_e4m3, DType.fp8_e5m2)):
+            return prepare_limited_fp8_matmul(ins, hbm, sram, m.fp8_accumulator_bits, m.fp8_mma_k, m.fp8_promotion_k)
+        return PREPARERS[type(ins)](ins, hbm, sram)
 
     def _load_key_traffic(self, ins: DmaLoad, launch: KernelLaunch) -> tuple[tuple, float]:
         c = self._instr_cost(ins, launch.dtype)
@@ -337,7 +346,7 @@ class Device:
             info = cache.get(id(ins))
             if info is None or info[0] is not ins:
                 c = self._instr_cost(ins, dtype)
-                info = cache[id(ins)] = (ins, *c, PREPARERS[type(ins)](ins, hbm, sram) if functional else None)
+                info = cache[id(ins)] = (ins, *c, self._prepare(ins, hbm, sram) if functional else None)
             _, kind_i, traffic, cyc, m, vo, sb, l2key, prep = info
             if kind_i <= 1:
                 # DMA over a channel shared by all cores, first come first served: the L2 port for

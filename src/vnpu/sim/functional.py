@@ -281,6 +281,47 @@ def prepare_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray) -> Start:
     return start
 
 
+def _truncate_significand(x: np.ndarray, bits: int) -> np.ndarray:
+    """x with its significand cut (toward zero) to `bits` bits, float64."""
+    m, e = np.frexp(x)  # x = m * 2^e, 0.5 <= |m| < 1
+    return np.ldexp(np.trunc(m * 2.0 ** bits) / 2.0 ** bits, e)
+
+
+def limited_fp8_matmul(a: np.ndarray, b: np.ndarray, bits: int, mma_k: int, promote_k: int | None) -> np.ndarray:
+    """a @ b for fp8 operands on an array whose accumulator keeps `bits` significand bits (chip
+    core.matrix.fp8_accumulator_bits): every group of `mma_k` products along K is summed exactly
+    (float64 holds them) and added to the accumulator, which is truncated toward zero to `bits`
+    bits; every `promote_k` elements the accumulator is added into an fp32 sum and restarts at 0
+    (None: never). The fp32 sum is the result."""
+    av, bv = a.astype(np.float64), b.astype(np.float64)
+    k = av.shape[1]
+    seg = promote_k or k
+    total = np.zeros((av.shape[0], bv.shape[1]), np.float32)
+    for s0 in range(0, k, seg):
+        acc = np.zeros(total.shape, np.float64)
+        for g0 in range(s0, min(s0 + seg, k), mma_k):
+            g1 = min(g0 + mma_k, s0 + seg, k)
+            acc = _truncate_significand(acc + av[:, g0:g1] @ bv[g0:g1], bits)
+        total = (total + acc.astype(np.float32)).astype(np.float32)
+    return total
+
+
+def prepare_limited_fp8_matmul(ins: MatMul, hbm: np.ndarray, sram: np.ndarray, bits: int, mma_k: int,
+                               promote_k: int | None) -> Start:
+    """An fp8 MatMul on a chip with a limited-precision fp8 accumulator (limited_fp8_matmul)."""
+    a, b, acc = sram_view(sram, ins.a), sram_view(sram, ins.b), sram_view(sram, ins.acc)
+    if ins.trans_b:
+        b = b.T
+    accumulate = ins.accumulate
+
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        r = limited_fp8_matmul(a, b, bits, mma_k, promote_k)
+        if accumulate:  # across instructions the partial sums live in the fp32 accumulator tile
+            r = (r + acc).astype(np.float32)
+        return acc, r
+    return start
+
+
 def _exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for int8 operands as the array's int32 accumulators hold it. Each product is at most
     2^14 in magnitude, so float64 (53-bit mantissa) sums any K < 2^39 exactly, at BLAS speed; the

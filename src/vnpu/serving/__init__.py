@@ -1,0 +1,1 @@
+"""Serving simulation (runtime programs -> request traffic): traces so far (trace.py)."""

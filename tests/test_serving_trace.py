@@ -112,3 +112,34 @@ def test_bad_trace_options_are_one_line(rate, prompt, arrivals, msg):
     with pytest.raises(TraceError, match=msg) as e:
         synthetic_trace(rate, 10, prompt, 10, arrivals=arrivals)
     assert "\n" not in str(e.value)
+
+
+def test_the_shipped_sample_is_what_its_script_generates():
+    """src/vnpu/serving/data/conversation_sample.csv comes from benchmarks/make_sample_trace.py, whose
+    targets are the Azure 2023 conversation trace's statistics (means 1155 / 211 tokens, 5.53 req/s)."""
+    import importlib.util
+    from pathlib import Path
+
+    from vnpu.serving.trace import SAMPLE_TRACE
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_sample_trace.py"
+    spec = importlib.util.spec_from_file_location("make_sample_trace", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = read_trace(SAMPLE_TRACE)
+    assert shipped == read_trace_roundtrip(mod.sample())
+    p = np.array([r.prompt_tokens for r in shipped])
+    o = np.array([r.output_tokens for r in shipped])
+    assert p.mean() == pytest.approx(1155, rel=0.1) and o.mean() == pytest.approx(211, rel=0.1)
+    assert len(shipped) / shipped[-1].arrival_s == pytest.approx(5.53, rel=0.1)
+    assert p.max() <= 8192 and o.max() <= 1000
+
+
+def read_trace_roundtrip(requests):
+    """The requests as read back from a CSV file (arrival times through repr: exact)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        write_trace(Path(d) / "t.csv", requests)
+        return read_trace(Path(d) / "t.csv")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+# a conversation-like sample (benchmarks/make_sample_trace.py: statistics of Azure's public 2023 trace)
+SAMPLE_TRACE = Path(__file__).resolve().parent / "data" / "conversation_sample.csv"
 MAX_TOKENS = 1 << 24  # per request: far past any context window, low enough to catch a typo
 MAX_REQUESTS = 10_000_000
 

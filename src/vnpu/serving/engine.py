@@ -1,0 +1,151 @@
+"""The discrete-event serving loop: requests arrive from a trace, a router sends each to one of R
+replicas, and each replica's scheduler (serving/scheduler.py) runs steps back to back, each
+taking the time a step-time model gives for its batch.
+
+`step_time(prefill, decode) -> seconds`: `prefill` lists (new tokens, tokens already cached) per
+prompt chunk, `decode` the KV length of each decoding sequence. The chip-derived model is the
+runtime's job; anything with that signature (an analytic model in the tests) drives the loop.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from vnpu.serving.scheduler import Scheduler, SchedulerConfig, SchedulerError, Sequence
+from vnpu.serving.trace import Request
+
+StepTime = Callable[[list[tuple[int, int]], list[int]], float]
+ROUTERS = ("round_robin", "least_outstanding")
+
+
+@dataclass
+class RequestResult:
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    replica: int = -1
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    token_s: list[float] = field(default_factory=list)
+    preemptions: int = 0
+    rejected: str = ""  # why it was not served ("" when served)
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_s - self.arrival_s  # type: ignore[operator]
+
+    @property
+    def e2e_s(self) -> float:
+        return self.finish_s - self.arrival_s  # type: ignore[operator]
+
+    @property
+    def tpot_s(self) -> float:
+        """Mean time per output token after the first (0 for a one-token output)."""
+        n = len(self.token_s)
+        return (self.token_s[-1] - self.token_s[0]) / (n - 1) if n > 1 else 0.0
+
+
+@dataclass
+class ServeResult:
+    requests: list[RequestResult]
+    steps: int
+    end_s: float
+    peak_blocks: list[int]  # per replica
+    num_blocks: int
+    preemptions: int
+    in_system: list[tuple[float, int]]  # (time, requests in the system from then on): arrivals and finishes
+    peak_running: list[int]  # per replica: the most sequences admitted at once
+
+    @property
+    def served(self) -> list[RequestResult]:
+        return [r for r in self.requests if not r.rejected]
+
+    def itl_s(self) -> np.ndarray:
+        """Every inter-token latency of every served request."""
+        gaps = [np.diff(r.token_s) for r in self.served if len(r.token_s) > 1]
+        return np.concatenate(gaps) if gaps else np.zeros(0)
+
+    def output_tokens_per_s(self) -> float:
+        t0 = min((r.arrival_s for r in self.served), default=0.0)
+        return sum(len(r.token_s) for r in self.served) / max(self.end_s - t0, 1e-12)
+
+    def mean_in_system(self, t0: float, t1: float, samples: int = 100_000) -> float:
+        """Time-average number of requests in the system over [t0, t1], sampled on a regular grid."""
+        times = np.array([t for t, _ in self.in_system])
+        counts = np.array([n for _, n in self.in_system])
+        grid = np.linspace(t0, t1, samples, endpoint=False)
+        idx = np.searchsorted(times, grid, side="right") - 1
+        return float(np.where(idx >= 0, counts[np.maximum(idx, 0)], 0).mean())
+
+
+def simulate(trace: list[Request], step_time: StepTime, config: SchedulerConfig, replicas: int = 1,
+             router: str = "round_robin") -> ServeResult:
+    """Serves `trace` on `replicas` identical replicas; deterministic for a given trace."""
+    if router not in ROUTERS:
+        raise SchedulerError(f"unknown router {router!r}: use one of {', '.join(ROUTERS)}")
+    if replicas < 1:
+        raise SchedulerError(f"replicas must be >= 1, got {replicas}")
+    if [r.id for r in trace] != list(range(len(trace))):
+        trace = [Request(i, r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_id, r.prefix_tokens)
+                 for i, r in enumerate(sorted(trace, key=lambda r: r.arrival_s))]
+    scheds = [Scheduler(config) for _ in range(replicas)]
+    busy = [False] * replicas
+    plans: list = [None] * replicas
+    results = [RequestResult(r.id, r.arrival_s, r.prompt_tokens, r.output_tokens) for r in trace]
+    events: list = [(r.arrival_s, 0, i, -1) for i, r in enumerate(trace)]  # (time, kind 0 arrival / 1 step end, ...)
+    heapq.heapify(events)
+    order = len(events)
+    in_sys, n_sys, steps, rr = [], 0, 0, 0
+    now = 0.0
+
+    def start(k: int) -> None:
+        nonlocal order, steps
+        plan = scheds[k].schedule()
+        if plan is None:
+            busy[k] = False
+            return
+        dur = float(step_time(plan.prefill, plan.decode))
+        if not dur > 0:
+            raise SchedulerError(f"the step-time model gave {dur} s for a step of {plan.tokens} tokens")
+        busy[k], plans[k] = True, plan
+        steps += 1
+        heapq.heappush(events, (now + dur, 1, order, k))
+        order += 1
+
+    while events:
+        now, kind, a, b = heapq.heappop(events)
+        if kind == 0:  # arrival of request a
+            req = trace[a]
+            res = results[a]
+            if router == "round_robin":
+                k = rr % replicas
+                rr += 1
+            else:
+                k = min(range(replicas), key=lambda i: (len(scheds[i].waiting) + len(scheds[i].running), i))
+            res.replica = k
+            if not scheds[k].fits_ever(req):
+                res.rejected = (f"prompt {req.prompt_tokens} + output {req.output_tokens} tokens exceed the replica's "
+                                f"KV cache ({config.num_blocks} blocks of {config.block_size})")
+                continue
+            scheds[k].add(Sequence(req))
+            n_sys += 1
+            in_sys.append((now, n_sys))
+            if not busy[k]:
+                start(k)
+        else:  # replica b finished its step
+            for seq in scheds[b].complete(plans[b], now):
+                r = results[seq.req.id]
+                r.first_token_s, r.finish_s, r.token_s, r.preemptions = (seq.first_token_s, seq.finish_s,
+                                                                        seq.token_s, seq.preemptions)
+                n_sys -= 1
+                in_sys.append((now, n_sys))
+            start(b)
+    for s in scheds:
+        if s.busy:
+            raise SchedulerError("requests are left that no step can schedule (the KV cache cannot admit them)")
+    return ServeResult(results, steps, now, [s.peak_blocks for s in scheds], config.num_blocks,
+                       sum(s.preemptions for s in scheds), in_sys, [s.peak_running for s in scheds])

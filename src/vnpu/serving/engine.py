@@ -59,6 +59,7 @@ class ServeResult:
     preemptions: int
     in_system: list[tuple[float, int]]  # (time, requests in the system from then on): arrivals and finishes
     peak_running: list[int]  # per replica: the most sequences admitted at once
+    cached_tokens_hit: int = 0  # prompt tokens served from the prefix cache (not computed)
 
     @property
     def served(self) -> list[RequestResult]:
@@ -147,5 +148,9 @@ def simulate(trace: list[Request], step_time: StepTime, config: SchedulerConfig,
     for s in scheds:
         if s.busy:
             raise SchedulerError("requests are left that no step can schedule (the KV cache cannot admit them)")
+        if s.free_blocks + s.held_blocks() != config.num_blocks:  # the block accounting's invariant
+            raise SchedulerError(f"KV block accounting broke: {s.free_blocks} free + {s.held_blocks()} held "
+                                 f"!= {config.num_blocks}")
     return ServeResult(results, steps, now, [s.peak_blocks for s in scheds], config.num_blocks,
-                       sum(s.preemptions for s in scheds), in_sys, [s.peak_running for s in scheds])
+                       sum(s.preemptions for s in scheds), in_sys, [s.peak_running for s in scheds],
+                       sum(s.cached_tokens_hit for s in scheds))

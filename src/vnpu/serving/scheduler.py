@@ -18,11 +18,17 @@ KV blocks: a sequence holds ceil(tokens in the cache / block_size) blocks. When 
 block and none is free, the most recently admitted running sequence is preempted: its blocks are
 freed and it returns to the front of the waiting queue, to recompute its prompt and the tokens it
 generated so far (vLLM's recompute preemption).
+
+Prefix caching (`prefix_caching`, vLLM's automatic prefix caching at block granularity): the full
+blocks of a request's shared prefix (trace `prefix_id` / `prefix_tokens`) are published to a cache
+keyed by (prefix id, block index) once computed. A later request with that prefix references the
+leading cached blocks instead of computing them (at least one prompt token is always computed);
+blocks no sequence references stay cached until an allocation evicts them, least recently
+released first. free + blocks held by sequences + cached blocks = capacity at all times.
 """
 from __future__ import annotations
 
-import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +46,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     policy: str = "chunked"
+    prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -49,12 +56,13 @@ class SchedulerConfig:
                 raise SchedulerError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a sequence is itself, whatever its progress
 class Sequence:
     req: Request
     computed: int = 0  # tokens whose KV is in the cache (prompt, then generated tokens)
     generated: int = 0  # output tokens produced so far
-    blocks: int = 0  # KV blocks held
+    blocks: int = 0  # KV blocks held (its own)
+    shared: int = 0  # leading prefix blocks it references in the prefix cache
     reserved: int = 0  # orca: blocks reserved at admission
     admitted_at: int = -1  # admission order (preemption picks the latest)
     preemptions: int = 0
@@ -108,32 +116,98 @@ class Scheduler:
         self.peak_running = 0
         self._admitted = 0
         self.preemptions = 0
+        self.cached: dict[tuple, int] = {}  # prefix cache: (prefix id, block index) -> sequences referencing it
+        self.evictable: OrderedDict[tuple, None] = OrderedDict()  # cached blocks nobody references, LRU first
+        self.cached_tokens_hit = 0  # prompt tokens served from the prefix cache
 
     # -- blocks ----------------------------------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
-        return math.ceil(tokens / self.cfg.block_size)
+        return -(-tokens // self.cfg.block_size)
 
     def fits_ever(self, req: Request) -> bool:
         """Whether the request's prompt and output can ever be held (else it is rejected)."""
         return self.blocks_for(req.prompt_tokens + req.output_tokens) <= self.cfg.num_blocks
 
+    def _take(self, n: int) -> bool:
+        """n blocks out of the free pool, evicting unreferenced cached prefix blocks when needed."""
+        if n > self.free_blocks + len(self.evictable):
+            return False
+        while n > self.free_blocks:
+            key, _ = self.evictable.popitem(last=False)
+            del self.cached[key]
+            self.free_blocks += 1
+        self.free_blocks -= n
+        self.peak_blocks = max(self.peak_blocks, self.cfg.num_blocks - self.free_blocks)
+        return True
+
     def _grow(self, seq: Sequence, tokens: int) -> bool:
         """Blocks for `tokens` more tokens in seq's cache; False when they are not free."""
-        need = self.blocks_for(seq.computed + tokens) - seq.blocks
+        need = self.blocks_for(seq.computed + tokens) - seq.shared - seq.blocks
         if seq.reserved:  # orca: covered by the reservation
-            need = max(0, self.blocks_for(seq.computed + tokens) - seq.reserved)
-        if need > self.free_blocks:
+            need = max(0, self.blocks_for(seq.computed + tokens) - seq.shared - seq.reserved)
+        if need > 0 and not self._take(need):
             return False
-        self.free_blocks -= need
-        seq.blocks += need
-        used = self.cfg.num_blocks - self.free_blocks
-        self.peak_blocks = max(self.peak_blocks, used)
-        assert self.free_blocks >= 0
+        seq.blocks += max(need, 0)
         return True
 
     def _release(self, seq: Sequence) -> None:
         self.free_blocks += max(seq.blocks, seq.reserved)
         seq.blocks = seq.reserved = 0
+        self._drop_shared(seq)
+
+    # -- prefix cache -----------------------------------------------------------------------------------
+    def _hit(self, seq: Sequence) -> None:
+        """A sequence about to be admitted references the cached leading blocks of its prefix."""
+        r = seq.req
+        if not self.cfg.prefix_caching or r.prefix_id is None or seq.computed or seq.shared:
+            return
+        bs = self.cfg.block_size
+        limit = min(r.prefix_tokens // bs, (seq.target - 1) // bs)  # at least one token is computed
+        hit = 0
+        while hit < limit and (r.prefix_id, hit) in self.cached:
+            hit += 1
+        for i in range(hit):
+            key = (r.prefix_id, i)
+            self.cached[key] += 1
+            self.evictable.pop(key, None)
+        seq.shared, seq.computed = hit, hit * bs
+        self.cached_tokens_hit += hit * bs
+
+    def _unhit(self, seq: Sequence) -> None:
+        """Undoes _hit for a sequence that could not be admitted after all."""
+        self.cached_tokens_hit -= seq.shared * self.cfg.block_size
+        self._drop_shared(seq)
+        seq.computed = 0
+
+    def held_blocks(self) -> int:
+        """Blocks in use: sequences' own (or reserved) blocks plus the prefix cache's."""
+        return sum(max(q.blocks, q.reserved) for q in list(self.running) + list(self.waiting)) + len(self.cached)
+
+    def _drop_shared(self, seq: Sequence) -> None:
+        for i in range(seq.shared):
+            key = (seq.req.prefix_id, i)
+            self.cached[key] -= 1
+            if not self.cached[key]:
+                self.evictable[key] = None
+        seq.shared = 0
+
+    def _publish(self, seq: Sequence) -> None:
+        """Full prefix blocks the sequence has computed go to the prefix cache (it references them)."""
+        r = seq.req
+        full = min(seq.computed, r.prefix_tokens) // self.cfg.block_size
+        while seq.shared < full:
+            key = (r.prefix_id, seq.shared)
+            if key in self.cached:  # computed meanwhile by another sequence: reference that one
+                self.cached[key] += 1
+                self.evictable.pop(key, None)
+                self.free_blocks += 1
+            else:
+                self.cached[key] = 1
+            if seq.reserved:
+                seq.reserved -= 1
+            else:
+                seq.blocks -= 1
+            seq.shared += 1
 
     def _preempt(self) -> Sequence:
         victim = max(self.running, key=lambda s: s.admitted_at)
@@ -169,6 +243,8 @@ class Scheduler:
         done = []
         for seq, n, _, _ in plan.items:
             seq.computed += n
+            if self.cfg.prefix_caching and seq.req.prefix_id is not None:
+                self._publish(seq)
             if seq.computed >= seq.target:  # the step produced its next output token
                 seq.generated += 1
                 seq.token_s.append(end_s)
@@ -187,14 +263,19 @@ def _decodes(sch: Scheduler, budget: int) -> tuple[list, int]:
     """A token for every running sequence whose prompt is done (preempting when blocks run out),
     and the next chunk of those still prefilling."""
     items = []
+    preempted: set[int] = set()
     for seq in list(sch.running):
-        if seq not in sch.running:  # preempted meanwhile
+        if id(seq) in preempted:
             continue
         if budget <= 0:
             break
-        n = 1 if not seq.prefilling else min(seq.target - seq.computed, budget)
+        n = min(seq.target - seq.computed, budget)  # 1 for a decode
         while not sch._grow(seq, n):
             victim = sch._preempt()
+            preempted.add(id(victim))
+            if any(it[0] is victim for it in items):  # (the latest admitted is normally not yet in the batch)
+                budget += sum(it[1] for it in items if it[0] is victim)
+                items = [it for it in items if it[0] is not victim]
             if victim is seq:
                 break
         else:
@@ -208,8 +289,10 @@ def _chunked(sch: Scheduler) -> list:
     items, budget = _decodes(sch, cfg.max_num_batched_tokens)
     while sch.waiting and budget > 0 and len(sch.running) < cfg.max_num_seqs:
         seq = sch.waiting[0]
+        sch._hit(seq)
         n = min(seq.target - seq.computed, budget)
         if not sch._grow(seq, n):
+            sch._unhit(seq)
             break
         sch.waiting.popleft()
         sch._admit(seq)
@@ -223,10 +306,13 @@ def _prefill_first(sch: Scheduler) -> list:
     items, budget = [], cfg.max_num_batched_tokens
     while sch.waiting and len(sch.running) < cfg.max_num_seqs:
         seq = sch.waiting[0]
+        sch._hit(seq)
         n = seq.target - seq.computed
         if n > budget and items:  # whole prompts only (a prompt longer than the budget runs alone)
+            sch._unhit(seq)
             break
         if not sch._grow(seq, n):
+            sch._unhit(seq)
             break
         sch.waiting.popleft()
         sch._admit(seq)
@@ -242,13 +328,13 @@ def _orca(sch: Scheduler) -> list:
     items, budget = _decodes(sch, cfg.max_num_batched_tokens)
     while sch.waiting and len(sch.running) < cfg.max_num_seqs:
         seq = sch.waiting[0]
+        sch._hit(seq)
         n = seq.target - seq.computed
-        reserve = sch.blocks_for(seq.req.prompt_tokens + seq.req.output_tokens)
-        if (n > budget and items) or reserve > sch.free_blocks:  # a prompt longer than the budget runs alone
+        reserve = sch.blocks_for(seq.req.prompt_tokens + seq.req.output_tokens) - seq.shared
+        if (n > budget and items) or not sch._take(reserve):  # a prompt longer than the budget runs alone
+            sch._unhit(seq)
             break
-        sch.free_blocks -= reserve
         seq.reserved = reserve
-        sch.peak_blocks = max(sch.peak_blocks, cfg.num_blocks - sch.free_blocks)
         sch.waiting.popleft()
         sch._admit(seq)
         items.append(_item(seq, n))

@@ -17,6 +17,14 @@ def step_time(prefill, decode):
     return 1e-3 + 2e-6 * new + 1e-4 * len(decode) + 1e-8 * kv
 
 
+def _decode_run(kv, steps):
+    """step_time([], kv + i) for i in 0..steps-1, vectorized with the same float operations."""
+    b, s0 = len(kv), int(np.sum(kv))
+    return 1e-3 + 2e-6 * 0 + 1e-4 * b + 1e-8 * (s0 + b * np.arange(steps, dtype=np.int64))
+
+
+step_time.decode_run = _decode_run
+
 BIG = SchedulerConfig(num_blocks=100_000)
 
 
@@ -140,3 +148,24 @@ def test_prefix_cache_accounting_under_overload():
     res = simulate(tr, step_time, SchedulerConfig(num_blocks=700, prefix_caching=True))
     assert all(r.finish_s is not None for r in res.requests)
     assert max(res.peak_blocks) <= 700 and res.preemptions > 0 and res.cached_tokens_hit > 0
+
+
+@pytest.mark.parametrize("policy,blocks,caching", [("chunked", 800, False), ("prefill_first", 20_000, False),
+                                                   ("orca", 3000, False), ("chunked", 700, True)])
+def test_fast_forward_equals_stepping_one_by_one(policy, blocks, caching):
+    """Runs of decode-only steps as one event give exactly the per-step results (token times,
+    finishes, preemptions, peaks), also when the model has no decode_run (per-step calls)."""
+    rng = np.random.default_rng(11)
+    tr = [Request(i, float(t), int(rng.integers(50, 1500)), int(rng.integers(1, 300)), f"p{i % 4}", 128)
+          for i, t in enumerate(np.cumsum(rng.exponential(0.01, 300)))]
+    cfg = SchedulerConfig(num_blocks=blocks, policy=policy, prefix_caching=caching)
+
+    def plain(prefill, decode):
+        return step_time(prefill, decode)
+
+    runs = [simulate(tr, step_time, cfg, fast_forward=False), simulate(tr, step_time, cfg),
+            simulate(tr, plain, cfg)]
+    key = [[(r.token_s, r.finish_s, r.preemptions) for r in res.requests] for res in runs]
+    assert key[0] == key[1] == key[2]
+    assert runs[0].steps == runs[1].steps and runs[0].peak_blocks == runs[1].peak_blocks
+    assert runs[0].preemptions == runs[1].preemptions and runs[0].peak_running == runs[1].peak_running

@@ -688,6 +688,80 @@ def compare(
         _write_json(json_path, [r.to_dict() for r in reports])
 
 
+# -- vnpu serve ----------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="LLM name (see vnpu generate)")],
+    chip: ChipOpt = DEFAULT_CHIP,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16", metavar="DTYPE")] = "bf16",
+    quant: Annotated[Optional[str], typer.Option("--quant", help="post-training scheme of every linear layer",
+                                                 metavar="SCHEME")] = None,
+    kv_cache: KvCacheOpt = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="replicas of one chip each", metavar="R")] = 1,
+    rate: Annotated[float, typer.Option("--rate", help="synthetic arrivals, requests per second", metavar="RPS")] = 2.0,
+    requests: Annotated[int, typer.Option("--requests", help="synthetic requests", metavar="N")] = 200,
+    arrivals: Annotated[str, typer.Option("--arrivals", help="poisson or gamma:cv=C", metavar="PROCESS")] = "poisson",
+    prompt_len: Annotated[str, typer.Option("--prompt-len", help="tokens, or a distribution such as "
+                                            "lognormal:mean=600,sigma=0.8", metavar="LEN")] = "lognormal:mean=1155,sigma=0.985,max=8192",
+    output_len: Annotated[str, typer.Option("--output-len", help="tokens, or a distribution",
+                                            metavar="LEN")] = "lognormal:mean=211,sigma=0.859,max=1000",
+    trace: Annotated[Optional[str], typer.Option("--trace", help="a CSV / JSONL trace file (arrival_s, prompt_tokens, "
+                                                 "output_tokens[, prefix_id, prefix_tokens]), or 'sample'",
+                                                 metavar="FILE")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the synthetic trace", metavar="S")] = 0,
+    policy: Annotated[str, typer.Option("--policy", help="chunked, prefill_first or orca", metavar="POLICY")] = "chunked",
+    router: Annotated[str, typer.Option("--router", help="round_robin or least_outstanding", metavar="ROUTER")] = "round_robin",
+    prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching",
+                                                 help="reuse the KV blocks of shared prompt prefixes")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report (and every request) here",
+                                                      metavar="PATH")] = None,
+) -> None:
+    """Serve an LLM under request traffic on the chip: continuous batching over a paged KV cache,
+    step times from the chip's own programs (fitted once, cached on disk). Reports throughput and
+    TTFT / TPOT / ITL / end-to-end latency percentiles."""
+    from vnpu.serving.trace import SAMPLE_TRACE, TraceError, read_trace, synthetic_trace  # no torch yet
+    from vnpu.workloads.llm_specs import UnknownLLMError, get_llm
+
+    dt_name = dtype.strip().lower()
+    if dt_name not in RUN_DTYPES:
+        _die(f"unsupported dtype {dtype!r}; vnpu serve takes {' or '.join(RUN_DTYPES)}")
+    try:
+        get_llm(model)
+    except UnknownLLMError as e:
+        _die(e)
+    try:
+        tr = (read_trace(SAMPLE_TRACE if trace == "sample" else trace) if trace is not None
+              else synthetic_trace(rate, requests, prompt_len, output_len, arrivals, seed))
+    except TraceError as e:
+        _die(e)
+    _check_output(json_path, "--json")
+    _check_kv_cache(kv_cache)
+    c = _chip(chip)
+    if quant is not None:
+        from vnpu.compiler.quantize import QuantError, check_chip, get_scheme
+
+        try:
+            check_chip(get_scheme(quant), c)
+        except QuantError as e:
+            _die(e)
+    from vnpu.serving.serve import ServeError
+    from vnpu.serving.serve import serve as run_serve
+
+    err, out = _console(stderr=True), _console()
+    try:
+        with _quiet_warnings(), _step(err, f"{model}: step model on {c.name} ({dt_name}) and {len(tr)} requests"):
+            rep = run_serve(model, tr, c, dt_name, replicas, quant, kv_cache, policy, router,
+                            prefix_caching=prefix_caching)
+    except (ServeError, ValueError, MemoryError) as e:
+        _die(e)
+    from vnpu.report.tables import serve_table
+
+    out.print(serve_table(rep))
+    if json_path is not None:
+        _write_json(json_path, rep.to_dict())
+        err.print(f"[green]✓[/] report → {escape(str(json_path))}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alternative
     app()
 

@@ -312,3 +312,30 @@ def compare_table(reports: list[Any]) -> Table:
     for label, fn in rows:
         t.add_row(label, *(fn(r) for r in reports))
     return t
+
+
+def serve_table(rep: Any) -> Any:
+    """`vnpu serve`: the run and its throughput, then latency percentiles (serving.serve.ServeReport)."""
+    from rich.console import Group
+
+    t = Table(title=f"vnpu serve · {rep.model} on {rep.replicas} x {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
+              title_style="bold", pad_edge=False)
+    t.add_column("metric", style="bold cyan", no_wrap=True)
+    t.add_column("value")
+    t.add_row("run", f"{rep.dtype}{' · ' + rep.quant if rep.quant else ''} · KV cache {rep.kv_cache} · "
+                     f"{rep.policy} scheduling · {rep.router} router")
+    t.add_row("requests", f"{rep.served} served · {rep.rejected} rejected · offered {rep.request_rate:.2f}/s")
+    t.add_row("throughput", f"{rep.throughput_rps:.2f} requests/s · {rep.output_tokens_per_s:,.0f} output tokens/s")
+    t.add_row("KV cache", f"{rep.kv_blocks:,} blocks of {rep.block_size} tokens per replica · peak "
+                          f"{fmt.pct(rep.peak_kv_share)} · {rep.preemptions} preemptions · "
+                          f"{rep.cached_prompt_tokens:,} prompt tokens from the prefix cache")
+    t.add_row("wall", f"step model {rep.step_model_s:.1f} s · event loop {rep.simulate_s:.2f} s")
+    if rep.rejected_reasons:
+        t.add_row("rejected", f"{rep.rejected} requests, e.g. {rep.rejected_reasons[0]}")
+    lat = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    lat.add_column("latency", style="bold cyan", no_wrap=True)
+    for c in ("mean", "p50", "p90", "p99"):
+        lat.add_column(c, justify="right")
+    for label, d in (("TTFT", rep.ttft_s), ("TPOT", rep.tpot_s), ("ITL", rep.itl_s), ("end to end", rep.e2e_s)):
+        lat.add_row(label, *(fmt.seconds(d[k]) for k in ("mean", "p50", "p90", "p99")))
+    return Group(t, lat)

@@ -203,9 +203,9 @@ def simulate(trace: list[Request], step_time: StepTime, config: SchedulerConfig,
             else:
                 k = min(range(replicas), key=lambda i: (len(scheds[i].waiting) + len(scheds[i].running), i))
             res.replica = k
-            if not scheds[k].fits_ever(req):
-                res.rejected = (f"prompt {req.prompt_tokens} + output {req.output_tokens} tokens exceed the replica's "
-                                f"KV cache ({config.num_blocks} blocks of {config.block_size})")
+            why = scheds[k].rejection(req)
+            if why:
+                res.rejected = why
                 continue
             scheds[k].add(Sequence(req))
             n_sys += 1

@@ -47,6 +47,7 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     policy: str = "chunked"
     prefix_caching: bool = False
+    max_model_len: int | None = None  # the model's context: longer requests are rejected
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -124,9 +125,19 @@ class Scheduler:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.cfg.block_size)
 
+    def rejection(self, req: Request) -> str:
+        """Why the request can never be served here ("" when it can)."""
+        n = req.prompt_tokens + req.output_tokens
+        if self.cfg.max_model_len is not None and n > self.cfg.max_model_len:
+            return f"prompt {req.prompt_tokens} + output {req.output_tokens} tokens exceed the model's context ({self.cfg.max_model_len})"
+        if self.blocks_for(n) > self.cfg.num_blocks:
+            return (f"prompt {req.prompt_tokens} + output {req.output_tokens} tokens exceed the replica's KV cache "
+                    f"({self.cfg.num_blocks} blocks of {self.cfg.block_size})")
+        return ""
+
     def fits_ever(self, req: Request) -> bool:
         """Whether the request's prompt and output can ever be held (else it is rejected)."""
-        return self.blocks_for(req.prompt_tokens + req.output_tokens) <= self.cfg.num_blocks
+        return not self.rejection(req)
 
     def _take(self, n: int) -> bool:
         """n blocks out of the free pool, evicting unreferenced cached prefix blocks when needed."""

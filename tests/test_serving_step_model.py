@@ -64,3 +64,9 @@ def test_mixed_steps_cost_more_than_their_parts_alone(model):
     assert model([], [500] * 8) > model([], [100] * 8)
     assert model([(64, 256)], []) > model([(64, 0)], [])
     assert np.isfinite(model([(8192, 0)], [])) and model([(8192, 0)], []) > model([(4096, 0)], [])  # extrapolated
+
+
+def test_decode_run_equals_step_by_step(model):
+    kv = np.array([100, 37, 512, 4000])
+    run = model.decode_run(kv, 50)
+    assert [float(x) for x in run] == [model([], list(kv + i)) for i in range(50)]

@@ -42,13 +42,19 @@ DECODE_KV = (512, 2048, 8192)
 FORMAT = 2  # bump when the cached tables change meaning
 
 
-def _interp(x: float, xs: list[float], ys: list[float]) -> float:
-    """Piecewise linear through (xs, ys), linear beyond both ends."""
+def _interp_vec(x: np.ndarray, xs: list[float], ys: list[float]) -> np.ndarray:
+    """Piecewise linear through (xs, ys) at every x, linear beyond both ends."""
+    x = np.asarray(x, np.float64)
     if len(xs) == 1:
-        return ys[0]
-    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
-    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
+        return np.full(x.shape, ys[0])
+    xa, ya = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    i = np.clip(np.searchsorted(xa, x) - 1, 0, len(xs) - 2)
+    x0, x1, y0, y1 = xa[i], xa[i + 1], ya[i], ya[i + 1]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    return float(_interp_vec(np.array([x]), xs, ys)[0])
 
 
 @dataclass
@@ -120,11 +126,31 @@ class ChipStepModel:
     def attn_prefill(self, new: int, cached: int) -> float:
         return _interp(float(new), *self._pre0) + self._per_cached * new * cached
 
+    def attn_decode_vec(self, batch: int, kv: np.ndarray) -> np.ndarray:
+        """One layer's decode attention of `batch` sequences at each mean KV length in kv."""
+        per_l = np.stack([_interp_vec(kv, self._dec_l, list(row)) for row in self._dec])  # [batch grid, len(kv)]
+        if len(self._dec_b) == 1:
+            return per_l[0]
+        i = int(np.clip(np.searchsorted(self._dec_b, batch) - 1, 0, len(self._dec_b) - 2))
+        b0, b1 = self._dec_b[i], self._dec_b[i + 1]
+        return per_l[i] + (per_l[i + 1] - per_l[i]) * (batch - b0) / (b1 - b0)
+
     def attn_decode(self, batch: int, kv: float) -> float:
-        per_l = [_interp(kv, self._dec_l, list(row)) for row in self._dec]
-        return _interp(float(batch), self._dec_b, per_l)
+        return float(self.attn_decode_vec(batch, np.array([kv]))[0])
+
+    def decode_run(self, kv: np.ndarray, steps: int) -> np.ndarray:
+        """Times of `steps` consecutive decode-only steps of the sequences with KV lengths kv, each
+        step one token longer: exactly what calling the model step by step gives."""
+        b = len(kv)
+        means = (int(np.sum(kv)) + b * np.arange(steps, dtype=np.int64)) / b
+        return self._decode_steps(b, means)
+
+    def _decode_steps(self, b: int, means: np.ndarray) -> np.ndarray:
+        return self.outer(b, b, True) + self.t.layers * (self.dense(b, True) + self.attn_decode_vec(b, means))
 
     def __call__(self, prefill: list[tuple[int, int]], decode: list[int]) -> float:
+        if not prefill and decode:  # the same arithmetic as decode_run
+            return float(self._decode_steps(len(decode), np.array([sum(decode) / len(decode)]))[0])
         tokens = sum(n for n, _ in prefill) + len(decode)
         attn = sum(self.attn_prefill(n, p) for n, p in prefill)
         if decode:

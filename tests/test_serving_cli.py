@@ -80,3 +80,27 @@ def test_a_bad_trace_row_is_named_by_its_line(tmp_path):
     p.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,10,5\n0.5,x,5\n")
     res = CliRunner().invoke(app, ["serve", "qwen3-tiny", "--trace", str(p)])
     assert res.exit_code == 2 and "t.csv:3" in res.output
+
+
+def test_goodput_counts_the_requests_within_every_target():
+    """Analytic step model: a lone 100-token prompt takes 1 ms + 0.2 ms to its first token, a
+    400-token one 1.8 ms; a target between them splits the requests, and goodput = those within
+    / duration."""
+    from vnpu.serving.serve import serve
+    from vnpu.serving.trace import Request
+
+    def step(prefill, decode):
+        return 1e-3 + 2e-6 * sum(n for n, _ in prefill) + 1e-4 * len(decode)
+
+    trace = [Request(0, 0.0, 100, 4), Request(1, 1.0, 400, 4)]  # TTFT 1.2 ms and 1.8 ms, alone
+    rep = serve("qwen3-tiny", trace, step_model=step, slo="ttft=0.0015")
+    assert rep.slo == {"ttft": 0.0015} and rep.slo_attainment == 0.5
+    assert rep.goodput_rps == pytest.approx(1 / rep.duration_s)
+    everything = serve("qwen3-tiny", trace, step_model=step, slo="ttft=0.01,tpot=0.01")
+    assert everything.slo_attainment == 1.0 and everything.goodput_rps == pytest.approx(everything.throughput_rps)
+
+
+@pytest.mark.parametrize("slo", ["ttft", "ttft=-1", "p99=0.5", "tpot=abc", "ttft=0.5,,x=1"])
+def test_a_bad_slo_string_is_one_line(slo):
+    res = CliRunner().invoke(app, ["serve", "qwen3-tiny", "--slo", slo])
+    assert res.exit_code == 2 and "is not metric=seconds" in res.output, res.output

@@ -713,6 +713,8 @@ def serve(
     router: Annotated[str, typer.Option("--router", help="round_robin or least_outstanding", metavar="ROUTER")] = "round_robin",
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching",
                                                  help="reuse the KV blocks of shared prompt prefixes")] = False,
+    slo: Annotated[Optional[str], typer.Option("--slo", help="latency targets of goodput, seconds: e.g. "
+                                               "ttft=0.5,tpot=0.05 (also e2e=)", metavar="TARGETS")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the report (and every request) here",
                                                       metavar="PATH")] = None,
 ) -> None:
@@ -736,6 +738,13 @@ def serve(
         _die(e)
     _check_output(json_path, "--json")
     _check_kv_cache(kv_cache)
+    from vnpu.serving.serve import ServeError, parse_slo
+    from vnpu.serving.serve import serve as run_serve
+
+    try:
+        targets = parse_slo(slo)
+    except ServeError as e:
+        _die(e)
     c = _chip(chip)
     if quant is not None:
         from vnpu.compiler.quantize import QuantError, check_chip, get_scheme
@@ -744,14 +753,12 @@ def serve(
             check_chip(get_scheme(quant), c)
         except QuantError as e:
             _die(e)
-    from vnpu.serving.serve import ServeError
-    from vnpu.serving.serve import serve as run_serve
 
     err, out = _console(stderr=True), _console()
     try:
         with _quiet_warnings(), _step(err, f"{model}: step model on {c.name} ({dt_name}) and {len(tr)} requests"):
             rep = run_serve(model, tr, c, dt_name, replicas, quant, kv_cache, policy, router,
-                            prefix_caching=prefix_caching)
+                            prefix_caching=prefix_caching, slo=targets)
     except (ServeError, ValueError, MemoryError) as e:
         _die(e)
     from vnpu.report.tables import serve_table

@@ -326,6 +326,10 @@ def serve_table(rep: Any) -> Any:
                      f"{rep.policy} scheduling · {rep.router} router")
     t.add_row("requests", f"{rep.served} served · {rep.rejected} rejected · offered {rep.request_rate:.2f}/s")
     t.add_row("throughput", f"{rep.throughput_rps:.2f} requests/s · {rep.output_tokens_per_s:,.0f} output tokens/s")
+    if getattr(rep, "slo", None):
+        targets = ", ".join(f"{k} <= {fmt.seconds(v)}" for k, v in rep.slo.items())
+        t.add_row("goodput", f"{rep.goodput_rps:.2f} requests/s within {targets} · SLO attainment "
+                             f"{fmt.pct(rep.slo_attainment)}")
     t.add_row("KV cache", f"{rep.kv_blocks:,} blocks of {rep.block_size} tokens per replica · peak "
                           f"{fmt.pct(rep.peak_kv_share)} · {rep.preemptions} preemptions · "
                           f"{rep.cached_prompt_tokens:,} prompt tokens from the prefix cache")

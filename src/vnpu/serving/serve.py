@@ -23,6 +23,29 @@ class ServeError(ValueError):
     pass
 
 
+SLO_METRICS = ("ttft", "tpot", "e2e")
+
+
+def parse_slo(text: str | None) -> dict[str, float]:
+    """`ttft=0.5,tpot=0.05` (seconds; also e2e=): the latency targets a request must meet to count
+    toward goodput (DistServe's definition: served requests per second that meet every target)."""
+    if text is None or not text.strip():
+        return {}
+    out: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, val = item.partition("=")
+        key = key.strip().lower()
+        try:
+            v = float(val.rstrip("s")) if eq else float("nan")
+        except ValueError:
+            v = float("nan")
+        if key not in SLO_METRICS or not (v > 0 and np.isfinite(v)):
+            raise ServeError(f"--slo {text!r}: {item!r} is not metric=seconds with metric one of "
+                             f"{', '.join(SLO_METRICS)} (e.g. ttft=0.5,tpot=0.05)")
+        out[key] = v
+    return out
+
+
 def _pct(x: np.ndarray) -> dict[str, float]:
     if x.size == 0:
         return {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
@@ -56,6 +79,9 @@ class ServeReport:
     peak_kv_share: float  # the highest share of a replica's KV blocks in use
     preemptions: int
     cached_prompt_tokens: int
+    slo: dict[str, float]  # latency targets (seconds) per metric; empty: none
+    slo_attainment: float  # share of all requests served within every target (1.0 without targets)
+    goodput_rps: float  # requests per second served within every target
     step_model_s: float  # wall time to fit (or load) the step-time model
     simulate_s: float  # wall time of the event loop
     rejected_reasons: list[str] = field(default_factory=list)
@@ -92,8 +118,10 @@ def serve(model: str, trace: list[Request], chip: Any = "vnpu-v1", dtype: str = 
           quant: str | None = None, kv_cache: str | None = None, policy: str = "chunked",
           router: str = "round_robin", block_size: int = 16, max_num_batched_tokens: int = 8192,
           max_num_seqs: int = 256, prefix_caching: bool = False, use_cache: bool = True,
-          step_model: Any = None) -> ServeReport:
-    """Simulates serving `trace`; `step_model` overrides the chip-derived step-time model."""
+          step_model: Any = None, slo: dict[str, float] | str | None = None) -> ServeReport:
+    """Simulates serving `trace`; `step_model` overrides the chip-derived step-time model; `slo`
+    (e.g. "ttft=0.5,tpot=0.05") sets the latency targets of goodput."""
+    targets = parse_slo(slo) if not isinstance(slo, dict) else dict(slo)
     from vnpu.chip import load_chip
     from vnpu.serving.step_model import fit_step_model
 
@@ -123,6 +151,8 @@ def serve(model: str, trace: list[Request], chip: Any = "vnpu-v1", dtype: str = 
     span = max(r.arrival_s for r in trace) - t_first
     duration = max(res.end_s - t_first, 1e-12)
     e2e = np.array([r.e2e_s for r in served])
+    good = [r for r in served if all({"ttft": r.ttft_s, "tpot": r.tpot_s, "e2e": r.e2e_s}[k] <= v
+                                     for k, v in targets.items())]
     return ServeReport(
         model=model, chip=chip_.name, dtype=dtype, quant=quant or "", kv_cache=kv_cache or dtype, replicas=replicas,
         policy=policy, router=router, requests=len(trace), served=len(served), rejected=len(trace) - len(served),
@@ -131,7 +161,8 @@ def serve(model: str, trace: list[Request], chip: Any = "vnpu-v1", dtype: str = 
         ttft_s=_pct(np.array([r.ttft_s for r in served])), tpot_s=_pct(np.array([r.tpot_s for r in served])),
         itl_s=_pct(res.itl_s()), e2e_s=_pct(e2e), kv_blocks=blocks, block_size=block_size,
         peak_kv_share=max(res.peak_blocks) / blocks, preemptions=res.preemptions,
-        cached_prompt_tokens=res.cached_tokens_hit, step_model_s=t1 - t0, simulate_s=t2 - t1,
+        cached_prompt_tokens=res.cached_tokens_hit, slo=targets, slo_attainment=len(good) / len(trace),
+        goodput_rps=len(good) / duration, step_model_s=t1 - t0, simulate_s=t2 - t1,
         rejected_reasons=sorted({r.rejected for r in res.requests if r.rejected}),
         per_request=[{"id": r.id, "arrival_s": r.arrival_s, "prompt_tokens": r.prompt_tokens,
                       "output_tokens": r.output_tokens, "replica": r.replica, "ttft_s": r.ttft_s if not r.rejected else None,

@@ -157,6 +157,36 @@ class _ExpertQuant:
         return d_t, {}, DQ
 
 
+class _WeightRing:
+    """One core's ring of expert weight chunks (K rows x N columns of one projection): bf16 blocks of
+    the [E, N, K] weight gathered and used transposed, or (weight-only experts) packed blocks with
+    their scales, dequantized into one of two tiles unless the PEs multiply them packed."""
+
+    def __init__(self, b: CoreBuilder, dt: DType, depth: int, kt: int, nt: int, weight: HbmRef,
+                 wq: "_ExpertQuant | None", proj: str):
+        self.b, self.dt, self.depth, self.weight, self.wq = b, dt, depth, weight, wq
+        if wq is None:
+            self.wb = [b.alloc(dt, (nt, kt)) for _ in range(depth)]
+            return
+        self.group = wq.group_gu if proj == "gate_up" else wq.group_dn
+        self.q_tab, self.s_tab = (wq.gu, wq.gu_s) if proj == "gate_up" else (wq.dn, wq.dn_s)
+        self.qb = [b.alloc(DType.int8, (kt // wq.pack, nt)) for _ in range(depth)]
+        self.sb = [b.alloc(F32, (kt // self.group + 2, nt)) for _ in range(depth)]
+        self.db = [b.alloc(dt, (kt, nt)) for _ in range(2)] if not wq.in_pes else None
+
+    def gather(self, j: int, te: SramRef, k0: int, kn: int, n0: int, nn: int, waits: tuple, GB: int, DQ: int,
+               MM: int) -> tuple[SramRef, dict, int]:
+        """Chunk j's block: (the MatMul's B tile, its extra fields, the semaphore to wait on)."""
+        slot = j % self.depth
+        if self.wq is None:
+            wt = SramRef(self.wb[slot].offset, self.dt, (nn, kn))
+            self.b.emit(DmaGather(_expert_block(self.weight, n0, nn, k0, kn), te, wt, waits=waits, signal=GB))
+            return wt, {"trans_b": True}, GB
+        return self.wq.emit_block(self.b, self.dt, self.q_tab, self.s_tab, self.group, te, k0, kn, n0, nn,
+                                  self.qb[slot], self.sb[slot], self.db[j % 2] if self.db else None, waits, GB, DQ,
+                                  ((GB, j + 1),) + (((MM, j - 1),) if j >= 2 else ()))
+
+
 def _tables(b: CoreBuilder, ref: HbmRef, t: int, n: int, dst: SramRef, **kw: object) -> None:
     b.emit(DmaLoad(HbmRef(ref.offset + t * (ref.strides[0] if ref.shape else 1) * 8, DType.int64, (n,), (1,)), dst, **kw))
 
@@ -198,12 +228,7 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         tt = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         xb = [[b.alloc(dt, (R, kn)) for _, kn in kcs] for _ in range(2)]
-        if wq is None:
-            wb = [b.alloc(dt, (nt, kt)) for _ in range(depth)]
-        else:
-            qb = [b.alloc(DType.int8, (kt // wq.pack, nt)) for _ in range(depth)]
-            sb = [b.alloc(F32, (kt // wq.group_gu + 2, nt)) for _ in range(depth)]
-            db = [b.alloc(dt, (kt, nt)) for _ in range(2)] if not wq.in_pes else None
+        ring = _WeightRing(b, dt, depth, kt, nt, gu, wq, "gate_up")
         ag = [b.alloc(F32, (R, nt)) for _ in range(2)]
         au = [b.alloc(F32, (R, nt)) for _ in range(2)]
         tmp = b.alloc(F32, (R, nt))
@@ -225,15 +250,7 @@ def _gate_up_launch(ctx: KernelContext, items: list, ics: list, kcs: list, depth
                 for ci, (k0, kn) in enumerate(kcs):
                     gw = (([(MM, j - depth + 1)] if j >= depth else [])
                           + ([(TL, li + 1)] if ci == 0 and acc is g_acc else []))
-                    if wq is None:
-                        wt = SramRef(wb[j % depth].offset, dt, (inn, kn))
-                        b.emit(DmaGather(_expert_block(gu, row0, inn, k0, kn), te[s], wt, waits=tuple(gw), signal=GB))
-                        extra, ready = {"trans_b": True}, GB
-                    else:
-                        wt, extra, ready = wq.emit_block(
-                            b, dt, wq.gu, wq.gu_s, wq.group_gu, te[s], k0, kn, row0, inn, qb[j % depth], sb[j % depth],
-                            db[j % 2] if db else None, tuple(gw), GB, DQ,
-                            ((GB, j + 1),) + (((MM, j - 1),) if j >= 2 else ()))
+                    wt, extra, ready = ring.gather(j, te[s], k0, kn, row0, inn, tuple(gw), GB, DQ, MM)
                     w = [(ready, j + 1)]
                     if ci == 0 and acc is g_acc:
                         w.append((XL, len(kcs) * (li + 1)))
@@ -270,12 +287,7 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: i
         te = [b.alloc(DType.int64, (1,)) for _ in range(2)]
         ts = [b.alloc(DType.int64, (R,)) for _ in range(2)]
         ab = [[b.alloc(dt, (R, n)) for _, n in ics] for _ in range(2)]
-        if wq is None:
-            wb = [b.alloc(dt, (ht, nt)) for _ in range(depth)]
-        else:
-            qb = [b.alloc(DType.int8, (nt // wq.pack, ht)) for _ in range(depth)]
-            sb = [b.alloc(F32, (nt // wq.group_dn + 2, ht)) for _ in range(depth)]
-            db = [b.alloc(dt, (nt, ht)) for _ in range(2)] if not wq.in_pes else None
+        ring = _WeightRing(b, dt, depth, nt, ht, dn, wq, "down")
         acc = [b.alloc(F32, (R, ht)) for _ in range(2)]
         ob = [b.alloc(y.dtype, (R, ht)) for _ in range(2)]
         TL, AL, GB, MM, VD, SC = (b.sem() for _ in range(6))
@@ -295,14 +307,7 @@ def _down_launch(ctx: KernelContext, items: list, ics: list, hcs: list, depth: i
             a_t = sub_ref(acc[s], (R, hn))
             for ii, (i0, inn) in enumerate(ics):
                 gw = ([(MM, j - depth + 1)] if j >= depth else []) + ([(TL, li + 1)] if ii == 0 else [])
-                if wq is None:
-                    wt = SramRef(wb[j % depth].offset, dt, (hn, inn))
-                    b.emit(DmaGather(_expert_block(dn, h0, hn, i0, inn), te[s], wt, waits=tuple(gw), signal=GB))
-                    extra, ready = {"trans_b": True}, GB
-                else:
-                    wt, extra, ready = wq.emit_block(
-                        b, dt, wq.dn, wq.dn_s, wq.group_dn, te[s], i0, inn, h0, hn, qb[j % depth], sb[j % depth],
-                        db[j % 2] if db else None, tuple(gw), GB, DQ, ((GB, j + 1),) + (((MM, j - 1),) if j >= 2 else ()))
+                wt, extra, ready = ring.gather(j, te[s], i0, inn, h0, hn, tuple(gw), GB, DQ, MM)
                 w = [(ready, j + 1)]
                 if ii == 0:
                     w.append((AL, len(ics) * (li + 1)))

@@ -241,12 +241,17 @@ def workloads_table(workloads: Iterable[Any]) -> Table:
     return t
 
 
-def generation_table(rep: Any) -> Table:
-    """`vnpu generate`: serving metrics of one generation (a runtime.llm.GenerationReport)."""
-    t = Table(title=f"vnpu generate · {rep.model} on {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
-              title_style="bold", pad_edge=False)
+def _metric_table(title: str) -> Table:
+    """A two-column metric / value table."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_header=False, title_style="bold", pad_edge=False)
     t.add_column("metric", style="bold cyan", no_wrap=True)
     t.add_column("value")
+    return t
+
+
+def generation_table(rep: Any) -> Table:
+    """`vnpu generate`: serving metrics of one generation (a runtime.llm.GenerationReport)."""
+    t = _metric_table(f"vnpu generate · {rep.model} on {rep.chip}")
     t.add_row("run", f"batch {rep.batch} · prompt {rep.prompt_len} · {rep.max_new_tokens} new tokens · "
                      f"{rep.dtype}{' · ' + rep.quant if getattr(rep, 'quant', '') else ''} · {rep.mode}")
     top_k = rep.top_k
@@ -318,10 +323,7 @@ def serve_table(rep: Any) -> Any:
     """`vnpu serve`: the run and its throughput, then latency percentiles (serving.serve.ServeReport)."""
     from rich.console import Group
 
-    t = Table(title=f"vnpu serve · {rep.model} on {rep.replicas} x {rep.chip}", box=box.SIMPLE_HEAD, show_header=False,
-              title_style="bold", pad_edge=False)
-    t.add_column("metric", style="bold cyan", no_wrap=True)
-    t.add_column("value")
+    t = _metric_table(f"vnpu serve · {rep.model} on {rep.replicas} x {rep.chip}")
     t.add_row("run", f"{rep.dtype}{' · ' + rep.quant if rep.quant else ''} · KV cache {rep.kv_cache} · "
                      f"{rep.policy} scheduling · {rep.router} router")
     t.add_row("requests", f"{rep.served} served · {rep.rejected} rejected · offered {rep.request_rate:.2f}/s")

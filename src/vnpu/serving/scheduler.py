@@ -295,20 +295,35 @@ def _decodes(sch: Scheduler, budget: int) -> tuple[list, int]:
     return items, budget
 
 
+def _admit_next(sch: Scheduler, tokens: Callable[[Sequence], int | None],
+                allocate: Callable[[Sequence, int], bool] | None = None) -> tuple | None:
+    """Admits the head of the waiting queue with `tokens(seq)` tokens this step (after its prefix
+    cache hit), if `allocate` (default: blocks for them) succeeds; None leaves it waiting."""
+    seq = sch.waiting[0]
+    sch._hit(seq)
+    n = tokens(seq)
+    if n is None or not (allocate or sch._grow)(seq, n):
+        sch._unhit(seq)
+        return None
+    sch.waiting.popleft()
+    sch._admit(seq)
+    return _item(seq, n)
+
+
+def _whole_prompt(budget: int, items: list) -> Callable[[Sequence], int | None]:
+    """A whole prompt when it fits the budget, or when it is alone in the step (None: wait)."""
+    return lambda q: None if (q.target - q.computed > budget and items) else q.target - q.computed
+
+
 def _chunked(sch: Scheduler) -> list:
     cfg = sch.cfg
     items, budget = _decodes(sch, cfg.max_num_batched_tokens)
     while sch.waiting and budget > 0 and len(sch.running) < cfg.max_num_seqs:
-        seq = sch.waiting[0]
-        sch._hit(seq)
-        n = min(seq.target - seq.computed, budget)
-        if not sch._grow(seq, n):
-            sch._unhit(seq)
+        item = _admit_next(sch, lambda q: min(q.target - q.computed, budget))
+        if item is None:
             break
-        sch.waiting.popleft()
-        sch._admit(seq)
-        items.append(_item(seq, n))
-        budget -= n
+        items.append(item)
+        budget -= item[1]
     return items
 
 
@@ -316,19 +331,11 @@ def _prefill_first(sch: Scheduler) -> list:
     cfg = sch.cfg
     items, budget = [], cfg.max_num_batched_tokens
     while sch.waiting and len(sch.running) < cfg.max_num_seqs:
-        seq = sch.waiting[0]
-        sch._hit(seq)
-        n = seq.target - seq.computed
-        if n > budget and items:  # whole prompts only (a prompt longer than the budget runs alone)
-            sch._unhit(seq)
+        item = _admit_next(sch, _whole_prompt(budget, items))
+        if item is None:
             break
-        if not sch._grow(seq, n):
-            sch._unhit(seq)
-            break
-        sch.waiting.popleft()
-        sch._admit(seq)
-        items.append(_item(seq, n))
-        budget -= n
+        items.append(item)
+        budget -= item[1]
     if items:
         return items
     return _decodes(sch, cfg.max_num_batched_tokens)[0]
@@ -337,19 +344,20 @@ def _prefill_first(sch: Scheduler) -> list:
 def _orca(sch: Scheduler) -> list:
     cfg = sch.cfg
     items, budget = _decodes(sch, cfg.max_num_batched_tokens)
+
+    def reserve(seq: Sequence, n: int) -> bool:  # blocks for the whole prompt and maximum output, held to the end
+        blocks = sch.blocks_for(seq.req.prompt_tokens + seq.req.output_tokens) - seq.shared
+        if not sch._take(blocks):
+            return False
+        seq.reserved = blocks
+        return True
+
     while sch.waiting and len(sch.running) < cfg.max_num_seqs:
-        seq = sch.waiting[0]
-        sch._hit(seq)
-        n = seq.target - seq.computed
-        reserve = sch.blocks_for(seq.req.prompt_tokens + seq.req.output_tokens) - seq.shared
-        if (n > budget and items) or not sch._take(reserve):  # a prompt longer than the budget runs alone
-            sch._unhit(seq)
+        item = _admit_next(sch, _whole_prompt(budget, items), reserve)
+        if item is None:
             break
-        seq.reserved = reserve
-        sch.waiting.popleft()
-        sch._admit(seq)
-        items.append(_item(seq, n))
-        budget -= n
+        items.append(item)
+        budget -= item[1]
     return items
 
 
